@@ -1,0 +1,120 @@
+"""Binary masks ⇄ COCO RLE (pycocotools) ⇄ PNG bytes (Pillow), and overlay previews.
+
+A mask here is always an ``HxW bool`` numpy array at the input image's displayed resolution.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+# Distinct, colour-blind-friendly colours (Okabe-Ito, then Tableau) cycled over masks.
+PALETTE = np.array(
+    [
+        (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
+        (213, 94, 0), (204, 121, 167), (31, 119, 180), (255, 127, 14), (44, 160, 44),
+        (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127),
+    ],
+    dtype=np.float32,
+)  # fmt: skip
+
+
+def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO RLE of an ``HxW bool`` mask: ``{"size": [H, W], "counts": str}`` (JSON-ready)."""
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be HxW, got shape {mask.shape}")
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
+    """Inverse of :func:`mask_to_rle`: an ``HxW bool`` array."""
+    counts = rle["counts"]
+    coco = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_utils.decode(coco).astype(bool)
+
+
+def rle_area(rle: dict[str, Any]) -> int:
+    """Foreground pixel count of a COCO RLE, without decoding it."""
+    counts = rle["counts"]
+    coco = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return int(mask_utils.area(coco))
+
+
+def mask_to_png(mask: np.ndarray) -> bytes:
+    """PNG bytes of an ``HxW bool`` mask, mode ``L`` with 0 for background and 255 for the mask."""
+    image = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def png_to_mask(data: bytes) -> np.ndarray:
+    """Inverse of :func:`mask_to_png`; accepts mode ``1`` or ``L`` PNGs (any non-zero pixel is mask)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("L")) > 0
+
+
+def mask_box(mask: np.ndarray) -> list[int]:
+    """Tight box of a mask, ``[x0, y0, x1, y1]`` in pixels (x1/y1 inclusive); zeros when empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return [0, 0, 0, 0]
+    return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+
+
+def render_overlay(
+    image: np.ndarray,
+    masks: Sequence[np.ndarray],
+    *,
+    alpha: float = 0.5,
+    max_side: int | None = 1024,
+    note: str | None = None,
+) -> Image.Image:
+    """The image with each mask tinted in its own colour and outlined.
+
+    image: ``HxWx3 uint8`` RGB; masks: ``HxW bool`` each, same size. Largest masks are painted first
+    so small ones stay visible. ``max_side`` shrinks the preview; ``note`` is written in the corner
+    (used to say when the masks come from random weights).
+    """
+    canvas = image.astype(np.float32)
+    order = sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))
+    for rank, index in enumerate(order):
+        mask = masks[index]
+        colour = PALETTE[rank % len(PALETTE)]
+        canvas[mask] = canvas[mask] * (1 - alpha) + colour * alpha
+        edge = mask & ~_erode(mask)
+        canvas[edge] = colour
+    result = Image.fromarray(canvas.clip(0, 255).astype(np.uint8), mode="RGB")
+    if max_side and max(result.size) > max_side:
+        result.thumbnail((max_side, max_side))
+    if note:
+        from PIL import ImageDraw
+
+        draw = ImageDraw.Draw(result)
+        box = draw.textbbox((4, 4), note)
+        draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=(0, 0, 0))
+        draw.text((4, 4), note, fill=(255, 255, 0))
+    return result
+
+
+def overlay_jpeg(image: np.ndarray, masks: Sequence[np.ndarray], **kwargs: Any) -> bytes:
+    """JPEG bytes of :func:`render_overlay`."""
+    buffer = io.BytesIO()
+    render_overlay(image, masks, **kwargs).save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """One-pixel binary erosion (4-neighbourhood), enough to find outlines."""
+    inner = mask.copy()
+    inner[1:, :] &= mask[:-1, :]
+    inner[:-1, :] &= mask[1:, :]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return inner

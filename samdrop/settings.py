@@ -1,0 +1,190 @@
+"""One frozen settings object, built from a mapping passed in and validated at start-up.
+
+Nothing below the edges reads ``os.environ``: an edge (CLI, function entry point, model server
+load) calls ``Settings.from_env(os.environ)`` once and passes the result down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from samdrop.errors import ConfigError
+
+MODEL_TYPES = ("tiny", "vit_b", "vit_l", "vit_h")
+DEVICES = ("auto", "cpu", "cuda")
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+
+
+def _env(name: str, default: Any, help: str, parse: Callable[[str], Any] | None = None) -> Any:
+    """A settings field read from environment variable ``name``."""
+    return field(default=default, metadata={"env": name, "help": help, "parse": parse})
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _prefix(text: str) -> str:
+    text = text.strip().lstrip("/")
+    if not text:
+        raise ValueError("must not be empty")
+    return text if text.endswith("/") else text + "/"
+
+
+def _optional(text: str) -> str | None:
+    return text.strip() or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of samdrop, each read from one ``SAMDROP_*`` variable (see ``describe()``)."""
+
+    # Google Cloud resources (emulated locally).
+    project: str = _env("SAMDROP_PROJECT", "samdrop-local", "Google Cloud project id")
+    region: str = _env("SAMDROP_REGION", "us-central1", "region for Vertex AI and the function")
+    bucket: str = _env("SAMDROP_BUCKET", "samdrop-local", "bucket users upload into")
+    results_bucket: str | None = _env(
+        "SAMDROP_RESULTS_BUCKET", None, "bucket for outputs (default: the upload bucket)", _optional
+    )
+    incoming_prefix: str = _env("SAMDROP_INCOMING_PREFIX", "incoming/", "single uploads", _prefix)
+    batches_prefix: str = _env("SAMDROP_BATCHES_PREFIX", "batches/", "bulk drops", _prefix)
+    results_prefix: str = _env("SAMDROP_RESULTS_PREFIX", "results/", "outputs (never triggers)", _prefix)
+    uploads_topic: str = _env("SAMDROP_UPLOADS_TOPIC", "samdrop-uploads", "GCS notification topic")
+    completions_topic: str = _env("SAMDROP_COMPLETIONS_TOPIC", "samdrop-completions", "completion topic")
+    completions_subscription: str = _env(
+        "SAMDROP_COMPLETIONS_SUBSCRIPTION", "samdrop-completions-sub", "user's pull subscription"
+    )
+    dead_letter_topic: str = _env("SAMDROP_DEAD_LETTER_TOPIC", "samdrop-dead-letter", "dead letters")
+    max_delivery_attempts: int = _env(
+        "SAMDROP_MAX_DELIVERY_ATTEMPTS", 5, "deliveries before dead-lettering (5..100)", int
+    )
+
+    # Endpoint the function calls: Vertex endpoint resource name or http(s) URL of a CPR server.
+    endpoint: str | None = _env(
+        "SAMDROP_ENDPOINT", None, "projects/P/locations/R/endpoints/E or http(s)://host:port", _optional
+    )
+    endpoint_timeout_s: float = _env("SAMDROP_ENDPOINT_TIMEOUT_S", 300.0, "endpoint call timeout", float)
+
+    # Model and engine.
+    model_type: str = _env("SAMDROP_MODEL_TYPE", "tiny", "one of " + ", ".join(MODEL_TYPES))
+    checkpoint: str | None = _env(
+        "SAMDROP_CHECKPOINT", None, "checkpoint path or gs:// URI (tiny: built if absent)", _optional
+    )
+    device: str = _env("SAMDROP_DEVICE", "auto", "auto, cpu or cuda")
+    fast_path: bool = _env("SAMDROP_FAST_PATH", True, "bf16 autocast + SDPA attention + batching", _bool)
+    batch_size: int = _env("SAMDROP_BATCH_SIZE", 4, "images per encoder pass", int)
+    points_per_batch: int = _env("SAMDROP_POINTS_PER_BATCH", 64, "automatic-mask points per decoder call", int)
+    embedding_cache_size: int = _env("SAMDROP_EMBEDDING_CACHE_SIZE", 16, "image embeddings kept (LRU)", int)
+    max_image_pixels: int = _env(
+        "SAMDROP_MAX_IMAGE_PIXELS", 64_000_000, "larger images are refused (decompression bombs)", int
+    )
+    max_masks: int = _env("SAMDROP_MAX_MASKS", 256, "cap on masks returned per image", int)
+    cache_dir: Path = _env(
+        "SAMDROP_CACHE_DIR", Path.home() / ".cache" / "samdrop", "checkpoint download cache", Path
+    )
+    io_threads: int = _env("SAMDROP_IO_THREADS", 8, "threads for image reads and decodes", int)
+
+    # Local stack.
+    state_dir: Path = _env("SAMDROP_STATE_DIR", Path(".samdrop"), "local stack state and logs", Path)
+    gcs_port: int = _env("SAMDROP_GCS_PORT", 4443, "fake-gcs-server port", int)
+    pubsub_port: int = _env("SAMDROP_PUBSUB_PORT", 8085, "Pub/Sub emulator port", int)
+    predictor_port: int = _env("SAMDROP_PREDICTOR_PORT", 8080, "CPR predictor server port", int)
+    function_port: int = _env("SAMDROP_FUNCTION_PORT", 8081, "functions-framework port", int)
+
+    log_level: str = _env("SAMDROP_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    def __post_init__(self) -> None:
+        problems = list(self._problems())
+        if problems:
+            raise ConfigError("invalid settings: " + "; ".join(problems))
+
+    def _problems(self) -> Any:
+        if self.model_type not in MODEL_TYPES:
+            yield f"SAMDROP_MODEL_TYPE={self.model_type!r} is not one of {', '.join(MODEL_TYPES)}"
+        if self.model_type != "tiny" and not self.checkpoint:
+            yield (
+                f"SAMDROP_MODEL_TYPE={self.model_type} needs SAMDROP_CHECKPOINT (a local path or gs:// URI "
+                "of Meta's checkpoint); only 'tiny' can be built without one"
+            )
+        if self.device not in DEVICES:
+            yield f"SAMDROP_DEVICE={self.device!r} is not one of {', '.join(DEVICES)}"
+        for name in ("bucket", "results_bucket"):
+            value = getattr(self, name)
+            if value is not None and not _BUCKET_NAME.match(value):
+                yield f"{_env_name(name)}={value!r} is not a valid bucket name (3-63 of a-z 0-9 . _ -)"
+        positive = (
+            "batch_size",
+            "points_per_batch",
+            "max_image_pixels",
+            "max_masks",
+            "io_threads",
+            "endpoint_timeout_s",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                yield f"{_env_name(name)} must be > 0, got {getattr(self, name)}"
+        if self.embedding_cache_size < 0:
+            yield "SAMDROP_EMBEDDING_CACHE_SIZE must be >= 0"
+        if not 5 <= self.max_delivery_attempts <= 100:
+            yield "SAMDROP_MAX_DELIVERY_ATTEMPTS must be within 5..100 (Pub/Sub's dead-letter bounds)"
+        if self.endpoint and not (
+            self.endpoint.startswith(("http://", "https://")) or self.endpoint.startswith("projects/")
+        ):
+            yield "SAMDROP_ENDPOINT must be an http(s):// URL or projects/P/locations/R/endpoints/E"
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            yield f"SAMDROP_LOG_LEVEL={self.log_level!r} is not DEBUG, INFO, WARNING or ERROR"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build settings from ``env`` (usually ``os.environ`` at an edge); ``overrides`` win."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is None or f.name in overrides:
+                continue
+            parse = f.metadata["parse"] or str
+            try:
+                values[f.name] = parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{f.metadata['env']}={raw!r} is invalid: {exc}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The ``SAMDROP_*`` variables that rebuild these settings in another process."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.metadata["env"]] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
+
+    @property
+    def output_bucket(self) -> str:
+        return self.results_bucket or self.bucket
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, help) for every setting, for docs and ``--help``."""
+        return [
+            (f.metadata["env"], str(f.default), f.metadata["help"])
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING
+        ]
+
+
+def _env_name(field_name: str) -> str:
+    return next(f.metadata["env"] for f in dataclasses.fields(Settings) if f.name == field_name)

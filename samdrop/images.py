@@ -43,13 +43,18 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> np.nda
                     height=height,
                 )
             image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return _to_rgb(image)
+            displayed: Image.Image = ImageOps.exif_transpose(image) or image
+            return _to_rgb(displayed)
     except (ImageTooLarge, InvalidImage):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"{name} was refused as a decompression bomb: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except UnidentifiedImageError:
+        raise InvalidImage(
+            f"{name} is not an image format Pillow can read ({len(data)} bytes starting {data[:8]!r}); "
+            "upload a JPEG, PNG, WebP, TIFF, BMP or GIF"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImage(
             f"{name} could not be decoded as an image ({type(exc).__name__}: {exc}); "
             "supported: anything Pillow opens (JPEG, PNG, WebP, TIFF, BMP, GIF …)"

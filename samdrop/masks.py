@@ -35,14 +35,20 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     """Inverse of :func:`mask_to_rle`: an ``HxW bool`` array."""
     counts = rle["counts"]
-    coco = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    coco = {
+        "size": list(rle["size"]),
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
     return mask_utils.decode(coco).astype(bool)
 
 
 def rle_area(rle: dict[str, Any]) -> int:
     """Foreground pixel count of a COCO RLE, without decoding it."""
     counts = rle["counts"]
-    coco = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    coco = {
+        "size": list(rle["size"]),
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
     return int(mask_utils.area(coco))
 
 

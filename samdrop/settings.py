@@ -83,7 +83,9 @@ class Settings:
     device: str = _env("SAMDROP_DEVICE", "auto", "auto, cpu or cuda")
     fast_path: bool = _env("SAMDROP_FAST_PATH", True, "bf16 autocast + SDPA attention + batching", _bool)
     batch_size: int = _env("SAMDROP_BATCH_SIZE", 4, "images per encoder pass", int)
-    points_per_batch: int = _env("SAMDROP_POINTS_PER_BATCH", 64, "automatic-mask points per decoder call", int)
+    points_per_batch: int = _env(
+        "SAMDROP_POINTS_PER_BATCH", 64, "automatic-mask points per decoder call", int
+    )
     embedding_cache_size: int = _env("SAMDROP_EMBEDDING_CACHE_SIZE", 16, "image embeddings kept (LRU)", int)
     max_image_pixels: int = _env(
         "SAMDROP_MAX_IMAGE_PIXELS", 64_000_000, "larger images are refused (decompression bombs)", int
@@ -102,6 +104,25 @@ class Settings:
     function_port: int = _env("SAMDROP_FUNCTION_PORT", 8081, "functions-framework port", int)
 
     log_level: str = _env("SAMDROP_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    # Pub/Sub delivery to the function (deploy/resources.py; checked there against Pub/Sub's bounds).
+    uploads_subscription: str = _env(
+        "SAMDROP_UPLOADS_SUBSCRIPTION", "samdrop-uploads-push", "push subscription feeding the function"
+    )
+    dead_letter_subscription: str = _env(
+        "SAMDROP_DEAD_LETTER_SUBSCRIPTION",
+        "samdrop-dead-letter-sub",
+        "pull subscription keeping dead letters",
+    )
+    push_ack_deadline_s: int = _env(
+        "SAMDROP_PUSH_ACK_DEADLINE_S", 600, "seconds a push may take before redelivery (10..600)", int
+    )
+    retry_min_backoff_s: float = _env(
+        "SAMDROP_RETRY_MIN_BACKOFF_S", 10.0, "first redelivery delay after a failure (0..600)", float
+    )
+    retry_max_backoff_s: float = _env(
+        "SAMDROP_RETRY_MAX_BACKOFF_S", 600.0, "longest redelivery delay (0..600)", float
+    )
 
     def __post_init__(self) -> None:
         problems = list(self._problems())

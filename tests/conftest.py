@@ -1,0 +1,26 @@
+"""Fixtures shared by every tier: sample images and one tiny SAM per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("samdrop-cache")
+
+
+@pytest.fixture(scope="session")
+def coffee() -> np.ndarray:
+    """scikit-image's coffee photo: ``400x600x3 uint8``."""
+    return skdata.coffee()
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """scikit-image's astronaut photo: ``512x512x3 uint8``."""
+    return skdata.astronaut()

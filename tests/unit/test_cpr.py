@@ -1,0 +1,134 @@
+"""The custom prediction routine, step by step and without HTTP."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from predictor.cpr import SamPredictor
+from predictor.engine import SamEngine
+from samdrop.errors import InputNotFound, InvalidRequest
+from samdrop.masks import png_to_mask, rle_to_mask
+from samdrop.settings import Settings
+from tests.helpers import encode
+
+
+@pytest.fixture
+def objects(coffee) -> dict[str, bytes]:
+    return {
+        "gs://b/incoming/coffee.jpg": encode(coffee),
+        "gs://b/incoming/big.png": encode(Image.new("L", (3000, 3000)), "PNG"),
+    }
+
+
+@pytest.fixture
+def routine(fast_engine: SamEngine, objects, cache_dir) -> SamPredictor:
+    def read(uri: str) -> bytes:
+        if uri not in objects:
+            raise InputNotFound(f"{uri} does not exist")
+        return objects[uri]
+
+    settings = Settings.from_env({}, max_image_pixels=4_000_000, cache_dir=cache_dir)
+    predictor = SamPredictor()
+    predictor.setup(settings, fast_engine, read)
+    return predictor
+
+
+def call(routine: SamPredictor, body: dict) -> list[dict]:
+    return routine.postprocess(routine.predict(routine.preprocess(body)))["predictions"]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_good_and_bad_instances_side_by_side(routine, coffee):
+    good = {
+        "gcs_uri": "gs://b/incoming/coffee.jpg",
+        "file_path": "incoming/coffee.jpg",
+        "points": [[300, 200]],
+        "labels": [1],
+    }
+    cases = [
+        (good, None),
+        ({"image": b64(b"garbage bytes"), "file_path": "junk.jpg"}, "invalid_image"),
+        ({"image": "", "file_path": "empty.jpg"}, "invalid_image"),
+        ({"gcs_uri": "gs://b/incoming/missing.jpg"}, "not_found"),
+        ({"gcs_uri": "gs://b/incoming/big.png"}, "image_too_large"),
+        ({**good, "points": [[900, 10]]}, "invalid_prompt"),
+        ({**good, "labels": [1, 0]}, "invalid_prompt"),
+        ({"gcs_uri": good["gcs_uri"], "boxes": [[50, 50, 10, 10]]}, "invalid_prompt"),
+        ({**good, "model": "vit_q"}, "invalid_request"),
+        (
+            {
+                "image": b64(encode(coffee)),
+                "file_path": "legacy.jpg",
+                "input_point": [[10, 10]],
+                "input_label": [1],
+            },
+            None,
+        ),
+    ]
+    predictions = call(routine, {"instances": [raw for raw, _ in cases]})
+    assert len(predictions) == len(cases)
+    for prediction, (raw, code) in zip(predictions, cases, strict=True):
+        if code is None:
+            assert "error" not in prediction, prediction
+            assert (prediction["width"], prediction["height"]) == (600, 400)
+            assert len(prediction["masks"]) == 3
+            assert prediction["scores"] == [m["score"] for m in prediction["masks"]]
+            assert prediction["model"]["random_weights"] is True
+            assert prediction["file_path"] == raw["file_path"]
+        else:
+            assert prediction["error"]["code"] == code, prediction
+            assert prediction["error"]["message"]
+
+
+def test_automatic_masks_with_request_parameters(routine):
+    body = {
+        "instances": [{"gcs_uri": "gs://b/incoming/coffee.jpg"}],
+        "parameters": {
+            "amg": {"points_per_side": 4, "pred_iou_thresh": 0, "stability_score_thresh": 0, "max_masks": 3}
+        },
+    }
+    (prediction,) = call(routine, body)
+    assert prediction["mode"] == "automatic"
+    assert 0 < len(prediction["masks"]) <= 3
+    assert prediction["amg"]["points_per_side"] == 4
+
+
+def test_png_masks_and_logits(routine):
+    body = {
+        "instances": [
+            {
+                "gcs_uri": "gs://b/incoming/coffee.jpg",
+                "boxes": [[10, 10, 300, 300]],
+                "mask_format": "png",
+                "return_logits": True,
+            },
+            {"gcs_uri": "gs://b/incoming/coffee.jpg", "boxes": [[10, 10, 300, 300]]},
+        ]
+    }
+    png, rle = call(routine, body)
+    mask = png_to_mask(base64.b64decode(png["masks"][0]["segmentation"]))
+    assert mask.shape == (400, 600)
+    np.testing.assert_array_equal(mask, rle_to_mask(rle["masks"][0]["segmentation"]))
+    logits = png["logits"][0]
+    assert logits["shape"] == [256, 256]
+    assert len(base64.b64decode(logits["b64"])) == 256 * 256 * 2
+    assert "logits" not in rle
+
+
+@pytest.mark.parametrize("body", [[], {"instances": "x"}, {"instances": [], "parameters": 3}])
+def test_malformed_request_is_rejected_whole(routine, body):
+    with pytest.raises(InvalidRequest):
+        routine.preprocess(body)
+
+
+def test_load_builds_tiny_from_environment(tmp_path):
+    predictor = SamPredictor()
+    predictor.load("", env={"SAMDROP_CACHE_DIR": str(tmp_path), "SAMDROP_DEVICE": "cpu"})
+    assert predictor.engine is not None and predictor.engine.model_type == "tiny"

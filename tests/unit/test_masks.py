@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from samdrop import masks as m
+
+
+@pytest.fixture
+def blob() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    mask = np.zeros((37, 53), dtype=bool)
+    mask[5:20, 10:40] = True
+    mask[25:30, 2:5] = True
+    mask |= rng.random(mask.shape) > 0.97
+    return mask
+
+
+def test_rle_round_trip(blob):
+    rle = m.mask_to_rle(blob)
+    assert rle["size"] == [37, 53]
+    assert isinstance(rle["counts"], str)
+    np.testing.assert_array_equal(m.rle_to_mask(rle), blob)
+    assert m.rle_area(rle) == int(blob.sum())
+
+
+def test_rle_of_empty_and_full_masks():
+    for mask in (np.zeros((4, 6), bool), np.ones((4, 6), bool)):
+        np.testing.assert_array_equal(m.rle_to_mask(m.mask_to_rle(mask)), mask)
+
+
+def test_png_round_trip_is_binary_L_at_full_size(blob):
+    data = m.mask_to_png(blob)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.mode == "L"
+        assert image.size == (53, 37)
+        assert set(np.unique(np.asarray(image))) <= {0, 255}
+    np.testing.assert_array_equal(m.png_to_mask(data), blob)
+
+
+def test_png_mode_1_is_read_too(blob):
+    buffer = io.BytesIO()
+    Image.fromarray(blob).convert("1").save(buffer, format="PNG")
+    np.testing.assert_array_equal(m.png_to_mask(buffer.getvalue()), blob)
+
+
+def test_mask_box_is_inclusive_xyxy(blob):
+    only = np.zeros((10, 10), bool)
+    only[2:5, 3:8] = True
+    assert m.mask_box(only) == [3, 2, 7, 4]
+    assert m.mask_box(np.zeros((3, 3), bool)) == [0, 0, 0, 0]
+
+
+def test_overlay_tints_mask_pixels_only():
+    image = np.full((40, 60, 3), 100, np.uint8)
+    mask = np.zeros((40, 60), bool)
+    mask[10:30, 10:30] = True
+    overlay = np.asarray(m.render_overlay(image, [mask], max_side=None))
+    assert overlay.shape == image.shape
+    assert (overlay[0, 0] == 100).all()
+    assert not (overlay[20, 20] == 100).all()
+    data = m.overlay_jpeg(image, [mask], note="random weights")
+    assert data[:2] == b"\xff\xd8"
+
+
+def test_overlay_shrinks_large_images():
+    image = np.zeros((300, 2000, 3), np.uint8)
+    assert max(m.render_overlay(image, [], max_side=500).size) == 500

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from samdrop.errors import ConfigError
+from samdrop.settings import Settings
+
+
+def test_defaults_need_no_environment():
+    settings = Settings.from_env({})
+    assert settings.model_type == "tiny"
+    assert settings.output_bucket == settings.bucket
+    assert settings.incoming_prefix == "incoming/"
+
+
+def test_values_are_parsed_from_the_mapping():
+    settings = Settings.from_env(
+        {
+            "SAMDROP_BATCH_SIZE": "8",
+            "SAMDROP_FAST_PATH": "false",
+            "SAMDROP_RESULTS_PREFIX": "/out",
+            "SAMDROP_CACHE_DIR": "/tmp/x",
+            "SAMDROP_RESULTS_BUCKET": "other-bucket",
+        }
+    )
+    assert settings.batch_size == 8
+    assert settings.fast_path is False
+    assert settings.results_prefix == "out/"
+    assert settings.cache_dir == Path("/tmp/x")
+    assert settings.output_bucket == "other-bucket"
+
+
+def test_settings_are_frozen():
+    settings = Settings.from_env({})
+    with pytest.raises(AttributeError):
+        settings.bucket = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"SAMDROP_BATCH_SIZE": "many"}, "SAMDROP_BATCH_SIZE"),
+        ({"SAMDROP_BATCH_SIZE": "0"}, "SAMDROP_BATCH_SIZE"),
+        ({"SAMDROP_MODEL_TYPE": "vit_x"}, "SAMDROP_MODEL_TYPE"),
+        ({"SAMDROP_MODEL_TYPE": "vit_h"}, "SAMDROP_CHECKPOINT"),
+        ({"SAMDROP_BUCKET": "Bad_Bucket!"}, "SAMDROP_BUCKET"),
+        ({"SAMDROP_DEVICE": "tpu"}, "SAMDROP_DEVICE"),
+        ({"SAMDROP_FAST_PATH": "maybe"}, "SAMDROP_FAST_PATH"),
+        ({"SAMDROP_ENDPOINT": "ftp://x"}, "SAMDROP_ENDPOINT"),
+        ({"SAMDROP_MAX_DELIVERY_ATTEMPTS": "2"}, "SAMDROP_MAX_DELIVERY_ATTEMPTS"),
+    ],
+)
+def test_invalid_values_name_the_variable_to_fix(env, names):
+    with pytest.raises(ConfigError, match=names):
+        Settings.from_env(env)
+
+
+def test_to_env_round_trips():
+    settings = Settings.from_env({"SAMDROP_BATCH_SIZE": "3", "SAMDROP_FAST_PATH": "false"})
+    assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_describe_lists_every_variable():
+    names = [name for name, _, _ in Settings.describe()]
+    assert all(name.startswith("SAMDROP_") for name in names)
+    assert len(names) == len(set(names))

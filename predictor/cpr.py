@@ -164,8 +164,8 @@ class SamPredictor(Predictor):
 
 def gcs_reader(project: str | None) -> ReadObject:
     """Read ``gs://`` objects through google-cloud-storage (honours ``STORAGE_EMULATOR_HOST``)."""
+    import google.cloud.storage as storage
     from google.api_core import exceptions
-    from google.cloud import storage
 
     try:
         client = storage.Client(project=project)

@@ -186,7 +186,7 @@ def _single_checkpoint_in(candidates: list[str], where: str) -> str:
 
 def _download(uri: str, cache_dir: Path) -> Path:
     """Fetch a ``gs://`` checkpoint (or the single .pth under a ``gs://`` folder) once, keyed by URI."""
-    from google.cloud import storage
+    import google.cloud.storage as storage
 
     bucket_name, _, name = uri.removeprefix("gs://").partition("/")
     client = storage.Client()

@@ -1,0 +1,64 @@
+"""The hand-off point for bulk drops: ``batches/<id>/_READY`` → :data:`StartBatch`.
+
+Until the KFP pipeline is plugged in, :func:`pipelines_not_configured` answers every marker with a
+``failed`` batch completion that says so. It deliberately does not claim the batch
+(``results/batches/<id>/_CLAIMED``): the real starter claims it, so re-uploading ``_READY`` once
+pipelines are configured still runs the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from samdrop.messages import CompletionMessage, Publisher, publish_completion
+from samdrop.settings import Settings
+from samdrop.storage import ObjectStore
+
+
+@dataclass(frozen=True)
+class BatchStart:
+    """A ready batch: the marker object ``batches/<id>/_READY`` at ``generation`` in ``bucket``."""
+
+    batch_id: str
+    bucket: str
+    marker: str
+    generation: str
+    folder: str  # "batches/<id>/"
+
+    @property
+    def folder_uri(self) -> str:
+        return f"gs://{self.bucket}/{self.folder}"
+
+
+class StartBatch(Protocol):
+    def __call__(
+        self, request: BatchStart, *, settings: Settings, store: ObjectStore, publisher: Publisher
+    ) -> str:
+        """Start (or refuse) the batch; returns a short outcome for the log line."""
+        ...
+
+
+def pipelines_not_configured(
+    request: BatchStart, *, settings: Settings, store: ObjectStore, publisher: Publisher
+) -> str:
+    """Publish a ``failed`` batch completion: bulk drops need the KFP pipeline, not wired in yet."""
+    message = CompletionMessage(
+        kind="batch",
+        status="failed",
+        batch_id=request.batch_id,
+        input=request.folder_uri,
+        images=0,
+        succeeded=0,
+        failed=0,
+        error={
+            "code": "pipelines_not_configured",
+            "message": (
+                f"batch {request.batch_id} was not started: this deployment has no pipeline runner "
+                f"configured for bulk drops; upload the images under {settings.incoming_prefix} to "
+                "segment them one by one"
+            ),
+        },
+    )
+    publish_completion(publisher, settings.completions_topic, message)
+    return "batch_not_started"

@@ -1,0 +1,110 @@
+"""From a CloudEvent to done: decode, route, act, log one line. Clients arrive in :class:`Deps`.
+
+Meeting Pub/Sub at this edge: returning normally acknowledges the message; raising
+``TransientError`` or ``ConfigError`` makes functions-framework answer 500, so Pub/Sub redelivers
+with backoff and finally dead-letters. Undecodable events and permanent errors are acknowledged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from functions import logs
+from functions.batches import BatchStart, StartBatch, pipelines_not_configured
+from functions.endpoint import Endpoint
+from functions.events import EventDecodeError, UploadEvent, decode_event
+from functions.routing import Action, route
+from functions.segment import segment_upload
+from samdrop.errors import ConfigError, TransientError
+from samdrop.messages import Publisher
+from samdrop.settings import Settings
+from samdrop.storage import ObjectStore
+
+
+@dataclass(frozen=True)
+class Deps:
+    """Everything the handler needs from the outside; built once per process (or from fakes)."""
+
+    settings: Settings
+    store: ObjectStore
+    publisher: Publisher
+    endpoint: Endpoint | None  # None when SAMDROP_ENDPOINT is unset: batches still work
+    start_batch: StartBatch = field(default=pipelines_not_configured)
+    clock: Callable[[], float] = time.monotonic
+
+
+def handle_cloud_event(cloud_event: Any, deps: Deps) -> str:
+    """Decode a CloudEvent (``type``, ``id``, ``data``) and handle it; returns the outcome logged."""
+    try:
+        event = decode_event(cloud_event["type"], cloud_event.data, ce_id=cloud_event["id"])
+    except (EventDecodeError, KeyError, AttributeError, TypeError) as exc:
+        logs.warning(
+            f"undecodable event acknowledged: {exc}",
+            outcome="invalid_event",
+            ce_id=_safe_get(cloud_event, "id"),
+            ce_type=_safe_get(cloud_event, "type"),
+        )
+        return "invalid_event"
+    return handle_upload(event, deps)
+
+
+def handle_upload(event: UploadEvent, deps: Deps) -> str:
+    """Route ``event`` and act on it; exactly one log line per event. Returns the outcome."""
+    started = deps.clock()
+    fields: dict[str, Any] = {
+        "object": event.uri,
+        "generation": event.generation,
+        "event_type": event.event_type,
+        "message_id": event.message_id,
+    }
+    decision = route(event, deps.settings)
+    try:
+        if decision.action is Action.IGNORE:
+            logs.info(f"ignored: {decision.reason}", outcome="ignored", **fields)
+            return "ignored"
+        if decision.action is Action.START_BATCH:
+            assert decision.batch_id is not None
+            prefix = deps.settings.batches_prefix + decision.batch_id + "/"
+            request = BatchStart(decision.batch_id, event.bucket, event.name, event.generation, prefix)
+            outcome = deps.start_batch(
+                request, settings=deps.settings, store=deps.store, publisher=deps.publisher
+            )
+            timings = {"total": _ms(deps.clock() - started)}
+            logs.info(f"batch {decision.batch_id}: {outcome}", outcome=outcome, timings_ms=timings, **fields)
+            return outcome
+        result = segment_upload(
+            event,
+            settings=deps.settings,
+            store=deps.store,
+            publisher=deps.publisher,
+            endpoint=deps.endpoint,
+            clock=deps.clock,
+        )
+    except TransientError as exc:
+        logs.warning(f"transient failure, Pub/Sub will redeliver: {exc.message}", outcome="retry", **fields)
+        raise
+    except ConfigError as exc:
+        logs.error(
+            f"configuration error, Pub/Sub will redeliver: {exc.message}", outcome="config_error", **fields
+        )
+        raise
+    timings = {**result.timings_ms, "handler": _ms(deps.clock() - started)}
+    severity = "WARNING" if result.outcome == "failed" else "INFO"
+    logs.log(
+        severity, f"{result.outcome}: {result.reason}", outcome=result.outcome, timings_ms=timings, **fields
+    )
+    return result.outcome
+
+
+def _safe_get(cloud_event: Any, key: str) -> Any:
+    try:
+        return cloud_event[key]
+    except Exception:
+        return None
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 1)

@@ -1,0 +1,65 @@
+"""Where an input's outputs live: ``results/<input path>/…`` (shared by function and pipeline).
+
+Every object written here carries custom metadata ``samdrop-input-generation`` (the input's
+generation), so one listing of the folder tells which input generation each output belongs to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from samdrop.settings import Settings
+
+GENERATION_KEY = "samdrop-input-generation"
+MASKS_JSON = "masks.json"
+ERROR_JSON = "error.json"
+OVERLAY = "overlay.jpg"
+# Written only after the completion was published; its presence for generation G means "done".
+COMPLETION_JSON = "completion.json"
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Object names (not URIs) of one input's outputs in ``bucket``; ``folder`` ends with ``/``."""
+
+    bucket: str
+    folder: str
+
+    def mask(self, index: int) -> str:
+        return f"{self.folder}mask_{index:03d}.png"
+
+    @property
+    def masks_json(self) -> str:
+        return self.folder + MASKS_JSON
+
+    @property
+    def error_json(self) -> str:
+        return self.folder + ERROR_JSON
+
+    @property
+    def overlay(self) -> str:
+        return self.folder + OVERLAY
+
+    @property
+    def completion(self) -> str:
+        return self.folder + COMPLETION_JSON
+
+    def uri(self, name: str) -> str:
+        return f"gs://{self.bucket}/{name}"
+
+
+def output_paths(settings: Settings, input_name: str) -> OutputPaths:
+    """``results/incoming/cat.jpg/`` for ``incoming/cat.jpg`` (the whole input path is kept)."""
+    return OutputPaths(bucket=settings.output_bucket, folder=f"{settings.results_prefix}{input_name}/")
+
+
+def input_generation(metadata: Mapping[str, str] | None) -> int | None:
+    """The input generation an output object was written for; None for objects samdrop did not write."""
+    raw = (metadata or {}).get(GENERATION_KEY)
+    return int(raw) if raw is not None and raw.isdigit() else None
+
+
+def tag(generation: int) -> dict[str, str]:
+    """Custom metadata for an output of input generation ``generation``."""
+    return {GENERATION_KEY: str(generation)}

@@ -1,0 +1,131 @@
+"""Completion messages (DESIGN.md "Completion messages") and publishing them to Pub/Sub.
+
+Body: UTF-8 JSON; attributes: ``kind``, ``status`` and ``batch_id`` (when set) so subscribers can
+filter. ``(input, generation)`` identifies an image's work: a subscriber that must not act twice
+dedupes on it (Pub/Sub itself delivers at least once).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from google.api_core import exceptions as api_exceptions
+
+from samdrop.errors import ConfigError, TransientError
+
+KINDS = ("image", "batch")
+STATUSES = {"image": ("succeeded", "failed"), "batch": ("succeeded", "partial", "failed")}
+_IMAGE_KEYS = (
+    "kind",
+    "status",
+    "input",
+    "generation",
+    "outputs",
+    "mask_count",
+    "model",
+    "timings_ms",
+    "error",
+)
+_BATCH_KEYS = ("kind", "status", "batch_id", "input", "images", "succeeded", "failed", "outputs", "error")
+
+
+@dataclass(frozen=True)
+class CompletionMessage:
+    """One completion. ``input`` is a ``gs://`` URI (a folder URI for batches); ``outputs`` maps a
+    role (``masks`` → list of URIs, ``metadata``, ``overlay``, ``manifest``, ``report``) to URIs;
+    ``error`` is ``{"code", "message"}`` exactly when ``status`` is ``failed``."""
+
+    kind: str
+    status: str
+    input: str
+    generation: str | None = None
+    batch_id: str | None = None
+    outputs: Mapping[str, Any] = field(default_factory=dict)
+    mask_count: int | None = None
+    model: str | None = None
+    timings_ms: Mapping[str, float] | None = None
+    images: int | None = None
+    succeeded: int | None = None
+    failed: int | None = None
+    error: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.status not in STATUSES[self.kind]:
+            raise ValueError(
+                f"a {self.kind} status must be one of {STATUSES[self.kind]}, got {self.status!r}"
+            )
+        if self.kind == "batch" and not self.batch_id:
+            raise ValueError("a batch completion needs batch_id")
+        if (self.status == "failed") != (self.error is not None):
+            raise ValueError("error is set exactly when status is 'failed'")
+        if self.error is not None and not {"code", "message"} <= set(self.error):
+            raise ValueError("error needs 'code' and 'message'")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        keys = _IMAGE_KEYS if self.kind == "image" else _BATCH_KEYS
+        return {key: _plain(values[key]) for key in keys}
+
+    def data(self) -> bytes:
+        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=False).encode("utf-8")
+
+    def attributes(self) -> dict[str, str]:
+        attributes = {"kind": self.kind, "status": self.status}
+        if self.batch_id:
+            attributes["batch_id"] = self.batch_id
+        return attributes
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> CompletionMessage:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{key: value for key, value in body.items() if key in known})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, data: bytes, attributes: Mapping[str, str]) -> str:
+        """Publish one message to ``topic`` (short id); returns the server's message id."""
+        ...
+
+
+class PubsubPublisher:
+    """:class:`Publisher` over ``google.cloud.pubsub_v1.PublisherClient``; waits ``timeout_s`` at most."""
+
+    def __init__(self, client: Any, project: str, *, timeout_s: float = 60.0) -> None:
+        self._client = client
+        self._project = project
+        self._timeout = timeout_s
+
+    def publish(self, topic: str, data: bytes, attributes: Mapping[str, str]) -> str:
+        path = self._client.topic_path(self._project, topic)
+        try:
+            return str(self._client.publish(path, data, **attributes).result(timeout=self._timeout))
+        except (api_exceptions.NotFound, api_exceptions.PermissionDenied, api_exceptions.Forbidden) as exc:
+            raise ConfigError(
+                f"cannot publish to {path} ({exc.message}): create the topic (SAMDROP_COMPLETIONS_TOPIC) "
+                "and grant the function's service account roles/pubsub.publisher"
+            ) from exc
+        except (
+            api_exceptions.GoogleAPICallError,
+            api_exceptions.RetryError,
+            concurrent.futures.TimeoutError,
+        ) as exc:
+            raise TransientError(f"publishing to {path} failed ({type(exc).__name__}: {exc})") from exc
+
+
+def publish_completion(publisher: Publisher, topic: str, message: CompletionMessage) -> str:
+    """Publish ``message`` to ``topic``; returns the message id. Raises ``TransientError`` on failure."""
+    return publisher.publish(topic, message.data(), message.attributes())

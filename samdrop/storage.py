@@ -1,0 +1,163 @@
+"""The few Cloud Storage operations the function needs, behind a small protocol.
+
+:class:`GcsStore` maps the client library's exceptions onto samdrop's: 404 on a read →
+``InputNotFound`` (permanent), 412 → :class:`WriteConflict` (another delivery got there first),
+401/403 → ``ConfigError`` (fix the service account; the message is redelivered, not lost), 429/5xx,
+timeouts and connection errors → ``TransientError``. Tests pass an in-memory store instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.api_core.retry import Retry
+from google.auth import exceptions as auth_exceptions
+
+from samdrop.errors import ConfigError, InputNotFound, SamdropError, TransientError
+
+# Retrying a write is safe only because every write here carries a generation precondition.
+WRITE_RETRY = Retry(initial=0.5, maximum=8.0, multiplier=2.0, timeout=60.0)
+
+
+class WriteConflict(SamdropError):
+    """A generation precondition failed (HTTP 412): someone else wrote or replaced the object."""
+
+    code = "conflict"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object version: ``generation`` as int, custom ``metadata`` as str → str."""
+
+    name: str
+    generation: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+    size: int | None = None
+
+
+class ObjectStore(Protocol):
+    def list(self, bucket: str, prefix: str) -> dict[str, ObjectInfo]:
+        """Objects directly under ``prefix`` (not in sub-folders), by full name."""
+        ...
+
+    def stat(self, bucket: str, name: str, *, generation: int | None = None) -> ObjectInfo | None:
+        """One object's info, or None when it does not exist."""
+        ...
+
+    def read(self, bucket: str, name: str, *, generation: int | None = None) -> bytes:
+        """The object's bytes; raises ``InputNotFound`` when absent."""
+        ...
+
+    def write(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str,
+        if_generation_match: int,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Create (``if_generation_match=0``) or replace that exact generation; returns the new one.
+        Raises :class:`WriteConflict` when the precondition fails."""
+        ...
+
+    def delete(self, bucket: str, name: str, *, if_generation_match: int) -> None:
+        """Delete that exact generation; raises :class:`WriteConflict` or ``InputNotFound``."""
+        ...
+
+
+class GcsStore:
+    """:class:`ObjectStore` over ``google.cloud.storage.Client``; every call has ``timeout_s``."""
+
+    def __init__(self, client: Any, *, timeout_s: float = 60.0) -> None:
+        self._client = client
+        self._timeout = timeout_s
+
+    def list(self, bucket: str, prefix: str) -> dict[str, ObjectInfo]:
+        with _translated(f"gs://{bucket}/{prefix}"):
+            blobs = self._client.list_blobs(bucket, prefix=prefix, delimiter="/", timeout=self._timeout)
+            return {blob.name: _info(blob) for blob in blobs}
+
+    def stat(self, bucket: str, name: str, *, generation: int | None = None) -> ObjectInfo | None:
+        with _translated(f"gs://{bucket}/{name}"):
+            blob = self._client.bucket(bucket).get_blob(name, generation=generation, timeout=self._timeout)
+            return _info(blob) if blob is not None else None
+
+    def read(self, bucket: str, name: str, *, generation: int | None = None) -> bytes:
+        with _translated(f"gs://{bucket}/{name}"):
+            blob = self._client.bucket(bucket).blob(name, generation=generation)
+            return bytes(blob.download_as_bytes(timeout=self._timeout))
+
+    def write(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str,
+        if_generation_match: int,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        with _translated(f"gs://{bucket}/{name}"):
+            blob = self._client.bucket(bucket).blob(name)
+            if metadata:
+                blob.metadata = dict(metadata)
+            blob.upload_from_string(
+                data,
+                content_type=content_type,
+                if_generation_match=if_generation_match,
+                timeout=self._timeout,
+                retry=WRITE_RETRY,
+            )
+            return int(blob.generation or 0)
+
+    def delete(self, bucket: str, name: str, *, if_generation_match: int) -> None:
+        with _translated(f"gs://{bucket}/{name}"):
+            self._client.bucket(bucket).blob(name).delete(
+                if_generation_match=if_generation_match, timeout=self._timeout, retry=WRITE_RETRY
+            )
+
+
+def _info(blob: Any) -> ObjectInfo:
+    return ObjectInfo(
+        name=blob.name,
+        generation=int(blob.generation or 0),
+        metadata=dict(blob.metadata or {}),
+        content_type=blob.content_type,
+        size=int(blob.size) if blob.size is not None else None,
+    )
+
+
+@contextlib.contextmanager
+def _translated(uri: str) -> Iterator[None]:
+    """Turn client-library exceptions into samdrop's classification."""
+    try:
+        yield
+    except api_exceptions.PreconditionFailed as exc:
+        raise WriteConflict(f"{uri}: generation precondition failed ({exc.message})") from exc
+    except api_exceptions.NotFound as exc:
+        raise InputNotFound(f"{uri} does not exist (deleted or replaced?)") from exc
+    except (api_exceptions.Unauthorized, api_exceptions.Forbidden) as exc:
+        raise ConfigError(
+            f"{uri}: access denied ({exc.message}); grant the function's service account "
+            "roles/storage.objectUser on the bucket"
+        ) from exc
+    except (
+        api_exceptions.TooManyRequests,
+        api_exceptions.ServerError,
+        api_exceptions.RetryError,
+        api_exceptions.DeadlineExceeded,
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        auth_exceptions.TransportError,
+        TimeoutError,
+        ConnectionError,
+    ) as exc:
+        raise TransientError(f"{uri}: storage unavailable ({type(exc).__name__}: {exc})") from exc

@@ -1,0 +1,95 @@
+"""The entry point itself, called with a real ``cloudevents`` CloudEvent and injected fakes."""
+
+import json
+
+import pytest
+from cloudevents.http import CloudEvent
+
+from functions.main import on_upload
+from samdrop.errors import TransientError
+from tests.unit.function_fakes import (
+    BUCKET,
+    FakeEndpoint,
+    FakePublisher,
+    FakeStore,
+    jpeg,
+    load_event,
+    make_deps,
+)
+
+
+def cloud_event(fixture: str) -> CloudEvent:
+    raw = load_event(fixture)
+    data = raw.pop("data")
+    return CloudEvent(raw, data)
+
+
+def logged(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_on_upload_segments_the_captured_emulator_event(capsys):
+    store, publisher = FakeStore(), FakePublisher()
+    event = cloud_event("gcs_finalize_cloudevent.json")
+    # Make the object exist at the generation the event names.
+    name, generation = "incoming/cats/cat.jpg", 1795645324987411
+    store.put(BUCKET, name, jpeg())
+    store.objects[(BUCKET, name)].generation = generation
+    endpoint = FakeEndpoint()
+
+    on_upload(event, make_deps(store, publisher, endpoint))
+
+    [([instance], _)] = endpoint.calls
+    assert instance["points"] == [[120, 80]] and instance["boxes"] == [[10, 20, 200, 160]]
+    [body] = publisher.bodies
+    assert body["status"] == "succeeded" and body["generation"] == str(generation)
+    [line] = logged(capsys)
+    assert line["severity"] == "INFO" and line["outcome"] == "succeeded"
+    assert line["object"] == f"gs://{BUCKET}/{name}" and line["generation"] == str(generation)
+    assert "total" in line["timings_ms"]
+
+
+@pytest.mark.parametrize("fixture", ["delete_incoming.json", "finalize_results.json"])
+def test_on_upload_ignores_with_exactly_one_log_line(fixture, capsys):
+    publisher = FakePublisher()
+    on_upload(cloud_event(fixture), make_deps(publisher=publisher))
+    [line] = logged(capsys)
+    assert line["outcome"] == "ignored" and line["message"].startswith("ignored:")
+    assert publisher.messages == []
+
+
+@pytest.mark.parametrize("fixture", ["malformed_base64.json", "missing_attributes.json"])
+def test_on_upload_acknowledges_undecodable_events(fixture, capsys):
+    on_upload(cloud_event(fixture), make_deps())  # returns normally → 200 → acked
+    [line] = logged(capsys)
+    assert line["severity"] == "WARNING" and line["outcome"] == "invalid_event"
+
+
+def test_on_upload_ready_marker_reaches_the_batch_hand_off(capsys):
+    started = []
+
+    def start_batch(request, *, settings, store, publisher):
+        started.append(request)
+        return "batch_started"
+
+    on_upload(cloud_event("finalize_ready.json"), make_deps(start_batch=start_batch))
+    [request] = started
+    assert request.batch_id == "2026-11-25-a" and request.folder_uri == f"gs://{BUCKET}/batches/2026-11-25-a/"
+    assert logged(capsys)[0]["outcome"] == "batch_started"
+
+
+def test_on_upload_default_batch_hand_off_publishes_failed():
+    publisher = FakePublisher()
+    on_upload(cloud_event("finalize_ready.json"), make_deps(publisher=publisher))
+    [(_, body, attributes)] = publisher.messages
+    assert attributes["batch_id"] == "2026-11-25-a" and body["status"] == "failed"
+
+
+def test_on_upload_lets_transient_errors_escape_for_redelivery(capsys):
+    store = FakeStore()
+    store.put(BUCKET, "incoming/cat.jpg", jpeg())
+    store.objects[(BUCKET, "incoming/cat.jpg")].generation = 1764065702512799
+    deps = make_deps(store, endpoint=FakeEndpoint(error=TransientError("HTTP 503")))
+    with pytest.raises(TransientError):
+        on_upload(cloud_event("finalize_incoming.json"), deps)
+    assert logged(capsys)[0]["outcome"] == "retry"

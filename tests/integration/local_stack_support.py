@@ -1,0 +1,33 @@
+"""Helpers shared by the local-stack fixture and tests (a module name no other folder uses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.local import LocalStack, find_free_port
+from samdrop.settings import Settings
+
+RECORDER = Path(__file__).resolve().parent / "recorder_function" / "main.py"
+
+
+@dataclass(frozen=True)
+class RunningStack:
+    stack: LocalStack
+    settings: Settings
+    record_file: Path  # CloudEvents the recorder function received, one JSON per line
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.stack.client_env()
+
+
+def stack_settings(state_dir: Path, **overrides) -> Settings:
+    """Settings on free ports; quick retries so the dead-letter path runs in seconds."""
+    ports = {
+        name: find_free_port() for name in ("gcs_port", "pubsub_port", "predictor_port", "function_port")
+    }
+    values = dict(
+        state_dir=state_dir, retry_min_backoff_s=1.0, retry_max_backoff_s=2.0, max_delivery_attempts=5
+    )
+    return Settings.from_env({}, **{**ports, **values, **overrides})

@@ -17,6 +17,7 @@ from samdrop.errors import ConfigError
 
 MODEL_TYPES = ("tiny", "vit_b", "vit_l", "vit_h")
 DEVICES = ("auto", "cpu", "cuda")
+PIPELINE_RUNNERS = ("local", "vertex", "none")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 
 
@@ -74,6 +75,34 @@ class Settings:
         "SAMDROP_ENDPOINT", None, "projects/P/locations/R/endpoints/E or http(s)://host:port", _optional
     )
     endpoint_timeout_s: float = _env("SAMDROP_ENDPOINT_TIMEOUT_S", 300.0, "endpoint call timeout", float)
+
+    # Bulk drops (pipeline/): who runs the KFP pipeline for batches/<id>/_READY, and how.
+    pipeline_runner: str = _env(
+        "SAMDROP_PIPELINE_RUNNER", "local", "local (kfp.local), vertex (Vertex AI Pipelines) or none"
+    )
+    pipeline_template: str | None = _env(
+        "SAMDROP_PIPELINE_TEMPLATE", None, "gs:// URI of the compiled pipeline YAML (vertex)", _optional
+    )
+    pipeline_root: str | None = _env(
+        "SAMDROP_PIPELINE_ROOT", None, "gs:// pipeline root (vertex); local: <state dir>/pipelines", _optional
+    )
+    pipeline_service_account: str | None = _env(
+        "SAMDROP_PIPELINE_SERVICE_ACCOUNT", None, "service account pipeline runs act as (vertex)", _optional
+    )
+    pipeline_image: str | None = _env(
+        "SAMDROP_PIPELINE_IMAGE", None, "container image of the pipeline's components (vertex)", _optional
+    )
+    shard_size: int = _env("SAMDROP_SHARD_SIZE", 64, "images per pipeline shard task", int)
+    pipeline_parallelism: int = _env("SAMDROP_PIPELINE_PARALLELISM", 4, "shard tasks run at once", int)
+    pipeline_machine_type: str = _env(
+        "SAMDROP_PIPELINE_MACHINE_TYPE", "g2-standard-8", "machine type of a shard task (vertex)"
+    )
+    pipeline_accelerator_type: str = _env(
+        "SAMDROP_PIPELINE_ACCELERATOR_TYPE", "NVIDIA_L4", "GPU of a shard task (vertex)"
+    )
+    pipeline_accelerator_count: int = _env(
+        "SAMDROP_PIPELINE_ACCELERATOR_COUNT", 1, "GPUs per shard task (vertex; 0 for CPU)", int
+    )
 
     # Model and engine.
     model_type: str = _env("SAMDROP_MODEL_TYPE", "tiny", "one of " + ", ".join(MODEL_TYPES))
@@ -150,6 +179,8 @@ class Settings:
             "max_masks",
             "io_threads",
             "endpoint_timeout_s",
+            "shard_size",
+            "pipeline_parallelism",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -162,6 +193,11 @@ class Settings:
             self.endpoint.startswith(("http://", "https://")) or self.endpoint.startswith("projects/")
         ):
             yield "SAMDROP_ENDPOINT must be an http(s):// URL or projects/P/locations/R/endpoints/E"
+        if self.pipeline_runner not in PIPELINE_RUNNERS:
+            runners = ", ".join(PIPELINE_RUNNERS)
+            yield f"SAMDROP_PIPELINE_RUNNER={self.pipeline_runner!r} is not one of {runners}"
+        if self.pipeline_accelerator_count < 0:
+            yield "SAMDROP_PIPELINE_ACCELERATOR_COUNT must be >= 0"
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             yield f"SAMDROP_LOG_LEVEL={self.log_level!r} is not DEBUG, INFO, WARNING or ERROR"
 

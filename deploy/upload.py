@@ -6,7 +6,6 @@ Planning and prompt checks are pure; the two functions that touch Google Cloud t
 from __future__ import annotations
 
 import json
-import math
 import mimetypes
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,12 +17,11 @@ from google.api_core import exceptions as gexc
 
 from samdrop.errors import InputNotFound, InvalidImage, InvalidPrompt, InvalidRequest
 from samdrop.images import is_image_name
+from samdrop.prompts import PROMPTS_METADATA_KEY, parse_prompts_json
 
 if TYPE_CHECKING:
     from google.cloud import pubsub_v1, storage
 
-PROMPTS_METADATA_KEY = "samdrop-prompts"
-PROMPT_KEYS = ("points", "labels", "boxes")
 TIMEOUT_S = 60.0
 
 
@@ -33,59 +31,12 @@ class PlannedUpload:
     object_name: str
 
 
-def parse_prompts(text: str) -> dict[str, list[Any]]:
-    """Check ``--prompts`` JSON and return it normalised.
-
-    Shape: ``{"points": Nx2 pixel XY, "labels": N of 1 (foreground) or 0 (background),
-    "boxes": Mx4 pixel XYXY}``; any key may be left out, but points need their labels.
-    """
-    try:
-        prompts = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidPrompt(f"--prompts is not JSON ({exc})") from None
-    if not isinstance(prompts, dict) or not prompts:
-        raise InvalidPrompt('--prompts must be a JSON object like {"points": [[x, y]], "labels": [1]}')
-    unknown = sorted(set(prompts) - set(PROMPT_KEYS))
-    if unknown:
-        raise InvalidPrompt(f"--prompts has unknown keys {unknown}; allowed: {', '.join(PROMPT_KEYS)}")
-    points = _coordinates(prompts.get("points", []), 2, "points", "[[x, y], ...]")
-    boxes = _coordinates(prompts.get("boxes", []), 4, "boxes", "[[x0, y0, x1, y1], ...]")
-    labels = prompts.get("labels", [])
-    if not isinstance(labels, list) or any(
-        label not in (0, 1) or isinstance(label, bool) for label in labels
-    ):
-        raise InvalidPrompt("--prompts labels must be a list of 1 (foreground) or 0 (background)")
-    if len(labels) != len(points):
-        raise InvalidPrompt(
-            f"--prompts has {len(points)} points but {len(labels)} labels: give one label per point"
-        )
-    for box in boxes:
-        if box[0] > box[2] or box[1] > box[3]:
-            raise InvalidPrompt(f"--prompts box {box} is not [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1")
-    normalised: dict[str, list[Any]] = {}
-    if points:
-        normalised["points"], normalised["labels"] = points, labels
-    if boxes:
-        normalised["boxes"] = boxes
-    return normalised
-
-
-def _coordinates(value: Any, width: int, name: str, shape: str) -> list[list[float]]:
-    if not isinstance(value, list):
-        raise InvalidPrompt(f"--prompts {name} must be a list {shape}")
-    for item in value:
-        ok = isinstance(item, list) and len(item) == width
-        if not ok or not all(_is_coordinate(v) for v in item):
-            raise InvalidPrompt(
-                f"--prompts {name} entry {item!r} is not {width} non-negative numbers ({shape})"
-            )
-    return value
-
-
-def _is_coordinate(value: Any) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-    )
+def parse_prompts(text: str) -> dict[str, Any]:
+    """Check ``--prompts`` JSON (shape in :mod:`samdrop.prompts`) and return it normalised."""
+    prompts = parse_prompts_json(text, where="--prompts")
+    if prompts is None:
+        raise InvalidPrompt('--prompts must not be empty: e.g. {"points": [[x, y]], "labels": [1]}')
+    return prompts
 
 
 def plan_uploads(paths: Iterable[Path], prefix: str) -> list[PlannedUpload]:

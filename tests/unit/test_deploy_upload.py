@@ -12,15 +12,23 @@ def test_parse_prompts_accepts_the_documented_shape():
     text = '{"points": [[10, 20.5], [3, 4]], "labels": [1, 0], "boxes": [[0, 0, 5, 5]]}'
     assert parse_prompts(text) == {"points": [[10, 20.5], [3, 4]], "labels": [1, 0], "boxes": [[0, 0, 5, 5]]}
     assert parse_prompts('{"boxes": [[1, 2, 3, 4]]}') == {"boxes": [[1, 2, 3, 4]]}
+    # Labels default to foreground; automatic-mask parameters travel as given.
+    assert parse_prompts('{"points": [[1, 2]], "amg": {"points_per_side": 8}}') == {
+        "points": [[1, 2]],
+        "labels": [1],
+        "amg": {"points_per_side": 8},
+    }
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("not json", "not JSON"),
+        ("not json", "not valid JSON"),
         ("[]", "JSON object"),
-        ('{"point": [[1, 2]]}', "unknown keys"),
-        ('{"points": [[1, 2]]}', "1 points but 0 labels"),
+        ('{"points": [[1, 2]], "labels": [1], "multimask": 1}', "true or false"),
+        ('{"point": [[1, 2]]}', "unknown key"),
+        ('{"points": [[1, 2]], "labels": []}', "1 points but 0 labels"),
+        ("{}", "must not be empty"),
         ('{"points": [[1, 2, 3]], "labels": [1]}', "not 2 non-negative numbers"),
         ('{"points": [[-1, 2]], "labels": [1]}', "non-negative"),
         ('{"points": [[1, 2]], "labels": [2]}', "1 \\(foreground\\) or 0"),

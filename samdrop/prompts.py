@@ -1,0 +1,89 @@
+"""Prompts for one image, as users write them: ``samdrop upload --prompts``, the ``samdrop-prompts``
+metadata of a single upload, and one entry of a batch's ``prompts.json`` all share this shape::
+
+    {"points": [[x, y], ...], "labels": [1|0, ...], "boxes": [[x0, y0, x1, y1], ...],
+     "multimask": bool, "amg": {automatic-mask parameters}}
+
+Coordinates are pixels of the image as displayed. ``labels`` default to 1 (foreground) per point.
+Whether the prompts fit inside the image is the predictor's check (it knows the size).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from samdrop.errors import InvalidPrompt
+
+PROMPTS_METADATA_KEY = "samdrop-prompts"
+PROMPT_KEYS = ("points", "labels", "boxes", "multimask", "amg")
+EXAMPLE = 'example: {"points": [[120, 80]], "labels": [1]} or {"boxes": [[10, 10, 200, 150]]}'
+
+
+def parse_prompts_json(text: str, *, where: str) -> dict[str, Any] | None:
+    """Parse and check prompts JSON from ``where`` (named in errors); None means automatic masks."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidPrompt(f"{where} is not valid JSON ({exc}); {EXAMPLE}") from None
+    return check_prompts(value, where=where)
+
+
+def check_prompts(value: Any, *, where: str) -> dict[str, Any] | None:
+    """Normalise one prompts object; raises ``InvalidPrompt`` saying what to fix. ``{}`` → None."""
+    if not isinstance(value, dict):
+        raise InvalidPrompt(f"{where} must be a JSON object; {EXAMPLE}")
+    unknown = sorted(set(value) - set(PROMPT_KEYS))
+    if unknown:
+        raise InvalidPrompt(f"{where} has unknown key(s) {unknown}; allowed: {list(PROMPT_KEYS)}")
+    prompts: dict[str, Any] = {}
+    points = _rows(value.get("points"), 2, f"{where}.points")
+    labels = value.get("labels")
+    if points:
+        labels = [1] * len(points) if labels is None else labels
+        if not isinstance(labels, list) or any(
+            label not in (0, 1) or isinstance(label, bool) for label in labels
+        ):
+            raise InvalidPrompt(f"{where}.labels must be a list of 1 (foreground) or 0 (background)")
+        if len(labels) != len(points):
+            raise InvalidPrompt(
+                f"{where} has {len(points)} points but {len(labels)} labels: give one label per point"
+            )
+        prompts["points"], prompts["labels"] = points, labels
+    elif labels:
+        raise InvalidPrompt(f"{where}.labels given without points")
+    boxes = _rows(value.get("boxes"), 4, f"{where}.boxes")
+    for box in boxes:
+        if box[2] < box[0] or box[3] < box[1]:
+            raise InvalidPrompt(f"{where}.boxes entry {box} is not [x0, y0, x1, y1] with x0 <= x1, y0 <= y1")
+    if boxes:
+        prompts["boxes"] = boxes
+    if "multimask" in value:
+        if not isinstance(value["multimask"], bool):
+            raise InvalidPrompt(f"{where}.multimask must be true or false")
+        prompts["multimask"] = value["multimask"]
+    if "amg" in value:
+        if not isinstance(value["amg"], dict):
+            raise InvalidPrompt(f"{where}.amg must be an object of automatic-mask parameters")
+        prompts["amg"] = value["amg"]
+    return prompts or None
+
+
+def _rows(value: Any, width: int, name: str) -> list[list[float]]:
+    if value is None:
+        return []
+    shape = "[[x, y], ...]" if width == 2 else "[[x0, y0, x1, y1], ...]"
+    if not isinstance(value, list):
+        raise InvalidPrompt(f"{name} must be a list {shape} in pixels")
+    for row in value:
+        ok = isinstance(row, list) and len(row) == width
+        if not ok or not all(_is_coordinate(v) for v in row):
+            raise InvalidPrompt(f"{name} entry {str(row)[:60]} is not {width} non-negative numbers ({shape})")
+    return [list(row) for row in value]
+
+
+def _is_coordinate(value: Any) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    )

@@ -48,6 +48,14 @@ def add_commands(subparsers: Any) -> None:
     )
     upload.set_defaults(func=upload_command)
 
+    demo = subparsers.add_parser(
+        "demo", help="start the local stack, drop sample photos, wait for their masks and completion messages"
+    )
+    demo.add_argument("--out", type=Path, default=Path("samdrop-demo"), help="folder for inputs and overlays")
+    demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all completions")
+    demo.add_argument("--keep-running", action="store_true", help="leave the local stack up afterwards")
+    demo.set_defaults(func=demo_command)
+
     watch = subparsers.add_parser("watch", help="print completion messages as JSON lines (and ack them)")
     watch.add_argument("--count", type=int, help="stop after this many messages")
     watch.add_argument("--timeout", type=float, help="stop after this many seconds")
@@ -106,6 +114,12 @@ def upload_command(args: argparse.Namespace, settings: Settings) -> int:
     for uri in upload.upload(_storage_client(settings), settings.bucket, planned, prompts):
         print(uri)
     return 0
+
+
+def demo_command(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy.demo import demo_command as run
+
+    return run(args, settings)
 
 
 def watch_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -119,6 +119,12 @@ class Settings:
     max_image_pixels: int = _env(
         "SAMDROP_MAX_IMAGE_PIXELS", 64_000_000, "larger images are refused (decompression bombs)", int
     )
+    amg_points_per_side: int = _env(
+        "SAMDROP_AMG_POINTS_PER_SIDE",
+        32,
+        "automatic masks' default point grid side (cost grows with its square)",
+        int,
+    )
     max_masks: int = _env("SAMDROP_MAX_MASKS", 256, "cap on masks returned per image", int)
     cache_dir: Path = _env(
         "SAMDROP_CACHE_DIR", Path.home() / ".cache" / "samdrop", "checkpoint download cache", Path
@@ -181,6 +187,7 @@ class Settings:
             "endpoint_timeout_s",
             "shard_size",
             "pipeline_parallelism",
+            "amg_points_per_side",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -100,6 +100,17 @@ def test_automatic_masks_with_request_parameters(routine):
     assert prediction["amg"]["points_per_side"] == 4
 
 
+def test_server_default_grid_applies_under_the_request(fast_engine, objects, cache_dir):
+    settings = Settings.from_env({"SAMDROP_AMG_POINTS_PER_SIDE": "2"}, cache_dir=cache_dir)
+    predictor = SamPredictor()
+    predictor.setup(settings, fast_engine, objects.__getitem__)
+    instance = {"gcs_uri": "gs://b/incoming/coffee.jpg", "amg": {"pred_iou_thresh": 0}}
+    (default,) = call(predictor, {"instances": [instance]})
+    (asked,) = call(predictor, {"instances": [{**instance, "amg": {"points_per_side": 3}}]})
+    assert default["amg"]["points_per_side"] == 2 and default["amg"]["pred_iou_thresh"] == 0
+    assert asked["amg"]["points_per_side"] == 3
+
+
 def test_png_masks_and_logits(routine):
     body = {
         "instances": [

@@ -1,0 +1,328 @@
+"""``samdrop demo``: the whole story on the local stack, the way a user would live it.
+
+Start the stack (or reuse a running one), drop a few of scikit-image's sample photos into
+``incoming/`` (some with prompts in their metadata, one for automatic masks), wait for their
+completion messages, then print where the masks are and save the overlays to a local folder.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from google.api_core import exceptions as gexc
+
+from samdrop.errors import ConfigError, SamdropError
+from samdrop.prompts import PROMPTS_METADATA_KEY
+from samdrop.settings import Settings
+
+if TYPE_CHECKING:
+    import numpy as np
+    from google.cloud import pubsub_v1, storage
+
+    from deploy.local import LocalStack
+
+DEMO_FOLDER = "demo/"  # under the incoming prefix
+TIMEOUT_S = 60.0
+RANDOM_WEIGHTS_WARNING = (
+    "The 'tiny' model has RANDOM WEIGHTS: the pipeline above is real, the masks are meaningless.\n"
+    "For real masks: SAMDROP_MODEL_TYPE=vit_b SAMDROP_CHECKPOINT=/path/to/sam_vit_b_01ec64.pth samdrop demo"
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One scikit-image photo and the prompts it is uploaded with (None: automatic masks)."""
+
+    name: str
+    prompts: dict[str, Any] | None
+
+
+# Pixel prompts for the photos as scikit-image ships them; the last one asks for automatic masks
+# with a coarse point grid so it stays quick on a CPU.
+SAMPLES = (
+    Sample("astronaut", {"boxes": [[170, 20, 340, 220]], "points": [[255, 120]], "labels": [1]}),
+    Sample("chelsea", {"boxes": [[80, 20, 330, 295]]}),
+    Sample("coffee", {"points": [[300, 180], [80, 350]], "labels": [1, 0], "multimask": True}),
+    Sample("rocket", {"boxes": [[290, 40, 380, 420]]}),
+    Sample(
+        "camera",
+        {"amg": {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}},
+    ),
+)
+
+
+@dataclass
+class Upload:
+    """An image put into the bucket and what became of it."""
+
+    name: str
+    uri: str  # gs://bucket/incoming/…
+    generation: str
+    uploaded_at: float  # time.monotonic() when the upload finished
+    completion: dict[str, Any] | None = None
+    latency_s: float | None = None  # upload finished → completion message pulled
+
+
+@dataclass
+class DemoResult:
+    uploads: list[Upload] = field(default_factory=list)
+    overlays: list[Path] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return all(u.completion is not None for u in self.uploads)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.complete and all(
+            u.completion and u.completion["status"] == "succeeded" for u in self.uploads
+        )
+
+    def summary(self) -> dict[str, Any]:
+        latencies = [u.latency_s for u in self.uploads if u.latency_s is not None]
+        return {
+            "images": len(self.uploads),
+            "completed": sum(u.completion is not None for u in self.uploads),
+            "succeeded": sum(
+                bool(u.completion and u.completion["status"] == "succeeded") for u in self.uploads
+            ),
+            "latency_s": {"p50": statistics.median(latencies), "max": max(latencies)} if latencies else None,
+            "completions": [u.completion for u in self.uploads],
+            "overlays": [str(p) for p in self.overlays],
+        }
+
+
+def sample_image(name: str) -> np.ndarray:
+    """A scikit-image sample photo as RGB (grey ones, like ``camera``, are uploaded as they are)."""
+    try:
+        from skimage import data
+    except ModuleNotFoundError:
+        raise ConfigError(
+            "the demo's photos come from scikit-image: pip install scikit-image (make demo installs it)"
+        ) from None
+    image: np.ndarray = getattr(data, name)()
+    return image
+
+
+def write_samples(samples: Sequence[Sample], folder: Path) -> list[Path]:
+    """Save each sample as a JPEG in ``folder``; returns the files in order."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for sample in samples:
+        path = folder / f"{sample.name}.jpg"
+        Image.fromarray(sample_image(sample.name)).save(path, quality=92)
+        files.append(path)
+    return files
+
+
+def upload_file(
+    client: storage.Client, bucket: str, path: Path, object_name: str, prompts: dict[str, Any] | None
+) -> Upload:
+    """Upload ``path`` with its prompts as ``samdrop-prompts`` metadata; the clock starts when it lands."""
+    blob = client.bucket(bucket).blob(object_name)
+    if prompts:
+        blob.metadata = {PROMPTS_METADATA_KEY: json.dumps(prompts, separators=(",", ":"))}
+    blob.upload_from_filename(str(path), content_type="image/jpeg", timeout=TIMEOUT_S)
+    return Upload(path.stem, f"gs://{bucket}/{object_name}", str(blob.generation), time.monotonic())
+
+
+def await_completions(
+    subscriber: pubsub_v1.SubscriberClient,
+    subscription: str,
+    uploads: Sequence[Upload],
+    *,
+    timeout_s: float,
+    progress: Callable[[int, int, float], None] = lambda done, total, elapsed: None,
+) -> None:
+    """Pull completions until every upload has its own (same input and generation) or time runs out.
+
+    Only matching messages are acknowledged; others (a user's own uploads) are left for them.
+    """
+    waiting = {(u.uri, u.generation): u for u in uploads}
+    started = time.monotonic()
+    deadline = started + timeout_s
+    progress(0, len(uploads), 0.0)
+    while waiting and time.monotonic() < deadline:
+        try:
+            response = subscriber.pull(
+                request={"subscription": subscription, "max_messages": 100},
+                timeout=min(10.0, max(0.1, deadline - time.monotonic())),
+            )
+        except (gexc.DeadlineExceeded, gexc.ServiceUnavailable):
+            continue
+        received_at = time.monotonic()
+        mine = []
+        for received in response.received_messages:
+            try:
+                body = json.loads(received.message.data)
+            except ValueError:
+                continue
+            upload = waiting.pop((body.get("input"), str(body.get("generation"))), None)
+            if upload is not None:
+                upload.completion, upload.latency_s = body, received_at - upload.uploaded_at
+                mine.append(received.ack_id)
+        if mine:
+            subscriber.acknowledge(request={"subscription": subscription, "ack_ids": mine}, timeout=TIMEOUT_S)
+        progress(len(uploads) - len(waiting), len(uploads), received_at - started)
+
+
+def save_overlays(client: storage.Client, uploads: Sequence[Upload], folder: Path) -> list[Path]:
+    """Download each succeeded upload's ``overlay.jpg`` as ``<folder>/<name>.overlay.jpg``."""
+    from google.cloud import storage as gcs
+
+    saved = []
+    for upload in uploads:
+        overlay = ((upload.completion or {}).get("outputs") or {}).get("overlay")
+        if not overlay:
+            continue
+        path = folder / f"{upload.name}.overlay.jpg"
+        gcs.Blob.from_uri(overlay, client=client).download_to_filename(str(path), timeout=TIMEOUT_S)
+        saved.append(path)
+    return saved
+
+
+class ProgressBar:
+    """``[#####-----] 3/5  12.0 s`` redrawn in place on a terminal, one line per change elsewhere."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
+        self.stream, self.width, self.last = stream, width, -1
+
+    def __call__(self, done: int, total: int, elapsed_s: float) -> None:
+        tty = self.stream.isatty()
+        if not tty and done == self.last:
+            return
+        filled = self.width * done // max(total, 1)
+        bar = "#" * filled + "-" * (self.width - filled)
+        line = f"  waiting for completions [{bar}] {done}/{total}  {elapsed_s:5.1f} s"
+        self.stream.write(("\r" + line + ("\n" if done == total else "")) if tty else line + "\n")
+        self.stream.flush()
+        self.last = done
+
+
+@contextmanager
+def running_stack(
+    settings: Settings, *, keep_running: bool, say: Callable[[str], None]
+) -> Iterator[LocalStack]:
+    """The local stack: reused when one is up and healthy, else started (and stopped after unless
+    ``keep_running``)."""
+    from deploy.local import LocalStack, LocalStackError
+
+    stack = LocalStack(settings)
+    services = stack.status()
+    if services and all(s.healthy for s in services):
+        names = {s.name for s in services}
+        if not {"predictor", "function"} <= names:
+            raise LocalStackError(
+                "the running local stack has no predictor or function: `samdrop local down`, then retry"
+            )
+        say(f"using the running local stack ({stack.state_path})")
+        yield stack
+        return
+    if services:
+        raise LocalStackError(
+            f"a local stack is recorded in {stack.state_path} but not healthy: run `samdrop local down`"
+        )
+    say("starting the local stack: Pub/Sub emulator, fake-gcs-server, SAM predictor, function …")
+    started = time.monotonic()
+    stack.up()
+    say(f"  up in {time.monotonic() - started:.1f} s; logs in {stack.state_dir / 'logs'}")
+    try:
+        yield stack
+    finally:
+        if keep_running:
+            say('the stack keeps running: eval "$(samdrop local env)"; stop it with `samdrop local down`')
+        else:
+            stack.down()
+            say("stopped the local stack (keep it with --keep-running)")
+
+
+def run_demo(
+    settings: Settings,
+    out_dir: Path,
+    *,
+    samples: Sequence[Sample] = SAMPLES,
+    timeout_s: float = 600.0,
+    keep_running: bool = False,
+    say: Callable[[str], None] = print,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> DemoResult:
+    """Run the demo; the result says what arrived. Raises ``SamdropError`` when set-up fails."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    from deploy.local import pubsub_clients
+
+    files = write_samples(samples, out_dir / "inputs")
+    result = DemoResult()
+    with running_stack(settings, keep_running=keep_running, say=say) as stack:
+        env = stack.client_env()
+        client = gcs.Client(
+            project=settings.project,
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]},
+        )
+        publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
+        publisher.transport.close()
+        try:
+            say(
+                f"uploading {len(files)} photos to gs://{settings.bucket}/{settings.incoming_prefix}{DEMO_FOLDER}"
+            )
+            for sample, path in zip(samples, files, strict=True):
+                name = f"{settings.incoming_prefix}{DEMO_FOLDER}{path.name}"
+                result.uploads.append(upload_file(client, settings.bucket, path, name, sample.prompts))
+                mode = "automatic masks" if not sample.prompts or "amg" in sample.prompts else "prompts"
+                say(f"  {result.uploads[-1].uri}  ({mode})")
+            subscription = subscriber.subscription_path(settings.project, settings.completions_subscription)
+            await_completions(
+                subscriber,
+                subscription,
+                result.uploads,
+                timeout_s=timeout_s,
+                progress=progress or ProgressBar(),
+            )
+            result.overlays = save_overlays(client, result.uploads, out_dir)
+        finally:
+            subscriber.close()
+            client.close()
+        _report(result, settings, stack, out_dir, say)
+    (out_dir / "summary.json").write_text(json.dumps(result.summary(), indent=1) + "\n")
+    return result
+
+
+def _report(
+    result: DemoResult, settings: Settings, stack: LocalStack, out_dir: Path, say: Callable[[str], None]
+) -> None:
+    say("")
+    for upload in result.uploads:
+        message = upload.completion
+        if message is None:
+            say(f"  {upload.name:10} no completion yet (see {stack.state_dir / 'logs' / 'function.log'})")
+        elif message["status"] == "succeeded":
+            folder = message["outputs"]["metadata"].rsplit("/", 1)[0] + "/"
+            say(f"  {upload.name:10} {message['mask_count']:3} masks in {upload.latency_s:5.1f} s → {folder}")
+        else:
+            error = message.get("error") or {}
+            say(f"  {upload.name:10} failed: {error.get('code')}: {error.get('message')}")
+    if result.overlays:
+        say(f"overlays saved in {out_dir.resolve()}/ (*.overlay.jpg); summary in {out_dir / 'summary.json'}")
+    models = {(u.completion or {}).get("model") for u in result.uploads}
+    if "tiny" in models or settings.model_type == "tiny":
+        say("")
+        say(RANDOM_WEIGHTS_WARNING)
+
+
+def demo_command(args: Any, settings: Settings) -> int:
+    result = run_demo(settings, args.out, timeout_s=args.timeout, keep_running=args.keep_running)
+    if not result.complete:
+        raise SamdropError(f"not every completion arrived within {args.timeout:.0f} s")
+    return 0 if result.succeeded else 1

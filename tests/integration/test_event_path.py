@@ -1,0 +1,300 @@
+"""The main job through real parts: fake-gcs-server notifies the Pub/Sub emulator, which pushes to
+the real function under functions-framework, which calls the real CPR predictor server (``tiny``).
+
+The predictor runs outside the stack's own process list so a test can take the endpoint down and
+bring it back.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import pubsub_v1, storage
+from PIL import Image
+
+from deploy import processes
+from deploy.local import LocalStack, pubsub_clients
+from samdrop.settings import Settings
+
+from .local_stack_support import stack_settings
+
+pytestmark = pytest.mark.integration
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class EventStack:
+    stack: LocalStack
+    settings: Settings
+    storage: storage.Client
+    publisher: pubsub_v1.PublisherClient
+    subscriber: pubsub_v1.SubscriberClient
+    predictor_log: Path
+    predictor: processes.ProcessRecord | None = None
+    completions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def bucket(self) -> storage.Bucket:
+        return self.storage.bucket(self.settings.bucket)
+
+    def start_predictor(self) -> None:
+        port = self.settings.predictor_port
+        env = {**os.environ, **self.settings.to_env(), **self.stack.client_env(), "PYTHONUNBUFFERED": "1"}
+        proc, record = processes.start(
+            "predictor",
+            [sys.executable, "-m", "samdrop.cli", "predictor", "serve", "--port", str(port)],
+            env=env,
+            log=self.predictor_log,
+            port=port,
+            health_url=f"http://{HOST}:{port}/health",
+        )
+        self.predictor = record
+        processes.wait_ready(proc, record, timeout_s=180)
+
+    def stop_predictor(self) -> None:
+        if self.predictor is not None:
+            processes.stop([self.predictor])
+            self.predictor = None
+
+    def upload(self, name: str, data: bytes, prompts: dict[str, Any] | None = None) -> storage.Blob:
+        blob = self.bucket.blob(name)
+        if prompts is not None:
+            blob.metadata = {"samdrop-prompts": json.dumps(prompts)}
+        blob.upload_from_string(data, content_type="image/png" if name.endswith(".png") else "image/jpeg")
+        return blob
+
+    def pull_completions(self) -> list[dict[str, Any]]:
+        """Pull (and ack) what is on the completions subscription; everything seen is kept."""
+        path = self.subscriber.subscription_path(
+            self.settings.project, self.settings.completions_subscription
+        )
+        response = self.subscriber.pull(request={"subscription": path, "max_messages": 100}, timeout=10)
+        if response.received_messages:
+            for received in response.received_messages:
+                body = json.loads(received.message.data)
+                body["_attributes"] = dict(received.message.attributes)
+                self.completions.append(body)
+            self.subscriber.acknowledge(
+                request={"subscription": path, "ack_ids": [m.ack_id for m in response.received_messages]}
+            )
+        return self.completions
+
+    def completions_for(self, blob: storage.Blob) -> list[dict[str, Any]]:
+        uri, generation = f"gs://{blob.bucket.name}/{blob.name}", str(blob.generation)
+        return [c for c in self.completions if c["input"] == uri and c["generation"] == generation]
+
+    def await_completion(self, blob: storage.Blob, timeout_s: float = 90) -> dict[str, Any]:
+        def arrived() -> list[dict[str, Any]]:
+            self.pull_completions()
+            return self.completions_for(blob)
+
+        return until(arrived, timeout_s, f"completion for {blob.name}")[0]
+
+    def function_log(self, object_name: str) -> list[dict[str, Any]]:
+        """The function's structured log lines about ``object_name``."""
+        lines = (self.stack.state_dir / "logs" / "function.log").read_text(errors="replace").splitlines()
+        entries = [json.loads(line) for line in lines if line.startswith("{")]
+        return [e for e in entries if str(e.get("object", "")).endswith("/" + object_name)]
+
+    def results(self, object_name: str) -> dict[str, storage.Blob]:
+        folder = f"{self.settings.results_prefix}{object_name}/"
+        return {
+            b.name.removeprefix(folder): b
+            for b in self.storage.list_blobs(self.settings.bucket, prefix=folder)
+        }
+
+
+def until(get: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = get()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"no {what} within {timeout_s}s")
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EventStack]:
+    state_dir = tmp_path_factory.mktemp("samdrop-events")
+    ports = stack_settings(state_dir)
+    settings = ports.replace(
+        endpoint=f"http://{HOST}:{ports.predictor_port}",
+        amg_points_per_side=4,  # SAM's 32x32 grid takes minutes per image with tiny on this CPU
+        max_delivery_attempts=100,  # the endpoint-down test must outlast the predictor's restart
+        cache_dir=state_dir / "cache",
+    )
+    stack = LocalStack(settings, predictor=False)
+    stack.up()
+    env = stack.client_env()
+    client = storage.Client(
+        project=settings.project,
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]},
+    )
+    publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
+    running = EventStack(stack, settings, client, publisher, subscriber, state_dir / "logs" / "predictor.log")
+    try:
+        running.start_predictor()
+        yield running
+    finally:
+        running.stop_predictor()
+        subscriber.close()
+        publisher.transport.close()
+        stack.down()
+
+
+def photo(size: tuple[int, int] = (160, 120), fmt: str = "PNG", seed: int = 0) -> bytes:
+    """A small image with a few flat shapes (what the tiny model sees does not matter)."""
+    rng = np.random.default_rng(seed)
+    pixels = np.full((size[1], size[0], 3), 40, np.uint8)
+    pixels[20:80, 30:90] = rng.integers(0, 255, 3)
+    pixels[60:110, 100:150] = rng.integers(0, 255, 3)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, fmt)
+    return out.getvalue()
+
+
+def unique(name: str) -> str:
+    return f"incoming/{uuid.uuid4().hex[:8]}/{name}"
+
+
+def test_upload_with_prompts_gets_masks_metadata_overlay_and_a_success(events):
+    prompts = {"boxes": [[20, 10, 100, 90], [90, 50, 155, 115]], "points": [[60, 50]], "labels": [1]}
+    name = unique("shapes.png")
+    blob = events.upload(name, photo(), prompts)
+
+    message = events.await_completion(blob)
+
+    assert message["status"] == "succeeded" and message["error"] is None
+    assert message["kind"] == "image" and message["model"] == "tiny"
+    assert message["_attributes"] == {"kind": "image", "status": "succeeded"}
+    outputs = events.results(name)
+    pngs = sorted(n for n in outputs if n.startswith("mask_"))
+    assert len(pngs) == message["mask_count"] >= 2
+    assert message["outputs"]["masks"] == [f"gs://{events.settings.bucket}/{outputs[n].name}" for n in pngs]
+    for png in pngs:
+        mask = Image.open(io.BytesIO(outputs[png].download_as_bytes()))
+        assert mask.size == (160, 120) and mask.mode in ("1", "L")
+    doc = json.loads(outputs["masks.json"].download_as_bytes())
+    assert doc["generation"] == str(blob.generation) and doc["mode"] == "prompted"
+    assert doc["prompts"]["boxes"] == prompts["boxes"] and doc["prompts"]["points"] == prompts["points"]
+    assert {m["prompt_index"] for m in doc["masks"]} >= {0, 1}
+    assert "RANDOM WEIGHTS" in doc["note"]
+    overlay = Image.open(io.BytesIO(outputs["overlay.jpg"].download_as_bytes()))
+    assert overlay.format == "JPEG" and overlay.size == (160, 120)
+    assert "error.json" not in outputs
+
+
+def test_no_prompts_means_automatic_masks_with_the_servers_grid(events):
+    name = unique("auto.jpg")
+    blob = events.upload(name, photo(fmt="JPEG", seed=1))
+
+    message = events.await_completion(blob)
+
+    assert message["status"] == "succeeded"
+    doc = json.loads(events.results(name)["masks.json"].download_as_bytes())
+    assert doc["mode"] == "automatic" and doc["prompts"] is None
+    assert doc["mask_count"] == message["mask_count"] == len(doc["masks"])
+
+
+def test_corrupt_image_gets_error_json_and_a_failure_then_the_next_image_works(events):
+    bad = events.upload(unique("broken.png"), photo()[:60])  # a truncated PNG
+    failed = events.await_completion(bad)
+
+    assert failed["status"] == "failed" and failed["error"]["code"] == "invalid_image"
+    assert failed["_attributes"]["status"] == "failed"
+    outputs = events.results(bad.name)
+    assert set(outputs) == {"error.json", "completion.json"}
+    error = json.loads(outputs["error.json"].download_as_bytes())
+    assert error["code"] == "invalid_image" and error["generation"] == str(bad.generation)
+    assert error["input"] == f"gs://{events.settings.bucket}/{bad.name}"
+    bad.reload()
+    assert bad.size == 60  # the input is left as it was
+
+    good = events.upload(unique("after.png"), photo(seed=2), {"boxes": [[10, 10, 60, 60]]})
+    assert events.await_completion(good)["status"] == "succeeded"
+
+
+def test_bad_prompts_are_a_recorded_failure_not_a_retry(events):
+    blob = events.upload(unique("outside.png"), photo(), {"boxes": [[10, 10, 900, 60]]})
+    message = events.await_completion(blob)
+    assert message["status"] == "failed" and message["error"]["code"] == "invalid_prompt"
+    assert "900" in message["error"]["message"]
+
+
+def test_duplicate_delivery_gives_one_output_set_and_one_success(events):
+    name = unique("twice.png")
+    blob = events.upload(name, photo(seed=3), {"boxes": [[10, 10, 80, 80]]})
+    events.await_completion(blob)
+    before = {n: b.generation for n, b in events.results(name).items()}
+
+    blob.reload()
+    resource = {"kind": "storage#object", "bucket": blob.bucket.name, "name": name,
+                "generation": str(blob.generation), "metadata": blob.metadata,
+                "contentType": blob.content_type, "size": str(blob.size)}  # fmt: skip
+    topic = events.publisher.topic_path(events.settings.project, events.settings.uploads_topic)
+    events.publisher.publish(
+        topic,
+        json.dumps(resource).encode(),
+        eventType="OBJECT_FINALIZE",
+        bucketId=blob.bucket.name,
+        objectId=name,
+        objectGeneration=str(blob.generation),
+        payloadFormat="JSON_API_V1",
+        notificationConfig="projects/_/buckets/samdrop/notificationConfigs/1",
+    ).result(timeout=30)
+
+    until(lambda: any(e["outcome"] == "duplicate" for e in events.function_log(name)), 60, "duplicate log")
+    time.sleep(1.0)  # anything the redelivery published would be on the subscription by now
+    events.pull_completions()
+    assert len(events.completions_for(blob)) == 1
+    assert {n: b.generation for n, b in events.results(name).items()} == before
+
+
+def test_endpoint_down_redelivers_and_nothing_is_lost(events):
+    events.stop_predictor()
+    try:
+        name = unique("outage.png")
+        blob = events.upload(name, photo(seed=4), {"boxes": [[10, 10, 80, 80]]})
+        retries = until(
+            lambda: [e for e in events.function_log(name) if e["outcome"] == "retry"][1:],
+            60,
+            "two redeliveries while the endpoint is down",
+        )
+        assert "redeliver" in retries[0]["message"], retries[0]
+        events.pull_completions()
+        assert events.completions_for(blob) == [] and events.results(name) == {}
+    finally:
+        events.start_predictor()
+
+    message = events.await_completion(blob, timeout_s=120)
+    assert message["status"] == "succeeded"
+    time.sleep(1.0)
+    events.pull_completions()
+    assert len(events.completions_for(blob)) == 1
+
+
+def test_upload_under_results_triggers_nothing(events):
+    name = f"{events.settings.results_prefix}incoming/{uuid.uuid4().hex[:8]}/looks-like-input.png"
+    blob = events.upload(name, photo())
+
+    logged = until(lambda: events.function_log(name), 60, "the function's log line")
+    assert [e["outcome"] for e in logged] == ["ignored"]
+    time.sleep(1.0)
+    events.pull_completions()
+    assert events.completions_for(blob) == []
+    assert events.results(name) == {}

@@ -188,7 +188,7 @@ def test_local_env_upload_and_watch_work_for_plain_clients(local_stack, tmp_path
     assert blob.metadata == {"samdrop-prompts": '{"boxes":[[1,2,30,40]]}'}
     assert blob.content_type == "image/png"
 
-    refused = _samdrop(local_stack, "upload", str(folder), "--prompts", '{"points": [[1, 2]]}')
+    refused = _samdrop(local_stack, "upload", str(folder), "--prompts", '{"points": [[1, 2]], "labels": []}')
     assert refused.returncode == 2
     assert "1 points but 0 labels" in refused.stderr
 

@@ -57,12 +57,28 @@ class PushDelivery:
             raise ConfigError("SAMDROP_MAX_DELIVERY_ATTEMPTS must be within 5..100")
 
 
-def ensure_bucket(client: storage.Client, name: str, *, location: str | None = None) -> Change:
-    """Create bucket ``name`` unless it exists."""
+def ensure_bucket(
+    client: storage.Client,
+    name: str,
+    *,
+    location: str | None = None,
+    uniform_access: bool = False,
+    public_access_prevention: str | None = None,
+) -> Change:
+    """Create bucket ``name`` unless it exists.
+
+    ``uniform_access`` and ``public_access_prevention`` (``"enforced"``) apply to a bucket created
+    here; an existing bucket is left as it is (``deploy.gcp`` brings its access settings in line).
+    """
     if client.lookup_bucket(name, timeout=TIMEOUT_S) is not None:
         return Change("bucket", name, "unchanged")
+    bucket = client.bucket(name)
+    if uniform_access:
+        bucket.iam_configuration.uniform_bucket_level_access_enabled = True
+    if public_access_prevention is not None:
+        bucket.iam_configuration.public_access_prevention = public_access_prevention
     try:
-        client.create_bucket(name, location=location, timeout=TIMEOUT_S)
+        client.create_bucket(bucket, location=location, timeout=TIMEOUT_S)
     except gexc.Conflict:  # created meanwhile by someone else: the goal is met
         return Change("bucket", name, "unchanged")
     return Change("bucket", name, "created")
@@ -114,6 +130,43 @@ def ensure_push_subscription(
     )
     managed = ("push_config", "ack_deadline_seconds", "retry_policy", "dead_letter_policy")
     return _ensure_subscription(subscriber, wanted, managed)
+
+
+def ensure_delivery_policies(
+    subscriber: pubsub_v1.SubscriberClient,
+    subscription: str,
+    *,
+    min_backoff_s: float,
+    max_backoff_s: float,
+    dead_letter_topic: str,
+    max_delivery_attempts: int,
+) -> Change:
+    """Retry backoff and dead-lettering on an existing subscription someone else created.
+
+    For the subscription Eventarc makes for a gen2 function's Pub/Sub trigger: its push endpoint
+    and ack deadline belong to Eventarc, so only the two policies are compared and updated.
+    ``subscription`` and ``dead_letter_topic`` are full paths.
+    """
+    wanted = pubsub_types.Subscription(
+        name=subscription,
+        retry_policy=pubsub_types.RetryPolicy(
+            minimum_backoff=_duration(min_backoff_s), maximum_backoff=_duration(max_backoff_s)
+        ),
+        dead_letter_policy=pubsub_types.DeadLetterPolicy(
+            dead_letter_topic=dead_letter_topic, max_delivery_attempts=max_delivery_attempts
+        ),
+    )
+    current = subscriber.get_subscription(request={"subscription": subscription}, timeout=TIMEOUT_S)
+    differing = [
+        f for f in ("retry_policy", "dead_letter_policy") if getattr(current, f) != getattr(wanted, f)
+    ]
+    if not differing:
+        return Change("subscription", subscription, "unchanged")
+    subscriber.update_subscription(
+        request={"subscription": wanted, "update_mask": field_mask_pb2.FieldMask(paths=differing)},
+        timeout=TIMEOUT_S,
+    )
+    return Change("subscription", subscription, "updated")
 
 
 def ensure_all(

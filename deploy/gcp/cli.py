@@ -1,0 +1,171 @@
+"""``samdrop deploy`` and ``samdrop destroy``: the whole system in a Google Cloud project, and back out.
+
+Both build their plan first (which validates every option), print it with ``--dry-run`` and stop,
+or check gcloud and credentials and then execute the same steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from samdrop.settings import Settings
+
+if TYPE_CHECKING:  # the Google clients load only when a command runs
+    from deploy.gcp.executor import Report
+    from deploy.gcp.options import DeployOptions
+    from deploy.gcp.plan import Step, StepResult
+
+
+def add_commands(subparsers: Any) -> None:
+    deploy = subparsers.add_parser(
+        "deploy",
+        help="create or update samdrop in a Google Cloud project (idempotent; --dry-run prints the plan)",
+    )
+    _common(deploy)
+    deploy.add_argument(
+        "--model-type", help="tiny, vit_b, vit_l or vit_h (default: SAMDROP_MODEL_TYPE, else tiny)"
+    )
+
+    deploy.add_argument("--checkpoint", help="gs:// URI of Meta's checkpoint (file or folder); not for tiny")
+    deploy.add_argument(
+        "--gpu",
+        default="NVIDIA_L4",
+        help="NVIDIA_L4 (default), NVIDIA_TESLA_T4, NVIDIA_A100_80GB or NVIDIA_H100_80GB",
+    )
+    deploy.add_argument("--accelerator-count", type=int, default=1, help="GPUs per replica (default 1)")
+    deploy.add_argument(
+        "--min-replicas",
+        type=int,
+        default=1,
+        help="endpoint replicas always running (default 1; 0 scales to zero when idle)",
+    )
+    deploy.add_argument("--max-replicas", type=int, default=1, help="endpoint autoscaling ceiling")
+    deploy.add_argument("--function-memory", default="2Gi", help="function memory (default 2Gi)")
+    deploy.add_argument("--function-cpu", type=int, default=1, help="function vCPUs (default 1)")
+    deploy.add_argument(
+        "--function-concurrency", type=int, default=4, help="requests per function instance (default 4)"
+    )
+    deploy.add_argument(
+        "--function-timeout", type=int, default=540, help="seconds per event, at most 540 (default)"
+    )
+    deploy.add_argument(
+        "--function-max-instances", type=int, default=20, help="function instances at most (default 20)"
+    )
+    deploy.add_argument(
+        "--image-tag", help="predictor image tag (default: src-<digest of the code that goes into it>)"
+    )
+    deploy.set_defaults(func=deploy_command)
+
+    destroy = subparsers.add_parser(
+        "destroy", help="remove what `samdrop deploy` created (the bucket's data stays unless --delete-data)"
+    )
+    _common(destroy)
+    destroy.add_argument(
+        "--delete-data", action="store_true", help="also delete the bucket(s) and every object in them"
+    )
+    destroy.add_argument(
+        "--checkpoint", help="the --checkpoint deploy used: its bucket's grant to the pipeline goes too"
+    )
+    destroy.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    destroy.set_defaults(func=destroy_command)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project", required=True, help="Google Cloud project id")
+    parser.add_argument("--region", default="us-central1", help="region (default us-central1)")
+    parser.add_argument("--bucket", help="upload bucket (default: <project>-samdrop)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print every API call and gcloud command; change nothing"
+    )
+
+
+def deploy_command(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy.gcp.function_source import source_digest
+    from deploy.gcp.options import DeployOptions
+    from deploy.gcp.steps import deploy_steps
+
+    digest = source_digest()
+    options = DeployOptions(
+        project=args.project,
+        region=args.region,
+        bucket=args.bucket or f"{args.project}-samdrop",
+        model_type=args.model_type or settings.model_type,
+        checkpoint=args.checkpoint if args.checkpoint is not None else settings.checkpoint,
+        gpu=args.gpu,
+        accelerator_count=args.accelerator_count,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        function_memory=args.function_memory,
+        function_cpu=args.function_cpu,
+        function_concurrency=args.function_concurrency,
+        function_timeout_s=args.function_timeout,
+        function_max_instances=args.function_max_instances,
+        image_tag=args.image_tag or f"src-{digest[:12]}",
+        source_digest=digest,
+    )
+    steps = deploy_steps(options, settings, repo_root=_repo_root())
+    if options.model_type == "tiny":
+        print(
+            "note: model type tiny has random weights: its masks are meaningless (use --model-type vit_h)",
+            file=sys.stderr,
+        )
+    return _run("deploy", steps, options, args.dry_run)
+
+
+def destroy_command(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy.gcp.destroy import destroy_steps
+    from deploy.gcp.options import DeployOptions
+
+    options = DeployOptions(
+        project=args.project,
+        region=args.region,
+        bucket=args.bucket or f"{args.project}-samdrop",
+        checkpoint=args.checkpoint,
+    )
+    steps = destroy_steps(options, settings, delete_data=args.delete_data)
+    if not args.dry_run and not args.yes:
+        try:
+            answer = input(f"destroy samdrop in project {options.project}? type the project id to go on: ")
+        except EOFError:
+            answer = ""
+        if answer.strip() != options.project:
+            print("nothing changed (confirm with the project id, or pass --yes)")
+            return 1
+    return _run("destroy", steps, options, args.dry_run)
+
+
+def _run(command: str, steps: list[Step], options: DeployOptions, dry_run: bool) -> int:
+    from deploy.gcp.clients import CloudClients
+    from deploy.gcp.executor import Executor, SubprocessGcloud, preflight
+    from deploy.gcp.plan import render_plan
+
+    if dry_run:
+        print(f"samdrop {command} --dry-run: {len(steps)} steps, in order; nothing was changed")
+        print(render_plan(steps), end="")
+        return 0
+    gcloud = SubprocessGcloud()
+    account = preflight(gcloud)
+    print(f"samdrop {command}: project {options.project} as {account}, {len(steps)} steps")
+    clients = CloudClients(options.project, options.region)
+    try:
+        Executor(gcloud, clients).run(steps, report=_report(len(steps)))
+    finally:
+        clients.close()
+    return 0
+
+
+def _report(total: int) -> Report:
+    def report(number: int, step: Step, result: StepResult) -> None:
+        detail = f"  {result.detail}" if result.detail else ""
+        print(f"[{number:2}/{total}] {result.outcome:9} {step.key}{detail}", flush=True)
+
+    return report
+
+
+def _repo_root() -> str:
+    from deploy.gcp.function_source import REPO_ROOT
+
+    return os.path.relpath(REPO_ROOT)

@@ -1,0 +1,157 @@
+"""What ``samdrop deploy`` / ``destroy`` accept, checked before anything changes, and the names
+of everything they create (derived here only, so deploy and destroy agree)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from samdrop.errors import ConfigError
+from samdrop.settings import MODEL_TYPES
+
+# The GPU decides the machine: Vertex AI accepts each accelerator on one machine family only.
+GPU_MACHINE_TYPES = {
+    "NVIDIA_L4": "g2-standard-8",
+    "NVIDIA_TESLA_T4": "n1-standard-8",
+    "NVIDIA_A100_80GB": "a2-ultragpu-1g",
+    "NVIDIA_H100_80GB": "a3-highgpu-1g",
+}
+_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")  # no dots: those need domain verification
+_TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_MEMORY = re.compile(r"^[1-9][0-9]*(Mi|Gi)$")
+
+FUNCTION_NAME = "samdrop-on-upload"
+ENDPOINT_NAME = "samdrop-sam"
+REPOSITORY = "samdrop"
+CONFIG_LABEL = "samdrop_config"  # label holding a digest of what deploy asked for
+PIPELINE_TEMPLATE_OBJECT = "pipelines/samdrop_pipeline.yaml"
+PIPELINE_ROOT_PREFIX = "pipeline-root/"
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """The command-line choices of ``samdrop deploy``; ``validate()`` before building a plan."""
+
+    project: str
+    region: str
+    bucket: str
+    model_type: str = "tiny"
+    checkpoint: str | None = None
+    gpu: str = "NVIDIA_L4"
+    accelerator_count: int = 1
+    min_replicas: int = 1
+    max_replicas: int = 1
+    function_memory: str = "2Gi"
+    function_cpu: int = 1
+    function_concurrency: int = 4
+    function_timeout_s: int = 540
+    function_max_instances: int = 20
+    image_tag: str = "latest"
+    source_digest: str = "none"  # of the code deploy ships (function_source.source_digest())
+
+    def validate(self) -> DeployOptions:
+        """Raise :class:`ConfigError` naming every bad option; return ``self`` when all are fine."""
+        problems = list(self._problems())
+        if problems:
+            raise ConfigError("invalid deploy options:\n  - " + "\n  - ".join(problems))
+        return self
+
+    def _problems(self) -> list[str]:
+        problems = []
+        if not _PROJECT_ID.match(self.project):
+            problems.append(
+                f"--project {self.project!r} is not a project id (6-30 of a-z 0-9 -, starting with a letter)"
+            )
+        if not _REGION.match(self.region):
+            problems.append(f"--region {self.region!r} is not a region name like us-central1")
+        if not _BUCKET.match(self.bucket) or self.bucket.startswith("goog") or "google" in self.bucket:
+            problems.append(
+                f"--bucket {self.bucket!r} is not a valid bucket name "
+                "(3-63 of a-z 0-9 _ -, starting and ending with a letter or digit, no 'goog')"
+            )
+        if self.gpu not in GPU_MACHINE_TYPES:
+            problems.append(f"--gpu {self.gpu!r} is not one of {', '.join(GPU_MACHINE_TYPES)}")
+        if self.model_type not in MODEL_TYPES:
+            problems.append(f"--model-type {self.model_type!r} is not one of {', '.join(MODEL_TYPES)}")
+        elif self.model_type != "tiny" and not self.checkpoint:
+            problems.append(
+                f"--model-type {self.model_type} needs --checkpoint gs://… (Meta's checkpoint in a bucket)"
+            )
+        if self.checkpoint is not None and not re.match(r"^gs://[a-z0-9][a-z0-9._-]+/.+", self.checkpoint):
+            problems.append(f"--checkpoint {self.checkpoint!r} must be a gs://bucket/path URI")
+        if self.max_replicas < 1:
+            problems.append(f"--max-replicas must be at least 1, got {self.max_replicas}")
+        if self.min_replicas < 0:
+            problems.append(f"--min-replicas must be 0 or more, got {self.min_replicas}")
+        elif self.min_replicas > self.max_replicas:
+            problems.append(
+                f"--min-replicas {self.min_replicas} is larger than --max-replicas {self.max_replicas}"
+            )
+        if self.accelerator_count < 1:
+            problems.append(f"--accelerator-count must be at least 1, got {self.accelerator_count}")
+        if not _MEMORY.match(self.function_memory):
+            problems.append(f"--function-memory {self.function_memory!r} must look like 512Mi or 2Gi")
+        if self.function_concurrency < 1:
+            problems.append("--function-concurrency must be at least 1")
+        if self.function_concurrency > 1 and self.function_cpu < 1:
+            problems.append("--function-concurrency above 1 needs --function-cpu 1 or more")
+        if not 1 <= self.function_timeout_s <= 540:
+            problems.append(
+                "--function-timeout must be within 1..540 seconds (event-driven gen2 functions' limit)"
+            )
+        if self.function_max_instances < 1:
+            problems.append("--function-max-instances must be at least 1")
+        if not _TAG.match(self.image_tag):
+            problems.append(f"--image-tag {self.image_tag!r} is not a valid image tag")
+        return problems
+
+    @property
+    def machine_type(self) -> str:
+        return GPU_MACHINE_TYPES[self.gpu]
+
+    @property
+    def names(self) -> Names:
+        return Names(self.project, self.region, self.bucket, self.image_tag)
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every resource name a deployment uses, from project, region, bucket and image tag."""
+
+    project: str
+    region: str
+    bucket: str
+    image_tag: str
+
+    def service_account(self, role: str) -> str:
+        """``samdrop-<role>@<project>.iam.gserviceaccount.com`` for role function, endpoint or pipeline."""
+        return f"samdrop-{role}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def image(self) -> str:
+        return f"{self.region}-docker.pkg.dev/{self.project}/{REPOSITORY}/predictor:{self.image_tag}"
+
+    @property
+    def pipeline_template(self) -> str:
+        return f"gs://{self.bucket}/{PIPELINE_TEMPLATE_OBJECT}"
+
+    @property
+    def pipeline_root(self) -> str:
+        return f"gs://{self.bucket}/{PIPELINE_ROOT_PREFIX}"
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint resource name; its id is known once the endpoint step ran."""
+        return f"projects/{self.project}/locations/{self.region}/endpoints/${{endpoint_id}}"
+
+
+def checkpoint_folder(checkpoint: str | None) -> str | None:
+    """The ``gs://`` folder Vertex AI copies to ``AIP_STORAGE_URI``: the URI itself if it is a
+    folder (ends with ``/`` or has no ``.pth``), else its parent."""
+    if checkpoint is None:
+        return None
+    if checkpoint.endswith("/") or not checkpoint.endswith((".pth", ".pt")):
+        return checkpoint.rstrip("/") + "/"
+    return checkpoint.rsplit("/", 1)[0] + "/"

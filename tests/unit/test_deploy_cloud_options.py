@@ -1,0 +1,95 @@
+"""Deploy options are checked before any plan exists; each message names the option to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.gcp.destroy import destroy_steps
+from deploy.gcp.options import GPU_MACHINE_TYPES, DeployOptions, checkpoint_folder
+from deploy.gcp.steps import deploy_steps
+from samdrop.errors import ConfigError
+
+from .test_deploy_cloud_plan import sample_options, sample_settings
+
+
+def test_the_sample_options_are_valid():
+    assert sample_options().validate() == sample_options()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"gpu": "NVIDIA_K80"}, "--gpu 'NVIDIA_K80' is not one of NVIDIA_L4, NVIDIA_TESLA_T4"),
+        ({"min_replicas": 3, "max_replicas": 2}, "--min-replicas 3 is larger than --max-replicas 2"),
+        ({"min_replicas": 0, "max_replicas": 0}, "--max-replicas must be at least 1"),
+        ({"min_replicas": -1}, "--min-replicas must be 0 or more"),
+        ({"region": "uscentral"}, "--region 'uscentral' is not a region name"),
+        ({"region": "us-central1; rm -rf /"}, "--region"),
+        ({"bucket": "UPPER"}, "--bucket 'UPPER' is not a valid bucket name"),
+        ({"bucket": "ab"}, "--bucket"),
+        ({"bucket": "goog-bucket"}, "--bucket"),
+        ({"bucket": "with.dots.example"}, "--bucket"),
+        ({"project": "1starts-with-digit"}, "--project '1starts-with-digit' is not a project id"),
+        ({"project": "short"}, "--project"),
+        ({"model_type": "vit_x"}, "--model-type 'vit_x'"),
+        ({"model_type": "vit_h", "checkpoint": None}, "--model-type vit_h needs --checkpoint gs://"),
+        ({"checkpoint": "/local/sam.pth"}, "--checkpoint '/local/sam.pth' must be a gs://bucket/path URI"),
+        ({"accelerator_count": 0}, "--accelerator-count"),
+        ({"function_memory": "2GB"}, "--function-memory"),
+        (
+            {"function_concurrency": 4, "function_cpu": 0},
+            "--function-concurrency above 1 needs --function-cpu",
+        ),
+        ({"function_timeout_s": 3600}, "--function-timeout"),
+        ({"image_tag": "Bad Tag"}, "--image-tag"),
+    ],
+)
+def test_each_bad_option_is_named(changes, message):
+    with pytest.raises(ConfigError) as caught:
+        sample_options(**changes).validate()
+    assert message in caught.value.message
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as caught:
+        sample_options(gpu="TPU", region="nowhere", min_replicas=5, max_replicas=1).validate()
+    message = caught.value.message
+    assert "--gpu" in message and "--region" in message and "--min-replicas" in message
+
+
+@pytest.mark.parametrize("build", [deploy_steps, destroy_steps])
+def test_plans_refuse_invalid_options(build):
+    with pytest.raises(ConfigError, match="--bucket"):
+        build(sample_options(bucket="Not A Bucket"), sample_settings())
+
+
+@pytest.mark.parametrize(
+    ("gpu", "machine"),
+    [
+        ("NVIDIA_L4", "g2-standard-8"),
+        ("NVIDIA_TESLA_T4", "n1-standard-8"),
+        ("NVIDIA_A100_80GB", "a2-ultragpu-1g"),
+        ("NVIDIA_H100_80GB", "a3-highgpu-1g"),
+    ],
+)
+def test_gpu_decides_the_machine_type(gpu, machine):
+    assert sample_options(gpu=gpu).machine_type == machine
+    assert GPU_MACHINE_TYPES[gpu] == machine
+
+
+def test_tiny_needs_no_checkpoint_and_min_replicas_zero_is_allowed():
+    DeployOptions(project="my-project", region="us-east4", bucket="my-bucket", min_replicas=0).validate()
+
+
+def test_names_derive_from_project_region_and_tag():
+    names = sample_options().names
+    assert names.service_account("function") == "samdrop-function@samdrop-demo.iam.gserviceaccount.com"
+    assert names.image == "europe-west4-docker.pkg.dev/samdrop-demo/samdrop/predictor:v1"
+    assert names.pipeline_template == "gs://samdrop-demo-images/pipelines/samdrop_pipeline.yaml"
+    assert names.endpoint == "projects/samdrop-demo/locations/europe-west4/endpoints/${endpoint_id}"
+
+
+def test_checkpoint_folder():
+    assert checkpoint_folder(None) is None
+    assert checkpoint_folder("gs://b/x/sam_vit_b_01ec64.pth") == "gs://b/x/"
+    assert checkpoint_folder("gs://b/x") == "gs://b/x/"

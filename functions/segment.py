@@ -171,7 +171,7 @@ def _segment_and_write(
         "read": _ms(t1 - t0),
         "endpoint": _ms(t2 - t1),
         "write": _ms(t3 - t2),
-        **({"model": prediction.timings_ms["total"]} if "total" in prediction.timings_ms else {}),
+        **({"model": prediction.timings_ms["model"]} if "model" in prediction.timings_ms else {}),
     }
     _write_json(store, paths, paths.masks_json, doc, listing, generation)
     return doc

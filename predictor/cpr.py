@@ -159,7 +159,7 @@ class SamPredictor(Predictor):
             "prompts": instance.prompts.to_json() if instance.prompts is not None else None,
             "amg": instance.amg if instance.prompts is None else None,
             "model": self.engine.description,
-            "timings_ms": {**slot.timings_ms, **result.timings_ms},
+            "timings_ms": _timings(slot.timings_ms, result.timings_ms),
         }
         if instance.return_logits and result.logits is not None:
             prediction["logits"] = [_array_b64(logit) for logit in result.logits]
@@ -202,3 +202,10 @@ def _array_b64(array: np.ndarray) -> dict[str, Any]:
         "dtype": "float16",
         "b64": base64.b64encode(buffer.getvalue()).decode(),
     }
+
+
+def _timings(io_ms: dict[str, float], model_ms: dict[str, float]) -> dict[str, float]:
+    """Each stage's ms, plus ``model`` (encoder + decoder + postprocess / automatic masks, which
+    do not overlap) and ``total`` (model + reading and decoding the image)."""
+    model = round(sum(model_ms.values()), 2)
+    return {**io_ms, **model_ms, "model": model, "total": round(model + sum(io_ms.values()), 2)}

@@ -188,7 +188,7 @@ class FakeEndpoint:
                 ],
                 "scores": [0.9 - 0.1 * i for i in range(len(masks))],
                 "model": {"type": "tiny", "random_weights": self.random_weights},
-                "timings_ms": {"total": 12.5},
+                "timings_ms": {"model": 12.5, "total": 14.0},
             }
         ]
 

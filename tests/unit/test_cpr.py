@@ -143,3 +143,12 @@ def test_load_builds_tiny_from_environment(tmp_path):
     predictor = SamPredictor()
     predictor.load("", env={"SAMDROP_CACHE_DIR": str(tmp_path), "SAMDROP_DEVICE": "cpu"})
     assert predictor.engine is not None and predictor.engine.model_type == "tiny"
+
+
+def test_timings_split_model_from_reading(routine):
+    body = {"instances": [{"gcs_uri": "gs://b/incoming/coffee.jpg", "boxes": [[10, 10, 300, 300]]}]}
+    (prediction,) = call(routine, body)
+    timings = prediction["timings_ms"]
+    stages = timings["encoder"] + timings["decoder"] + timings["postprocess"]
+    assert timings["model"] == pytest.approx(stages, abs=0.05)
+    assert timings["total"] == pytest.approx(timings["model"] + timings["read_decode"], abs=0.05)

@@ -78,6 +78,7 @@ def test_first_delivery_writes_everything_and_publishes_once():
     assert attributes == {"kind": "image", "status": "succeeded"}
     assert body["outputs"]["metadata"] == f"gs://{BUCKET}/{FOLDER}masks.json"
     assert body["model"] == "tiny" and body["mask_count"] == 3
+    assert body["timings_ms"]["model"] == 12.5 and body["timings_ms"]["total"] >= 0
     assert store.json(FOLDER + "completion.json")["generation"] == event.generation
 
 

@@ -84,6 +84,8 @@ def main() -> None:
         for index in range(options.images):
             name = PHOTOS[index % len(PHOTOS)]
             image = sample_image(name)
+            if index >= len(PHOTOS):  # a different image, so the predictor's embedding cache cannot help
+                image = image[:, ::-1]
             path = Path(workdir) / f"{index:03d}-{name}.jpg"
             Image.fromarray(image).convert("RGB").save(path, quality=92)
             height, width = image.shape[:2]

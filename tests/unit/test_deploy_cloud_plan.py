@@ -243,8 +243,9 @@ def test_a_checkpoint_in_another_bucket_is_readable_by_the_pipeline_and_revoked_
 
 
 def test_readme_section_names_every_role_and_why():
-    readme = (REPO_ROOT / "deploy" / "README_deploy.md").read_text()
-    assert readme.startswith("## Deploy to Google Cloud")
+    text = (REPO_ROOT / "README.md").read_text()
+    assert "\n## Deploy to Google Cloud\n" in text
+    readme = text.split("\n## Deploy to Google Cloud\n", 1)[1].split("\n## ", 1)[0]
     grant_list = iam.grants(sample_options(), "samdrop-completions", "samdrop-demo-images")
     for grant in grant_list:
         assert grant.role in readme, grant.role

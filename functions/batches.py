@@ -1,9 +1,11 @@
 """The hand-off point for bulk drops: ``batches/<id>/_READY`` → :data:`StartBatch`.
 
-Until the KFP pipeline is plugged in, :func:`pipelines_not_configured` answers every marker with a
-``failed`` batch completion that says so. It deliberately does not claim the batch
-(``results/batches/<id>/_CLAIMED``): the real starter claims it, so re-uploading ``_READY`` once
-pipelines are configured still runs the batch.
+``functions.main.build_deps`` picks the starter from ``SAMDROP_PIPELINE_RUNNER``: ``local`` and
+``vertex`` use ``pipeline.start.starter_for`` (claim ``results/batches/<id>/_CLAIMED``, then run the
+KFP pipeline with kfp.local or submit it to Vertex AI Pipelines); ``none`` keeps
+:func:`pipelines_not_configured`, which answers every marker with a ``failed`` batch completion
+that says so. It deliberately does not claim the batch, so re-uploading ``_READY`` once pipelines
+are configured still runs the batch.
 """
 
 from __future__ import annotations

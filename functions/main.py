@@ -33,7 +33,9 @@ def build_deps(env: Any) -> Deps:
     from google.cloud.pubsub_v1 import PublisherClient
     from google.cloud.storage import Client as StorageClient
 
+    from functions.batches import pipelines_not_configured
     from functions.endpoint import make_endpoint
+    from pipeline.start import starter_for
     from samdrop.messages import PubsubPublisher
     from samdrop.settings import Settings
     from samdrop.storage import GcsStore
@@ -44,6 +46,7 @@ def build_deps(env: Any) -> Deps:
         store=GcsStore(StorageClient(project=settings.project)),
         publisher=PubsubPublisher(PublisherClient(), settings.project),
         endpoint=make_endpoint(settings) if settings.endpoint else None,
+        start_batch=pipelines_not_configured if settings.pipeline_runner == "none" else starter_for(settings),
     )
 
 

@@ -85,6 +85,12 @@ class GcsStore:
             blobs = self._client.list_blobs(bucket, prefix=prefix, delimiter="/", timeout=self._timeout)
             return {blob.name: _info(blob) for blob in blobs}
 
+    def list_tree(self, bucket: str, prefix: str) -> dict[str, ObjectInfo]:
+        """Every object under ``prefix``, sub-folders included, by full name (the pipeline's listing)."""
+        with _translated(f"gs://{bucket}/{prefix}"):
+            blobs = self._client.list_blobs(bucket, prefix=prefix, timeout=self._timeout)
+            return {blob.name: _info(blob) for blob in blobs}
+
     def stat(self, bucket: str, name: str, *, generation: int | None = None) -> ObjectInfo | None:
         with _translated(f"gs://{bucket}/{name}"):
             blob = self._client.bucket(bucket).get_blob(name, generation=generation, timeout=self._timeout)

@@ -1,0 +1,178 @@
+"""``samdrop batch PATH... --id ID`` (upload a folder, ``_READY`` last), ``samdrop batch status ID`` and
+``samdrop batch run ID`` (run a claimed batch's pipeline here, in the foreground: resumes it).
+
+The storage client honours ``STORAGE_EMULATOR_HOST``: for the local stack run
+``eval "$(samdrop local env)"`` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mimetypes
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.paths import PROMPTS_FILE, READY, BatchPaths
+from samdrop.errors import InputNotFound, InvalidRequest
+from samdrop.images import is_image_name
+from samdrop.settings import Settings
+
+BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+UPLOAD_THREADS = 8
+TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    source: Path
+    object_name: str
+
+
+def add_commands(subparsers: Any) -> None:
+    batch = subparsers.add_parser(
+        "batch",
+        help="bulk drops: upload a folder as a batch, show a batch's progress, or run it here",
+        description="samdrop batch PATH... --id ID | samdrop batch status ID | samdrop batch run ID",
+    )
+    batch.add_argument(
+        "target", nargs="+", metavar="PATH|status ID|run ID", help="folders or images to upload"
+    )
+    batch.add_argument("--id", dest="batch_id", help="batch id (uploads go to batches/<id>/)")
+    batch.add_argument("--prompts", type=Path, help=f"a prompts file to upload as {PROMPTS_FILE}")
+    batch.add_argument(
+        "--amg", help='automatic-mask parameters for the _READY body, JSON like {"points_per_side": 16}'
+    )
+    batch.add_argument("--shard-size", type=int, help="images per shard task (default SAMDROP_SHARD_SIZE)")
+    batch.set_defaults(func=batch_command)
+
+
+def batch_command(args: argparse.Namespace, settings: Settings) -> int:
+    action, *rest = args.target
+    if action in ("status", "run") and len(rest) == 1 and args.batch_id is None:
+        return status_command(settings, rest[0]) if action == "status" else run_command(settings, rest[0])
+    if not args.batch_id:
+        raise InvalidRequest("give the batch id: samdrop batch PATH... --id ID")
+    body = ready_body(args.amg, args.shard_size)
+    planned = plan_batch_upload([Path(p) for p in args.target], args.batch_id, settings, prompts=args.prompts)
+    client = _storage_client(settings)
+    for uri in upload_batch(client, settings, args.batch_id, planned, body):
+        print(uri)
+    return 0
+
+
+def ready_body(amg: str | None, shard_size: int | None) -> bytes:
+    """The ``_READY`` body for the CLI options (empty: defaults)."""
+    body: dict[str, Any] = {}
+    if amg is not None:
+        try:
+            body["amg"] = json.loads(amg)
+        except ValueError as exc:
+            raise InvalidRequest(f"--amg is not JSON ({exc})") from None
+    if shard_size is not None:
+        body["shard_size"] = shard_size
+    return json.dumps(body).encode("utf-8") if body else b""
+
+
+def plan_batch_upload(
+    paths: Sequence[Path], batch_id: str, settings: Settings, *, prompts: Path | None = None
+) -> list[PlannedFile]:
+    """Object names under ``batches/<id>/``: a folder's images keep their path relative to the folder
+    (its ``prompts.json`` too), a file keeps its name. Raises when nothing is left or names collide."""
+    if not BATCH_ID.match(batch_id):
+        raise InvalidRequest(
+            f"batch id {batch_id!r} must be 1-128 of A-Z a-z 0-9 . _ - (starting alphanumeric)"
+        )
+    prefix = f"{settings.batches_prefix}{batch_id}/"
+    planned: list[PlannedFile] = []
+    for path in paths:
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                relative = file.relative_to(path).as_posix()
+                if is_image_name(file.name) or (relative == PROMPTS_FILE and prompts is None):
+                    planned.append(PlannedFile(file, prefix + relative))
+        elif path.is_file():
+            planned.append(PlannedFile(path, prefix + path.name))
+        else:
+            raise InputNotFound(f"{path} does not exist")
+    if prompts is not None:
+        if not prompts.is_file():
+            raise InputNotFound(f"--prompts {prompts} does not exist")
+        planned.append(PlannedFile(prompts, prefix + PROMPTS_FILE))
+    if not any(is_image_name(p.object_name) for p in planned):
+        raise InputNotFound("no images found in " + ", ".join(str(p) for p in paths))
+    names = [p.object_name for p in planned]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates or prefix + READY in names:
+        raise InvalidRequest(f"two files would land on the same object {duplicates or [READY]}: rename one")
+    return planned
+
+
+def upload_batch(
+    client: Any, settings: Settings, batch_id: str, planned: Sequence[PlannedFile], ready: bytes
+) -> list[str]:
+    """Upload every file (in parallel), then the ``_READY`` marker last; returns the URIs written.
+
+    Uploads create objects only (``if_generation_match=0``): an existing batch is never overwritten.
+    """
+    paths = BatchPaths.of(settings, batch_id)
+    bucket = client.bucket(settings.bucket)
+    if client.lookup_bucket(settings.bucket, timeout=TIMEOUT_S) is None:
+        raise InputNotFound(
+            f"bucket {settings.bucket} does not exist: run `samdrop local up` or set SAMDROP_BUCKET"
+        )
+
+    def put(item: PlannedFile) -> str:
+        content_type = mimetypes.guess_type(item.source.name)[0] or "application/octet-stream"
+        bucket.blob(item.object_name).upload_from_filename(
+            str(item.source), content_type=content_type, if_generation_match=0, timeout=TIMEOUT_S
+        )
+        return f"gs://{settings.bucket}/{item.object_name}"
+
+    with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="samdrop-upload") as pool:
+        uris = list(pool.map(put, planned))
+    bucket.blob(paths.marker).upload_from_string(
+        ready, content_type="application/json", if_generation_match=0, timeout=TIMEOUT_S
+    )
+    return [*uris, paths.input(paths.marker)]
+
+
+def status_command(settings: Settings, batch_id: str) -> int:
+    from pipeline.start import status_of
+    from samdrop.storage import GcsStore
+
+    store = GcsStore(_storage_client(settings))
+    status = status_of(BatchPaths.of(settings, batch_id), store, store)
+    print(json.dumps(status, indent=1))
+    return 0 if status["state"] != "not started" else 1
+
+
+def run_command(settings: Settings, batch_id: str) -> int:
+    """Run (or resume) a claimed batch's pipeline in this process."""
+    from pipeline.worker import run_local
+    from samdrop.storage import GcsStore
+
+    paths = BatchPaths.of(settings, batch_id)
+    store = GcsStore(_storage_client(settings))
+    info = store.stat(paths.output_bucket, paths.claim)
+    if info is None:
+        raise InputNotFound(f"batch {batch_id} was never started ({paths.uri(paths.claim)} is missing)")
+    claim = json.loads(store.read(paths.output_bucket, paths.claim, generation=info.generation))
+    run_local(settings, batch_id, paths.bucket, int(claim["marker_generation"]))
+    print(json.dumps(_completion(store, paths)))  # last line: the batch's completion record
+    return 0
+
+
+def _completion(store: Any, paths: BatchPaths) -> dict[str, Any]:
+    info = store.stat(paths.output_bucket, paths.completion)
+    return json.loads(store.read(paths.output_bucket, paths.completion)) if info is not None else {}
+
+
+def _storage_client(settings: Settings) -> Any:
+    from google.cloud import storage
+
+    return storage.Client(project=settings.project)

@@ -1,0 +1,50 @@
+"""Batch completion messages (DESIGN.md "Completion messages", ``kind: batch``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.paths import BatchPaths
+from samdrop.messages import CompletionMessage
+
+
+def completion_from_summary(summary: Mapping[str, Any], paths: BatchPaths) -> CompletionMessage:
+    status = summary["status"]
+    error = summary.get("error")
+    if status == "failed" and not error:
+        error = {
+            "code": "all_failed",
+            "message": (
+                f"none of the {summary['images']} images could be segmented: see {paths.uri(paths.manifest)}"
+            ),
+        }
+    return CompletionMessage(
+        kind="batch",
+        status=status,
+        batch_id=paths.batch_id,
+        input=paths.input_uri,
+        images=int(summary["images"]),
+        succeeded=int(summary["succeeded"]),
+        failed=int(summary["failed"]),
+        outputs={
+            "manifest": paths.uri(paths.manifest),
+            "report": paths.uri(paths.report("report.html")),
+            "report_md": paths.uri(paths.report("report.md")),
+            "summary": paths.uri(paths.summary),
+        },
+        error=dict(error) if status == "failed" and error else None,
+    )
+
+
+def failed_completion(paths: BatchPaths, code: str, message: str, *, images: int = 0) -> CompletionMessage:
+    return CompletionMessage(
+        kind="batch",
+        status="failed",
+        batch_id=paths.batch_id,
+        input=paths.input_uri,
+        images=images,
+        succeeded=0,
+        failed=images,
+        error={"code": code, "message": message},
+    )

@@ -1,0 +1,304 @@
+"""Step 1 of a batch: list ``batches/<id>/``, apply ``_READY`` options and ``prompts.json``, shard.
+
+Pure parsing (``parse_ready``, ``parse_prompts_file``, ``build_plan``) is separate from storage
+(``plan_batch``, ``write_plan``, ``read_shard``). A batch-level problem (malformed ``_READY`` or
+``prompts.json``, no images) becomes ``BatchPlan.error``; a problem of one image (bad prompt
+entry, not an image) becomes that item's ``error`` and never stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pipeline.paths import PROMPTS_FILE, READY, BatchPaths
+from predictor.instances import parse_amg, parse_prompts
+from samdrop.errors import InputNotFound, InvalidPrompt, InvalidRequest, PermanentError
+from samdrop.images import is_image_name
+from samdrop.layout import input_generation, tag
+from samdrop.storage import ObjectInfo, ObjectStore
+
+READY_KEYS = ("prompts", "amg", "shard_size", "multimask")
+PROMPT_KEYS = ("points", "labels", "boxes", "multimask")
+MAX_SHARD_SIZE = 10_000
+READY_EXAMPLE = '{"prompts": "prompts.json", "amg": {"points_per_side": 16}, "shard_size": 64}'
+
+
+class TreeStore(ObjectStore, Protocol):
+    def list_tree(self, bucket: str, prefix: str) -> dict[str, ObjectInfo]:
+        """Every object under ``prefix``, sub-folders included."""
+        ...
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """``_READY`` body: ``prompts`` file name (in the batch folder), automatic-mask parameters for
+    images without prompts, ``shard_size`` and a default ``multimask``."""
+
+    prompts: str = PROMPTS_FILE
+    prompts_named: bool = False  # the body named the file: then it must exist
+    amg: dict[str, Any] = field(default_factory=dict)
+    shard_size: int = 64
+    multimask: bool | None = None
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One input: object ``name`` at ``generation``; ``prompts`` (JSON entry) or None for automatic
+    masks; ``error`` (``{"code", "message"}``) when it is known bad before being read."""
+
+    name: str
+    generation: int
+    prompts: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> PlanItem:
+        return cls(raw["name"], int(raw["generation"]), raw.get("prompts"), raw.get("error"))
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    batch_id: str
+    input: str
+    marker_generation: int
+    options: BatchOptions
+    shards: list[list[PlanItem]]
+    warnings: list[str] = field(default_factory=list)
+    error: dict[str, str] | None = None
+
+    @property
+    def images(self) -> int:
+        return sum(len(shard) for shard in self.shards)
+
+    def summary(self) -> dict[str, Any]:
+        """plan.json: everything but the items (those live in one file per shard)."""
+        return {
+            "batch_id": self.batch_id,
+            "input": self.input,
+            "marker_generation": str(self.marker_generation),
+            "options": asdict(self.options),
+            "images": self.images,
+            "shards": len(self.shards),
+            "warnings": self.warnings,
+            "error": self.error,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+
+def parse_ready(body: bytes, *, default_shard_size: int, where: str = READY) -> BatchOptions:
+    """Options from the marker's body; an empty body means defaults. Raises ``InvalidRequest``."""
+    text = body.decode("utf-8", "replace").strip()
+    if not text:
+        return BatchOptions(shard_size=default_shard_size)
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"{where} is not valid JSON ({exc}); leave it empty or use {READY_EXAMPLE}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"{where} must hold a JSON object like {READY_EXAMPLE}")
+    unknown = sorted(set(raw) - set(READY_KEYS))
+    if unknown:
+        raise InvalidRequest(f"{where} has unknown key(s) {unknown}; allowed: {', '.join(READY_KEYS)}")
+    prompts = raw.get("prompts", PROMPTS_FILE)
+    if not isinstance(prompts, str) or not prompts or prompts.startswith("/"):
+        raise InvalidRequest(
+            f'{where}: "prompts" must be a file name in the batch folder, like "prompts.json"'
+        )
+    shard_size = raw.get("shard_size", default_shard_size)
+    if (
+        isinstance(shard_size, bool)
+        or not isinstance(shard_size, int)
+        or not 1 <= shard_size <= MAX_SHARD_SIZE
+    ):
+        raise InvalidRequest(f'{where}: "shard_size" must be an integer within 1..{MAX_SHARD_SIZE}')
+    multimask = raw.get("multimask")
+    if multimask is not None and not isinstance(multimask, bool):
+        raise InvalidRequest(f'{where}: "multimask" must be true or false')
+    amg = raw.get("amg") or {}
+    try:
+        parse_amg(amg)  # checked now; kept as given so the defaults stay the engine's
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{where}: {exc.message}") from None
+    return BatchOptions(prompts, "prompts" in raw, dict(amg), shard_size, multimask)
+
+
+def parse_prompts_file(data: bytes, *, where: str) -> dict[str, dict[str, Any] | PermanentError]:
+    """``{"<file>": {"points": Nx2 px XY, "labels": N of 1|0, "boxes": Mx4 px XYXY, "multimask"?}}``.
+
+    Returns each file's entry (labels default to 1 per point), or the ``InvalidPrompt`` that entry
+    earns. Raises ``InvalidRequest`` when the file as a whole is malformed.
+    """
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest(f"{where} is not valid JSON ({exc}); fix it and upload _READY again") from None
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f'{where} must be an object {{"<file>": {{"points": [[x, y]], "labels": [1]}}}}')
+    entries: dict[str, dict[str, Any] | PermanentError] = {}
+    for file, entry in raw.items():
+        try:
+            entries[file] = _prompt_entry(entry, f"{where} entry {file!r}")
+        except PermanentError as exc:
+            entries[file] = exc
+    return entries
+
+
+def _prompt_entry(entry: Any, where: str) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise InvalidPrompt(f"{where} must be an object with points/labels/boxes")
+    unknown = sorted(set(entry) - set(PROMPT_KEYS))
+    if unknown:
+        raise InvalidPrompt(f"{where} has unknown key(s) {unknown}; allowed: {', '.join(PROMPT_KEYS)}")
+    entry = dict(entry)
+    if entry.get("points") is not None and entry.get("labels") is None and isinstance(entry["points"], list):
+        entry["labels"] = [1] * len(entry["points"])
+    try:
+        parsed = parse_prompts(
+            entry.get("points"), entry.get("labels"), entry.get("boxes"), entry.get("multimask")
+        )
+    except PermanentError as exc:
+        raise InvalidPrompt(f"{where}: {exc.message}") from None
+    if parsed is None:
+        raise InvalidPrompt(f"{where} has neither points nor boxes (leave the file out for automatic masks)")
+    return entry
+
+
+def build_plan(
+    paths: BatchPaths,
+    marker_generation: int,
+    objects: Mapping[str, ObjectInfo],
+    options: BatchOptions,
+    prompts: Mapping[str, dict[str, Any] | PermanentError],
+) -> BatchPlan:
+    """Sort the inputs by name, attach their prompts, split them into shards of ``options.shard_size``."""
+    prompts_name = paths.input_folder + options.prompts
+    items: list[PlanItem] = []
+    for name in sorted(objects):
+        if name in (paths.marker, prompts_name) or name.endswith("/"):
+            continue
+        info = objects[name]
+        relative = paths.relative(name)
+        entry = prompts.get(relative)
+        error = None
+        if isinstance(entry, PermanentError):
+            error, entry = entry.to_dict(), None
+        elif not _looks_like_image(info):
+            error = {
+                "code": "unsupported_format",
+                "message": (
+                    f"{relative} is not an image (content type {info.content_type or 'unknown'}, no image "
+                    "extension): upload JPEG, PNG, WebP, TIFF, BMP or GIF files"
+                ),
+            }
+        items.append(PlanItem(name, info.generation, entry, error))
+    listed = {paths.relative(item.name) for item in items}
+    missing = sorted(set(prompts) - listed)
+    warnings = []
+    if missing:
+        shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
+        warnings.append(f"{options.prompts} has prompts for {len(missing)} file(s) not in the batch: {shown}")
+    error = None
+    if not items:
+        error = {
+            "code": "empty_batch",
+            "message": f"{paths.input_uri} holds no images: upload the images first, then {READY} last",
+        }
+    size = options.shard_size
+    shards = [items[start : start + size] for start in range(0, len(items), size)]
+    return BatchPlan(paths.batch_id, paths.input_uri, marker_generation, options, shards, warnings, error)
+
+
+def failed_plan(paths: BatchPaths, marker_generation: int, error: PermanentError) -> BatchPlan:
+    return BatchPlan(
+        paths.batch_id, paths.input_uri, marker_generation, BatchOptions(), [], [], error.to_dict()
+    )
+
+
+def plan_batch(
+    paths: BatchPaths, marker_generation: int, store: TreeStore, *, default_shard_size: int
+) -> BatchPlan:
+    """Read the marker, ``prompts.json`` and the listing; never raises for bad input (see ``error``).
+
+    Raises ``TransientError``/``ConfigError`` when storage cannot be read at all.
+    """
+    try:
+        body = store.read(paths.bucket, paths.marker, generation=marker_generation or None)
+        options = parse_ready(body, default_shard_size=default_shard_size, where=paths.input(paths.marker))
+        objects = store.list_tree(paths.bucket, paths.input_folder)
+        prompts_name = paths.input_folder + options.prompts
+        prompts: Mapping[str, dict[str, Any] | PermanentError] = {}
+        if prompts_name in objects:
+            data = store.read(paths.bucket, prompts_name, generation=objects[prompts_name].generation)
+            prompts = parse_prompts_file(data, where=paths.input(prompts_name))
+        elif options.prompts_named:
+            raise InputNotFound(
+                f"{READY} names {options.prompts} but {paths.input(prompts_name)} does not exist"
+            )
+    except PermanentError as exc:
+        return failed_plan(paths, marker_generation, exc)
+    return build_plan(paths, marker_generation, objects, options, prompts)
+
+
+def _looks_like_image(info: ObjectInfo) -> bool:
+    content_type = (info.content_type or "").split(";")[0].strip().lower()
+    return content_type.startswith("image/") or is_image_name(info.name)
+
+
+# --- the plan in storage ----------------------------------------------------------------------
+
+
+def write_plan(
+    paths: BatchPaths, plan: BatchPlan, store: ObjectStore, *, list_ms: float | None = None
+) -> None:
+    """Shard files first, ``plan.json`` last (its presence means the plan is complete). ``list_ms``:
+    how long listing and planning took, kept in ``plan.json`` for the report's time split."""
+    existing = store.list(paths.output_bucket, paths.plan.rsplit("/", 1)[0] + "/")
+    metadata = tag(plan.marker_generation)
+    for index, shard in enumerate(plan.shards):
+        name = paths.shard_plan(index)
+        body = {"index": index, "items": [asdict(item) for item in shard]}
+        _write_json(store, paths.output_bucket, name, body, existing, metadata)
+    summary = {**plan.summary(), "list_ms": list_ms}
+    _write_json(store, paths.output_bucket, paths.plan, summary, existing, metadata)
+
+
+def existing_plan(paths: BatchPaths, marker_generation: int, store: ObjectStore) -> dict[str, Any] | None:
+    """``plan.json`` already written for this marker generation (a resumed run reuses it), else None."""
+    info = store.stat(paths.output_bucket, paths.plan)
+    if info is None or input_generation(info.metadata) != marker_generation:
+        return None
+    return dict(json.loads(store.read(paths.output_bucket, paths.plan, generation=info.generation)))
+
+
+def read_plan(paths: BatchPaths, store: ObjectStore) -> dict[str, Any]:
+    return dict(json.loads(store.read(paths.output_bucket, paths.plan)))
+
+
+def read_shard(paths: BatchPaths, index: int, store: ObjectStore) -> list[PlanItem]:
+    raw = json.loads(store.read(paths.output_bucket, paths.shard_plan(index)))
+    return [PlanItem.from_dict(item) for item in raw["items"]]
+
+
+def _write_json(
+    store: ObjectStore,
+    bucket: str,
+    name: str,
+    doc: Mapping[str, Any],
+    existing: Mapping[str, ObjectInfo],
+    metadata: Mapping[str, str],
+) -> None:
+    info = existing.get(name)
+    store.write(
+        bucket,
+        name,
+        json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8"),
+        content_type="application/json",
+        if_generation_match=info.generation if info is not None else 0,
+        metadata=metadata,
+    )

@@ -1,0 +1,246 @@
+"""What each pipeline component does, with its clients passed in (the component bodies are the edge).
+
+``list_step`` → ``shard_step`` (one per shard) → ``aggregate_step`` → ``publish_step``. Every step can run
+again for the same batch: the plan is reused, finished images are skipped, the report is rebuilt
+and the completion is published once (``completion.json`` records it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.completion import completion_from_summary, failed_completion
+from pipeline.listing import (
+    BatchOptions,
+    TreeStore,
+    existing_plan,
+    plan_batch,
+    read_plan,
+    read_shard,
+    write_plan,
+)
+from pipeline.paths import BatchPaths
+from pipeline.records import failed_line
+from pipeline.report import MAX_THUMBNAILS, build_report, summarize, thumbnail
+from pipeline.shard import ShardWorker
+from predictor.engine import SamEngine
+from samdrop.errors import SamdropError
+from samdrop.layout import input_generation, tag
+from samdrop.messages import Publisher, publish_completion
+from samdrop.settings import Settings
+from samdrop.storage import ObjectStore
+
+EngineFactory = Callable[[Settings], SamEngine]
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    store: TreeStore
+    publisher: Publisher | None = None
+
+
+def context_from_env(
+    env: Mapping[str, str], config: Mapping[str, str], *, publisher: bool = False
+) -> Context:
+    """Settings from the task's environment overlaid with ``config``, and real clients (emulators
+    when ``STORAGE_EMULATOR_HOST`` / ``PUBSUB_EMULATOR_HOST`` are set)."""
+    from google.cloud import storage
+
+    from samdrop.messages import PubsubPublisher
+    from samdrop.storage import GcsStore
+
+    settings = Settings.from_env({**env, **config})
+    store = GcsStore(storage.Client(project=settings.project))
+    pubsub = None
+    if publisher:
+        from google.cloud import pubsub_v1
+
+        pubsub = PubsubPublisher(pubsub_v1.PublisherClient(), settings.project)
+    return Context(settings, store, pubsub)
+
+
+def list_step(ctx: Context, batch_id: str, bucket: str, marker_generation: int) -> list[int]:
+    """Plan the batch (or reuse the plan of this marker generation); returns the shard indexes."""
+    paths = BatchPaths.of(ctx.settings, batch_id, bucket)
+    existing = existing_plan(paths, marker_generation, ctx.store)
+    if existing is not None:
+        return list(range(int(existing["shards"])))
+    started = time.perf_counter()
+    plan = plan_batch(paths, marker_generation, ctx.store, default_shard_size=ctx.settings.shard_size)
+    write_plan(paths, plan, ctx.store, list_ms=round((time.perf_counter() - started) * 1000, 1))
+    return list(range(len(plan.shards)))
+
+
+def shard_step(
+    ctx: Context,
+    batch_id: str,
+    bucket: str,
+    shard: int,
+    *,
+    requested: Mapping[str, Any] | None = None,
+    engine_factory: EngineFactory = SamEngine.from_settings,
+) -> dict[str, Any]:
+    """Segment shard ``shard`` and record what it did; returns its counts and time split (ms)."""
+    started = time.perf_counter()
+    paths = BatchPaths.of(ctx.settings, batch_id, bucket)
+    plan = read_plan(paths, ctx.store)
+    items = read_shard(paths, shard, ctx.store)
+    options = BatchOptions(**plan["options"])
+    loading = time.perf_counter()
+    engine = engine_factory(ctx.settings)
+    load_ms = round((time.perf_counter() - loading) * 1000, 1)
+    worker = ShardWorker(
+        paths=paths, shard=shard, settings=ctx.settings, store=ctx.store, engine=engine, options=options
+    )
+    result = worker.run(items)
+    timings = {
+        "load_model": load_ms,
+        **result.timings_ms,
+        "wall": round((time.perf_counter() - started) * 1000, 1),
+    }
+    report = {
+        "index": shard,
+        "model": engine.description,
+        "requested": dict(requested or {}),
+        "timings_ms": timings,
+        "lines": result.lines,
+    }
+    _write_json(
+        ctx.store, paths.output_bucket, paths.shard_report(shard), report, int(plan["marker_generation"])
+    )
+    succeeded = sum(1 for line in result.lines if line["status"] == "succeeded")
+    return {"shard": shard, "images": len(result.lines), "succeeded": succeeded, "timings_ms": timings}
+
+
+def aggregate_step(ctx: Context, batch_id: str, bucket: str) -> tuple[dict[str, Any], str, str]:
+    """Write manifest, report and plots from the shard reports; returns (summary, report.md, report.html).
+
+    An image whose shard never reported gets a ``not_processed`` line: the manifest always has one
+    line per image of the plan.
+    """
+    paths = BatchPaths.of(ctx.settings, batch_id, bucket)
+    plan = read_plan(paths, ctx.store)
+    marker_generation = int(plan["marker_generation"])
+    lines: list[dict[str, Any]] = []
+    timings: list[dict[str, float]] = []
+    model: dict[str, Any] = {}
+    for index in range(int(plan["shards"])):
+        info = ctx.store.stat(paths.output_bucket, paths.shard_report(index))
+        if info is not None:
+            report = json.loads(ctx.store.read(paths.output_bucket, info.name, generation=info.generation))
+            lines += report["lines"]
+            timings.append(report["timings_ms"])
+            model = model or report.get("model", {})
+            continue
+        for item in read_shard(paths, index, ctx.store):
+            error = {
+                "code": "not_processed",
+                "message": f"shard {index} did not finish: run the pipeline again to resume",
+            }
+            lines.append(
+                failed_line(
+                    error,
+                    input_uri=paths.input(item.name),
+                    file=paths.relative(item.name),
+                    generation=item.generation,
+                    shard=index,
+                    resumed=False,
+                    error_uri=None,
+                    timings_ms={},
+                )
+            )
+    summary = summarize(plan, lines, timings)
+    summary["model"] = model
+    thumbnails = _thumbnails(ctx.store, lines)
+    note = model.get("note") if model.get("random_weights") else None
+    files = build_report(summary, lines, thumbnails, note=note)
+    for file in files:
+        _write(
+            ctx.store,
+            paths.output_bucket,
+            paths.report(file.name),
+            file.data,
+            file.content_type,
+            marker_generation,
+        )
+    _write_json(ctx.store, paths.output_bucket, paths.summary, summary, marker_generation)
+    bodies = {
+        file.name: file.data.decode("utf-8") for file in files if file.name in ("report.md", "report.html")
+    }
+    return summary, bodies["report.md"], bodies["report.html"]
+
+
+def publish_step(
+    ctx: Context, batch_id: str, bucket: str, marker_generation: int, run_error: str | None = None
+) -> dict[str, Any]:
+    """Publish the batch completion once per marker generation; returns the message.
+
+    Without ``summary.json`` (the run failed before its report) the completion is ``failed`` and
+    says why (``run_error``: the pipeline's own error message, when known). A later run that
+    resumes and writes the report publishes the real outcome once more, replacing that record.
+    """
+    assert ctx.publisher is not None, "publish_step needs a publisher"
+    paths = BatchPaths.of(ctx.settings, batch_id, bucket)
+    store, bucket_out = ctx.store, paths.output_bucket
+    info = store.stat(bucket_out, paths.summary)
+    has_summary = info is not None and input_generation(info.metadata) == marker_generation
+    done = store.stat(bucket_out, paths.completion)
+    if done is not None and input_generation(done.metadata) == marker_generation:
+        previous = dict(json.loads(store.read(bucket_out, paths.completion, generation=done.generation)))
+        if not (has_summary and (previous.get("error") or {}).get("code") == "pipeline_failed"):
+            return previous
+    if info is not None and has_summary:
+        summary = json.loads(store.read(bucket_out, paths.summary, generation=info.generation))
+        message = completion_from_summary(summary, paths)
+    else:
+        message = failed_completion(
+            paths,
+            "pipeline_failed",
+            f"the pipeline run for batch {batch_id} failed before writing its report"
+            + (f" ({run_error})" if run_error else "")
+            + "; outputs written so far are kept and a new run resumes from them",
+        )
+    message_id = publish_completion(ctx.publisher, ctx.settings.completions_topic, message)
+    body = {**message.to_dict(), "message_id": message_id}
+    _write_json(ctx.store, paths.output_bucket, paths.completion, body, marker_generation)
+    return body
+
+
+def _thumbnails(store: ObjectStore, lines: list[dict[str, Any]]) -> dict[str, bytes]:
+    wanted = [line for line in lines if line["status"] == "succeeded"][:MAX_THUMBNAILS]
+
+    def one(line: Mapping[str, Any]) -> tuple[str, bytes | None]:
+        bucket, _, name = line["outputs"]["overlay"].removeprefix("gs://").partition("/")
+        try:
+            return line["file"], thumbnail(store.read(bucket, name))
+        except (SamdropError, OSError):
+            return line["file"], None  # a missing preview only leaves a gap in the report
+
+    with ThreadPoolExecutor(8, thread_name_prefix="samdrop-thumb") as pool:
+        return {file: data for file, data in pool.map(one, wanted) if data is not None}
+
+
+def _write(
+    store: ObjectStore, bucket: str, name: str, data: bytes, content_type: str, generation: int
+) -> None:
+    """Create or replace the batch file ``name`` (replacing exactly the version seen)."""
+    seen = store.stat(bucket, name)
+    store.write(
+        bucket,
+        name,
+        data,
+        content_type=content_type,
+        if_generation_match=seen.generation if seen is not None else 0,
+        metadata=tag(generation),
+    )
+
+
+def _write_json(store: ObjectStore, bucket: str, name: str, doc: Mapping[str, Any], generation: int) -> None:
+    body = json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8")
+    _write(store, bucket, name, body, "application/json", generation)

@@ -19,10 +19,10 @@ from predictor.instances import parse_amg, parse_prompts
 from samdrop.errors import InputNotFound, InvalidPrompt, InvalidRequest, PermanentError
 from samdrop.images import is_image_name
 from samdrop.layout import input_generation, tag
+from samdrop.prompts import check_prompts
 from samdrop.storage import ObjectInfo, ObjectStore
 
 READY_KEYS = ("prompts", "amg", "shard_size", "multimask")
-PROMPT_KEYS = ("points", "labels", "boxes", "multimask")
 MAX_SHARD_SIZE = 10_000
 READY_EXAMPLE = '{"prompts": "prompts.json", "amg": {"points_per_side": 16}, "shard_size": 64}'
 
@@ -150,23 +150,19 @@ def parse_prompts_file(data: bytes, *, where: str) -> dict[str, dict[str, Any] |
 
 
 def _prompt_entry(entry: Any, where: str) -> dict[str, Any]:
-    if not isinstance(entry, dict):
-        raise InvalidPrompt(f"{where} must be an object with points/labels/boxes")
-    unknown = sorted(set(entry) - set(PROMPT_KEYS))
-    if unknown:
-        raise InvalidPrompt(f"{where} has unknown key(s) {unknown}; allowed: {', '.join(PROMPT_KEYS)}")
-    entry = dict(entry)
-    if entry.get("points") is not None and entry.get("labels") is None and isinstance(entry["points"], list):
-        entry["labels"] = [1] * len(entry["points"])
+    """One file's prompts, in the shape every prompt source shares (:mod:`samdrop.prompts`)."""
+    prompts = check_prompts(entry, where=where)
+    if prompts and "amg" in prompts:
+        raise InvalidPrompt(f"{where}: automatic-mask parameters go in the _READY body's amg, not per file")
+    if not prompts or not {"points", "boxes"} & set(prompts):
+        raise InvalidPrompt(f"{where} has neither points nor boxes (leave the file out for automatic masks)")
     try:
-        parsed = parse_prompts(
-            entry.get("points"), entry.get("labels"), entry.get("boxes"), entry.get("multimask")
+        parse_prompts(
+            prompts.get("points"), prompts.get("labels"), prompts.get("boxes"), prompts.get("multimask")
         )
     except PermanentError as exc:
         raise InvalidPrompt(f"{where}: {exc.message}") from None
-    if parsed is None:
-        raise InvalidPrompt(f"{where} has neither points nor boxes (leave the file out for automatic masks)")
-    return entry
+    return prompts
 
 
 def build_plan(

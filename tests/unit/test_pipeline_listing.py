@@ -82,12 +82,15 @@ def test_prompts_file_entries_are_checked_one_by_one():
             "c.png": {"boxes": [[5, 5, 1, 1]]},
             "d.png": {},
             "e.png": {"boxes": [[0, 0, 10, 10]], "multimask": True},
+            "f.png": {"multimask": True},
+            "g.png": {"boxes": [[0, 0, 10, 10]], "amg": {"points_per_side": 4}},
+            "h.png": {"points": [[-1, 2]]},
         }
     ).encode()
     entries = parse_prompts_file(data, where="prompts.json")
     assert entries["a.png"] == {"points": [[1, 2]], "labels": [1]}  # labels default to foreground
     assert entries["e.png"] == {"boxes": [[0, 0, 10, 10]], "multimask": True}
-    for bad in ("b.png", "c.png", "d.png"):
+    for bad in ("b.png", "c.png", "d.png", "f.png", "g.png", "h.png"):
         assert isinstance(entries[bad], InvalidPrompt)
         assert bad in entries[bad].message
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deploy.demo import await_completions, running_stack, sample_image, upload_file  # noqa: E402
-from deploy.local import pubsub_clients  # noqa: E402
+from deploy.local import emulator_storage_client, pubsub_clients  # noqa: E402
 from samdrop.settings import Settings  # noqa: E402
 
 PHOTOS = (
@@ -61,8 +61,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latency-local.json")
     options = parser.parse_args()
 
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
     from PIL import Image
 
     settings = Settings.from_env(os.environ)
@@ -72,11 +70,7 @@ def main() -> None:
         running_stack(settings, keep_running=False, say=print) as stack,
     ):
         env = stack.client_env()
-        client = storage.Client(
-            project=settings.project,
-            credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]},
-        )
+        client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
         publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
         publisher.transport.close()
         subscription = subscriber.subscription_path(settings.project, settings.completions_subscription)

@@ -35,7 +35,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploy.local import LocalStack, find_free_port  # noqa: E402
+from deploy.local import LocalStack, emulator_storage_client, find_free_port  # noqa: E402
 from pipeline.compile import compile_pipeline  # noqa: E402
 from pipeline.plots import line_chart  # noqa: E402
 from predictor.engine import Job, SamEngine  # noqa: E402
@@ -150,9 +150,6 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
     work = Path(tempfile.mkdtemp(prefix="samdrop-pipeline-bench-"))
     template = compile_pipeline(work / "pipeline.yaml", parallelism=args.parallelism)
     ports = {
@@ -179,11 +176,7 @@ def main() -> int:
     rows = []
     try:
         env = stack.client_env()
-        client = storage.Client(
-            project=settings.project,
-            credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]},
-        )
+        client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
         if client.lookup_bucket(settings.output_bucket) is None:
             client.create_bucket(settings.output_bucket)
         for size in args.sizes:

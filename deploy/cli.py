@@ -152,16 +152,13 @@ def _stack_env(settings: Settings) -> dict[str, str]:
 # An emulator host in the environment wins; else a running local stack; else real Google Cloud.
 def _storage_client(settings: Settings) -> storage.Client:
     import google.cloud.storage as storage
-    from google.auth.credentials import AnonymousCredentials
+
+    from deploy.local import emulator_storage_client
 
     stack = _stack_env(settings)
     if "STORAGE_EMULATOR_HOST" in os.environ or "STORAGE_EMULATOR_HOST" not in stack:
         return storage.Client(project=settings.project)
-    return storage.Client(
-        project=settings.project,
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": stack["STORAGE_EMULATOR_HOST"]},
-    )
+    return emulator_storage_client(settings.project, stack["STORAGE_EMULATOR_HOST"])
 
 
 def _subscriber(settings: Settings) -> pubsub_v1.SubscriberClient:

@@ -257,20 +257,14 @@ def run_demo(
     progress: Callable[[int, int, float], None] | None = None,
 ) -> DemoResult:
     """Run the demo; the result says what arrived. Raises ``SamdropError`` when set-up fails."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage as gcs
 
-    from deploy.local import pubsub_clients
+    from deploy.local import emulator_storage_client, pubsub_clients
 
     files = write_samples(samples, out_dir / "inputs")
     result = DemoResult()
     with running_stack(settings, keep_running=keep_running, say=say) as stack:
         env = stack.client_env()
-        client = gcs.Client(
-            project=settings.project,
-            credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]},
-        )
+        client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
         publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
         publisher.transport.close()
         try:

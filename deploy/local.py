@@ -24,7 +24,7 @@ from deploy.processes import LocalStackError, StackState
 from samdrop.settings import Settings
 
 if TYPE_CHECKING:  # the Google clients load only for the commands that talk to the stack
-    from google.cloud import pubsub_v1
+    from google.cloud import pubsub_v1, storage
 
     from deploy import resources
 
@@ -347,18 +347,12 @@ class LocalStack:
 
     def ensure_resources(self) -> list[resources.Change]:
         """Create (or confirm) the stack's buckets, topics and subscriptions through the client libraries."""
-        import google.cloud.storage as storage
-        from google.auth.credentials import AnonymousCredentials
 
         from deploy import resources
 
         env = self.client_env()
         s = self.settings
-        storage_client = storage.Client(
-            project=s.project,
-            credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]},
-        )
+        storage_client = emulator_storage_client(s.project, env["STORAGE_EMULATOR_HOST"])
         publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
         try:
             function_url = f"http://{HOST}:{s.function_port}"
@@ -404,6 +398,16 @@ class LocalStack:
     def _functions_framework(self) -> list[str]:
         script = Path(self.python).parent / "functions-framework"
         return [str(script)] if script.is_file() else [self.python, "-m", "functions_framework"]
+
+
+def emulator_storage_client(project: str, emulator_host: str) -> storage.Client:
+    """A storage client bound to fake-gcs-server at ``emulator_host`` whatever os.environ says."""
+    import google.cloud.storage as storage
+    from google.auth.credentials import AnonymousCredentials
+
+    return storage.Client(
+        project=project, credentials=AnonymousCredentials(), client_options={"api_endpoint": emulator_host}
+    )
 
 
 def pubsub_clients(emulator_host: str) -> tuple[pubsub_v1.PublisherClient, pubsub_v1.SubscriberClient]:

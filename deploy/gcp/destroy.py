@@ -15,7 +15,7 @@ from deploy.gcp.options import (
     DeployOptions,
 )
 from deploy.gcp.plan import ApiCall, Gcloud, Probe, Step
-from deploy.gcp.steps import deployed_settings, describe_function
+from deploy.gcp.steps import deployed_settings, describe_function, describe_repository
 from samdrop.settings import Settings
 
 
@@ -100,15 +100,7 @@ def destroy_steps(options: DeployOptions, settings: Settings, *, delete_data: bo
                     "--quiet",
                 ),
                 probe=Probe(
-                    (
-                        "gcloud",
-                        "artifacts",
-                        "repositories",
-                        "describe",
-                        REPOSITORY,
-                        f"--location={region}",
-                        f"--project={project}",
-                    ),
+                    describe_repository(region, project),
                     "fails",
                 ),
             ),

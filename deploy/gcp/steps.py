@@ -220,15 +220,7 @@ def deploy_steps(options: DeployOptions, settings: Settings, *, repo_root: str =
                     "--description=samdrop images",
                 ),
                 probe=Probe(
-                    (
-                        "gcloud",
-                        "artifacts",
-                        "repositories",
-                        "describe",
-                        REPOSITORY,
-                        f"--location={region}",
-                        f"--project={project}",
-                    ),
+                    describe_repository(region, project),
                     "succeeds",
                 ),
             ),
@@ -428,6 +420,18 @@ def env_vars_flag(env: dict[str, str]) -> str:
     if any("," in value for value in env.values()):
         return "--set-env-vars=^@^" + "@".join(pairs)
     return "--set-env-vars=" + ",".join(pairs)
+
+
+def describe_repository(region: str, project: str) -> tuple[str, ...]:
+    return (
+        "gcloud",
+        "artifacts",
+        "repositories",
+        "describe",
+        REPOSITORY,
+        f"--location={region}",
+        f"--project={project}",
+    )
 
 
 def describe_function(region: str, project: str, fmt: str) -> tuple[str, ...]:

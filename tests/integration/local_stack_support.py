@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from deploy.local import LocalStack, find_free_port
 from samdrop.settings import Settings
@@ -31,3 +34,14 @@ def stack_settings(state_dir: Path, **overrides) -> Settings:
         state_dir=state_dir, retry_min_backoff_s=1.0, retry_max_backoff_s=2.0, max_delivery_attempts=5
     )
     return Settings.from_env({}, **{**ports, **values, **overrides})
+
+
+def until(get: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll ``get`` until it returns something truthy (and return that); fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = get()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {timeout_s}s")

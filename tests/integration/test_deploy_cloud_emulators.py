@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 
 from deploy.gcp import storage_calls
 from deploy.gcp.clients import CloudClients
@@ -26,7 +24,7 @@ from deploy.gcp.executor import Executor
 from deploy.gcp.options import DeployOptions
 from deploy.gcp.plan import Step
 from deploy.gcp.steps import deploy_steps
-from deploy.local import LocalStack, pubsub_clients
+from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
 from samdrop.settings import Settings
 
 from .local_stack_support import stack_settings
@@ -52,11 +50,7 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulators]:
     )
     stack.up()
     env = stack.client_env()
-    storage_client = storage.Client(
-        project=PROJECT,
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]},
-    )
+    storage_client = emulator_storage_client(PROJECT, env["STORAGE_EMULATOR_HOST"])
     publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
     clients = CloudClients(
         PROJECT, "europe-west4", storage_client=storage_client, publisher=publisher, subscriber=subscriber

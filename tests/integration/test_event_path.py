@@ -13,22 +13,21 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import pubsub_v1, storage
 from PIL import Image
 
 from deploy import processes
-from deploy.local import LocalStack, pubsub_clients
+from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
 from samdrop.settings import Settings
 
-from .local_stack_support import stack_settings
+from .local_stack_support import stack_settings, until
 
 pytestmark = pytest.mark.integration
 
@@ -117,16 +116,6 @@ class EventStack:
         }
 
 
-def until(get: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = get()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"no {what} within {timeout_s}s")
-
-
 @pytest.fixture(scope="module")
 def events(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EventStack]:
     state_dir = tmp_path_factory.mktemp("samdrop-events")
@@ -140,11 +129,7 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EventStack]:
     stack = LocalStack(settings, predictor=False)
     stack.up()
     env = stack.client_env()
-    client = storage.Client(
-        project=settings.project,
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]},
-    )
+    client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
     publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
     running = EventStack(stack, settings, client, publisher, subscriber, state_dir / "logs" / "predictor.log")
     try:

@@ -8,20 +8,17 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from deploy import processes
-from deploy.local import LocalStack, port_in_use, pubsub_clients
+from deploy.local import LocalStack, emulator_storage_client, port_in_use, pubsub_clients
 
-from .local_stack_support import RECORDER, RunningStack, stack_settings
+from .local_stack_support import RECORDER, RunningStack, stack_settings, until
 
 pytestmark = pytest.mark.integration
 
@@ -30,21 +27,7 @@ PYTHON = sys.executable
 
 
 def _storage(running: RunningStack) -> storage.Client:
-    return storage.Client(
-        project=running.settings.project,
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": running.env["STORAGE_EMULATOR_HOST"]},
-    )
-
-
-def _until(get: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = get()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"no {what} within {timeout_s}s")
+    return emulator_storage_client(running.settings.project, running.env["STORAGE_EMULATOR_HOST"])
 
 
 def _function_events(running: RunningStack, object_id: str) -> list[dict[str, Any]]:
@@ -100,7 +83,7 @@ def test_push_reaches_the_function_as_an_eventarc_cloudevent(local_stack):
     object_id = f"incoming/push-{uuid.uuid4().hex[:8]}.png"
     _storage(local_stack).bucket(s.bucket).blob(object_id).upload_from_string(b"png?", timeout=30)
 
-    (event,) = _until(lambda: _function_events(local_stack, object_id), 30, "CloudEvent at the function")
+    (event,) = until(lambda: _function_events(local_stack, object_id), 30, "CloudEvent at the function")
     assert event["type"] == "google.cloud.pubsub.topic.v1.messagePublished"
     assert event["source"] == f"//pubsub.googleapis.com/projects/{s.project}/topics/{s.uploads_topic}"
     message = event["data"]["message"]
@@ -116,7 +99,7 @@ def test_results_bucket_writes_do_not_notify(local_stack):
     other.blob("incoming/x.jpg").upload_from_string(b"x", timeout=30)
     marker = f"incoming/after-{uuid.uuid4().hex[:8]}.jpg"
     client.bucket(s.bucket).blob(marker).upload_from_string(b"x", timeout=30)
-    _until(lambda: _function_events(local_stack, marker), 30, "marker event")
+    until(lambda: _function_events(local_stack, marker), 30, "marker event")
     events = [json.loads(line) for line in local_stack.record_file.read_text().splitlines()]
     assert all(e["data"]["message"]["attributes"]["bucketId"] == s.bucket for e in events)
 
@@ -132,7 +115,7 @@ def test_a_failing_function_dead_letters_after_max_attempts(local_stack):
         response = subscriber.pull(request={"subscription": dead, "max_messages": 10}, timeout=10)
         return [m for m in response.received_messages if m.message.attributes.get("objectId") == object_id]
 
-    (letter,) = _until(pull_dead_letter, 60, "dead letter")
+    (letter,) = until(pull_dead_letter, 60, "dead letter")
     subscriber.acknowledge(request={"subscription": dead, "ack_ids": [letter.ack_id]}, timeout=30)
     attributes = letter.message.attributes
     assert attributes["CloudPubSubDeadLetterSourceSubscription"] == s.uploads_subscription

@@ -19,12 +19,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 from kfp.dsl import PipelineTaskFinalStatus
 from PIL import Image
 
-from deploy.local import LocalStack, pubsub_clients
+from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
 from pipeline import components
 from pipeline.listing import BatchOptions, build_plan, parse_prompts_file
 from pipeline.paths import BatchPaths
@@ -77,11 +75,7 @@ class Stack:
         self.stack, self.settings, self.cache_dir = stack, settings, cache_dir
         env = stack.client_env()
         self.env = env
-        self.client = storage.Client(
-            project=settings.project,
-            credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]},
-        )
+        self.client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
         self.bucket = self.client.bucket(settings.bucket)
         self.store = GcsStore(self.client)
         _, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])

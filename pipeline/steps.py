@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.completion import completion_from_summary, failed_completion
 from pipeline.listing import (
@@ -27,15 +27,16 @@ from pipeline.listing import (
 from pipeline.paths import BatchPaths
 from pipeline.records import failed_line
 from pipeline.report import MAX_THUMBNAILS, build_report, summarize, thumbnail
-from pipeline.shard import ShardWorker
-from predictor.engine import SamEngine
 from samdrop.errors import SamdropError
 from samdrop.layout import input_generation, tag
 from samdrop.messages import Publisher, publish_completion
 from samdrop.settings import Settings
 from samdrop.storage import ObjectStore
 
-EngineFactory = Callable[[Settings], SamEngine]
+if TYPE_CHECKING:  # torch is imported by the shard task only: the other tasks start in 0.5 s, not 4
+    from predictor.engine import SamEngine
+
+EngineFactory = Callable[[Settings], "SamEngine"]
 
 
 @dataclass(frozen=True)
@@ -84,16 +85,20 @@ def shard_step(
     shard: int,
     *,
     requested: Mapping[str, Any] | None = None,
-    engine_factory: EngineFactory = SamEngine.from_settings,
+    engine_factory: EngineFactory | None = None,
 ) -> dict[str, Any]:
-    """Segment shard ``shard`` and record what it did; returns its counts and time split (ms)."""
+    """Segment shard ``shard`` and record what it did; returns its counts and time split (ms).
+    ``engine_factory`` defaults to :meth:`SamEngine.from_settings`."""
+    from pipeline.shard import ShardWorker
+    from predictor.engine import SamEngine
+
     started = time.perf_counter()
     paths = BatchPaths.of(ctx.settings, batch_id, bucket)
     plan = read_plan(paths, ctx.store)
     items = read_shard(paths, shard, ctx.store)
     options = BatchOptions(**plan["options"])
     loading = time.perf_counter()
-    engine = engine_factory(ctx.settings)
+    engine = (engine_factory or SamEngine.from_settings)(ctx.settings)
     load_ms = round((time.perf_counter() - loading) * 1000, 1)
     worker = ShardWorker(
         paths=paths, shard=shard, settings=ctx.settings, store=ctx.store, engine=engine, options=options

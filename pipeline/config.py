@@ -25,6 +25,7 @@ PIPELINE_SETTINGS = (
     "max_masks",
     "io_threads",
     "shard_size",
+    "pipeline_parallelism",
 )
 
 

@@ -24,6 +24,9 @@ from samdrop.storage import ObjectInfo, ObjectStore
 
 READY_KEYS = ("prompts", "amg", "shard_size", "multimask")
 MAX_SHARD_SIZE = 10_000
+# Automatic shard size: no shard under this many images, because a worker's start-up (minutes for a
+# GPU node on Vertex AI, seconds for a kfp.local task) would outweigh its work.
+MIN_AUTO_SHARD_SIZE = 64
 READY_EXAMPLE = '{"prompts": "prompts.json", "amg": {"points_per_side": 16}, "shard_size": 64}'
 
 
@@ -36,12 +39,13 @@ class TreeStore(ObjectStore, Protocol):
 @dataclass(frozen=True)
 class BatchOptions:
     """``_READY`` body: ``prompts`` file name (in the batch folder), automatic-mask parameters for
-    images without prompts, ``shard_size`` and a default ``multimask``."""
+    images without prompts, ``shard_size`` (0: automatic, see :func:`shard_size_for`) and a default
+    ``multimask``."""
 
     prompts: str = PROMPTS_FILE
     prompts_named: bool = False  # the body named the file: then it must exist
     amg: dict[str, Any] = field(default_factory=dict)
-    shard_size: int = 64
+    shard_size: int = 0
     multimask: bool | None = None
 
 
@@ -83,6 +87,7 @@ class BatchPlan:
             "options": asdict(self.options),
             "images": self.images,
             "shards": len(self.shards),
+            "shard_size": max((len(shard) for shard in self.shards), default=0),
             "warnings": self.warnings,
             "error": self.error,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -111,7 +116,7 @@ def parse_ready(body: bytes, *, default_shard_size: int, where: str = READY) -> 
             f'{where}: "prompts" must be a file name in the batch folder, like "prompts.json"'
         )
     shard_size = raw.get("shard_size", default_shard_size)
-    if (
+    if "shard_size" in raw and (
         isinstance(shard_size, bool)
         or not isinstance(shard_size, int)
         or not 1 <= shard_size <= MAX_SHARD_SIZE
@@ -165,14 +170,28 @@ def _prompt_entry(entry: Any, where: str) -> dict[str, Any]:
     return prompts
 
 
+def shard_size_for(images: int, requested: int, workers: int) -> int:
+    """``requested`` images per shard; 0 means automatic: ``images`` split evenly over at most
+    ``workers`` shards (one wave of parallel workers, each loading the model once) of at least
+    ``MIN_AUTO_SHARD_SIZE`` and at most ``MAX_SHARD_SIZE`` images. Resuming works per image, so a
+    large shard loses nothing when its task is retried."""
+    if requested > 0:
+        return requested
+    count = max(1, min(workers, images // MIN_AUTO_SHARD_SIZE), -(-images // MAX_SHARD_SIZE))
+    return max(1, -(-images // count))
+
+
 def build_plan(
     paths: BatchPaths,
     marker_generation: int,
     objects: Mapping[str, ObjectInfo],
     options: BatchOptions,
     prompts: Mapping[str, dict[str, Any] | PermanentError],
+    *,
+    workers: int = 1,
 ) -> BatchPlan:
-    """Sort the inputs by name, attach their prompts, split them into shards of ``options.shard_size``."""
+    """Sort the inputs by name, attach their prompts, split them into shards (see
+    :func:`shard_size_for`; ``workers``: shard tasks the pipeline runs at once)."""
     prompts_name = paths.input_folder + options.prompts
     items: list[PlanItem] = []
     for name in sorted(objects):
@@ -205,7 +224,7 @@ def build_plan(
             "code": "empty_batch",
             "message": f"{paths.input_uri} holds no images: upload the images first, then {READY} last",
         }
-    size = options.shard_size
+    size = shard_size_for(len(items), options.shard_size, workers)
     shards = [items[start : start + size] for start in range(0, len(items), size)]
     return BatchPlan(paths.batch_id, paths.input_uri, marker_generation, options, shards, warnings, error)
 
@@ -217,9 +236,11 @@ def failed_plan(paths: BatchPaths, marker_generation: int, error: PermanentError
 
 
 def plan_batch(
-    paths: BatchPaths, marker_generation: int, store: TreeStore, *, default_shard_size: int
+    paths: BatchPaths, marker_generation: int, store: TreeStore, *, default_shard_size: int, workers: int = 1
 ) -> BatchPlan:
     """Read the marker, ``prompts.json`` and the listing; never raises for bad input (see ``error``).
+    ``default_shard_size`` (0: automatic) applies unless the marker sets one; ``workers``: shard
+    tasks the pipeline runs at once.
 
     Raises ``TransientError``/``ConfigError`` when storage cannot be read at all.
     """
@@ -238,7 +259,7 @@ def plan_batch(
             )
     except PermanentError as exc:
         return failed_plan(paths, marker_generation, exc)
-    return build_plan(paths, marker_generation, objects, options, prompts)
+    return build_plan(paths, marker_generation, objects, options, prompts, workers=workers)
 
 
 def _looks_like_image(info: ObjectInfo) -> bool:

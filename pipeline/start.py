@@ -72,7 +72,13 @@ def start_batch(
     paths = BatchPaths.of(settings, request.batch_id, request.bucket)
     generation = int(request.generation)
     if isinstance(store, _Tree):
-        plan = plan_batch(paths, generation, store, default_shard_size=settings.shard_size)
+        plan = plan_batch(
+            paths,
+            generation,
+            store,
+            default_shard_size=settings.shard_size,
+            workers=settings.pipeline_parallelism,
+        )
         if plan.error is not None:
             message = failed_completion(paths, plan.error["code"], plan.error["message"])
             publish_completion(publisher, settings.completions_topic, message)

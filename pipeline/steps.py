@@ -73,7 +73,13 @@ def list_step(ctx: Context, batch_id: str, bucket: str, marker_generation: int) 
     if existing is not None:
         return list(range(int(existing["shards"])))
     started = time.perf_counter()
-    plan = plan_batch(paths, marker_generation, ctx.store, default_shard_size=ctx.settings.shard_size)
+    plan = plan_batch(
+        paths,
+        marker_generation,
+        ctx.store,
+        default_shard_size=ctx.settings.shard_size,
+        workers=ctx.settings.pipeline_parallelism,
+    )
     write_plan(paths, plan, ctx.store, list_ms=round((time.perf_counter() - started) * 1000, 1))
     return list(range(len(plan.shards)))
 

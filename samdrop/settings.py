@@ -92,7 +92,12 @@ class Settings:
     pipeline_image: str | None = _env(
         "SAMDROP_PIPELINE_IMAGE", None, "container image of the pipeline's components (vertex)", _optional
     )
-    shard_size: int = _env("SAMDROP_SHARD_SIZE", 64, "images per pipeline shard task", int)
+    shard_size: int = _env(
+        "SAMDROP_SHARD_SIZE",
+        0,
+        "images per pipeline shard task; 0: the batch split evenly over the parallel shard tasks",
+        int,
+    )
     pipeline_parallelism: int = _env("SAMDROP_PIPELINE_PARALLELISM", 4, "shard tasks run at once", int)
     pipeline_machine_type: str = _env(
         "SAMDROP_PIPELINE_MACHINE_TYPE", "g2-standard-8", "machine type of a shard task (vertex)"
@@ -185,13 +190,14 @@ class Settings:
             "max_masks",
             "io_threads",
             "endpoint_timeout_s",
-            "shard_size",
             "pipeline_parallelism",
             "amg_points_per_side",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 yield f"{_env_name(name)} must be > 0, got {getattr(self, name)}"
+        if self.shard_size < 0:
+            yield "SAMDROP_SHARD_SIZE must be >= 0 (0: automatic)"
         if self.embedding_cache_size < 0:
             yield "SAMDROP_EMBEDDING_CACHE_SIZE must be >= 0"
         if not 5 <= self.max_delivery_attempts <= 100:

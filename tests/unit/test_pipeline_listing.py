@@ -14,6 +14,7 @@ from pipeline.listing import (
     parse_ready,
     plan_batch,
     read_shard,
+    shard_size_for,
     write_plan,
 )
 from pipeline.paths import BatchPaths
@@ -122,6 +123,34 @@ def test_build_plan_sorts_shards_and_attaches_prompts_and_errors():
     assert plan.images == 4 and plan.error is None
     assert plan.warnings == ["prompts.json has prompts for 1 file(s) not in the batch: gone.png"]
     assert a.generation == objects["batches/b1/a.png"].generation
+
+
+@pytest.mark.parametrize(
+    ("images", "requested", "workers", "size"),
+    [
+        (50, 0, 4, 50),  # below 2 x 64: one shard, one task start
+        (200, 0, 4, 67),  # 3 shards of >= 64, not 4 of 50
+        (1000, 0, 4, 250),  # one wave of 4 workers
+        (1000, 0, 1, 1000),
+        (10_000, 0, 4, 2500),
+        (50_000, 0, 2, 10_000),  # no shard above MAX_SHARD_SIZE: 5 shards, 2 at a time
+        (1000, 32, 4, 32),  # a size that was asked for is kept
+        (0, 0, 4, 1),
+    ],
+)
+def test_automatic_shard_size_spreads_a_batch_over_one_wave_of_workers(
+    images: int, requested: int, workers: int, size: int
+) -> None:
+    assert shard_size_for(images, requested, workers) == size
+
+
+def test_plan_without_a_shard_size_splits_evenly_over_the_workers():
+    objects = _objects(*(f"img_{i:03d}.png" for i in range(300)))
+    plan = build_plan(PATHS, 7, objects, BatchOptions(), {}, workers=4)
+    assert [len(shard) for shard in plan.shards] == [75, 75, 75, 75]
+    assert plan.summary()["shard_size"] == 75
+    one = build_plan(PATHS, 7, objects, BatchOptions(), {}, workers=1)
+    assert [len(shard) for shard in one.shards] == [300]
 
 
 def test_a_folder_without_images_is_a_batch_error():

@@ -19,6 +19,7 @@ from pipeline.start import (
     status_of,
     vertex_parameters,
 )
+from pipeline.steps import Context, list_step
 from samdrop.errors import ConfigError, TransientError
 from samdrop.settings import Settings
 
@@ -63,6 +64,16 @@ def test_a_batch_is_claimed_and_launched_once():
     claim = store.json("results/batches/b1/_CLAIMED")
     assert claim["marker_generation"] == request.generation and claim["runner"] == "local"
     assert publisher.messages == []
+
+
+def test_the_list_step_spreads_a_batch_over_the_parallel_shard_tasks():
+    store = TreeStore()
+    request = _ready(store, images=200)
+    # A task's settings come from the ``config`` parameter: the parallelism must travel in it.
+    config = pipeline_config(SETTINGS.replace(pipeline_parallelism=2))
+    shards = list_step(Context(Settings.from_env(config), store), "b1", BUCKET, int(request.generation))
+    plan = store.json("results/batches/b1/_plan/plan.json")
+    assert shards == [0, 1] and (plan["shard_size"], plan["images"]) == (100, 200)
 
 
 @pytest.mark.parametrize(

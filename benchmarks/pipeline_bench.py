@@ -6,8 +6,10 @@ runner runs it (``python -m pipeline.worker``), and the bare engine segments the
 images in this process (``SamEngine.run`` in batches, no storage at all). Reported: images/s end to
 end (every kfp.local task start, model load, listing, report and publish included), images/s of
 the shard tasks' steady state (after the model is loaded), images/s of the bare engine (mean of a
-run before and one after the pipeline), and the pipeline's time split. Writes JSON and an
-"execution time vs number of images" chart to ``benchmarks/results/``. Not a test.
+run before and one after the pipeline), the pipeline's time split, the time spent outside the shard
+tasks' own work and each kfp.local task's wall time. With the default automatic shard size and
+``--parallelism 1`` every run is one shard (kfp.local runs shards one after another anyway). Writes
+JSON and an "execution time vs number of images" chart to ``benchmarks/results/``. Not a test.
 
     python benchmarks/pipeline_bench.py --sizes 50 200 1000
 """
@@ -19,6 +21,7 @@ import io
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -35,7 +38,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploy.local import LocalStack, emulator_storage_client, find_free_port  # noqa: E402
+from deploy.local import LocalStack, emulator_storage_client, find_free_port, pubsub_clients  # noqa: E402
 from pipeline.compile import compile_pipeline  # noqa: E402
 from pipeline.plots import line_chart  # noqa: E402
 from predictor.engine import Job, SamEngine  # noqa: E402
@@ -134,7 +137,28 @@ def run_pipeline(
     summary = json.loads(outputs.blob(f"results/batches/{batch}/summary.json").download_as_bytes())
     if summary["succeeded"] != len(images):
         raise SystemExit(f"pipeline segmented {summary['succeeded']} of {len(images)} images: {summary}")
-    return {"wall_s": wall, "summary": summary}
+    return {"wall_s": wall, "summary": summary, "tasks_s": task_walls(done.stdout + done.stderr)}
+
+
+TASK_LINE = re.compile(
+    r"^(\d\d):(\d\d):(\d\d\.\d+) - INFO - (?:Executing task '([^']+)'|Task '([^']+)' finished)",
+    re.MULTILINE,
+)
+
+
+def task_walls(log: str) -> dict[str, float]:
+    """Wall seconds of each kfp.local task (process start, imports and exit included), from the
+    runner's "Executing task 'x'" and "Task 'x' finished" log lines; repeated tasks add up."""
+    started: dict[str, float] = {}
+    walls: dict[str, float] = {}
+    for match in TASK_LINE.finditer(re.sub(r"\x1b\[[0-9;]*m", "", log)):
+        hours, minutes, seconds, begins, ends = match.groups()
+        at = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        if begins:
+            started[begins] = at
+        elif ends in started:
+            walls[ends] = round(walls.get(ends, 0.0) + at - started.pop(ends), 2)
+    return walls
 
 
 def main() -> int:
@@ -143,7 +167,7 @@ def main() -> int:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000])
     parser.add_argument("--side", type=int, default=320, help="longest image side, px")
-    parser.add_argument("--shard-size", type=int, default=256)
+    parser.add_argument("--shard-size", type=int, default=0, help="0: automatic (one shard per worker)")
     parser.add_argument("--parallelism", type=int, default=1, help="shards at once (1 on a small CPU box)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--model-type", default="tiny")
@@ -162,6 +186,7 @@ def main() -> int:
         model_type=args.model_type,
         device="cpu",
         shard_size=args.shard_size,
+        pipeline_parallelism=args.parallelism,
         batch_size=args.batch_size,
         pipeline_template=str(template),
         # Outputs in a bucket without notifications: on one small box the emulated OBJECT_FINALIZE
@@ -176,6 +201,7 @@ def main() -> int:
     rows = []
     try:
         env = stack.client_env()
+        _no_upload_deliveries(env, settings)
         client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
         if client.lookup_bucket(settings.output_bucket) is None:
             client.create_bucket(settings.output_bucket)
@@ -197,6 +223,11 @@ def main() -> int:
                 "shard_images_per_s": size / steady_s,
                 "pipeline_wall_s": pipeline["wall_s"],
                 "shard_steady_s": steady_s,
+                # kfp.local task start-ups (a Python process each; the shard task imports torch),
+                # the plan, the report and the completion: everything but the shard tasks' own work
+                # (shards run one after another under kfp.local, so their walls add up)
+                "outside_shards_s": pipeline["wall_s"] - split["wall"] / 1000.0,
+                "tasks_s": pipeline["tasks_s"],
                 "engine": engine,
                 "split_s": {key: value / 1000.0 for key, value in split.items()},
                 "shards": pipeline["summary"]["shards"],
@@ -241,6 +272,19 @@ def main() -> int:
     return 0
 
 
+def _no_upload_deliveries(env: dict[str, str], settings: Settings) -> None:
+    """Delete the push subscription of upload notifications. No function runs here, and the emulator
+    would keep retrying a push for every uploaded image (thousands), competing with the model and
+    slowing whatever runs after the pipeline (an earlier version of this script measured that)."""
+    publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
+    try:
+        name = subscriber.subscription_path(settings.project, settings.uploads_subscription)
+        subscriber.delete_subscription(request={"subscription": name})
+    finally:
+        subscriber.close()
+        publisher.transport.close()
+
+
 def _merged(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows of an earlier run for other sizes are kept (``--sizes 1000`` adds to ``--sizes 50 200``)."""
     earlier = json.loads(path.read_text())["rows"] if path.exists() else []
@@ -254,7 +298,9 @@ def _print_row(row: dict[str, Any]) -> None:
         f"{row['images']:5d} images: engine {row['engine_images_per_s']:.2f} img/s | pipeline end to end "
         f"{row['pipeline_images_per_s']:.2f} img/s ({row['end_to_end_vs_engine']:.0%}) "
         f"in {row['pipeline_wall_s']:.1f}s"
-        f" | shards after model load {row['shard_images_per_s']:.2f} img/s ({row['shard_vs_engine']:.0%})\n"
+        f" | shards after model load {row['shard_images_per_s']:.2f} img/s ({row['shard_vs_engine']:.0%})"
+        f" | outside the shards {row['outside_shards_s']:.1f}s\n"
+        f"       kfp.local tasks (s): {row['tasks_s']}\n"
         f"       split: {split}",
         flush=True,
     )

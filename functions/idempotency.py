@@ -55,10 +55,3 @@ def decide(listing: Mapping[str, ObjectInfo], paths: OutputPaths, generation: in
                 Step.PUBLISH, f"{name.rsplit('/', 1)[-1]} exists but its completion was not recorded", record
             )
     return Plan(Step.COMPUTE, "no record for this generation")
-
-
-def precondition(listing: Mapping[str, ObjectInfo], name: str) -> int:
-    """``if_generation_match`` for writing ``name``: 0 (must not exist) or the generation seen in the
-    listing (replace exactly that: an older upload's output or this generation's crashed attempt)."""
-    info = listing.get(name)
-    return info.generation if info is not None else 0

@@ -17,12 +17,12 @@ from PIL import Image
 from functions import logs
 from functions.endpoint import Endpoint
 from functions.events import UploadEvent
-from functions.idempotency import Plan, Step, decide, precondition
+from functions.idempotency import Plan, Step, decide
 from functions.prediction import Prediction, parse_prediction
 from functions.prompts import build_instance, prompts_from_metadata
 from samdrop.errors import ConfigError, InputNotFound, PermanentError, TransientError
 from samdrop.images import decode_image
-from samdrop.layout import OutputPaths, input_generation, output_paths, tag
+from samdrop.layout import OutputPaths, input_generation, json_record, output_paths, write_output
 from samdrop.masks import mask_to_png, overlay_jpeg, rle_to_mask
 from samdrop.messages import CompletionMessage, Publisher, publish_completion
 from samdrop.settings import Settings
@@ -156,13 +156,14 @@ def _segment_and_write(
     previews = _write_masks(prediction, paths, listing, generation, store, settings)
     preview_image = _shrink(image, PREVIEW_SIDE)
     overlay = overlay_jpeg(preview_image, previews, max_side=None, note=note)
-    store.write(
+    write_output(
+        store,
         paths.bucket,
         paths.overlay,
         overlay,
-        content_type="image/jpeg",
-        if_generation_match=precondition(listing, paths.overlay),
-        metadata=tag(generation),
+        "image/jpeg",
+        seen=listing.get(paths.overlay),
+        generation=generation,
     )
     t3 = clock()
     doc = _masks_document(event, prompts, prediction, paths, note)
@@ -192,13 +193,14 @@ def _write_masks(
     def write_one(index: int) -> np.ndarray:
         mask = rle_to_mask(prediction.masks[index]["segmentation"])
         name = paths.mask(index)
-        store.write(
+        write_output(
+            store,
             paths.bucket,
             name,
             mask_to_png(mask),
-            content_type="image/png",
-            if_generation_match=precondition(listing, name),
-            metadata=tag(generation),
+            "image/png",
+            seen=listing.get(name),
+            generation=generation,
         )
         if preview == (prediction.width, prediction.height):
             return mask
@@ -256,14 +258,14 @@ def _write_json(
     listing: Mapping[str, ObjectInfo],
     generation: int,
 ) -> int:
-    body = json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8")
-    return store.write(
+    return write_output(
+        store,
         paths.bucket,
         name,
-        body,
-        content_type="application/json",
-        if_generation_match=precondition(listing, name),
-        metadata=tag(generation),
+        json_record(doc),
+        "application/json",
+        seen=listing.get(name),
+        generation=generation,
     )
 
 

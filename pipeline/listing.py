@@ -18,7 +18,7 @@ from pipeline.paths import PROMPTS_FILE, READY, BatchPaths
 from predictor.instances import parse_amg, parse_prompts
 from samdrop.errors import InputNotFound, InvalidPrompt, InvalidRequest, PermanentError
 from samdrop.images import is_image_name
-from samdrop.layout import input_generation, tag
+from samdrop.layout import input_generation, json_record, write_output
 from samdrop.prompts import check_prompts
 from samdrop.storage import ObjectInfo, ObjectStore
 
@@ -276,13 +276,21 @@ def write_plan(
     """Shard files first, ``plan.json`` last (its presence means the plan is complete). ``list_ms``:
     how long listing and planning took, kept in ``plan.json`` for the report's time split."""
     existing = store.list(paths.output_bucket, paths.plan.rsplit("/", 1)[0] + "/")
-    metadata = tag(plan.marker_generation)
+
+    def write(name: str, doc: Mapping[str, Any]) -> None:
+        write_output(
+            store,
+            paths.output_bucket,
+            name,
+            json_record(doc),
+            "application/json",
+            seen=existing.get(name),
+            generation=plan.marker_generation,
+        )
+
     for index, shard in enumerate(plan.shards):
-        name = paths.shard_plan(index)
-        body = {"index": index, "items": [asdict(item) for item in shard]}
-        _write_json(store, paths.output_bucket, name, body, existing, metadata)
-    summary = {**plan.summary(), "list_ms": list_ms}
-    _write_json(store, paths.output_bucket, paths.plan, summary, existing, metadata)
+        write(paths.shard_plan(index), {"index": index, "items": [asdict(item) for item in shard]})
+    write(paths.plan, {**plan.summary(), "list_ms": list_ms})
 
 
 def existing_plan(paths: BatchPaths, marker_generation: int, store: ObjectStore) -> dict[str, Any] | None:
@@ -300,22 +308,3 @@ def read_plan(paths: BatchPaths, store: ObjectStore) -> dict[str, Any]:
 def read_shard(paths: BatchPaths, index: int, store: ObjectStore) -> list[PlanItem]:
     raw = json.loads(store.read(paths.output_bucket, paths.shard_plan(index)))
     return [PlanItem.from_dict(item) for item in raw["items"]]
-
-
-def _write_json(
-    store: ObjectStore,
-    bucket: str,
-    name: str,
-    doc: Mapping[str, Any],
-    existing: Mapping[str, ObjectInfo],
-    metadata: Mapping[str, str],
-) -> None:
-    info = existing.get(name)
-    store.write(
-        bucket,
-        name,
-        json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8"),
-        content_type="application/json",
-        if_generation_match=info.generation if info is not None else 0,
-        metadata=metadata,
-    )

@@ -34,7 +34,7 @@ from predictor.engine import Job, MaskSet, SamEngine
 from predictor.instances import Prompts, check_prompts_fit, parse_prompts
 from samdrop.errors import PermanentError, SamdropError, TransientError
 from samdrop.images import decode_image
-from samdrop.layout import OutputPaths, input_generation, output_paths, tag
+from samdrop.layout import OutputPaths, input_generation, json_record, output_paths, write_output
 from samdrop.masks import mask_to_png, overlay_jpeg, rle_to_mask
 from samdrop.settings import Settings
 from samdrop.storage import ObjectInfo, ObjectStore, WriteConflict
@@ -301,14 +301,8 @@ class ShardWorker:
         listing: Mapping[str, ObjectInfo],
         generation: int,
     ) -> None:
-        seen = listing.get(name)
-        self.store.write(
-            out.bucket,
-            name,
-            data,
-            content_type=content_type,
-            if_generation_match=seen.generation if seen is not None else 0,
-            metadata=tag(generation),
+        write_output(
+            self.store, out.bucket, name, data, content_type, seen=listing.get(name), generation=generation
         )
 
     def _write_json(
@@ -319,8 +313,7 @@ class ShardWorker:
         listing: Mapping[str, ObjectInfo],
         generation: int,
     ) -> None:
-        body = json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8")
-        self._write(out, name, body, "application/json", listing, generation)
+        self._write(out, name, json_record(doc), "application/json", listing, generation)
 
     def _remove_older(self, loaded: Loaded, *, keep: set[str]) -> None:
         """Best effort: outputs of an older input generation that this run did not replace."""

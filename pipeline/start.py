@@ -25,7 +25,7 @@ from pipeline.config import pipeline_config
 from pipeline.listing import TreeStore, plan_batch
 from pipeline.paths import BatchPaths
 from samdrop.errors import ConfigError, TransientError
-from samdrop.layout import tag
+from samdrop.layout import json_record, write_output
 from samdrop.messages import Publisher, publish_completion
 from samdrop.settings import Settings
 from samdrop.storage import ObjectStore, WriteConflict
@@ -90,13 +90,14 @@ def start_batch(
     }
     claim["claimed_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     try:
-        claimed = store.write(
+        claimed = write_output(  # seen=None: only if no claim exists
+            store,
             paths.output_bucket,
             paths.claim,
-            json.dumps(claim).encode("utf-8"),
-            content_type="application/json",
-            if_generation_match=0,
-            metadata=tag(generation),
+            json_record(claim),
+            "application/json",
+            seen=None,
+            generation=generation,
         )
     except WriteConflict:
         return "batch_already_claimed"

@@ -28,7 +28,7 @@ from pipeline.paths import BatchPaths
 from pipeline.records import failed_line
 from pipeline.report import MAX_THUMBNAILS, build_report, summarize, thumbnail
 from samdrop.errors import SamdropError
-from samdrop.layout import input_generation, tag
+from samdrop.layout import input_generation, json_record, write_output
 from samdrop.messages import Publisher, publish_completion
 from samdrop.settings import Settings
 from samdrop.storage import ObjectStore
@@ -241,17 +241,10 @@ def _write(
     store: ObjectStore, bucket: str, name: str, data: bytes, content_type: str, generation: int
 ) -> None:
     """Create or replace the batch file ``name`` (replacing exactly the version seen)."""
-    seen = store.stat(bucket, name)
-    store.write(
-        bucket,
-        name,
-        data,
-        content_type=content_type,
-        if_generation_match=seen.generation if seen is not None else 0,
-        metadata=tag(generation),
+    write_output(
+        store, bucket, name, data, content_type, seen=store.stat(bucket, name), generation=generation
     )
 
 
 def _write_json(store: ObjectStore, bucket: str, name: str, doc: Mapping[str, Any], generation: int) -> None:
-    body = json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8")
-    _write(store, bucket, name, body, "application/json", generation)
+    _write(store, bucket, name, json_record(doc), "application/json", generation)

@@ -6,10 +6,13 @@ generation), so one listing of the folder tells which input generation each outp
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from samdrop.settings import Settings
+from samdrop.storage import ObjectInfo, ObjectStore
 
 GENERATION_KEY = "samdrop-input-generation"
 MASKS_JSON = "masks.json"
@@ -63,3 +66,31 @@ def input_generation(metadata: Mapping[str, str] | None) -> int | None:
 def tag(generation: int) -> dict[str, str]:
     """Custom metadata for an output of input generation ``generation``."""
     return {GENERATION_KEY: str(generation)}
+
+
+def json_record(doc: Mapping[str, Any]) -> bytes:
+    """The bytes of a JSON record samdrop writes (``masks.json``, ``error.json``, plans, reports)."""
+    return json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8")
+
+
+def write_output(
+    store: ObjectStore,
+    bucket: str,
+    name: str,
+    data: bytes,
+    content_type: str,
+    *,
+    seen: ObjectInfo | None,
+    generation: int,
+) -> int:
+    """Write ``name`` as an output of input generation ``generation``: create it (``seen`` None), or
+    replace exactly the version ``seen`` in a listing or stat, never one written meanwhile (that
+    raises ``WriteConflict``). Returns the new object's generation."""
+    return store.write(
+        bucket,
+        name,
+        data,
+        content_type=content_type,
+        if_generation_match=seen.generation if seen is not None else 0,
+        metadata=tag(generation),
+    )

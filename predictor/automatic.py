@@ -1,19 +1,29 @@
-"""Automatic masks without segment-anything's Python-level RLE bottleneck.
+"""Automatic masks: segment-anything's algorithm without the work that cannot change its result.
 
-``SamAutomaticMaskGenerator`` turns every candidate mask into an *uncompressed* RLE in Python
-(``mask_to_rle_pytorch``) and deep-copies those lists as batches are concatenated; on a CPU that is
-most of the time spent. :class:`FastMaskGenerator` keeps the reference algorithm (same grid, filters,
-NMS and thresholds) but encodes candidates straight to COCO RLE with pycocotools' C code.
+:class:`FastMaskGenerator` keeps ``SamAutomaticMaskGenerator``'s grid, crop layers, thresholds,
+NMS and outputs, and changes how the work is done:
+
+* the decoder is :class:`~predictor.decoder.FastDecoder`: the image's half of the decoder runs once
+  per crop, not once per point, optionally compiled, in the engine's precision;
+* point batches have a fixed size (the last one is padded), so kernels and compiled graphs are reused;
+* candidates are filtered by predicted IoU *before* they are upsampled to full resolution; stability
+  scores, binarisation, boxes and RLEs are computed for survivors only, in chunks of bounded memory;
+* masks become COCO RLE in pycocotools' C code (the reference builds uncompressed RLE in Python and
+  deep-copies it batch after batch), and NMS is torchvision's C++ kernel.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from segment_anything import SamAutomaticMaskGenerator
+from segment_anything.modeling import Sam
 from segment_anything.utils.amg import (
     MaskData,
     batched_mask_to_box,
@@ -21,9 +31,23 @@ from segment_anything.utils.amg import (
     calculate_stability_score,
     is_box_near_crop_edge,
     remove_small_regions,
+    uncrop_boxes_xyxy,
     uncrop_masks,
+    uncrop_points,
 )
+from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops.boxes import batched_nms
+
+from predictor.decoder import DecoderContext, FastDecoder
+
+# Float pixels (the 1024x1024 intermediate plus the full-resolution logits) upsampled at once: a few
+# masks whose intermediate stays in cache run 2-4x faster than large chunks, and memory stays bounded.
+UPSAMPLE_BUDGET_PIXELS = 4 * 1024 * 1024
+
+# (features 1xCx64x64, input_size (H, W) after resize) for an HxWx3 uint8 crop.
+EmbedCrop = Callable[[np.ndarray], tuple[torch.Tensor, tuple[int, int]]]
+# The decoder call: (context, sparse BxSxC) -> (low-res logits Bx3x256x256, IoU predictions Bx3).
+DecodePoints = Callable[[DecoderContext, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def encode_coco(masks: torch.Tensor) -> list[dict[str, Any]]:
@@ -36,7 +60,28 @@ def encode_coco(masks: torch.Tensor) -> list[dict[str, Any]]:
 
 
 class FastMaskGenerator(SamAutomaticMaskGenerator):
-    """Same results as the reference generator (``output_mode='coco_rle'``), encoded in C."""
+    """Same algorithm and records as the reference generator (``output_mode='coco_rle'``), faster.
+
+    ``embed`` gives a crop's encoder features (the engine's cache and batched encoder);
+    ``decoder`` and ``decode`` run the mask decoder (``decode`` may be a compiled ``decoder``).
+    """
+
+    def __init__(
+        self,
+        model: Sam,
+        *,
+        embed: EmbedCrop,
+        decoder: FastDecoder,
+        decode: DecodePoints | None = None,
+        **params: Any,
+    ) -> None:
+        super().__init__(model, output_mode="coco_rle", **params)
+        self._embed = embed
+        self._decoder = decoder
+        self._decode = decode or (lambda context, sparse: decoder(context, sparse, True))
+        self._transform = ResizeLongestSide(model.image_encoder.img_size)
+        self.counts = {"candidates": 0, "upsampled": 0, "kept": 0}
+        self.timings_ms = {"encoder": 0.0, "decoder": 0.0, "masks": 0.0}
 
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
         """Records like the reference's: ``segmentation`` (COCO RLE, str counts), ``area``, ``bbox``
@@ -61,42 +106,108 @@ class FastMaskGenerator(SamAutomaticMaskGenerator):
             )
         return records
 
-    def _process_batch(
+    def _process_crop(
         self,
-        points: np.ndarray,
-        im_size: tuple[int, ...],
+        image: np.ndarray,
         crop_box: list[int],
+        crop_layer_idx: int,
         orig_size: tuple[int, ...],
     ) -> MaskData:
-        # The reference's _process_batch, but with COCO RLE from pycocotools at the end.
-        orig_h, orig_w = orig_size
-        transformed = self.predictor.transform.apply_coords(points, im_size)
-        in_points = torch.as_tensor(transformed, device=self.predictor.device)
-        in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-        masks, iou_preds, _ = self.predictor.predict_torch(
-            in_points[:, None, :], in_labels[:, None], multimask_output=True, return_logits=True
-        )
+        x0, y0, x1, y1 = crop_box
+        crop = image[y0:y1, x0:x1, :]
+        crop_size = crop.shape[:2]
+        started = time.perf_counter()
+        features, input_size = self._embed(crop)
+        self._clock("encoder", started)
+        context = self._decoder.context(features)
+        points = self.point_grids[crop_layer_idx] * np.array(crop_size)[None, ::-1]
+
+        parts: list[dict[str, Any]] = []
+        for start in range(0, len(points), self.points_per_batch):
+            batch = points[start : start + self.points_per_batch]
+            parts.append(self._process_points(batch, context, input_size, crop_size, crop_box, orig_size))
         data = MaskData(
-            masks=masks.flatten(0, 1),
-            iou_preds=iou_preds.flatten(0, 1),
-            points=torch.as_tensor(points.repeat(masks.shape[1], axis=0)),
+            rles=[rle for part in parts for rle in part["rles"]],
+            **{
+                key: torch.cat([part[key] for part in parts])
+                for key in ("boxes", "iou_preds", "points", "stability_score")
+            },
         )
-        del masks
-        if self.pred_iou_thresh > 0.0:
-            data.filter(data["iou_preds"] > self.pred_iou_thresh)
-        data["stability_score"] = calculate_stability_score(
-            data["masks"], self.predictor.model.mask_threshold, self.stability_score_offset
+        # Remove duplicates within this crop (the reference's NMS, same scores and threshold).
+        keep = batched_nms(
+            data["boxes"].float(),
+            data["iou_preds"],
+            torch.zeros(len(data["boxes"])),
+            iou_threshold=self.box_nms_thresh,
         )
-        if self.stability_score_thresh > 0.0:
-            data.filter(data["stability_score"] >= self.stability_score_thresh)
-        data["masks"] = data["masks"] > self.predictor.model.mask_threshold
-        data["boxes"] = batched_mask_to_box(data["masks"])
-        keep = ~is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
-        if not torch.all(keep):
-            data.filter(keep)
-        data["rles"] = encode_coco(uncrop_masks(data["masks"], crop_box, orig_h, orig_w))
-        del data["masks"]
+        data.filter(keep)
+        data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
+        data["points"] = uncrop_points(data["points"], crop_box)
+        data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))])
         return data
+
+    def _process_points(
+        self,
+        points: np.ndarray,
+        context: DecoderContext,
+        input_size: tuple[int, int],
+        crop_size: tuple[int, ...],
+        crop_box: list[int],
+        orig_size: tuple[int, ...],
+    ) -> dict[str, Any]:
+        """Candidates of one point batch (``Px2`` XY in the crop's pixels) that pass every filter."""
+        device = self.predictor.model.device
+        count = len(points)
+        padded = np.concatenate([points, np.repeat(points[-1:], self.points_per_batch - count, axis=0)])
+        coords = torch.as_tensor(self._transform.apply_coords(padded, crop_size), dtype=torch.float)
+        coords = coords.to(device)[:, None, :]
+        labels = torch.ones(coords.shape[0], 1, dtype=torch.int, device=device)
+        sparse, _ = self.predictor.model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        started = time.perf_counter()
+        low_res, iou_preds = self._decode(context, sparse)
+        low_res, iou_preds = low_res[:count].flatten(0, 1), iou_preds[:count].flatten(0, 1)
+        started = self._clock("decoder", started)
+        point_rows = torch.as_tensor(points.repeat(3, axis=0))
+        self.counts["candidates"] += len(iou_preds)
+
+        # The predicted-IoU filter needs no pixels: apply it before upsampling anything.
+        keep = torch.ones_like(iou_preds, dtype=torch.bool)
+        if self.pred_iou_thresh > 0.0:
+            keep = iou_preds > self.pred_iou_thresh
+        index = torch.nonzero(keep)[:, 0]
+        self.counts["upsampled"] += len(index)
+
+        out: dict[str, Any] = {"rles": [], "boxes": [], "iou_preds": [], "points": [], "stability_score": []}
+        height, width = crop_size
+        chunk = max(1, UPSAMPLE_BUDGET_PIXELS // (1024 * 1024 + height * width))
+        threshold = self.predictor.model.mask_threshold
+        for start in range(0, len(index), chunk):
+            rows = index[start : start + chunk]
+            logits = upsample(low_res[rows], input_size, (height, width))
+            stability = calculate_stability_score(logits, threshold, self.stability_score_offset)
+            passed = stability >= self.stability_score_thresh if self.stability_score_thresh > 0.0 else None
+            if passed is not None:
+                rows, logits, stability = rows[passed], logits[passed], stability[passed]
+            masks = logits > threshold
+            del logits
+            boxes = batched_mask_to_box(masks)
+            inside = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
+            rows, masks, boxes, stability = rows[inside], masks[inside], boxes[inside], stability[inside]
+            out["rles"].extend(encode_coco(uncrop_masks(masks, crop_box, *orig_size)))
+            out["boxes"].append(boxes.cpu())
+            out["iou_preds"].append(iou_preds[rows].cpu())
+            out["points"].append(point_rows[rows.cpu()])
+            out["stability_score"].append(stability.cpu())
+        self.counts["kept"] += len(out["rles"])
+        self._clock("masks", started)
+        for key in ("boxes", "iou_preds", "points", "stability_score"):
+            out[key] = torch.cat(out[key]) if out[key] else _empty(key)
+        return out
+
+    def _clock(self, stage: str, started: float) -> float:
+        now = time.perf_counter()
+        self.timings_ms[stage] += (now - started) * 1000
+        return now
 
     @staticmethod
     def postprocess_small_regions(mask_data: MaskData, min_area: int, nms_thresh: float) -> MaskData:
@@ -122,3 +233,19 @@ class FastMaskGenerator(SamAutomaticMaskGenerator):
                 mask_data["boxes"][i] = boxes[i]
         mask_data.filter(keep)
         return mask_data
+
+
+def upsample(low_res: torch.Tensor, input_size: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """``Sam.postprocess_masks`` for ``Nx256x256`` logits: to the padded 1024 square, crop the
+    resized image, then to ``size`` (H, W). Returns ``NxHxW`` float32 logits."""
+    logits = F.interpolate(low_res[:, None].float(), (1024, 1024), mode="bilinear", align_corners=False)
+    logits = logits[..., : input_size[0], : input_size[1]]
+    return F.interpolate(logits, size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def _empty(key: str) -> torch.Tensor:
+    if key == "boxes":
+        return torch.zeros((0, 4), dtype=torch.long)
+    if key == "points":
+        return torch.zeros((0, 2), dtype=torch.float64)
+    return torch.zeros((0,))

@@ -80,9 +80,15 @@ class SamPredictor(Predictor):
         parameters = prediction_input.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise InvalidRequest("parameters must be a JSON object")
-        if self.settings is not None and isinstance(parameters.get("amg", {}), dict):
-            # This server's default grid (SAMDROP_AMG_POINTS_PER_SIDE) under what the request asks.
-            amg = {"points_per_side": self.settings.amg_points_per_side, **parameters.get("amg", {})}
+        if (
+            self.settings is not None
+            and self.engine is not None
+            and isinstance(parameters.get("amg", {}), dict)
+        ):
+            # This server's default grid (SAMDROP_AMG_POINTS_PER_SIDE, auto: what fits the device)
+            # under what the request asks.
+            grid = self.settings.amg_points_per_side or self.engine.auto_points_per_side
+            amg = {"points_per_side": grid, **parameters.get("amg", {})}
             parameters = {**parameters, "amg": amg}
         slots = [Slot(i) for i in range(len(prediction_input["instances"]))]
         for slot, raw in zip(slots, prediction_input["instances"], strict=True):

@@ -4,8 +4,11 @@ Two paths sit behind one interface (``fast``):
 
 * reference — what segment-anything's own ``SamPredictor`` does: ``set_image`` per image, then one
   ``predict`` per prompt, fp32, the original attention;
-* fast — images go through the encoder in batches of ``batch_size``, attention uses SDPA, CUDA runs
-  under bf16 autocast, and every prompt of an image goes through the decoder in one call.
+* fast — images go through the encoder in batches of ``batch_size``, attention uses SDPA, bf16 runs
+  wherever the hardware has it (``precision``, see :mod:`predictor.hardware`), the decoder is
+  :class:`~predictor.decoder.FastDecoder` (every prompt of an image in one call, the image's half
+  once), and automatic masks use :class:`~predictor.automatic.FastMaskGenerator`, with the decoder
+  compiled where that pays (``compile``).
 
 Both share an LRU cache of image embeddings keyed by a hash of the image content, so re-prompting
 an image (or the full-image crop of automatic masks) skips the encoder.
@@ -18,7 +21,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +32,9 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.amg import calculate_stability_score
 
 from predictor.automatic import FastMaskGenerator
+from predictor.decoder import DecoderContext, FastDecoder
 from predictor.fast import enable_sdpa
+from predictor.hardware import resolve_compile, resolve_precision, use_compile_cache
 from predictor.instances import AMG_DEFAULTS, Prompts
 from predictor.registry import load_sam
 from samdrop.masks import mask_box, mask_to_rle
@@ -40,7 +45,7 @@ from samdrop.settings import Settings
 class Embedding:
     """Encoder output for one image.
 
-    features: ``1x256x64x64`` on the engine's device (bf16 under the fast CUDA path);
+    features: ``1x256x64x64`` on the engine's device (bf16 when the engine runs bf16);
     input_size: (H, W) after resizing the long side to 1024, before padding;
     original_size: (H, W) of the image as given.
     """
@@ -65,6 +70,10 @@ class MaskSet:
     height: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     logits: np.ndarray | None = None
+    # Automatic masks on the fast path: where the time went inside ``automatic`` (encoder, decoder,
+    # masks) and how many candidates were decoded, upsampled and kept.
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,11 @@ class Job:
     prompts: Prompts | None = None
     amg: dict[str, Any] = field(default_factory=dict)
     return_logits: bool = False
+
+
+# SAMDROP_AMG_POINTS_PER_SIDE=auto on a CPU (measured with tiny on 2 cores, README "Performance").
+CPU_GRID_COMPILED = 16
+CPU_GRID_EAGER = 12
 
 
 def pick_device(preference: str) -> torch.device:
@@ -102,15 +116,22 @@ class SamEngine:
         cache_size: int = 16,
         max_masks: int = 256,
         random_weights: bool = False,
+        precision: str = "fp32",
+        compile: bool = False,
     ) -> None:
         self.model = model.eval()
         self.model_type = model_type
         self.fast = fast
+        self.precision = precision if fast else "fp32"
+        self.compiled = compile and fast
         self.batch_size = batch_size
         self.points_per_batch = points_per_batch
         self.max_masks = max_masks
         self.random_weights = random_weights
         self.device = next(model.parameters()).device
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self._decoder = FastDecoder(self.model, dtype)
+        self._decode_points = self._points_decoder()
         if fast:
             enable_sdpa(self.model)
         self._predictor = _EmbeddingPredictor(self)
@@ -126,7 +147,12 @@ class SamEngine:
         """Load ``settings.model_type`` from ``settings.checkpoint`` onto the chosen device."""
         device = pick_device(settings.device)
         model = load_sam(settings.model_type, settings.checkpoint, settings.cache_dir, device)
+        compile_decoder = resolve_compile(settings.compile, device)
+        if compile_decoder:
+            use_compile_cache(settings.cache_dir)
         options: dict[str, Any] = {
+            "precision": resolve_precision(settings.precision, device),
+            "compile": compile_decoder,
             "fast": settings.fast_path,
             "batch_size": settings.batch_size,
             "points_per_batch": settings.points_per_batch,
@@ -143,12 +169,21 @@ class SamEngine:
             "type": self.model_type,
             "device": str(self.device),
             "fast_path": self.fast,
-            "precision": "bf16" if self._autocast_enabled else "fp32",
+            "precision": self.precision,
+            "compiled": self.compiled,
             "random_weights": self.random_weights,
         }
         if self.random_weights:
             info["note"] = "tiny model with random weights: the masks are meaningless (pipeline testing only)"
         return info
+
+    @property
+    def auto_points_per_side(self) -> int:
+        """The automatic-mask grid for ``SAMDROP_AMG_POINTS_PER_SIDE=auto``: SAM's 32 on a GPU; on a
+        CPU the largest that keeps a ``tiny`` image near 10 s (``benchmarks/amg_bench.py --grid-sweep``)."""
+        if self.device.type == "cuda":
+            return 32
+        return CPU_GRID_COMPILED if self.compiled else CPU_GRID_EAGER
 
     # -- encoder -----------------------------------------------------------------------------
 
@@ -250,6 +285,8 @@ class SamEngine:
                     else:
                         result = self.generate(job.image, job.amg)
                     result.timings_ms["encoder"] = round(encode_ms, 2)
+                    if result.stages_ms:
+                        result.stages_ms["encoder"] = round(result.stages_ms["encoder"] + encode_ms, 2)
                     results.append(result)
                 return results
             finally:
@@ -306,21 +343,19 @@ class SamEngine:
     def _decode_all(
         self, prompts: Prompts, multimask: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """All prompts in one ``predict_torch`` call.
+        """All prompts in one :class:`FastDecoder` call.
 
         Returns mask logits ``PxMxHxW``, scores ``PxM`` and low-res logits ``PxMx256x256``.
         """
         predictor = self._predictor
         original = predictor.original_size
         count = prompts.count
-        coords = labels = boxes = None
+        points = boxes = None
         if prompts.points is not None and prompts.labels is not None:
-            points = predictor.transform.apply_coords(prompts.points, original)
-            coords = torch.as_tensor(points, dtype=torch.float, device=self.device)[None].expand(
-                count, -1, -1
-            )
-            labels = torch.as_tensor(prompts.labels, dtype=torch.int, device=self.device)[None].expand(
-                count, -1
+            coords = predictor.transform.apply_coords(prompts.points, original)
+            points = (
+                torch.as_tensor(coords, dtype=torch.float, device=self.device)[None].expand(count, -1, -1),
+                torch.as_tensor(prompts.labels, dtype=torch.int, device=self.device)[None].expand(count, -1),
             )
         if prompts.boxes is not None:
             boxes = torch.as_tensor(
@@ -328,10 +363,10 @@ class SamEngine:
                 dtype=torch.float,
                 device=self.device,
             )
-        with self._autocast():
-            masks, scores, low_res = predictor.predict_torch(
-                coords, labels, boxes, multimask_output=multimask, return_logits=True
-            )
+        assert predictor.features is not None
+        sparse, _ = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)
+        low_res, scores = self._decoder(self._decoder.context(predictor.features), sparse, multimask)
+        masks = self.model.postprocess_masks(low_res, predictor.input_size, original)
         return masks, scores, low_res
 
     def _decode_each(
@@ -347,23 +382,30 @@ class SamEngine:
             results.append((torch.as_tensor(masks), torch.as_tensor(scores), torch.as_tensor(low_res)))
         return tuple(torch.stack([r[i] for r in results]) for i in range(3))  # type: ignore[return-value]
 
-    @torch.inference_mode()
     def generate(self, image: np.ndarray, amg: dict[str, Any] | None = None) -> MaskSet:
         """Automatic masks with ``SamAutomaticMaskGenerator`` parameters (see :data:`AMG_DEFAULTS`).
 
-        The generator's ``set_image`` goes through the embedding cache, so a batch encoded by
-        :meth:`run` is not encoded again.
+        Crops are encoded through the embedding cache, so a batch encoded by :meth:`run` is not
+        encoded again.
         """
-        with self._lock:
+        with self._lock, torch.no_grad():  # not inference_mode: compiled graphs cannot take its tensors
             params = {**AMG_DEFAULTS, **(amg or {})}
             max_masks = min(params.pop("max_masks") or self.max_masks, self.max_masks)
             params["points_per_batch"] = params["points_per_batch"] or self.points_per_batch
-            generator_class = FastMaskGenerator if self.fast else SamAutomaticMaskGenerator
-            generator = generator_class(self.model, output_mode="coco_rle", **params)
-            generator.predictor = self._predictor
+            generator: SamAutomaticMaskGenerator
+            if self.fast:
+                generator = FastMaskGenerator(
+                    self.model,
+                    embed=self._embed_crop,
+                    decoder=self._decoder,
+                    decode=self._decode_points,
+                    **params,
+                )
+            else:
+                generator = SamAutomaticMaskGenerator(self.model, output_mode="coco_rle", **params)
+                generator.predictor = self._predictor
             started = time.perf_counter()
-            with self._autocast():
-                raw = generator.generate(image)
+            raw = generator.generate(image)
             raw.sort(key=lambda m: m["predicted_iou"], reverse=True)
             records = []
             for mask in raw[:max_masks]:
@@ -381,16 +423,31 @@ class SamEngine:
                 )
             result = MaskSet(records, width=image.shape[1], height=image.shape[0])
             result.timings_ms["automatic"] = round((time.perf_counter() - started) * 1000, 2)
+            if isinstance(generator, FastMaskGenerator):
+                result.stages_ms = {k: round(v, 2) for k, v in generator.timings_ms.items()}
+                result.counts = dict(generator.counts)
             return result
 
-    @property
-    def _autocast_enabled(self) -> bool:
-        return self.fast and self.device.type == "cuda"
+    def _embed_crop(self, crop: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        embedding = self._embed_keyed([crop], count=False)[0][1]
+        return embedding.features, embedding.input_size
+
+    def _points_decoder(self) -> Callable[[DecoderContext, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """The automatic-mask decoder call (multimask), compiled when asked: its point batches have
+        one fixed shape, so one graph serves every batch."""
+
+        def decode(context: DecoderContext, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._decoder(context, sparse, True)
+
+        if not self.compiled:
+            return decode
+        return torch.compile(decode, dynamic=False)
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
-        if self._autocast_enabled:
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+        """bf16 autocast for the image encoder when the engine runs bf16."""
+        if self.precision == "bf16":
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
                 yield
         else:
             yield

@@ -18,6 +18,8 @@ from samdrop.errors import ConfigError
 MODEL_TYPES = ("tiny", "vit_b", "vit_l", "vit_h")
 DEVICES = ("auto", "cpu", "cuda")
 PIPELINE_RUNNERS = ("local", "vertex", "none")
+PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_CHOICES = ("auto", "on", "off")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 
 
@@ -44,6 +46,11 @@ def _prefix(text: str) -> str:
 
 def _optional(text: str) -> str | None:
     return text.strip() or None
+
+
+def _auto_int(text: str) -> int | None:
+    """``auto`` (or empty) -> None; otherwise a whole number."""
+    return None if text.strip().lower() in ("", "auto") else int(text)
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,14 @@ class Settings:
     )
     device: str = _env("SAMDROP_DEVICE", "auto", "auto, cpu or cuda")
     fast_path: bool = _env("SAMDROP_FAST_PATH", True, "bf16 autocast + SDPA attention + batching", _bool)
+    precision: str = _env(
+        "SAMDROP_PRECISION",
+        "auto",
+        "auto (bf16 where the GPU or CPU has it natively, else fp32), fp32 or bf16",
+    )
+    compile: str = _env(
+        "SAMDROP_COMPILE", "auto", "torch.compile the automatic-mask decoder: auto (on CPUs), on or off"
+    )
     batch_size: int = _env("SAMDROP_BATCH_SIZE", 4, "images per encoder pass", int)
     points_per_batch: int = _env(
         "SAMDROP_POINTS_PER_BATCH", 64, "automatic-mask points per decoder call", int
@@ -124,11 +139,11 @@ class Settings:
     max_image_pixels: int = _env(
         "SAMDROP_MAX_IMAGE_PIXELS", 64_000_000, "larger images are refused (decompression bombs)", int
     )
-    amg_points_per_side: int = _env(
+    amg_points_per_side: int | None = _env(
         "SAMDROP_AMG_POINTS_PER_SIDE",
-        32,
-        "automatic masks' default point grid side (cost grows with its square)",
-        int,
+        None,
+        "automatic masks' default grid side; auto: 32 on a GPU, on a CPU what keeps an image near 10 s",
+        _auto_int,
     )
     max_masks: int = _env("SAMDROP_MAX_MASKS", 256, "cap on masks returned per image", int)
     cache_dir: Path = _env(
@@ -191,8 +206,12 @@ class Settings:
             "io_threads",
             "endpoint_timeout_s",
             "pipeline_parallelism",
-            "amg_points_per_side",
         )
+        if self.amg_points_per_side is not None and not 1 <= self.amg_points_per_side <= 128:
+            yield f"SAMDROP_AMG_POINTS_PER_SIDE must be auto or within 1..128, got {self.amg_points_per_side}"
+        for choice, allowed in (("precision", PRECISIONS), ("compile", COMPILE_CHOICES)):
+            if getattr(self, choice) not in allowed:
+                yield f"{_env_name(choice)}={getattr(self, choice)!r} is not one of {', '.join(allowed)}"
         for name in positive:
             if getattr(self, name) <= 0:
                 yield f"{_env_name(name)} must be > 0, got {getattr(self, name)}"

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from predictor.cpr import SamPredictor
-from predictor.engine import SamEngine
+from predictor.engine import CPU_GRID_EAGER, SamEngine
 from samdrop.errors import InputNotFound, InvalidRequest
 from samdrop.masks import png_to_mask, rle_to_mask
 from samdrop.settings import Settings
@@ -109,6 +109,17 @@ def test_server_default_grid_applies_under_the_request(fast_engine, objects, cac
     (asked,) = call(predictor, {"instances": [{**instance, "amg": {"points_per_side": 3}}]})
     assert default["amg"]["points_per_side"] == 2 and default["amg"]["pred_iou_thresh"] == 0
     assert asked["amg"]["points_per_side"] == 3
+
+
+def test_auto_grid_comes_from_the_engine(fast_engine, objects, cache_dir):
+    settings = Settings.from_env({"SAMDROP_AMG_POINTS_PER_SIDE": "auto"}, cache_dir=cache_dir)
+    predictor = SamPredictor()
+    predictor.setup(settings, fast_engine, objects.__getitem__)
+    (slot,) = predictor.preprocess({"instances": [{"gcs_uri": "gs://b/incoming/coffee.jpg"}]})
+    assert slot.instance is not None
+    # fast_engine runs on a CPU, not compiled: the eager CPU grid.
+    assert slot.instance.amg["points_per_side"] == fast_engine.auto_points_per_side == CPU_GRID_EAGER
+    assert fast_engine.description["precision"] == "fp32" and fast_engine.description["compiled"] is False
 
 
 def test_png_masks_and_logits(routine):

@@ -143,3 +143,52 @@ def test_fast_automatic_masks_match_reference(fast_engine: SamEngine, reference_
     assert len(fast.masks) == len(reference.masks) > 0
     for a, b in zip(masks_of(fast), masks_of(reference), strict=True):
         assert iou(a, b) >= 0.99
+
+
+def test_automatic_masks_over_crop_layers_match_reference(
+    fast_engine: SamEngine, reference_engine: SamEngine, coffee
+):
+    params = {**SMALL_AMG, "points_per_side": 2, "crop_n_layers": 1, "box_nms_thresh": 1.0}
+    fast = fast_engine.run([Job(coffee, None, params)])[0]
+    reference = reference_engine.run([Job(coffee, None, params)])[0]
+    assert len(fast.masks) == len(reference.masks) > 0
+    for a, b in zip(masks_of(fast), masks_of(reference), strict=True):
+        assert a.shape == (400, 600)
+        assert iou(a, b) >= 0.99
+    assert [m["point_coords"] for m in fast.masks] == [m["point_coords"] for m in reference.masks]
+
+
+def test_candidates_are_filtered_by_predicted_iou_before_upsampling(
+    fast_engine: SamEngine, reference_engine: SamEngine, astronaut
+):
+    everything = fast_engine.run([Job(astronaut, None, {**SMALL_AMG, "box_nms_thresh": 1.0})])[0]
+    scores = sorted(m["score"] for m in everything.masks)
+    # Between the 5th and 6th best: five candidates pass (tiny's random IoU predictions are mostly < 0).
+    threshold = (scores[-5] + scores[-6]) / 2
+    assert threshold > 0  # a threshold of 0 or less turns the filter off
+    params = {**SMALL_AMG, "pred_iou_thresh": threshold, "box_nms_thresh": 1.0}
+    fast = fast_engine.run([Job(astronaut, None, params)])[0]
+    reference = reference_engine.run([Job(astronaut, None, params)])[0]
+    assert fast.counts["candidates"] == 4 * 4 * 3
+    assert fast.counts["upsampled"] == 5
+    assert len(fast.masks) == len(reference.masks) == fast.counts["upsampled"]
+    for a, b in zip(masks_of(fast), masks_of(reference), strict=True):
+        assert iou(a, b) >= 0.99
+    assert set(fast.stages_ms) == {"encoder", "decoder", "masks"}
+
+
+def test_bf16_automatic_masks_stay_close_to_the_fp32_reference(
+    cache_dir, reference_engine: SamEngine, astronaut
+):
+    from predictor.registry import load_sam
+
+    engine = SamEngine(load_sam("tiny", None, cache_dir, "cpu"), "tiny", precision="bf16")
+    params = {**SMALL_AMG, "points_per_side": 6, "box_nms_thresh": 1.0}
+    bf16 = engine.run([Job(astronaut, None, params)])[0]
+    reference = reference_engine.run([Job(astronaut, None, params)])[0]
+    assert engine.description["precision"] == "bf16"
+    ours = masks_of(bf16)
+    # Stated tolerance: 90% of the reference's top masks have a bf16 mask with IoU >= 0.9.
+    top = masks_of(reference)[:50]
+    matched = [max(iou(theirs, mine) for mine in ours) >= 0.9 for theirs in top]
+    assert sum(matched) / len(matched) >= 0.9

@@ -50,6 +50,11 @@ def test_settings_are_frozen():
         ({"SAMDROP_FAST_PATH": "maybe"}, "SAMDROP_FAST_PATH"),
         ({"SAMDROP_ENDPOINT": "ftp://x"}, "SAMDROP_ENDPOINT"),
         ({"SAMDROP_MAX_DELIVERY_ATTEMPTS": "2"}, "SAMDROP_MAX_DELIVERY_ATTEMPTS"),
+        ({"SAMDROP_PRECISION": "fp16"}, "SAMDROP_PRECISION"),
+        ({"SAMDROP_COMPILE": "sometimes"}, "SAMDROP_COMPILE"),
+        ({"SAMDROP_AMG_POINTS_PER_SIDE": "0"}, "SAMDROP_AMG_POINTS_PER_SIDE"),
+        ({"SAMDROP_AMG_POINTS_PER_SIDE": "200"}, "SAMDROP_AMG_POINTS_PER_SIDE"),
+        ({"SAMDROP_AMG_POINTS_PER_SIDE": "big"}, "SAMDROP_AMG_POINTS_PER_SIDE"),
     ],
 )
 def test_invalid_values_name_the_variable_to_fix(env, names):
@@ -66,3 +71,10 @@ def test_describe_lists_every_variable():
     names = [name for name, _, _ in Settings.describe()]
     assert all(name.startswith("SAMDROP_") for name in names)
     assert len(names) == len(set(names))
+
+
+def test_grid_precision_and_compile_default_to_auto():
+    settings = Settings.from_env({})
+    assert (settings.precision, settings.compile, settings.amg_points_per_side) == ("auto", "auto", None)
+    assert Settings.from_env({"SAMDROP_AMG_POINTS_PER_SIDE": "auto"}).amg_points_per_side is None
+    assert Settings.from_env({"SAMDROP_AMG_POINTS_PER_SIDE": "24"}).amg_points_per_side == 24

@@ -1,0 +1,70 @@
+"""What this machine runs fast: bf16 support, the CPU's name, and whether compiling can work.
+
+``SAMDROP_PRECISION=auto`` picks bf16 where the hardware runs it natively — CUDA devices with bf16,
+and CPUs with AMX or AVX512-BF16 (on those the encoder runs 1.7-3x faster) — and fp32 elsewhere,
+where bf16 would be emulated and slower. ``SAMDROP_COMPILE=auto`` compiles the automatic-mask
+decoder on CPUs (``benchmarks/amg_bench.py`` measured it 4x faster there); on CUDA it stays off
+until ``benchmarks/gpu.sh`` shows a win.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), for benchmark figures and responses."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_features() -> dict[str, bool]:
+    """The CPU features that decide precision and kernels."""
+    return {
+        "avx512": torch.cpu._is_avx512_supported(),
+        "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
+        "amx": torch.cpu._is_amx_tile_supported(),
+    }
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matrix products in hardware."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        features = cpu_features()
+        return features["amx"] or features["avx512_bf16"]
+    return False
+
+
+def resolve_precision(preference: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``fp32``; other values as given."""
+    if preference == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return preference
+
+
+def resolve_compile(preference: str, device: torch.device) -> bool:
+    """Whether to ``torch.compile`` the automatic-mask decoder on ``device``."""
+    if preference in ("on", "off"):
+        return preference == "on"
+    # Inductor's CPU backend builds C++: without a compiler there is nothing to gain.
+    return device.type == "cpu" and (shutil.which("c++") or shutil.which("g++")) is not None
+
+
+def use_compile_cache(cache_dir: Path) -> Path:
+    """Keep Inductor's compiled kernels under ``cache_dir`` so a new process reuses them (a cold
+    compile takes tens of seconds; a warm start a few). An explicit ``TORCHINDUCTOR_CACHE_DIR`` wins."""
+    target = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor")))
+    target.mkdir(parents=True, exist_ok=True)
+    return target

@@ -39,6 +39,7 @@ class Slot:
     result: MaskSet | None = None
     error: SamdropError | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    requests_batched: int = 1  # requests whose images ran through the model together with this one
 
 
 class SamPredictor(Predictor):
@@ -164,7 +165,11 @@ class SamPredictor(Predictor):
             "mode": "prompts" if instance.prompts is not None else "automatic",
             "prompts": instance.prompts.to_json() if instance.prompts is not None else None,
             "amg": instance.amg if instance.prompts is None else None,
-            "model": self.engine.description,
+            "model": {
+                **self.engine.description,
+                "encoder_batch": result.encoder_batch,
+                "requests_batched": slot.requests_batched,
+            },
             "timings_ms": _timings(slot.timings_ms, result.timings_ms),
         }
         if instance.return_logits and result.logits is not None:

@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +74,7 @@ class MaskSet:
     # masks) and how many candidates were decoded, upsampled and kept.
     stages_ms: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    encoder_batch: int = 0  # images in the encoder pass that embedded this one (0: from the cache)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class SamEngine:
         self._lock = threading.RLock()
         self.cache_hits = 0
         self.cache_misses = 0
+        self.encoder_batches: Counter[int] = Counter()  # encoder pass size -> passes run
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SamEngine:
@@ -192,8 +194,10 @@ class SamEngine:
         return [embedding for _, embedding in self._embed_keyed(images)]
 
     def _embed_keyed(
-        self, images: Sequence[np.ndarray], *, count: bool = True
+        self, images: Sequence[np.ndarray], *, count: bool = True, batches: dict[str, int] | None = None
     ) -> list[tuple[str, Embedding]]:
+        """``(cache key, embedding)`` per image; ``batches`` gets, per key encoded now, the size of
+        the encoder pass that did it."""
         with self._lock:
             keys = [image_key(image) for image in images]
             found: dict[str, Embedding] = {}
@@ -214,6 +218,9 @@ class SamEngine:
                 for key, embedding in zip(chunk, self._encode([missing[k] for k in chunk]), strict=True):
                     found[key] = embedding
                     self._remember(key, embedding)
+                    if batches is not None:
+                        batches[key] = len(chunk)
+                self.encoder_batches[len(chunk)] += 1
             return [(key, found[key]) for key in keys]
 
     @torch.inference_mode()
@@ -270,14 +277,14 @@ class SamEngine:
         """Segment every job: one encoder pass per ``batch_size`` images, then each job's masks."""
         with self._lock:
             started = time.perf_counter()
-            keyed = self._embed_keyed([job.image for job in jobs])
+            batches: dict[str, int] = {}
+            keyed = self._embed_keyed([job.image for job in jobs], batches=batches)
             encode_ms = (time.perf_counter() - started) * 1000 / max(len(jobs), 1)
             # Pinned for this run, so a cache smaller than the batch cannot evict them before use.
             self._pinned = dict(keyed)
-            embeddings = [embedding for _, embedding in keyed]
             try:
                 results = []
-                for job, embedding in zip(jobs, embeddings, strict=True):
+                for job, (key, embedding) in zip(jobs, keyed, strict=True):
                     if job.prompts is not None:
                         result = self.segment(
                             job.image, job.prompts, embedding, return_logits=job.return_logits
@@ -285,6 +292,7 @@ class SamEngine:
                     else:
                         result = self.generate(job.image, job.amg)
                     result.timings_ms["encoder"] = round(encode_ms, 2)
+                    result.encoder_batch = batches.pop(key, 0)  # a repeated image counts once
                     if result.stages_ms:
                         result.stages_ms["encoder"] = round(result.stages_ms["encoder"] + encode_ms, 2)
                     results.append(result)

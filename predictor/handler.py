@@ -1,15 +1,16 @@
-"""HTTP edge of the CPR model server: JSON in, the routine in a worker thread, JSON out.
+"""HTTP edge of the CPR model server: JSON in, the routine in worker threads, JSON out.
 
 The SDK's default ``PredictionHandler`` runs the model on the event loop, so ``/health`` stalls
-while an image is segmented; this one runs it in a thread (one request at a time: the engine is
-one model on one device) and answers a malformed body with a 400 that says what is wrong.
+while an image is segmented, and requests run one at a time. Here each request reads and decodes its
+images in its own thread, concurrent requests share the model through a
+:class:`~predictor.batcher.RequestBatcher` (one engine run per group, the encoder at its batch
+size), and a malformed body gets a 400 that says what is wrong.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 from typing import Any
 
 from fastapi import HTTPException
@@ -19,6 +20,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from predictor.batcher import RequestBatcher
+from predictor.cpr import SamPredictor, Slot
 from samdrop.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -29,7 +32,14 @@ class SamHandler(PredictionHandler):
 
     def __init__(self, artifacts_uri: str, predictor: type[Predictor] | None = None) -> None:
         super().__init__(artifacts_uri, predictor)
-        self._lock = threading.Lock()
+        routine = self._predictor
+        assert isinstance(routine, SamPredictor) and routine.settings is not None
+        self._batcher: RequestBatcher[Slot] = RequestBatcher(
+            routine.predict,
+            max_images=routine.settings.batch_size,
+            window_s=routine.settings.batch_window_ms / 1000,
+            count=lambda slots: sum(slot.image is not None for slot in slots),
+        )
 
     async def handle(self, request: Request) -> Response:  # type: ignore[override]  # the SDK awaits it
         body = await request.body()
@@ -44,6 +54,10 @@ class SamHandler(PredictionHandler):
         return Response(content=json.dumps(result), media_type="application/json")
 
     def _run(self, payload: Any) -> Any:
-        with self._lock:
-            predictor = self._predictor
-            return predictor.postprocess(predictor.predict(predictor.preprocess(payload)))
+        routine = self._predictor
+        assert isinstance(routine, SamPredictor)
+        slots = routine.preprocess(payload)
+        grouped = self._batcher.submit(slots)
+        for slot in slots:
+            slot.requests_batched = grouped
+        return routine.postprocess(slots)

@@ -132,6 +132,9 @@ class Settings:
         "SAMDROP_COMPILE", "auto", "torch.compile the automatic-mask decoder: auto (on CPUs), on or off"
     )
     batch_size: int = _env("SAMDROP_BATCH_SIZE", 4, "images per encoder pass", int)
+    batch_window_ms: float = _env(
+        "SAMDROP_BATCH_WINDOW_MS", 5.0, "how long the server waits to group concurrent requests", float
+    )
     points_per_batch: int = _env(
         "SAMDROP_POINTS_PER_BATCH", 64, "automatic-mask points per decoder call", int
     )
@@ -217,6 +220,8 @@ class Settings:
                 yield f"{_env_name(name)} must be > 0, got {getattr(self, name)}"
         if self.shard_size < 0:
             yield "SAMDROP_SHARD_SIZE must be >= 0 (0: automatic)"
+        if not 0 <= self.batch_window_ms <= 1000:
+            yield "SAMDROP_BATCH_WINDOW_MS must be within 0..1000"
         if self.embedding_cache_size < 0:
             yield "SAMDROP_EMBEDDING_CACHE_SIZE must be >= 0"
         if not 5 <= self.max_delivery_attempts <= 100:

@@ -31,7 +31,14 @@ def stack_settings(state_dir: Path, **overrides) -> Settings:
         name: find_free_port() for name in ("gcs_port", "pubsub_port", "predictor_port", "function_port")
     }
     values = dict(
-        state_dir=state_dir, retry_min_backoff_s=1.0, retry_max_backoff_s=2.0, max_delivery_attempts=5
+        state_dir=state_dir,
+        retry_min_backoff_s=1.0,
+        retry_max_backoff_s=2.0,
+        max_delivery_attempts=5,
+        # Every stack here starts new predictor processes: skip the decoder compile (tens of seconds
+        # cold). The compiled path runs through the real model server in test_model_server.py and
+        # through the whole stack in tests/e2e (defaults).
+        compile="off",
     )
     return Settings.from_env({}, **{**ports, **values, **overrides})
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,28 @@ def test_mixed_good_and_bad_instances(server: str, coffee):
         if "error" not in prediction:
             assert (prediction["width"], prediction["height"]) == (600, 400)
             assert prediction["model"]["type"] == "tiny"
+    # SAMDROP_COMPILE=auto compiles the automatic-mask decoder on a CPU with a C++ compiler.
+    has_compiler = bool(shutil.which("c++") or shutil.which("g++"))
+    assert predictions[7]["model"]["compiled"] is has_compiler
+    assert predictions[7]["model"]["precision"] in ("fp32", "bf16")
+
+
+def test_concurrent_requests_share_encoder_passes(server: str, coffee):
+    """A burst of single-image requests is grouped: the encoder runs batches, not one by one."""
+    images = [coffee[i * 7 : 300 + i * 7, i * 11 : 400 + i * 11] for i in range(12)]  # all different
+
+    def one(image) -> dict:
+        body = {"instances": [{"image": b64(encode(image)), "boxes": [[10, 10, 200, 200]]}]}
+        response = requests.post(f"{server}/predict", json=body, timeout=300)
+        assert response.status_code == 200, response.text
+        return response.json()["predictions"][0]
+
+    with ThreadPoolExecutor(len(images)) as pool:
+        predictions = list(pool.map(one, images))
+    assert all(len(p["masks"]) == 1 and (p["width"], p["height"]) == (400, 300) for p in predictions)
+    batches = [p["model"]["encoder_batch"] for p in predictions]
+    assert max(batches) > 1, batches
+    assert max(p["model"]["requests_batched"] for p in predictions) > 1
 
 
 def test_server_keeps_serving_after_bad_requests(server: str, coffee):

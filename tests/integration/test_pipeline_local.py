@@ -298,6 +298,7 @@ def test_components_through_python_func(pipeline_stack: Stack, monkeypatch: pyte
         "SAMDROP_BUCKET": bucket.name,
         "SAMDROP_PROJECT": stack.settings.project,
         "SAMDROP_SHARD_SIZE": "2",
+        "SAMDROP_COMPILE": "off",
     }
     for i in range(5):
         data, ext, ctype = _image(i)

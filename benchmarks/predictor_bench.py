@@ -3,7 +3,8 @@
 Reference: what the published SAM-on-Vertex workflow did — a fresh ``segment_anything.SamPredictor``,
 ``set_image`` + ``predict`` per image, one prompt per call, fp32, and ``SamAutomaticMaskGenerator``
 for automatic masks. Ours: ``predictor.engine.SamEngine`` with its fast path (batched encoder, SDPA,
-bf16 autocast on CUDA, all prompts of an image in one decoder call, C-encoded automatic masks).
+bf16 where the hardware has it (``--precision auto``), all prompts of an image in one FastDecoder
+call, the fast automatic-mask generator with its decoder compiled where ``--compile auto`` says).
 
 Each path runs in its own child process, so peak memory is measured per path. Prints a table and
 writes JSON (default ``benchmarks/results/predictor-<model>-<device>.json``). Not a test.
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from predictor.engine import Job, SamEngine, pick_device  # noqa: E402
+from predictor.hardware import cpu_name, resolve_compile, resolve_precision  # noqa: E402
 from predictor.instances import parse_prompts  # noqa: E402
 from predictor.registry import TINY_SEED, build_sam, resolve_checkpoint  # noqa: E402
 
@@ -138,6 +140,8 @@ def run_ours(args: dict[str, Any]) -> dict[str, Any]:
         points_per_batch=args["points_per_batch"],
         cache_size=0,
         max_masks=10_000,
+        precision=resolve_precision(args["precision"], device),
+        compile=resolve_compile(args["compile"], device),
     )
     images = sample_images(args["images"])
     engine.run([Job(images[0], parse_prompts([[10, 10]], [1], None))])
@@ -229,6 +233,8 @@ def main() -> None:
     parser.add_argument("--amg-images", type=int, default=2, help="images for the automatic-mask timing")
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"))
     parser.add_argument("--points-per-batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each path, alternating; best kept")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -266,6 +272,7 @@ def main() -> None:
         "machine": {
             "python": platform.python_version(),
             "torch": torch.__version__,
+            "cpu": cpu_name(),
             "cpu_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         },

@@ -1,0 +1,150 @@
+"""A burst of prompted uploads on the local stack against the bare engine, same images. Not a test.
+
+Starts a fresh local stack (the settings come from ``SAMDROP_*`` variables, as for ``samdrop local
+up``), uploads N distinct photos with a box prompt each as fast as 8 threads can, and waits for
+every completion: the stack's images/s run from the first upload to the last completion. Each
+``masks.json`` says which encoder batch embedded its image (``model.encoder_batch``), so the figure
+shows whether concurrent requests really were grouped. Then the bare engine (``SamEngine.run``
+over the same decoded images and prompts, ``SAMDROP_BATCH_SIZE`` at a time, in this process, with the
+stack stopped) gives the ceiling. Writes ``benchmarks/results/burst-local.json``.
+
+    python benchmarks/burst_bench.py --images 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deploy.demo import await_completions, running_stack, sample_image, upload_file  # noqa: E402
+from deploy.local import emulator_storage_client, pubsub_clients  # noqa: E402
+from predictor.engine import Job, SamEngine  # noqa: E402
+from predictor.hardware import cpu_name  # noqa: E402
+from predictor.instances import parse_prompts  # noqa: E402
+from samdrop.settings import Settings  # noqa: E402
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "coins", "immunohistochemistry")
+
+
+def distinct_images(count: int) -> list[np.ndarray]:
+    """``count`` different RGB photos (shifted crops once the originals run out)."""
+    out = []
+    for index in range(count):
+        image = sample_image(PHOTOS[index % len(PHOTOS)])
+        image = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image[:, :, :3]
+        shift = index // len(PHOTOS)
+        out.append(np.ascontiguousarray(image[shift:, shift:]))
+    return out
+
+
+def box_for(image: np.ndarray) -> list[float]:
+    height, width = image.shape[:2]
+    return [width * 0.2, height * 0.2, width * 0.8, height * 0.8]
+
+
+def burst(settings: Settings, files: list[Path], images: list[np.ndarray]) -> dict[str, Any]:
+    with running_stack(settings, keep_running=False, say=print) as stack:
+        env = stack.client_env()
+        client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
+        publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
+        publisher.transport.close()
+        subscription = subscriber.subscription_path(settings.project, settings.completions_subscription)
+        run = time.strftime("%H%M%S")
+        started = time.monotonic()
+
+        def upload(item: tuple[Path, np.ndarray]) -> Any:
+            path, image = item
+            name = f"{settings.incoming_prefix}burst-{run}/{path.name}"
+            return upload_file(client, settings.bucket, path, name, {"boxes": [box_for(image)]})
+
+        with ThreadPoolExecutor(8) as pool:
+            uploads = list(pool.map(upload, zip(files, images, strict=True)))
+        uploaded_s = time.monotonic() - started
+        await_completions(subscriber, subscription, uploads, timeout_s=1800)
+        elapsed = max(u.uploaded_at + (u.latency_s or 0) for u in uploads) - started
+        batches: collections.Counter[int] = collections.Counter()
+        statuses: collections.Counter[str] = collections.Counter()
+        for item in uploads:
+            message = item.completion or {}
+            statuses[str(message.get("status"))] += 1
+            metadata = (message.get("outputs") or {}).get("metadata")
+            if metadata:
+                from google.cloud import storage as gcs
+
+                doc = json.loads(gcs.Blob.from_uri(metadata, client=client).download_as_bytes())
+                batches[int((doc.get("model") or {}).get("encoder_batch", 0))] += 1
+        subscriber.close()
+        client.close()
+    return {
+        "uploaded_in_s": round(uploaded_s, 2),
+        "elapsed_s": round(elapsed, 2),
+        "images_per_s": round(len(files) / elapsed, 3),
+        "statuses": dict(statuses),
+        "images_by_encoder_batch": {str(k): v for k, v in sorted(batches.items())},
+    }
+
+
+def bare_engine(settings: Settings, images: list[np.ndarray]) -> dict[str, Any]:
+    engine = SamEngine.from_settings(settings)
+    jobs = [Job(image, parse_prompts(None, None, [box_for(image)])) for image in images]
+    engine.run(jobs[: settings.batch_size])  # warm-up
+    engine.clear_cache()
+    started = time.perf_counter()
+    for start in range(0, len(jobs), settings.batch_size):
+        engine.run(jobs[start : start + settings.batch_size])
+    elapsed = time.perf_counter() - started
+    return {"elapsed_s": round(elapsed, 2), "images_per_s": round(len(jobs) / elapsed, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "burst-local.json")
+    options = parser.parse_args()
+    from PIL import Image
+
+    settings = Settings.from_env(os.environ)
+    images = distinct_images(options.images)
+    with tempfile.TemporaryDirectory() as workdir:
+        files = []
+        for index, image in enumerate(images):
+            path = Path(workdir) / f"{index:04d}.jpg"
+            Image.fromarray(image).save(path, quality=92)
+            files.append(path)
+        # What the stack sees: the JPEGs as decoded, not the arrays before compression.
+        decoded = [np.asarray(Image.open(path).convert("RGB")) for path in files]
+        stack = burst(settings, files, images)
+    bare = bare_engine(settings, decoded)
+    summary = {
+        "cpu": cpu_name(),
+        "model_type": settings.model_type,
+        "batch_size": settings.batch_size,
+        "batch_window_ms": settings.batch_window_ms,
+        "images": options.images,
+        "stack": stack,
+        "bare_engine": bare,
+        "stack_over_bare": round(stack["images_per_s"] / bare["images_per_s"], 3),
+    }
+    print(json.dumps(summary, indent=1))
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"wrote {options.out}")
+
+
+if __name__ == "__main__":
+    main()

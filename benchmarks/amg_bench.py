@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -184,6 +185,41 @@ def grid_sweep(args: argparse.Namespace, device: torch.device, checkpoint: str) 
     return out
 
 
+def compile_start(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Two fresh processes in turn, sharing one new Inductor cache: the first automatic-mask image
+    of each (model already loaded), so the cold compile and the cached start are both measured."""
+    import subprocess
+
+    cache = Path(tempfile.mkdtemp(prefix="samdrop-inductor-"))
+    code = (
+        "import sys, time, torch; sys.path.insert(0, sys.argv[1]);"
+        "from pathlib import Path; from benchmarks.amg_bench import sample_images;"
+        "from predictor.engine import Job, SamEngine; from predictor.registry import load_sam;"
+        "from predictor.hardware import resolve_precision;"
+        "device = torch.device('cpu' if sys.argv[3] == 'auto' else sys.argv[3]);"
+        "device = torch.device('cuda') if sys.argv[3] == 'auto' and torch.cuda.is_available() else device;"
+        "engine = SamEngine(load_sam(sys.argv[2], None, Path(sys.argv[4]), device), sys.argv[2],"
+        " precision=resolve_precision('auto', device), compile=True);"
+        "image = sample_images(1)[0][1]; params = {'points_per_side': 4};"
+        "t = time.perf_counter(); engine.run([Job(image, None, params)]); first = time.perf_counter() - t;"
+        "engine.clear_cache(); t = time.perf_counter(); engine.run([Job(image, None, params)]);"
+        "print(round(first, 2), round(time.perf_counter() - t, 2))"
+    )
+    out = []
+    for label in ("cold", "cached"):
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(ROOT), args.model_type, args.device, args.workdir],
+            env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        first, second = (float(v) for v in done.stdout.split()[-2:])
+        out.append({"start": label, "first_image_s": first, "second_image_s": second})
+        print(f"{label:>6}: first automatic-mask image {first:.2f} s (compile included), next {second:.2f} s")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -200,6 +236,9 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"))
     parser.add_argument("--grid-sweep", type=int, nargs="*", help="time ours alone over these grid sides")
+    parser.add_argument(
+        "--compile-start", action="store_true", help="time a cold and a cached compile in new processes"
+    )
     parser.add_argument("--workdir", default=tempfile.mkdtemp(prefix="samdrop-amg-"))
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -216,7 +255,17 @@ def main() -> None:
     }
     print(f"{machine['gpu'] or machine['cpu']} ({machine['threads']} threads), {args.model_type}")
     args.output.mkdir(parents=True, exist_ok=True)
-    if args.grid_sweep:
+    if args.compile_start:
+        name = f"amg-compile-start-{args.model_type}-{device.type}"
+        doc = {"machine": machine, "model_type": args.model_type, "starts": compile_start(args)}
+        chart = bar_chart(
+            [row["start"] for row in doc["starts"]],
+            [row["first_image_s"] for row in doc["starts"]],
+            title=f"first automatic-mask image, {args.model_type}, {machine['gpu'] or machine['cpu']}",
+            x_label="Inductor cache",
+            y_label="s",
+        )
+    elif args.grid_sweep:
         sweep = grid_sweep(args, device, checkpoint)
         name = f"amg-grid-{args.model_type}-{device.type}"
         doc = {"machine": machine, "model_type": args.model_type, "sweep": sweep}

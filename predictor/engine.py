@@ -400,6 +400,8 @@ class SamEngine:
             params = {**AMG_DEFAULTS, **(amg or {})}
             max_masks = min(params.pop("max_masks") or self.max_masks, self.max_masks)
             params["points_per_batch"] = params["points_per_batch"] or self.points_per_batch
+            if self.compiled:  # one graph for one batch shape: a request's own size would recompile
+                params["points_per_batch"] = self.points_per_batch
             generator: SamAutomaticMaskGenerator
             if self.fast:
                 generator = FastMaskGenerator(

@@ -33,7 +33,12 @@ DEMO_FOLDER = "demo/"  # under the incoming prefix
 TIMEOUT_S = 60.0
 RANDOM_WEIGHTS_WARNING = (
     "The 'tiny' model has RANDOM WEIGHTS: the pipeline above is real, the masks are meaningless.\n"
-    "For real masks: SAMDROP_MODEL_TYPE=vit_b SAMDROP_CHECKPOINT=/path/to/sam_vit_b_01ec64.pth samdrop demo"
+    "For real masks: samdrop models pull vit_b && samdrop demo (or SAMDROP_MODEL_TYPE=classic, no weights)"
+)
+CLASSIC_NOTE = (
+    "Masks by the 'classic' backend (OpenCV GrabCut for prompts, scikit-image graph segmentation for\n"
+    "automatic masks; no weights). For SAM: samdrop models pull vit_b && samdrop demo\n"
+    "(or SAMDROP_MODEL_TYPE=vit_b to fetch on first use; SAMDROP_WEIGHTS_URL for a mirror)."
 )
 
 
@@ -314,6 +319,9 @@ def _report(
     if "tiny" in models or settings.model_type == "tiny":
         say("")
         say(RANDOM_WEIGHTS_WARNING)
+    if "classic" in models:
+        say("")
+        say(CLASSIC_NOTE)
 
 
 def demo_command(args: Any, settings: Settings) -> int:

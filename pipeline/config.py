@@ -17,6 +17,7 @@ PIPELINE_SETTINGS = (
     "completions_topic",
     "model_type",
     "checkpoint",
+    "weights_url",
     "device",
     "fast_path",
     "batch_size",

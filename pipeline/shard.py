@@ -30,7 +30,8 @@ from PIL import Image
 from pipeline.listing import BatchOptions, PlanItem
 from pipeline.paths import BatchPaths
 from pipeline.records import RANDOM_WEIGHTS_NOTE, error_document, failed_line, masks_document, succeeded_line
-from predictor.engine import Job, MaskSet, SamEngine
+from predictor.backends import Engine
+from predictor.engine import Job, MaskSet
 from predictor.instances import Prompts, check_prompts_fit, parse_prompts
 from samdrop.errors import PermanentError, SamdropError, TransientError
 from samdrop.images import decode_image
@@ -80,7 +81,7 @@ class ShardWorker:
         shard: int,
         settings: Settings,
         store: ObjectStore,
-        engine: SamEngine,
+        engine: Engine,
         options: BatchOptions,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:

@@ -34,9 +34,9 @@ from samdrop.settings import Settings
 from samdrop.storage import ObjectStore
 
 if TYPE_CHECKING:  # torch is imported by the shard task only: the other tasks start in 0.5 s, not 4
-    from predictor.engine import SamEngine
+    from predictor.backends import Engine
 
-EngineFactory = Callable[[Settings], "SamEngine"]
+EngineFactory = Callable[[Settings], "Engine"]
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,9 @@ def shard_step(
     engine_factory: EngineFactory | None = None,
 ) -> dict[str, Any]:
     """Segment shard ``shard`` and record what it did; returns its counts and time split (ms).
-    ``engine_factory`` defaults to :meth:`SamEngine.from_settings`."""
+    ``engine_factory`` defaults to :func:`predictor.backends.load_engine`."""
     from pipeline.shard import ShardWorker
-    from predictor.engine import SamEngine
+    from predictor.backends import load_engine
 
     started = time.perf_counter()
     paths = BatchPaths.of(ctx.settings, batch_id, bucket)
@@ -104,7 +104,7 @@ def shard_step(
     items = read_shard(paths, shard, ctx.store)
     options = BatchOptions(**plan["options"])
     loading = time.perf_counter()
-    engine = (engine_factory or SamEngine.from_settings)(ctx.settings)
+    engine = (engine_factory or load_engine)(ctx.settings)
     load_ms = round((time.perf_counter() - loading) * 1000, 1)
     worker = ShardWorker(
         paths=paths, shard=shard, settings=ctx.settings, store=ctx.store, engine=engine, options=options

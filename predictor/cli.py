@@ -20,8 +20,10 @@ def add_commands(subparsers: Any) -> None:
     )
     serve.add_argument("--port", type=int, help="port (default SAMDROP_PREDICTOR_PORT)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--model-type", choices=MODEL_TYPES, help="default SAMDROP_MODEL_TYPE (tiny)")
-    serve.add_argument("--checkpoint", help="checkpoint path or gs:// URI (default SAMDROP_CHECKPOINT)")
+    serve.add_argument("--model-type", choices=MODEL_TYPES, help="default SAMDROP_MODEL_TYPE (auto)")
+    serve.add_argument(
+        "--checkpoint", help="checkpoint path, http(s):// or gs:// URI (default SAMDROP_CHECKPOINT)"
+    )
     serve.set_defaults(func=serve_command)
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 from google.cloud.aiplatform.prediction.predictor import Predictor
 
-from predictor.engine import Job, MaskSet, SamEngine
+from predictor.backends import Engine, load_engine
+from predictor.engine import Job, MaskSet
 from predictor.instances import Instance, check_prompts_fit, parse_instance
 from samdrop.errors import ConfigError, InputNotFound, InvalidRequest, SamdropError, TransientError
 from samdrop.images import decode_image
@@ -47,7 +48,7 @@ class SamPredictor(Predictor):
 
     def __init__(self) -> None:
         super().__init__()
-        self.engine: SamEngine | None = None
+        self.engine: Engine | None = None
         self.settings: Settings | None = None
         self._read_object: ReadObject | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -65,9 +66,9 @@ class SamPredictor(Predictor):
         ):
             overrides["checkpoint"] = artifacts_uri
         settings = Settings.from_env(env, **overrides)
-        self.setup(settings, SamEngine.from_settings(settings), kwargs.get("read_object"))
+        self.setup(settings, load_engine(settings), kwargs.get("read_object"))
 
-    def setup(self, settings: Settings, engine: SamEngine, read_object: ReadObject | None = None) -> None:
+    def setup(self, settings: Settings, engine: Engine, read_object: ReadObject | None = None) -> None:
         """Wire an already built engine (tests and the pipeline use this instead of ``load``)."""
         self.settings = settings
         self.engine = engine

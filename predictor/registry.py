@@ -1,15 +1,15 @@
 """Model registry and checkpoint loading.
 
 ``MODEL_SPECS`` holds the only architecture numbers in the project (as segment-anything's
-``build_sam.py`` does). Meta's checkpoints (``vit_b``/``vit_l``/``vit_h``) come from a local path or a
-``gs://`` URI, downloaded once into a cache. ``tiny`` is the same SAM architecture with a small image
+``build_sam.py`` does). Meta's checkpoints (``vit_b``/``vit_l``/``vit_h``) come from a local path, an
+``http(s)://`` or ``gs://`` URI, or (``auto``) Meta's server or a mirror, downloaded once into a cache
+by :mod:`predictor.weights`. ``tiny`` is the same SAM architecture with a small image
 encoder and seeded random weights: the project writes it to a checkpoint file and then loads it
 through the very same loader, so tests exercise the real loading code.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from predictor import weights
 from samdrop.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -103,23 +104,25 @@ def write_tiny_checkpoint(path: Path) -> Path:
     return path
 
 
-def resolve_checkpoint(model_type: str, checkpoint: str | None, cache_dir: Path) -> Path:
-    """A local file for ``checkpoint`` (path, ``gs://`` object or ``gs://`` folder with one .pth).
+def resolve_checkpoint(
+    model_type: str, checkpoint: str | None, cache_dir: Path, *, weights_url: str | None = None
+) -> Path:
+    """A local file for ``checkpoint``: a path, a folder with one .pth, an ``http(s)://`` or ``gs://``
+    URI (or ``gs://`` folder with one .pth), fetched once into ``cache_dir`` (:mod:`predictor.weights`).
 
-    ``tiny`` without a checkpoint gets the project's seeded file, written once into ``cache_dir``.
+    ``auto`` or nothing means Meta's official file for ``model_type`` (from ``weights_url``, a mirror,
+    when given); ``tiny`` without a checkpoint gets the project's seeded file, written once.
     """
     _spec(model_type)
-    if not checkpoint:
+    if not checkpoint or checkpoint == "auto":
         if model_type != "tiny":
-            raise ConfigError(
-                f"model type {model_type!r} needs a checkpoint: pass Meta's "
-                f"{MODEL_SPECS[model_type].checkpoint_name} as a local path or gs:// URI "
-                "(SAMDROP_CHECKPOINT or --checkpoint)"
-            )
+            return weights.fetch(weights.official_url(model_type, weights_url), cache_dir)
         path = cache_dir / f"sam_tiny_seed{TINY_SEED}.pth"
         return path if path.exists() else write_tiny_checkpoint(path)
-    if checkpoint.startswith("gs://"):
+    if checkpoint.startswith("gs://") and checkpoint.endswith("/"):
         return _download(checkpoint, cache_dir)
+    if weights.is_remote(checkpoint):
+        return weights.fetch(checkpoint, cache_dir)
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         return Path(_single_checkpoint_in(sorted(str(p) for p in path.glob("*.pth")), checkpoint))
@@ -185,25 +188,10 @@ def _single_checkpoint_in(candidates: list[str], where: str) -> str:
 
 
 def _download(uri: str, cache_dir: Path) -> Path:
-    """Fetch a ``gs://`` checkpoint (or the single .pth under a ``gs://`` folder) once, keyed by URI."""
+    """The single .pth under a ``gs://`` folder, fetched once."""
     import google.cloud.storage as storage
 
-    bucket_name, _, name = uri.removeprefix("gs://").partition("/")
-    client = storage.Client()
-    if not name or name.endswith("/"):
-        blobs = client.list_blobs(bucket_name, prefix=name, timeout=60)
-        name = _single_checkpoint_in([b.name for b in blobs if b.name.endswith(".pth")], uri)
-    blob = client.bucket(bucket_name).blob(name)
-    key = hashlib.sha256(f"gs://{bucket_name}/{name}".encode()).hexdigest()[:16]
-    target = cache_dir / "checkpoints" / key / Path(name).name
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial_path = target.with_suffix(".part")
-    try:
-        blob.download_to_filename(str(partial_path), timeout=600)
-    except Exception as exc:
-        partial_path.unlink(missing_ok=True)
-        raise ConfigError(f"could not download checkpoint gs://{bucket_name}/{name}: {exc}") from None
-    os.replace(partial_path, target)
-    return target
+    bucket_name, _, prefix = uri.removeprefix("gs://").partition("/")
+    blobs = storage.Client().list_blobs(bucket_name, prefix=prefix, timeout=60)
+    name = _single_checkpoint_in([b.name for b in blobs if b.name.endswith(".pth")], uri)
+    return weights.fetch(f"gs://{bucket_name}/{name}", cache_dir)

@@ -17,7 +17,7 @@ from samdrop.errors import SamdropError
 from samdrop.settings import Settings
 
 # Modules exposing ``add_commands(subparsers)``; each sub-command sets ``func(args, settings) -> int``.
-COMMAND_MODULES = ("predictor.cli", "deploy.cli", "deploy.gcp.cli", "pipeline.cli")
+COMMAND_MODULES = ("predictor.cli", "predictor.models_cli", "deploy.cli", "deploy.gcp.cli", "pipeline.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,8 @@ from typing import Any
 
 from samdrop.errors import ConfigError
 
-MODEL_TYPES = ("tiny", "vit_b", "vit_l", "vit_h")
+MODEL_TYPES = ("tiny", "vit_b", "vit_l", "vit_h", "classic", "auto")
+SAM_TYPES = ("vit_h", "vit_l", "vit_b")  # Meta's checkpoints, largest first
 DEVICES = ("auto", "cpu", "cuda")
 PIPELINE_RUNNERS = ("local", "vertex", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -117,9 +118,19 @@ class Settings:
     )
 
     # Model and engine.
-    model_type: str = _env("SAMDROP_MODEL_TYPE", "tiny", "one of " + ", ".join(MODEL_TYPES))
+    model_type: str = _env(
+        "SAMDROP_MODEL_TYPE",
+        "auto",
+        "one of "
+        + ", ".join(MODEL_TYPES)
+        + "; auto: a SAM type whose weights are cached or given, else classic",
+    )
     checkpoint: str | None = _env(
-        "SAMDROP_CHECKPOINT", None, "checkpoint path or gs:// URI (tiny: built if absent)", _optional
+        "SAMDROP_CHECKPOINT",
+        None,
+        "checkpoint path, http(s):// or gs:// URI (#sha256=<hex> checks it); auto or empty: Meta's file "
+        "for the SAM type (tiny: built)",
+        _optional,
     )
     device: str = _env("SAMDROP_DEVICE", "auto", "auto, cpu or cuda")
     fast_path: bool = _env("SAMDROP_FAST_PATH", True, "bf16 autocast + SDPA attention + batching", _bool)
@@ -151,6 +162,12 @@ class Settings:
     max_masks: int = _env("SAMDROP_MAX_MASKS", 256, "cap on masks returned per image", int)
     cache_dir: Path = _env(
         "SAMDROP_CACHE_DIR", Path.home() / ".cache" / "samdrop", "checkpoint download cache", Path
+    )
+    weights_url: str | None = _env(
+        "SAMDROP_WEIGHTS_URL",
+        None,
+        "mirror of Meta's checkpoints (http(s):// or gs:// folder holding sam_vit_*.pth) for checkpoint auto",
+        _optional,
     )
     io_threads: int = _env("SAMDROP_IO_THREADS", 8, "threads for image reads and decodes", int)
 
@@ -190,11 +207,10 @@ class Settings:
     def _problems(self) -> Any:
         if self.model_type not in MODEL_TYPES:
             yield f"SAMDROP_MODEL_TYPE={self.model_type!r} is not one of {', '.join(MODEL_TYPES)}"
-        if self.model_type != "tiny" and not self.checkpoint:
-            yield (
-                f"SAMDROP_MODEL_TYPE={self.model_type} needs SAMDROP_CHECKPOINT (a local path or gs:// URI "
-                "of Meta's checkpoint); only 'tiny' can be built without one"
-            )
+        if self.model_type == "classic" and self.checkpoint:
+            yield "SAMDROP_MODEL_TYPE=classic uses no weights: unset SAMDROP_CHECKPOINT or pick a SAM type"
+        if self.weights_url and not self.weights_url.startswith(("http://", "https://", "gs://")):
+            yield "SAMDROP_WEIGHTS_URL must be an http(s):// or gs:// URL (a folder holding sam_vit_*.pth)"
         if self.device not in DEVICES:
             yield f"SAMDROP_DEVICE={self.device!r} is not one of {', '.join(DEVICES)}"
         for name in ("bucket", "results_bucket"):

@@ -122,6 +122,7 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EventStack]:
     ports = stack_settings(state_dir)
     settings = ports.replace(
         endpoint=f"http://{HOST}:{ports.predictor_port}",
+        model_type="tiny",  # SAM's own code paths; the classic backend has tests/integration/test_geometry.py
         amg_points_per_side=4,  # SAM's 32x32 grid takes minutes per image with tiny on this CPU
         max_delivery_attempts=100,  # the endpoint-down test must outlast the predictor's restart
         cache_dir=state_dir / "cache",

@@ -36,6 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         **os.environ,
         "SAMDROP_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
         "SAMDROP_DEVICE": "cpu",
+        "SAMDROP_MODEL_TYPE": "tiny",
         "SAMDROP_MAX_IMAGE_PIXELS": "4000000",
     }
     env.pop("STORAGE_EMULATOR_HOST", None)

@@ -104,6 +104,7 @@ def pipeline_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = stack_settings(
         state_dir,
         pipeline_runner="local",
+        model_type="tiny",
         shard_size=SHARD_SIZE,
         cache_dir=cache_dir,
         device="cpu",

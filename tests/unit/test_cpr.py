@@ -152,8 +152,15 @@ def test_malformed_request_is_rejected_whole(routine, body):
 
 def test_load_builds_tiny_from_environment(tmp_path):
     predictor = SamPredictor()
-    predictor.load("", env={"SAMDROP_CACHE_DIR": str(tmp_path), "SAMDROP_DEVICE": "cpu"})
+    env = {"SAMDROP_CACHE_DIR": str(tmp_path), "SAMDROP_DEVICE": "cpu", "SAMDROP_MODEL_TYPE": "tiny"}
+    predictor.load("", env=env)
     assert predictor.engine is not None and predictor.engine.model_type == "tiny"
+
+
+def test_load_without_weights_builds_classic(tmp_path):
+    predictor = SamPredictor()
+    predictor.load("", env={"SAMDROP_CACHE_DIR": str(tmp_path)})
+    assert predictor.engine is not None and predictor.engine.description["type"] == "classic"
 
 
 def test_timings_split_model_from_reading(routine):

@@ -10,7 +10,7 @@ from samdrop.settings import Settings
 
 def test_defaults_need_no_environment():
     settings = Settings.from_env({})
-    assert settings.model_type == "tiny"
+    assert settings.model_type == "auto"
     assert settings.output_bucket == settings.bucket
     assert settings.incoming_prefix == "incoming/"
 
@@ -44,7 +44,8 @@ def test_settings_are_frozen():
         ({"SAMDROP_BATCH_SIZE": "many"}, "SAMDROP_BATCH_SIZE"),
         ({"SAMDROP_BATCH_SIZE": "0"}, "SAMDROP_BATCH_SIZE"),
         ({"SAMDROP_MODEL_TYPE": "vit_x"}, "SAMDROP_MODEL_TYPE"),
-        ({"SAMDROP_MODEL_TYPE": "vit_h"}, "SAMDROP_CHECKPOINT"),
+        ({"SAMDROP_MODEL_TYPE": "classic", "SAMDROP_CHECKPOINT": "x.pth"}, "SAMDROP_CHECKPOINT"),
+        ({"SAMDROP_WEIGHTS_URL": "ftp://mirror/"}, "SAMDROP_WEIGHTS_URL"),
         ({"SAMDROP_BUCKET": "Bad_Bucket!"}, "SAMDROP_BUCKET"),
         ({"SAMDROP_DEVICE": "tpu"}, "SAMDROP_DEVICE"),
         ({"SAMDROP_FAST_PATH": "maybe"}, "SAMDROP_FAST_PATH"),

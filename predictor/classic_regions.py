@@ -16,7 +16,7 @@ from skimage.color import rgb2lab
 from skimage.segmentation import felzenszwalb
 
 WORK_SIDE = 512
-MERGE_LAB_DISTANCE = 12.0  # regions whose mean Lab colours are closer than this become one
+MERGE_LAB_DISTANCE = 8.0  # regions whose mean Lab colours are closer than this become one
 MIN_AREA_FRACTION = 0.002  # regions smaller than this share of the image are dropped
 
 
@@ -35,7 +35,7 @@ def image_regions(image: np.ndarray, *, min_area: int = 0) -> list[Region]:
     scale = min(1.0, WORK_SIDE / max(height, width))
     work = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image
     work_h, work_w = work.shape[:2]
-    labels = felzenszwalb(work, scale=300, sigma=0.8, min_size=max(20, work_h * work_w // 2000))
+    labels = felzenszwalb(work, scale=100, sigma=0.8, min_size=max(20, work_h * work_w // 2000))
     merged = labels
     if labels.max() > 0:  # a graph of one region has no edges to cut (and networkx refuses it)
         adjacency = graph.rag_mean_color(rgb2lab(work), labels, mode="distance")

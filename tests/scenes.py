@@ -6,6 +6,7 @@ scored against it (IoU) in the coordinates of the image as displayed.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import cv2
@@ -78,3 +79,38 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def best_iou(target: np.ndarray, masks: list[np.ndarray]) -> float:
     return max((iou(target, m) for m in masks), default=0.0)
+
+
+def encode_as(scene: Scene, kind: str) -> bytes:
+    """``scene.image`` as uploaded bytes that *display* as the scene (what samdrop must segment).
+
+    kinds: ``exif_jpeg`` (pixels stored rotated, EXIF orientation 6 turns them back), ``cmyk_jpeg``,
+    ``png16`` (16-bit greyscale, the luminance scaled to 0..65535), ``rgba_png`` (translucent
+    background, opaque objects) and ``webp``.
+    """
+    from PIL import Image
+
+    image = Image.fromarray(scene.image)
+    out = io.BytesIO()
+    if kind == "exif_jpeg":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # Orientation: the viewer rotates 90 degrees clockwise
+        image.transpose(Image.Transpose.ROTATE_90).save(out, "JPEG", quality=95, exif=exif)
+    elif kind == "cmyk_jpeg":
+        image.convert("CMYK").save(out, "JPEG", quality=95)
+    elif kind == "png16":
+        grey = np.asarray(image.convert("L"), np.uint16) * 257
+        Image.fromarray(grey).save(out, "PNG")  # uint16 -> mode I;16
+    elif kind == "rgba_png":
+        alpha = np.full(scene.image.shape[:2], 230, np.uint8)
+        for obj in scene.objects:
+            alpha[obj.mask] = 255
+        Image.fromarray(np.dstack([scene.image, alpha]), mode="RGBA").save(out, "PNG")
+    elif kind == "webp":
+        image.save(out, "WEBP", quality=90)
+    else:
+        raise ValueError(f"unknown encoding {kind!r}")
+    return out.getvalue()
+
+
+ENCODINGS = ("exif_jpeg", "cmyk_jpeg", "png16", "rgba_png", "webp")

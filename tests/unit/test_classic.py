@@ -8,8 +8,9 @@ import pytest
 from predictor.classic import ClassicEngine
 from predictor.engine import Job
 from predictor.instances import Prompts
+from samdrop.images import decode_image
 from samdrop.masks import mask_box, rle_to_mask
-from tests.scenes import best_iou, iou, shapes_scene
+from tests.scenes import ENCODINGS, best_iou, encode_as, iou, shapes_scene
 
 SCENE = shapes_scene()
 MIN_IOU = 0.85
@@ -104,3 +105,19 @@ def test_a_flat_image_gives_masks_without_errors(engine):
     )
     assert prompted.width == 80 and prompted.height == 64
     assert automatic.masks[0]["area"] == 64 * 80
+
+
+@pytest.mark.parametrize("kind", ENCODINGS)
+def test_every_input_encoding_is_segmented_where_it_is_displayed(engine, kind):
+    image = decode_image(encode_as(SCENE, kind), max_pixels=10_000_000, name=kind)
+    assert image.shape == SCENE.image.shape  # EXIF rotation undone, any mode made RGB
+    boxes = np.array([o.box for o in SCENE.objects], np.float32)
+    points = [Prompts(points=np.array([o.point], np.float32), labels=np.array([1])) for o in SCENE.objects]
+    boxed, automatic, *pointed = engine.run(
+        [Job(image, Prompts(boxes=boxes)), Job(image), *(Job(image, p) for p in points)]
+    )
+    automatic_masks = masks_of(automatic)
+    for target, box_mask, point_result in zip(SCENE.objects, masks_of(boxed), pointed, strict=True):
+        assert iou(box_mask, target.mask) >= MIN_IOU, ("box", target.name)
+        assert iou(masks_of(point_result)[0], target.mask) >= MIN_IOU, ("point", target.name)
+        assert best_iou(target.mask, automatic_masks) >= MIN_IOU, ("automatic", target.name)

@@ -1,0 +1,151 @@
+"""Masks land on the objects, through the real local stack with its default model on a machine
+without weights (``auto`` → ``classic``): synthetic scenes with known objects go up as EXIF-rotated
+JPEG, CMYK JPEG, 16-bit PNG, RGBA PNG and WebP, with box prompts, a point prompt and no prompts, and
+every mask PNG, every RLE in ``masks.json`` and the overlay's tint must match its object
+(IoU >= 0.85) in the coordinates of the image as displayed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from google.cloud import pubsub_v1, storage
+from PIL import Image
+
+from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
+from samdrop.images import decode_image
+from samdrop.masks import png_to_mask, rle_to_mask
+from samdrop.settings import Settings
+from tests.scenes import ENCODINGS, best_iou, encode_as, iou, shapes_scene
+
+from .local_stack_support import stack_settings, until
+
+pytestmark = pytest.mark.integration
+
+MIN_IOU = 0.85
+SCENE = shapes_scene()
+SUFFIX = {"exif_jpeg": "jpg", "cmyk_jpeg": "jpg", "png16": "png", "rgba_png": "png", "webp": "webp"}
+CONTENT_TYPE = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    storage: storage.Client
+    subscriber: pubsub_v1.SubscriberClient
+    completions: list[dict[str, Any]] = field(default_factory=list)
+
+    def upload(self, name: str, data: bytes, prompts: dict[str, Any] | None) -> storage.Blob:
+        blob = self.storage.bucket(self.settings.bucket).blob(name)
+        if prompts is not None:
+            blob.metadata = {"samdrop-prompts": json.dumps(prompts)}
+        blob.upload_from_string(data, content_type=CONTENT_TYPE[name.rsplit(".", 1)[1]])
+        return blob
+
+    def await_completion(self, blob: storage.Blob, timeout_s: float = 120) -> dict[str, Any]:
+        uri = f"gs://{blob.bucket.name}/{blob.name}"
+        path = self.subscriber.subscription_path(
+            self.settings.project, self.settings.completions_subscription
+        )
+
+        def arrived() -> dict[str, Any] | None:
+            response = self.subscriber.pull(request={"subscription": path, "max_messages": 50}, timeout=10)
+            if response.received_messages:
+                self.completions += [json.loads(m.message.data) for m in response.received_messages]
+                ack_ids = [m.ack_id for m in response.received_messages]
+                self.subscriber.acknowledge(request={"subscription": path, "ack_ids": ack_ids})
+            return next((c for c in self.completions if c["input"] == uri), None)
+
+        return until(arrived, timeout_s, f"completion for {blob.name}")
+
+    def outputs(self, name: str) -> dict[str, bytes]:
+        folder = f"{self.settings.results_prefix}{name}/"
+        blobs = self.storage.list_blobs(self.settings.bucket, prefix=folder)
+        return {b.name.removeprefix(folder): b.download_as_bytes() for b in blobs}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    state_dir = tmp_path_factory.mktemp("samdrop-geometry")
+    # The defaults, as `samdrop local up` runs them, on an empty weights cache.
+    settings = stack_settings(state_dir, cache_dir=state_dir / "cache")
+    assert settings.model_type == "auto"
+    local = LocalStack(settings)
+    local.up()
+    env = local.client_env()
+    client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
+    publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
+    try:
+        yield Stack(settings, client, subscriber)
+    finally:
+        subscriber.close()
+        publisher.transport.close()
+        local.down()
+
+
+def segment(stack: Stack, kind: str, label: str, prompts: dict[str, Any] | None) -> tuple[dict, dict, bytes]:
+    """Upload the scene encoded as ``kind``; return (completion, masks.json, uploaded bytes)."""
+    data = encode_as(SCENE, kind)
+    name = f"{stack.settings.incoming_prefix}{uuid.uuid4().hex[:8]}/{label}.{SUFFIX[kind]}"
+    started = time.monotonic()
+    message = stack.await_completion(stack.upload(name, data, prompts))
+    assert message["status"] == "succeeded", message
+    assert message["model"] == "classic"
+    outputs = stack.outputs(name)
+    doc = json.loads(outputs["masks.json"])
+    assert doc["model"]["type"] == "classic" and "samdrop models pull" in doc["model"]["note"]
+    assert (doc["height"], doc["width"]) == SCENE.image.shape[:2], f"{kind} not in display coordinates"
+    for record in doc["masks"]:
+        png = png_to_mask(outputs[record["png"].rsplit("/", 1)[1]])
+        np.testing.assert_array_equal(png, rle_to_mask(record["segmentation"]))  # PNG == RLE, pixel for pixel
+    doc["_outputs"] = outputs
+    doc["_seconds"] = time.monotonic() - started
+    return message, doc, data
+
+
+def masks(doc: dict) -> list[np.ndarray]:
+    return [rle_to_mask(record["segmentation"]) for record in doc["masks"]]
+
+
+@pytest.mark.parametrize("kind", ENCODINGS)
+def test_box_prompts_mask_their_objects(stack, kind):
+    boxes = [list(o.box) for o in SCENE.objects]
+    _, doc, data = segment(stack, kind, "boxes", {"boxes": boxes})
+    assert [m["prompt_index"] for m in doc["masks"]] == [0, 1, 2]
+    for target, mask in zip(SCENE.objects, masks(doc), strict=True):
+        assert iou(mask, target.mask) >= MIN_IOU, target.name
+    # The overlay tints exactly the masks: where it differs from the displayed image is the objects.
+    displayed = decode_image(data, max_pixels=10_000_000).astype(np.int32)
+    overlay = np.asarray(Image.open(io.BytesIO(doc["_outputs"]["overlay.jpg"])).convert("RGB"), np.int32)
+    assert overlay.shape == displayed.shape
+    # Tints move a pixel by >= 50 levels summed over RGB; the JPEG's own noise on the texture is
+    # smaller and scattered, which a 5x5 median removes.
+    difference = np.abs(overlay - displayed).sum(axis=2).clip(0, 255).astype(np.uint8)
+    tinted = cv2.medianBlur(difference, 5) > 50
+    objects = np.logical_or.reduce([o.mask for o in SCENE.objects])
+    assert iou(tinted, objects) >= MIN_IOU
+
+
+@pytest.mark.parametrize("kind", ENCODINGS)
+def test_a_point_prompt_masks_its_object(stack, kind):
+    triangle = SCENE.objects[2]
+    _, doc, _ = segment(stack, kind, "point", {"points": [list(triangle.point)], "labels": [1]})
+    assert iou(masks(doc)[0], triangle.mask) >= MIN_IOU  # the best-scored of the multimask answers
+
+
+@pytest.mark.parametrize("kind", ENCODINGS)
+def test_automatic_masks_find_every_object(stack, kind):
+    _, doc, _ = segment(stack, kind, "automatic", None)
+    assert doc["mode"] == "automatic"
+    found = masks(doc)
+    for target in SCENE.objects:
+        assert best_iou(target.mask, found) >= MIN_IOU, target.name

@@ -1,6 +1,7 @@
 """Masks land on the objects, through the real local stack with its default model on a machine
 without weights (``auto`` → ``classic``): synthetic scenes with known objects go up as EXIF-rotated
-JPEG, CMYK JPEG, 16-bit PNG, RGBA PNG and WebP, with box prompts, a point prompt and no prompts, and
+JPEG, CMYK JPEG, 16-bit PNG, RGBA PNG and WebP, with box prompts, a point prompt and no prompts, one
+by one and as a batch through the pipeline, and
 every mask PNG, every RLE in ``masks.json`` and the overlay's tint must match its object
 (IoU >= 0.85) in the coordinates of the image as displayed.
 """
@@ -149,3 +150,33 @@ def test_automatic_masks_find_every_object(stack, kind):
     found = masks(doc)
     for target in SCENE.objects:
         assert best_iou(target.mask, found) >= MIN_IOU, target.name
+
+
+def test_a_batch_through_the_pipeline_masks_the_objects(stack):
+    batch_id = f"geometry-{uuid.uuid4().hex[:6]}"
+    folder = f"{stack.settings.batches_prefix}{batch_id}/"
+    boxes = {"boxes": [list(o.box) for o in SCENE.objects]}
+    prompts = {f"{kind}.{SUFFIX[kind]}": boxes for kind in ENCODINGS if kind != "webp"}  # webp: automatic
+    for kind in ENCODINGS:
+        stack.upload(f"{folder}{kind}.{SUFFIX[kind]}", encode_as(SCENE, kind), None)
+    bucket = stack.storage.bucket(stack.settings.bucket)
+    bucket.blob(folder + "prompts.json").upload_from_string(
+        json.dumps(prompts), content_type="application/json"
+    )
+    bucket.blob(folder + "_READY").upload_from_string(b"", content_type="application/json")
+
+    message = stack.await_completion(bucket.blob(folder), timeout_s=400)
+
+    assert message["kind"] == "batch" and message["status"] == "succeeded", message
+    for kind in ENCODINGS:
+        outputs = stack.outputs(f"batches/{batch_id}/{kind}.{SUFFIX[kind]}")
+        doc = json.loads(outputs["masks.json"])
+        assert doc["model"]["type"] == "classic"
+        found = [rle_to_mask(r["segmentation"]) for r in doc["masks"]]
+        for index, mask in enumerate(found):
+            np.testing.assert_array_equal(png_to_mask(outputs[f"mask_{index:03d}.png"]), mask)
+        if kind == "webp":
+            assert all(best_iou(o.mask, found) >= MIN_IOU for o in SCENE.objects), kind
+        else:
+            for target, mask in zip(SCENE.objects, found, strict=True):
+                assert iou(mask, target.mask) >= MIN_IOU, (kind, target.name)

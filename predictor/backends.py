@@ -13,7 +13,6 @@ probe at start-up; naming a SAM type (``SAMDROP_MODEL_TYPE=vit_b``) fetches its 
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -24,8 +23,6 @@ from predictor import weights
 from predictor.engine import Job, MaskSet
 from samdrop.errors import ConfigError
 from samdrop.settings import SAM_TYPES, Settings
-
-_TYPE_IN_NAME = re.compile(r"vit_([hlb])")
 
 
 class Engine(Protocol):
@@ -74,13 +71,13 @@ def load_engine(settings: Settings, **overrides: Any) -> Engine:
 
 def _auto_type(checkpoint: str | None, settings: Settings) -> str:
     if checkpoint:
-        found = _TYPE_IN_NAME.search(checkpoint.rsplit("/", 1)[-1])
-        if found is None:
+        named = weights.type_from_name(checkpoint)
+        if named is None:
             raise ConfigError(
                 f"SAMDROP_MODEL_TYPE=auto cannot tell the SAM type of SAMDROP_CHECKPOINT={checkpoint}: "
                 "set SAMDROP_MODEL_TYPE to vit_b, vit_l, vit_h or tiny"
             )
-        return f"vit_{found.group(1)}"
+        return named
     for model_type in SAM_TYPES:
         if weights.cached(weights.official_url(model_type, settings.weights_url), settings.cache_dir):
             return model_type

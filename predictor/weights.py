@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,12 @@ class Source:
     url: str
     sha256: str | None
     target: Path
+
+
+def type_from_name(checkpoint: str) -> str | None:
+    """The SAM type a checkpoint's file name says (``…/sam_vit_b_01ec64.pth`` → ``vit_b``), if any."""
+    found = re.search(r"vit_([hlb])", checkpoint.rsplit("/", 1)[-1])
+    return f"vit_{found.group(1)}" if found else None
 
 
 def is_remote(checkpoint: str) -> bool:

@@ -88,12 +88,13 @@ def deploy_command(args: argparse.Namespace, settings: Settings) -> int:
     from deploy.gcp.steps import deploy_steps
 
     digest = source_digest()
+    checkpoint = args.checkpoint if args.checkpoint is not None else settings.checkpoint
     options = DeployOptions(
         project=args.project,
         region=args.region,
         bucket=args.bucket or f"{args.project}-samdrop",
-        model_type=args.model_type or settings.model_type,
-        checkpoint=args.checkpoint if args.checkpoint is not None else settings.checkpoint,
+        model_type=_deployed_type(args.model_type or settings.model_type, checkpoint),
+        checkpoint=checkpoint,
         gpu=args.gpu,
         accelerator_count=args.accelerator_count,
         min_replicas=args.min_replicas,
@@ -113,6 +114,16 @@ def deploy_command(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
     return _run("deploy", steps, options, args.dry_run)
+
+
+def _deployed_type(model_type: str, checkpoint: str | None) -> str:
+    """``auto`` is decided here, not on the endpoint (whose artifacts folder has no type in its name):
+    the type the checkpoint's file name says, else ``tiny`` as before ``auto`` existed."""
+    from predictor.weights import type_from_name
+
+    if model_type != "auto":
+        return model_type
+    return (type_from_name(checkpoint) if checkpoint else None) or "tiny"
 
 
 def destroy_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -75,7 +75,7 @@ class DeployOptions:
             problems.append(f"--gpu {self.gpu!r} is not one of {', '.join(GPU_MACHINE_TYPES)}")
         if self.model_type not in MODEL_TYPES:
             problems.append(f"--model-type {self.model_type!r} is not one of {', '.join(MODEL_TYPES)}")
-        elif self.model_type != "tiny" and not self.checkpoint:
+        elif self.model_type not in ("tiny", "classic") and not self.checkpoint:
             problems.append(
                 f"--model-type {self.model_type} needs --checkpoint gs://… (Meta's checkpoint in a bucket)"
             )

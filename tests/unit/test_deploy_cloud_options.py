@@ -93,3 +93,11 @@ def test_checkpoint_folder():
     assert checkpoint_folder(None) is None
     assert checkpoint_folder("gs://b/x/sam_vit_b_01ec64.pth") == "gs://b/x/"
     assert checkpoint_folder("gs://b/x") == "gs://b/x/"
+
+
+def test_auto_model_type_is_decided_at_deploy_time():
+    from deploy.gcp.cli import _deployed_type
+
+    assert _deployed_type("auto", "gs://m/sam/sam_vit_h_4b8939.pth") == "vit_h"
+    assert _deployed_type("auto", None) == "tiny"
+    assert _deployed_type("classic", None) == "classic"

@@ -118,7 +118,7 @@ def main() -> None:
     options = parser.parse_args()
     from PIL import Image
 
-    settings = Settings.from_env(os.environ)
+    settings = Settings.from_env({"SAMDROP_MODEL_TYPE": "tiny", **os.environ})  # SAM code paths by default
     images = distinct_images(options.images)
     with tempfile.TemporaryDirectory() as workdir:
         files = []

@@ -63,7 +63,7 @@ def main() -> None:
 
     from PIL import Image
 
-    settings = Settings.from_env(os.environ)
+    settings = Settings.from_env({"SAMDROP_MODEL_TYPE": "tiny", **os.environ})  # SAM code paths by default
     rows: list[dict[str, Any]] = []
     with (
         tempfile.TemporaryDirectory() as workdir,

@@ -54,8 +54,9 @@ def test_guess_model_type_from_shapes():
 def test_unknown_model_type_and_missing_checkpoint(tmp_path: Path):
     with pytest.raises(ConfigError, match="unknown model type 'vit_x'"):
         resolve_checkpoint("vit_x", None, tmp_path)
+    # No checkpoint means Meta's file: offline (a mirror on the discard port), the error names it.
     with pytest.raises(ConfigError, match=r"sam_vit_h_4b8939\.pth"):
-        resolve_checkpoint("vit_h", None, tmp_path)
+        resolve_checkpoint("vit_h", None, tmp_path, weights_url="http://127.0.0.1:9/")
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_checkpoint("vit_b", str(tmp_path / "nope.pth"), tmp_path)
 

@@ -140,7 +140,8 @@ def _fetch_http(src: Source, part: Path, progress: bool | None) -> None:
 
     url = src.url
     have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    # identity: the bytes counted must be the bytes the server announced (no transparent gzip).
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
     try:
         response = requests.get(
             url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
@@ -156,6 +157,7 @@ def _fetch_http(src: Source, part: Path, progress: bool | None) -> None:
         if response.status_code == 200:
             have = 0  # no Range support: start over
         total = _total_size(response, have)
+        log.info("downloading %s (%s bytes, from byte %d) to %s", url, total or "?", have, part)
         mode = "ab" if have else "wb"
         received = have
         bar = tqdm(

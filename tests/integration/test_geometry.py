@@ -1,9 +1,8 @@
 """Masks land on the objects, through the real local stack with its default model on a machine
 without weights (``auto`` → ``classic``): synthetic scenes with known objects go up as EXIF-rotated
 JPEG, CMYK JPEG, 16-bit PNG, RGBA PNG and WebP, with box prompts, a point prompt and no prompts, one
-by one and as a batch through the pipeline, and
-every mask PNG, every RLE in ``masks.json`` and the overlay's tint must match its object
-(IoU >= 0.85) in the coordinates of the image as displayed.
+by one and as a batch through the pipeline; every mask PNG, every RLE in ``masks.json`` and the
+overlay's tint must match its object (IoU >= 0.85) in the coordinates of the image as displayed.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class SamPredictor(Predictor):
         if (
             artifacts_uri
             and not env.get("SAMDROP_CHECKPOINT")
-            and env.get("SAMDROP_MODEL_TYPE", "tiny") != "tiny"
+            and env.get("SAMDROP_MODEL_TYPE", "tiny") not in ("tiny", "classic")
         ):
             overrides["checkpoint"] = artifacts_uri
         settings = Settings.from_env(env, **overrides)

@@ -207,7 +207,7 @@ class Settings:
     def _problems(self) -> Any:
         if self.model_type not in MODEL_TYPES:
             yield f"SAMDROP_MODEL_TYPE={self.model_type!r} is not one of {', '.join(MODEL_TYPES)}"
-        if self.model_type == "classic" and self.checkpoint:
+        if self.model_type == "classic" and self.checkpoint not in (None, "auto"):
             yield "SAMDROP_MODEL_TYPE=classic uses no weights: unset SAMDROP_CHECKPOINT or pick a SAM type"
         if self.weights_url and not self.weights_url.startswith(("http://", "https://", "gs://")):
             yield "SAMDROP_WEIGHTS_URL must be an http(s):// or gs:// URL (a folder holding sam_vit_*.pth)"

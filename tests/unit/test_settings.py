@@ -79,3 +79,12 @@ def test_grid_precision_and_compile_default_to_auto():
     assert (settings.precision, settings.compile, settings.amg_points_per_side) == ("auto", "auto", None)
     assert Settings.from_env({"SAMDROP_AMG_POINTS_PER_SIDE": "auto"}).amg_points_per_side is None
     assert Settings.from_env({"SAMDROP_AMG_POINTS_PER_SIDE": "24"}).amg_points_per_side == 24
+
+
+def test_classic_accepts_checkpoint_auto_and_nothing_else():
+    assert (
+        Settings.from_env({"SAMDROP_MODEL_TYPE": "classic", "SAMDROP_CHECKPOINT": "auto"}).checkpoint
+        == "auto"
+    )
+    with pytest.raises(ConfigError, match="SAMDROP_CHECKPOINT"):
+        Settings.from_env({"SAMDROP_MODEL_TYPE": "classic", "SAMDROP_CHECKPOINT": "/m/sam_vit_b.pth"})

@@ -202,7 +202,7 @@ def build_plan(
         entry = prompts.get(relative)
         error = None
         if isinstance(entry, PermanentError):
-            error, entry = entry.to_dict(), None
+            error, entry = entry.to_json(), None
         elif not _looks_like_image(info):
             error = {
                 "code": "unsupported_format",
@@ -231,7 +231,7 @@ def build_plan(
 
 def failed_plan(paths: BatchPaths, marker_generation: int, error: PermanentError) -> BatchPlan:
     return BatchPlan(
-        paths.batch_id, paths.input_uri, marker_generation, BatchOptions(), [], [], error.to_dict()
+        paths.batch_id, paths.input_uri, marker_generation, BatchOptions(), [], [], error.to_json()
     )
 
 

@@ -38,9 +38,7 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> np.nda
             if width * height > max_pixels:
                 raise ImageTooLarge(
                     f"{name} has {width}x{height} = {width * height} pixels, above the limit of "
-                    f"{max_pixels} (SAMDROP_MAX_IMAGE_PIXELS): downscale it before uploading",
-                    width=width,
-                    height=height,
+                    f"{max_pixels} (SAMDROP_MAX_IMAGE_PIXELS): downscale it before uploading"
                 )
             image.load()
             displayed: Image.Image = ImageOps.exif_transpose(image) or image

@@ -6,7 +6,7 @@ A mask here is always an ``HxW bool`` numpy array at the input image's displayed
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
-def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
+def rle_to_mask(rle: Mapping[str, Any]) -> np.ndarray:
     """Inverse of :func:`mask_to_rle`: an ``HxW bool`` array."""
     counts = rle["counts"]
     coco = {
@@ -40,16 +40,6 @@ def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
         "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
     }
     return mask_utils.decode(coco).astype(bool)
-
-
-def rle_area(rle: dict[str, Any]) -> int:
-    """Foreground pixel count of a COCO RLE, without decoding it."""
-    counts = rle["counts"]
-    coco = {
-        "size": list(rle["size"]),
-        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
-    }
-    return int(mask_utils.area(coco))
 
 
 def mask_to_png(mask: np.ndarray) -> bytes:

@@ -39,7 +39,7 @@ def test_image_failure_carries_code_and_message():
         kind="image", status="failed", input="gs://b/incoming/x.jpg", generation="1",
         error={"code": "invalid_image", "message": "not an image"},
     )  # fmt: skip
-    body = failed.to_dict()
+    body = failed.to_json()
     assert body["status"] == "failed" and body["error"] == {
         "code": "invalid_image",
         "message": "not an image",
@@ -52,14 +52,14 @@ def test_batch_message_has_batch_fields_and_attribute():
         kind="batch", status="partial", batch_id="2026-11-25-a", input="gs://b/batches/2026-11-25-a/",
         images=1000, succeeded=998, failed=2, outputs={"manifest": "gs://m", "report": "gs://r"},
     )  # fmt: skip
-    assert list(batch.to_dict()) == [
+    assert list(batch.to_json()) == [
         "kind", "status", "batch_id", "input", "images", "succeeded", "failed", "outputs", "error"
     ]  # fmt: skip
     assert batch.attributes() == {"kind": "batch", "status": "partial", "batch_id": "2026-11-25-a"}
 
 
 def test_round_trip():
-    assert CompletionMessage.from_dict(json.loads(SUCCESS.data())) == SUCCESS
+    assert CompletionMessage.from_json(json.loads(SUCCESS.data())) == SUCCESS
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_publish_completion_sends_body_and_attributes():
     publisher = FakePublisher()
     publish_completion(publisher, "samdrop-completions", SUCCESS)
     [(topic, body, attributes)] = publisher.messages
-    assert (topic, body, attributes) == ("samdrop-completions", SUCCESS.to_dict(), SUCCESS.attributes())
+    assert (topic, body, attributes) == ("samdrop-completions", SUCCESS.to_json(), SUCCESS.attributes())
 
 
 class FakeFuture:

@@ -215,7 +215,8 @@ def running_stack(
 ) -> Iterator[LocalStack]:
     """The local stack: reused when one is up and healthy, else started (and stopped after unless
     ``keep_running``)."""
-    from deploy.local import LocalStack, LocalStackError
+    from deploy.local import LocalStack
+    from deploy.processes import LocalStackError
 
     stack = LocalStack(settings)
     services = stack.status()

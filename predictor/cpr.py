@@ -46,7 +46,7 @@ class SamPredictor(Predictor):
     """SAM behind Vertex AI's ``:predict`` contract (see docs/design.md "Predictor request and response")."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # aiplatform's Predictor is unannotated
         self.engine: SamEngine | None = None
         self.settings: Settings | None = None
         self._read_object: ReadObject | None = None
@@ -180,7 +180,8 @@ def gcs_reader(project: str | None) -> ReadObject:
     def read(uri: str) -> bytes:
         bucket, _, name = uri.removeprefix("gs://").partition("/")
         try:
-            return client.bucket(bucket).blob(name).download_as_bytes(timeout=60)
+            data: bytes = client.bucket(bucket).blob(name).download_as_bytes(timeout=60)
+            return data
         except exceptions.NotFound:
             raise InputNotFound(f"{uri} does not exist (or this service account cannot read it)") from None
         except exceptions.Forbidden as exc:

@@ -39,7 +39,8 @@ def rle_to_mask(rle: Mapping[str, Any]) -> np.ndarray:
         "size": list(rle["size"]),
         "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
     }
-    return mask_utils.decode(coco).astype(bool)
+    mask: np.ndarray = mask_utils.decode(coco).astype(bool)
+    return mask
 
 
 def mask_to_png(mask: np.ndarray) -> bytes:

@@ -25,7 +25,12 @@ from PIL import Image
 
 from deploy import processes
 from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
+from pipeline.listing import BatchOptions, PlanItem
+from pipeline.paths import BatchPaths
+from pipeline.shard import ShardWorker
+from predictor.engine import SamEngine
 from samdrop.settings import Settings
+from samdrop.storage import GcsStore
 
 from .local_stack_support import stack_settings, until
 
@@ -283,3 +288,47 @@ def test_upload_under_results_triggers_nothing(events):
     events.pull_completions()
     assert events.completions_for(blob) == []
     assert events.results(name) == {}
+
+
+def test_single_upload_and_batch_shard_write_the_same_masks_json(events):
+    """One output path: the function (through the predictor server) and a pipeline shard (the engine
+    in process) write masks.json with the same keys, JSON types and conventions for one image."""
+    prompts = {"boxes": [[20, 10, 100, 90]], "points": [[60, 50]], "labels": [1]}
+    name = unique("same.png")
+    blob = events.upload(name, photo(seed=3), prompts)
+    assert events.await_completion(blob)["status"] == "succeeded"
+    single = json.loads(events.results(name)["masks.json"].download_as_bytes())
+
+    batch_name = f"{events.settings.batches_prefix}same-{uuid.uuid4().hex[:6]}/same.png"
+    batch_blob = events.upload(batch_name, photo(seed=3))
+    paths = BatchPaths.of(events.settings, batch_name.split("/")[1])
+    worker = ShardWorker(
+        paths=paths,
+        shard=0,
+        settings=events.settings,
+        store=GcsStore(events.storage),
+        engine=SamEngine.from_settings(events.settings),
+        options=BatchOptions(),
+    )
+    (line,) = worker.run([PlanItem(batch_name, batch_blob.generation, prompts)]).lines
+    assert line["status"] == "succeeded", line["error"]
+    batch = json.loads(events.results(batch_name)["masks.json"].download_as_bytes())
+
+    assert single["batch_id"] is None and batch["batch_id"] == paths.batch_id
+    for doc in (single, batch):
+        for key in ("batch_id", "timings_ms", "predictor_timings_ms"):  # each path's own stages
+            doc.pop(key)
+    assert _shape(single) == _shape(batch)
+    assert single["mode"] == batch["mode"] == "prompted"
+    assert single["prompts"] == batch["prompts"]
+    assert [m["box"] for m in single["masks"]] == [m["box"] for m in batch["masks"]]
+    assert all(isinstance(v, int) for m in batch["masks"] for v in m["box"])
+
+
+def _shape(value: Any) -> Any:
+    """Keys and JSON types, recursively (a list by its first item)."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(value[0])] if value else []
+    return type(value).__name__

@@ -1,7 +1,7 @@
 """The local stack: Pub/Sub emulator, fake-gcs-server, CPR predictor and functions-framework.
 
 All four are real programs on 127.0.0.1, started as process groups with logs and a state file
-under ``settings.state_dir``; see DESIGN.md "Local stack".
+under ``settings.state_dir``; see docs/design.md "Local stack".
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pipeline.completion import failed_completion
 from pipeline.config import pipeline_config
-from pipeline.listing import TreeStore, plan_batch
+from pipeline.listing import TreeStore, plan_batch, write_plan
 from pipeline.paths import BatchPaths
 from samdrop.errors import ConfigError, TransientError
 from samdrop.layout import json_record, write_output
@@ -71,6 +72,7 @@ def start_batch(
     """Check, claim and launch one batch; returns the outcome for the function's log line."""
     paths = BatchPaths.of(settings, request.batch_id, request.bucket)
     generation = int(request.generation)
+    plan, started = None, time.perf_counter()
     if isinstance(store, _Tree):
         plan = plan_batch(
             paths,
@@ -102,6 +104,9 @@ def start_batch(
     except WriteConflict:
         return "batch_already_claimed"
     try:
+        if plan is not None:  # planned once, here: the pipeline's list step reuses plan.json
+            list_ms = round((time.perf_counter() - started) * 1000, 1)
+            write_plan(paths, plan, store, list_ms=list_ms)
         run = launch(settings, paths, generation)
     except BaseException:
         store.delete(paths.output_bucket, paths.claim, if_generation_match=claimed)

@@ -382,3 +382,17 @@ def test_the_serving_image_installs_its_extras_and_copies_what_it_imports():
     entries = ("predictor/handler.py", "predictor/cpr.py", "pipeline/components.py", "pipeline/worker.py")
     imported = {path.parts[0] for entry in entries for path in function_source.function_files(entry=entry)}
     assert imported == copied == {"samdrop", "predictor", "pipeline"}
+
+
+def test_every_document_the_code_names_is_in_the_repository():
+    sources = [REPO_ROOT / "pyproject.toml", REPO_ROOT / "README.md"]
+    for folder in ("samdrop", "functions", "pipeline", "predictor", "deploy", "benchmarks", "docs"):
+        sources += [p for p in (REPO_ROOT / folder).rglob("*") if p.suffix in (".py", ".md", ".yaml", "")]
+    named: set[str] = set()
+    for path in sources:
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert "DESIGN.md" not in text, f"{path} names DESIGN.md: the design is docs/design.md"
+            named |= set(re.findall(r"docs/[\w/.-]+\.md", text))
+    assert "docs/design.md" in named
+    assert all((REPO_ROOT / name).is_file() for name in named), sorted(named)

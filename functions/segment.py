@@ -7,12 +7,11 @@ decision, the write order, the documents, the clean-up — is :mod:`samdrop.outp
 
 from __future__ import annotations
 
+import logging
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from functions import logs
 from functions.endpoint import Endpoint
 from functions.events import UploadEvent
 from functions.prediction import parse_prediction
@@ -22,11 +21,13 @@ from samdrop.documents import ErrorRecord, MasksDocument
 from samdrop.errors import ConfigError, InputNotFound, PermanentError, TransientError
 from samdrop.images import decode_image
 from samdrop.layout import OutputPaths, json_record, output_paths, write_output
+from samdrop.logs import fields as log_fields
 from samdrop.messages import CompletionMessage, Publisher, publish_completion
 from samdrop.outputs import Decision, Listing, Record, Step
 from samdrop.settings import Settings
 from samdrop.storage import ObjectStore, WriteConflict
 
+log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 # How a decision that needs no work is reported (the handler logs it as the outcome).
 _OUTCOME = {Step.COMPLETED: "duplicate", Step.STALE: "stale"}
@@ -180,11 +181,11 @@ def _publish_and_mark(
             generation=generation,
         )
     except WriteConflict:
-        logs.warning(
+        log.warning(
             "completion marker already written by a concurrent delivery",
-            object=message.input,
-            generation=message.generation,
-            outcome="duplicate_publish",
+            extra=log_fields(
+                object=message.input, generation=message.generation, outcome="duplicate_publish"
+            ),
         )
 
 
@@ -222,11 +223,9 @@ def _as_permanent(exc: Exception, event: UploadEvent) -> PermanentError:
     if isinstance(exc, PermanentError):
         return exc
     # A bug here must not become a crash loop: record it for the user, keep the trace in the log.
-    logs.error(
+    log.error(
         "unexpected error while segmenting; recorded as a permanent failure",
-        object=event.uri,
-        generation=event.generation,
-        error=f"{type(exc).__name__}: {exc}",
-        traceback=traceback.format_exc(),
+        exc_info=exc,
+        extra=log_fields(object=event.uri, generation=event.generation, error=f"{type(exc).__name__}: {exc}"),
     )
     return PermanentError(f"internal error ({type(exc).__name__}: {exc})", code="internal")

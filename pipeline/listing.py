@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from pipeline.paths import PROMPTS_FILE, READY, BatchPaths
 from predictor.instances import parse_amg, parse_prompts
 from samdrop.errors import ErrorInfo, InputNotFound, InvalidPrompt, InvalidRequest, PermanentError
-from samdrop.images import is_image_name
+from samdrop.images import is_image_object
 from samdrop.layout import input_generation, json_record, write_output
 from samdrop.prompts import check_prompts
 from samdrop.storage import ObjectInfo, ObjectStore
@@ -203,7 +203,7 @@ def build_plan(
         error: ErrorInfo | None = None
         if isinstance(entry, PermanentError):
             error, entry = entry.to_json(), None
-        elif not _looks_like_image(info):
+        elif not is_image_object(info.name, info.content_type):
             error = ErrorInfo(
                 code="unsupported_format",
                 message=(
@@ -262,11 +262,6 @@ def plan_batch(
     except PermanentError as exc:
         return failed_plan(paths, marker_generation, exc)
     return build_plan(paths, marker_generation, objects, options, prompts, workers=workers)
-
-
-def _looks_like_image(info: ObjectInfo) -> bool:
-    content_type = (info.content_type or "").split(";")[0].strip().lower()
-    return content_type.startswith("image/") or is_image_name(info.name)
 
 
 # --- the plan in storage ----------------------------------------------------------------------

@@ -27,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.add_commands(subparsers)
+        importlib.import_module(module_name).add_commands(subparsers)
     settings_help = subparsers.add_parser("settings", help="list every SAMDROP_* setting and its default")
     settings_help.set_defaults(func=_print_settings)
     return parser

@@ -307,14 +307,14 @@ def test_components_through_python_func(pipeline_stack: Stack, monkeypatch: pyte
     marker = bucket.blob(f"batches/{batch}/_READY")
     marker.upload_from_string(b"", if_generation_match=0)
 
-    shards = components.default.list_images.python_func(
+    shards = components.default_components().list_images.python_func(
         batch_id=batch, bucket=bucket.name, marker_generation=str(marker.generation), config=config
     )
     assert shards == [0, 1, 2]
     plan_blob = bucket.get_blob(f"results/batches/{batch}/_plan/plan.json")
     plan = json.loads(plan_blob.download_as_bytes())
     assert plan["images"] == 5 and plan["marker_generation"] == str(marker.generation)
-    again = components.default.list_images.python_func(
+    again = components.default_components().list_images.python_func(
         batch_id=batch, bucket=bucket.name, marker_generation=str(marker.generation), config=config
     )
     assert again == shards  # the plan of this marker generation is reused, not rewritten
@@ -327,7 +327,7 @@ def test_components_through_python_func(pipeline_stack: Stack, monkeypatch: pyte
         error_code=1,
         error_message="shard task ran out of memory",
     )
-    body = components.default.publish.python_func(
+    body = components.default_components().publish.python_func(
         batch_id=batch,
         bucket=bucket.name,
         marker_generation=str(marker.generation),
@@ -339,7 +339,7 @@ def test_components_through_python_func(pipeline_stack: Stack, monkeypatch: pyte
     (message,) = stack.completions.wait(batch, 30)
     assert message["error"] == body["error"]
     # Published once: a second call finds completion.json and publishes nothing.
-    components.default.publish.python_func(
+    components.default_components().publish.python_func(
         batch_id=batch,
         bucket=bucket.name,
         marker_generation=str(marker.generation),

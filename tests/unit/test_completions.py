@@ -128,11 +128,11 @@ def test_pubsub_publisher_errors_are_classified(error, expected):
 
 def test_batches_without_pipelines_get_a_clear_failed_completion():
     publisher = FakePublisher()
-    request = BatchStart("b1", "samdrop-local", "batches/b1/_READY", "5", "batches/b1/")
+    request = BatchStart("b1", "samdrop-local", "5", "batches/b1/")
     outcome = pipelines_not_configured(request, settings=settings(), store=FakeStore(), publisher=publisher)
     assert outcome == "batch_not_started"
     [(_, body, attributes)] = publisher.messages
     assert attributes == {"kind": "batch", "status": "failed", "batch_id": "b1"}
     assert body["input"] == "gs://samdrop-local/batches/b1/"
     assert body["error"]["code"] == "pipelines_not_configured"
-    assert "not started" in body["error"]["message"]
+    assert "not started" in body["error"]["message"] and "SAMDROP_PIPELINE_RUNNER" in body["error"]["message"]

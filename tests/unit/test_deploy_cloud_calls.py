@@ -130,21 +130,6 @@ def test_bucket_access_is_tightened_once():
     assert clients.storage.bucket("b").patches == 1
 
 
-def test_pipeline_template_step_says_what_is_missing(monkeypatch):
-    import importlib
-
-    real = importlib.import_module
-
-    def no_compile(name, *args):
-        if name == "pipeline.compile":
-            raise ModuleNotFoundError("No module named 'pipeline.compile'", name="pipeline.compile")
-        return real(name, *args)
-
-    monkeypatch.setattr(importlib, "import_module", no_compile)
-    with pytest.raises(DeployError, match=r"pipeline/compile\.py"):
-        storage_calls.upload_pipeline_template(storage_clients(), "b", "pipelines/p.yaml", "img:v1", 4)
-
-
 # --- Vertex AI -----------------------------------------------------------------------------------
 class FakeModel:
     def __init__(self, resource_name, **kwargs):

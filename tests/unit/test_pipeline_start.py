@@ -51,7 +51,7 @@ def _ready(store: TreeStore, batch: str = "b1", body: bytes = b"", images: int =
     for i in range(images):
         store.put(BUCKET, f"batches/{batch}/{i}.png", png(seed=i), content_type="image/png")
     generation = store.put(BUCKET, f"batches/{batch}/_READY", body)
-    return BatchStart(batch, BUCKET, f"batches/{batch}/_READY", str(generation), f"batches/{batch}/")
+    return BatchStart(batch, BUCKET, str(generation), f"batches/{batch}/")
 
 
 def test_a_batch_is_claimed_and_launched_once():

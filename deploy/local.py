@@ -400,6 +400,14 @@ class LocalStack:
         return [str(script)] if script.is_file() else [self.python, "-m", "functions_framework"]
 
 
+def running_stack_env(settings: Settings) -> dict[str, str]:
+    """The client variables of the local stack started from ``settings.state_dir``, or {} when none
+    was started there. Every ``samdrop`` command that talks to storage or Pub/Sub finds the stack
+    this way (``samdrop.cli``), so nobody has to ``eval "$(samdrop local env)"`` first."""
+    state = processes.load_state(LocalStack(settings).state_path)
+    return dict(state.client_env) if state is not None else {}
+
+
 def emulator_storage_client(project: str, emulator_host: str) -> storage.Client:
     """A storage client bound to fake-gcs-server at ``emulator_host`` whatever os.environ says."""
     import google.cloud.storage as storage

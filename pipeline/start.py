@@ -265,9 +265,21 @@ def status_of(paths: BatchPaths, store: ObjectStore, tree: TreeStore | None = No
     if tree is not None and plan:
         names = tree.list_tree(paths.output_bucket, paths.folder)
         out["images_done"] = sum(1 for n in names if n.endswith(("/masks.json", "/error.json")))
+        out["images_failed"] = sum(1 for n in names if n.endswith("/error.json"))
     if "completion" in out:
         out["state"] = out["completion"]["status"]
+    claimed_at = _time((out.get("claim") or {}).get("claimed_at"))
+    if claimed_at is not None:
+        ended = _time((out.get("completion") or {}).get("published_at")) or datetime.now(UTC)
+        out["elapsed_s"] = round((ended - claimed_at).total_seconds(), 1)
     return out
+
+
+def _time(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
 
 
 def _number(value: float) -> str:

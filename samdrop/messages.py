@@ -11,6 +11,7 @@ import concurrent.futures
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from google.api_core import exceptions as api_exceptions
@@ -73,8 +74,9 @@ class CompletionMessage:
         return {key: _plain(values[key]) for key in keys}
 
     def to_record(self, message_id: str) -> dict[str, Any]:
-        """``completion.json``: the message as published, with the id Pub/Sub gave it."""
-        return {**self.to_json(), "message_id": message_id}
+        """``completion.json``: the message as published, with the id Pub/Sub gave it and when."""
+        published_at = datetime.now(UTC).isoformat(timespec="seconds")
+        return {**self.to_json(), "message_id": message_id, "published_at": published_at}
 
     def data(self) -> bytes:
         return json.dumps(self.to_json(), ensure_ascii=False, sort_keys=False).encode("utf-8")

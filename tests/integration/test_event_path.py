@@ -31,6 +31,7 @@ from pipeline.shard import ShardWorker
 from predictor.engine import SamEngine
 from samdrop.settings import Settings
 from samdrop.storage import GcsStore
+from tests.helpers import json_shape
 
 from .local_stack_support import stack_settings, until
 
@@ -318,17 +319,8 @@ def test_single_upload_and_batch_shard_write_the_same_masks_json(events):
     for doc in (single, batch):
         for key in ("batch_id", "timings_ms", "predictor_timings_ms"):  # each path's own stages
             doc.pop(key)
-    assert _shape(single) == _shape(batch)
+    assert json_shape(single) == json_shape(batch)
     assert single["mode"] == batch["mode"] == "prompted"
     assert single["prompts"] == batch["prompts"]
     assert [m["box"] for m in single["masks"]] == [m["box"] for m in batch["masks"]]
     assert all(isinstance(v, int) for m in batch["masks"] for v in m["box"])
-
-
-def _shape(value: Any) -> Any:
-    """Keys and JSON types, recursively (a list by its first item)."""
-    if isinstance(value, dict):
-        return {key: _shape(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_shape(value[0])] if value else []
-    return type(value).__name__

@@ -22,6 +22,7 @@ from samdrop.documents import ErrorRecord, MasksDocument
 from samdrop.layout import output_paths, tag
 from samdrop.outputs import PREVIEW_SIDE, Step, decide, preview_size, written_names
 from samdrop.prompts import PROMPTS_METADATA_KEY
+from tests.helpers import json_shape
 
 from .function_fakes import BUCKET, FakePublisher, settings
 from .pipeline_fakes import TreeStore, png
@@ -81,15 +82,6 @@ def _batch(store: TreeStore, engine: SamEngine, name: str, prompts: dict[str, An
     return dict(store.json(output_paths(SETTINGS, name).masks_json))
 
 
-def _shape(value: Any) -> Any:
-    """Keys and JSON types, recursively (list items by their first element)."""
-    if isinstance(value, dict):
-        return {key: _shape(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_shape(value[0])] if value else []
-    return type(value).__name__
-
-
 @pytest.mark.parametrize("prompts", [PROMPTS, None], ids=["prompted", "automatic"])
 def test_single_upload_and_batch_write_the_same_masks_json(fast_engine, prompts):
     store = TreeStore()
@@ -101,7 +93,7 @@ def test_single_upload_and_batch_write_the_same_masks_json(fast_engine, prompts)
         doc.pop("batch_id")
         doc.pop("timings_ms")  # each path's own stages (endpoint vs compute)
         doc.pop("predictor_timings_ms")
-    assert _shape(single) == _shape(batch)
+    assert json_shape(single) == json_shape(batch)
     assert single["mode"] == batch["mode"] == ("prompted" if prompts else "automatic")
     assert single["prompts"] == batch["prompts"]
     assert single["amg"] == batch["amg"]

@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from samdrop.documents import Rle
+
 # Distinct, colour-blind-friendly colours (Okabe-Ito, then Tableau) cycled over masks.
 PALETTE = np.array(
     [
@@ -24,12 +26,12 @@ PALETTE = np.array(
 )  # fmt: skip
 
 
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+def mask_to_rle(mask: np.ndarray) -> Rle:
     """COCO RLE of an ``HxW bool`` mask: ``{"size": [H, W], "counts": str}`` (JSON-ready)."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be HxW, got shape {mask.shape}")
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    return Rle(size=[int(rle["size"][0]), int(rle["size"][1])], counts=rle["counts"].decode("ascii"))
 
 
 def rle_to_mask(rle: Mapping[str, Any]) -> np.ndarray:

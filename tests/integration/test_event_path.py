@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from google.cloud import pubsub_v1, storage
+from google.cloud.storage import Blob, Bucket
 from PIL import Image
 
 from deploy import processes
@@ -52,7 +53,7 @@ class EventStack:
     completions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def bucket(self) -> storage.Bucket:
+    def bucket(self) -> Bucket:
         return self.storage.bucket(self.settings.bucket)
 
     def start_predictor(self) -> None:
@@ -74,7 +75,7 @@ class EventStack:
             processes.stop([self.predictor])
             self.predictor = None
 
-    def upload(self, name: str, data: bytes, prompts: dict[str, Any] | None = None) -> storage.Blob:
+    def upload(self, name: str, data: bytes, prompts: dict[str, Any] | None = None) -> Blob:
         blob = self.bucket.blob(name)
         if prompts is not None:
             blob.metadata = {"samdrop-prompts": json.dumps(prompts)}
@@ -97,11 +98,11 @@ class EventStack:
             )
         return self.completions
 
-    def completions_for(self, blob: storage.Blob) -> list[dict[str, Any]]:
+    def completions_for(self, blob: Blob) -> list[dict[str, Any]]:
         uri, generation = f"gs://{blob.bucket.name}/{blob.name}", str(blob.generation)
         return [c for c in self.completions if c["input"] == uri and c["generation"] == generation]
 
-    def await_completion(self, blob: storage.Blob, timeout_s: float = 90) -> dict[str, Any]:
+    def await_completion(self, blob: Blob, timeout_s: float = 90) -> dict[str, Any]:
         def arrived() -> list[dict[str, Any]]:
             self.pull_completions()
             return self.completions_for(blob)
@@ -114,7 +115,7 @@ class EventStack:
         entries = [json.loads(line) for line in lines if line.startswith("{")]
         return [e for e in entries if str(e.get("object", "")).endswith("/" + object_name)]
 
-    def results(self, object_name: str) -> dict[str, storage.Blob]:
+    def results(self, object_name: str) -> dict[str, Blob]:
         folder = f"{self.settings.results_prefix}{object_name}/"
         return {
             b.name.removeprefix(folder): b

@@ -6,6 +6,7 @@ They follow the protocols in ``samdrop.storage``, ``samdrop.messages`` and
 
 from __future__ import annotations
 
+import builtins
 import io
 import itertools
 import json
@@ -129,7 +130,7 @@ class FakeStore:
                 raise WriteConflict(name)
             del self.objects[(bucket, name)]
 
-    def names(self, prefix: str = "") -> list[str]:
+    def names(self, prefix: str = "") -> builtins.list[str]:
         return sorted(name for (_, name) in self.objects if name.startswith(prefix))
 
     def json(self, name: str, bucket: str = BUCKET) -> Any:
@@ -173,7 +174,11 @@ class FakeEndpoint:
             return [self.slot]
         masks = self.masks or default_masks(self.width, self.height)
         instance = instances[0]
-        prompts = {key: instance[key] for key in ("points", "labels", "boxes") if key in instance}
+        prompts = PromptsRecord()
+        if "points" in instance:
+            prompts["points"], prompts["labels"] = instance["points"], instance["labels"]
+        if "boxes" in instance:
+            prompts["boxes"] = instance["boxes"]
         prediction = Prediction(
             file_path=instance["file_path"],
             width=self.width,
@@ -190,7 +195,7 @@ class FakeEndpoint:
                 for i, m in enumerate(masks)
             ],
             mode="prompted" if prompts else "automatic",
-            prompts=PromptsRecord(**prompts, multimask=not instance.get("boxes")) if prompts else None,
+            prompts=PromptsRecord(**prompts, multimask="boxes" not in instance) if prompts else None,
             amg=None if prompts else {"points_per_side": 32},
             model={"type": "tiny", "random_weights": self.random_weights},
             timings_ms={"model": 12.5, "total": 14.0},

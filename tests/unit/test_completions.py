@@ -1,5 +1,6 @@
 import concurrent.futures
 import json
+from typing import Any
 
 import pytest
 from google.api_core import exceptions as api_exceptions
@@ -97,7 +98,8 @@ class FakeFuture:
 
 class FakePublisherClient:
     def __init__(self, outcome) -> None:
-        self.outcome, self.calls = outcome, []
+        self.outcome = outcome
+        self.calls: list[Any] = []
 
     def topic_path(self, project, topic):
         return f"projects/{project}/topics/{topic}"

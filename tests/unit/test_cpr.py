@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,7 +53,7 @@ def test_good_and_bad_instances_side_by_side(routine, coffee):
         "points": [[300, 200]],
         "labels": [1],
     }
-    cases = [
+    cases: list[tuple[dict[str, Any], str | None]] = [
         (good, None),
         ({"image": b64(b"garbage bytes"), "file_path": "junk.jpg"}, "invalid_image"),
         ({"image": "", "file_path": "empty.jpg"}, "invalid_image"),

@@ -195,6 +195,7 @@ def test_function_env_rebuilds_the_deployed_settings_without_local_paths():
     ):
         assert getattr(rebuilt, name) == getattr(deployed, name), name
     assert rebuilt.endpoint == "projects/samdrop-demo/locations/europe-west4/endpoints/123"
+    assert isinstance(function.action, Gcloud)
     assert f"--set-env-vars={','.join(f'{k}={v}' for k, v in env.items())}" in function.action.argv
 
 
@@ -287,7 +288,7 @@ def test_the_function_source_ships_only_what_it_imports():
 
 def test_staged_function_source_imports_the_entry_point(tmp_path):
     destination = tmp_path / "function-source"
-    result = function_source.stage_function_source(None, str(destination))  # type: ignore[arg-type]
+    result = function_source.stage_function_source(None, str(destination))
     assert result.outcome == "done"
     assert {"main.py", "requirements.txt", "constraints.txt", "functions", "samdrop"} <= {
         p.name for p in destination.iterdir()
@@ -320,7 +321,7 @@ def test_staged_function_builds_its_clients_from_the_deployed_env_without_torch(
     from deploy.gcp.steps import deployed_settings
 
     destination = tmp_path / "function-source"
-    function_source.stage_function_source(None, str(destination))  # type: ignore[arg-type]
+    function_source.stage_function_source(None, str(destination))
     env = function_env(deployed_settings(sample_options(), sample_settings()))
     env = {k: v.replace("${endpoint_id}", "123") for k, v in env.items()}
     # emulator hosts only spare the clients credentials; building them connects to nothing
@@ -369,6 +370,7 @@ def test_source_digest_follows_the_code(tmp_path):
 def test_model_artifact_is_the_checkpoint_folder(checkpoint, folder):
     steps = deploy_steps(sample_options(checkpoint=checkpoint), sample_settings())
     (model,) = [s for s in steps if s.key == "model"]
+    assert isinstance(model.action, ApiCall)
     assert model.action.args["artifact_uri"] == folder
 
 

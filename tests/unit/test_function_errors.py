@@ -1,5 +1,6 @@
 import json
 import types
+from typing import Any
 
 import pytest
 import requests
@@ -38,7 +39,8 @@ class FakeResponse:
 
 class FakeSession:
     def __init__(self, result) -> None:
-        self.result, self.calls = result, []
+        self.result = result
+        self.calls: list[Any] = []
 
     def post(self, url, json=None, timeout=None):
         self.calls.append((url, json, timeout))
@@ -94,7 +96,8 @@ def test_http_off_contract_answers_are_bad_responses(response):
 
 class FakeVertex:
     def __init__(self, error=None) -> None:
-        self.error, self.calls = error, []
+        self.error = error
+        self.calls: list[Any] = []
 
     def predict(self, instances, parameters, timeout):
         self.calls.append(timeout)
@@ -125,10 +128,13 @@ def test_vertex_errors_are_classified(error, expected):
 
 
 def test_vertex_endpoint_is_built_lazily_once():
-    built = []
-    endpoint = VertexEndpoint(
-        "projects/p/locations/r/endpoints/1", timeout_s=3.0, factory=lambda n: built.append(n) or FakeVertex()
-    )
+    built: list[str] = []
+
+    def factory(name: str) -> FakeVertex:
+        built.append(name)
+        return FakeVertex()
+
+    endpoint = VertexEndpoint("projects/p/locations/r/endpoints/1", timeout_s=3.0, factory=factory)
     assert built == []
     endpoint.predict([{}], {})
     endpoint.predict([{}], {})

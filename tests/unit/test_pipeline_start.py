@@ -57,7 +57,7 @@ def _ready(store: TreeStore, batch: str = "b1", body: bytes = b"", images: int =
 def test_a_batch_is_claimed_and_launched_once():
     store, publisher, launch = TreeStore(), FakePublisher(), Launcher()
     request = _ready(store)
-    args = {"settings": SETTINGS, "store": store, "publisher": publisher, "launch": launch}
+    args: dict[str, Any] = {"settings": SETTINGS, "store": store, "publisher": publisher, "launch": launch}
     assert start_batch(request, **args) == "batch_started run-1"
     assert start_batch(request, **args) == "batch_already_claimed"
     assert launch.calls == [("b1", int(request.generation))]

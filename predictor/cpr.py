@@ -42,8 +42,9 @@ class Slot:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-class SamPredictor(Predictor):
-    """SAM behind Vertex AI's ``:predict`` contract (see docs/design.md "Predictor request and response")."""
+class SamRoutine(Predictor):
+    """SAM behind Vertex AI's ``:predict`` contract: the custom prediction routine's ``Predictor``
+    (see docs/design.md "Predictor request and response")."""
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # aiplatform's Predictor is unannotated

@@ -244,11 +244,15 @@ def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack):
     runs = list((stack.settings.state_dir / "pipelines" / "runs").iterdir())
     assert len(runs) == 1, runs
 
-    # samdrop batch status reads the finished batch back.
-    status = _samdrop(stack, "batch", "status", batch)
+    # samdrop batch status reads the finished batch back: for scripts, and for people.
+    status = _samdrop(stack, "batch", "status", batch, "--json")
     assert status.returncode == 0, status.stderr
     body = json.loads(status.stdout)
     assert body["state"] == "partial" and body["images"] == 30 and body["images_done"] == 30
+    assert body["images_failed"] == CORRUPT and body["elapsed_s"] > 0
+    readable = _samdrop(stack, "batch", "status", batch).stdout
+    assert f"batch {batch}: partial" in readable and "28 succeeded, 2 failed" in readable
+    assert "report.html" in readable and "4/4 finished" in readable
 
     # samdrop batch run re-runs the claimed batch here: every image is taken as done, nothing is
     # recomputed or republished.

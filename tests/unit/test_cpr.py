@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from predictor.cpr import SamPredictor
+from predictor.cpr import SamRoutine
 from predictor.engine import SamEngine
 from samdrop.errors import InputNotFound, InvalidRequest
 from samdrop.masks import png_to_mask, rle_to_mask
@@ -26,19 +26,19 @@ def objects(coffee) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def routine(fast_engine: SamEngine, objects, cache_dir) -> SamPredictor:
+def routine(fast_engine: SamEngine, objects, cache_dir) -> SamRoutine:
     def read(uri: str) -> bytes:
         if uri not in objects:
             raise InputNotFound(f"{uri} does not exist")
         return objects[uri]
 
     settings = Settings.from_env({}, max_image_pixels=4_000_000, cache_dir=cache_dir)
-    predictor = SamPredictor()
+    predictor = SamRoutine()
     predictor.setup(settings, fast_engine, read)
     return predictor
 
 
-def call(routine: SamPredictor, body: dict) -> list[dict]:
+def call(routine: SamRoutine, body: dict) -> list[dict]:
     return routine.postprocess(routine.predict(routine.preprocess(body)))["predictions"]
 
 
@@ -103,7 +103,7 @@ def test_automatic_masks_with_request_parameters(routine):
 
 def test_server_default_grid_applies_under_the_request(fast_engine, objects, cache_dir):
     settings = Settings.from_env({"SAMDROP_AMG_POINTS_PER_SIDE": "2"}, cache_dir=cache_dir)
-    predictor = SamPredictor()
+    predictor = SamRoutine()
     predictor.setup(settings, fast_engine, objects.__getitem__)
     instance = {"gcs_uri": "gs://b/incoming/coffee.jpg", "amg": {"pred_iou_thresh": 0}}
     (default,) = call(predictor, {"instances": [instance]})
@@ -141,7 +141,7 @@ def test_malformed_request_is_rejected_whole(routine, body):
 
 
 def test_load_builds_tiny_from_environment(tmp_path):
-    predictor = SamPredictor()
+    predictor = SamRoutine()
     predictor.load("", env={"SAMDROP_CACHE_DIR": str(tmp_path), "SAMDROP_DEVICE": "cpu"})
     assert predictor.engine is not None and predictor.engine.model_type == "tiny"
 

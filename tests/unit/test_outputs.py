@@ -16,7 +16,7 @@ from functions.segment import segment_upload
 from pipeline.listing import BatchOptions, PlanItem
 from pipeline.paths import BatchPaths
 from pipeline.shard import ShardWorker
-from predictor.cpr import SamPredictor
+from predictor.cpr import SamRoutine
 from predictor.engine import SamEngine
 from samdrop.documents import ErrorRecord, MasksDocument
 from samdrop.layout import output_paths, tag
@@ -39,7 +39,7 @@ class RoutineEndpoint:
             bucket, _, name = uri.removeprefix("gs://").partition("/")
             return store.read(bucket, name)
 
-        self.routine = SamPredictor()
+        self.routine = SamRoutine()
         self.routine.setup(SETTINGS, engine, read)
 
     def predict(self, instances: list[dict[str, Any]], parameters: dict[str, Any]) -> list[Any]:

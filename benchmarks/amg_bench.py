@@ -267,8 +267,9 @@ def main() -> None:
         )
     elif args.grid_sweep:
         sweep = grid_sweep(args, device, checkpoint)
-        name = f"amg-grid-{args.model_type}-{device.type}"
-        doc = {"machine": machine, "model_type": args.model_type, "sweep": sweep}
+        compiled = resolve_compile(args.compile, device)
+        name = f"amg-grid-{args.model_type}-{device.type}-{'compiled' if compiled else 'eager'}"
+        doc = {"machine": machine, "model_type": args.model_type, "compiled": compiled, "sweep": sweep}
         chart = line_chart(
             {"ours": [(row["grid"], row["s_per_image"]) for row in sweep]},
             title=f"automatic masks, {args.model_type}, {machine['gpu'] or machine['cpu']}",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,35 +139,14 @@ def watch_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _stack_env(settings: Settings) -> dict[str, str]:
-    """The running local stack's client variables, or {} when none runs."""
-    from deploy import processes
-    from deploy.local import LocalStack
-
-    state = processes.load_state(LocalStack(settings).state_path)
-    return state.client_env if state is not None else {}
-
-
-# An emulator host in the environment wins; else a running local stack; else real Google Cloud.
+# The local stack, when one runs, is in the environment already (samdrop.cli): plain clients reach it.
 def _storage_client(settings: Settings) -> storage.Client:
     import google.cloud.storage as storage
 
-    from deploy.local import emulator_storage_client
-
-    stack = _stack_env(settings)
-    if "STORAGE_EMULATOR_HOST" in os.environ or "STORAGE_EMULATOR_HOST" not in stack:
-        return storage.Client(project=settings.project)
-    return emulator_storage_client(settings.project, stack["STORAGE_EMULATOR_HOST"])
+    return storage.Client(project=settings.project)
 
 
 def _subscriber(settings: Settings) -> pubsub_v1.SubscriberClient:
     from google.cloud import pubsub_v1
 
-    from deploy.local import pubsub_clients
-
-    stack = _stack_env(settings)
-    if "PUBSUB_EMULATOR_HOST" in os.environ or "PUBSUB_EMULATOR_HOST" not in stack:
-        return pubsub_v1.SubscriberClient()
-    publisher, subscriber = pubsub_clients(stack["PUBSUB_EMULATOR_HOST"])
-    publisher.transport.close()
-    return subscriber
+    return pubsub_v1.SubscriberClient()

@@ -26,6 +26,7 @@ from samdrop.settings import Settings
 if TYPE_CHECKING:
     import numpy as np
     from google.cloud import pubsub_v1, storage
+    from tqdm import tqdm
 
     from deploy.local import LocalStack
 
@@ -112,7 +113,8 @@ def sample_image(name: str) -> np.ndarray:
         from skimage import data
     except ModuleNotFoundError:
         raise ConfigError(
-            "the demo's photos come from scikit-image: pip install scikit-image (make demo installs it)"
+            "the demo's photos come from scikit-image: pip install -c constraints.txt '.[local]' "
+            "(make demo installs it)"
         ) from None
     image: np.ndarray = getattr(data, name)()
     return image
@@ -198,21 +200,20 @@ def save_overlays(client: storage.Client, uploads: Sequence[Upload], folder: Pat
 
 
 class ProgressBar:
-    """``[#####-----] 3/5  12.0 s`` redrawn in place on a terminal, one line per change elsewhere."""
+    """A tqdm bar for :func:`await_completions`: completions received out of the uploads, elapsed time."""
 
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
-        self.stream, self.width, self.last = stream, width, -1
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.bar: tqdm[Any] | None = None
 
     def __call__(self, done: int, total: int, elapsed_s: float) -> None:
-        tty = self.stream.isatty()
-        if not tty and done == self.last:
-            return
-        filled = self.width * done // max(total, 1)
-        bar = "#" * filled + "-" * (self.width - filled)
-        line = f"  waiting for completions [{bar}] {done}/{total}  {elapsed_s:5.1f} s"
-        self.stream.write(("\r" + line + ("\n" if done == total else "")) if tty else line + "\n")
-        self.stream.flush()
-        self.last = done
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="  waiting for completions", unit="image", file=self.stream)
+        self.bar.update(done - self.bar.n)
+        if done == total:
+            self.bar.close()
 
 
 @contextmanager
@@ -221,7 +222,8 @@ def running_stack(
 ) -> Iterator[LocalStack]:
     """The local stack: reused when one is up and healthy, else started (and stopped after unless
     ``keep_running``)."""
-    from deploy.local import LocalStack, LocalStackError
+    from deploy.local import LocalStack
+    from deploy.processes import LocalStackError
 
     stack = LocalStack(settings)
     services = stack.status()

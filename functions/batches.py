@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from samdrop.errors import ErrorInfo
 from samdrop.messages import CompletionMessage, Publisher, publish_completion
 from samdrop.settings import Settings
 from samdrop.storage import ObjectStore
@@ -24,7 +25,6 @@ class BatchStart:
 
     batch_id: str
     bucket: str
-    marker: str
     generation: str
     folder: str  # "batches/<id>/"
 
@@ -44,7 +44,8 @@ class StartBatch(Protocol):
 def pipelines_not_configured(
     request: BatchStart, *, settings: Settings, store: ObjectStore, publisher: Publisher
 ) -> str:
-    """Publish a ``failed`` batch completion: bulk drops need the KFP pipeline, not wired in yet."""
+    """The starter when ``SAMDROP_PIPELINE_RUNNER=none``: publish a ``failed`` batch completion that
+    says how to enable bulk drops."""
     message = CompletionMessage(
         kind="batch",
         status="failed",
@@ -53,14 +54,15 @@ def pipelines_not_configured(
         images=0,
         succeeded=0,
         failed=0,
-        error={
-            "code": "pipelines_not_configured",
-            "message": (
-                f"batch {request.batch_id} was not started: this deployment has no pipeline runner "
-                f"configured for bulk drops; upload the images under {settings.incoming_prefix} to "
-                "segment them one by one"
+        error=ErrorInfo(
+            code="pipelines_not_configured",
+            message=(
+                f"batch {request.batch_id} was not started: this deployment runs no bulk drops "
+                "(SAMDROP_PIPELINE_RUNNER=none). Set SAMDROP_PIPELINE_RUNNER=vertex (or local) and upload "
+                f"{request.folder}_READY again, or upload the images under {settings.incoming_prefix} "
+                "to segment them one by one"
             ),
-        },
+        ),
     )
     publish_completion(publisher, settings.completions_topic, message)
     return "batch_not_started"

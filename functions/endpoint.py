@@ -1,6 +1,6 @@
 """The SAM endpoint client: a CPR server URL (local stack) or a Vertex AI endpoint resource name.
 
-Classification (DESIGN.md "Errors"): 408/429/500/502/503/504, connection errors and timeouts →
+Classification (docs/design.md "Errors"): 408/429/500/502/503/504, connection errors and timeouts →
 ``TransientError`` (Pub/Sub redelivers); 401/403/404 → ``ConfigError`` (a wrong URL, route or
 permission is our deployment's fault, so the message is redelivered and dead-lettered, not
 dropped); any other 4xx → ``PermanentError`` carrying the server's message. Every call has
@@ -49,7 +49,7 @@ def classify_status(status: int, message: str, where: str) -> SamdropError:
         return TransientError(text)
     if status in CONFIG_STATUS:
         return ConfigError(text + " (check SAMDROP_ENDPOINT and the function's permissions)")
-    return EndpointRejected(text, status=status)
+    return EndpointRejected(text)
 
 
 class HttpEndpoint:

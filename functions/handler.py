@@ -7,21 +7,24 @@ with backoff and finally dead-letters. Undecodable events and permanent errors a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from functions import logs
 from functions.batches import BatchStart, StartBatch, pipelines_not_configured
 from functions.endpoint import Endpoint
 from functions.events import EventDecodeError, UploadEvent, decode_event
 from functions.routing import Action, route
 from functions.segment import segment_upload
 from samdrop.errors import ConfigError, TransientError
+from samdrop.logs import fields as log_fields
 from samdrop.messages import Publisher
 from samdrop.settings import Settings
 from samdrop.storage import ObjectStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,14 @@ def handle_cloud_event(cloud_event: Any, deps: Deps) -> str:
     try:
         event = decode_event(cloud_event["type"], cloud_event.data, ce_id=cloud_event["id"])
     except (EventDecodeError, KeyError, AttributeError, TypeError) as exc:
-        logs.warning(
-            f"undecodable event acknowledged: {exc}",
-            outcome="invalid_event",
-            ce_id=_safe_get(cloud_event, "id"),
-            ce_type=_safe_get(cloud_event, "type"),
+        log.warning(
+            "undecodable event acknowledged: %s",
+            exc,
+            extra=log_fields(
+                outcome="invalid_event",
+                ce_id=_safe_get(cloud_event, "id"),
+                ce_type=_safe_get(cloud_event, "type"),
+            ),
         )
         return "invalid_event"
     return handle_upload(event, deps)
@@ -54,7 +60,7 @@ def handle_cloud_event(cloud_event: Any, deps: Deps) -> str:
 def handle_upload(event: UploadEvent, deps: Deps) -> str:
     """Route ``event`` and act on it; exactly one log line per event. Returns the outcome."""
     started = deps.clock()
-    fields: dict[str, Any] = {
+    about: dict[str, Any] = {
         "object": event.uri,
         "generation": event.generation,
         "event_type": event.event_type,
@@ -63,17 +69,22 @@ def handle_upload(event: UploadEvent, deps: Deps) -> str:
     decision = route(event, deps.settings)
     try:
         if decision.action is Action.IGNORE:
-            logs.info(f"ignored: {decision.reason}", outcome="ignored", **fields)
+            log.info("ignored: %s", decision.reason, extra=log_fields(outcome="ignored", **about))
             return "ignored"
         if decision.action is Action.START_BATCH:
             assert decision.batch_id is not None
             prefix = deps.settings.batches_prefix + decision.batch_id + "/"
-            request = BatchStart(decision.batch_id, event.bucket, event.name, event.generation, prefix)
+            request = BatchStart(decision.batch_id, event.bucket, event.generation, prefix)
             outcome = deps.start_batch(
                 request, settings=deps.settings, store=deps.store, publisher=deps.publisher
             )
             timings = {"total": _ms(deps.clock() - started)}
-            logs.info(f"batch {decision.batch_id}: {outcome}", outcome=outcome, timings_ms=timings, **fields)
+            log.info(
+                "batch %s: %s",
+                decision.batch_id,
+                outcome,
+                extra=log_fields(outcome=outcome, timings_ms=timings, **about),
+            )
             return outcome
         result = segment_upload(
             event,
@@ -84,17 +95,27 @@ def handle_upload(event: UploadEvent, deps: Deps) -> str:
             clock=deps.clock,
         )
     except TransientError as exc:
-        logs.warning(f"transient failure, Pub/Sub will redeliver: {exc.message}", outcome="retry", **fields)
+        log.warning(
+            "transient failure, Pub/Sub will redeliver: %s",
+            exc.message,
+            extra=log_fields(outcome="retry", **about),
+        )
         raise
     except ConfigError as exc:
-        logs.error(
-            f"configuration error, Pub/Sub will redeliver: {exc.message}", outcome="config_error", **fields
+        log.error(
+            "configuration error, Pub/Sub will redeliver: %s",
+            exc.message,
+            extra=log_fields(outcome="config_error", **about),
         )
         raise
     timings = {**result.timings_ms, "handler": _ms(deps.clock() - started)}
-    severity = "WARNING" if result.outcome == "failed" else "INFO"
-    logs.log(
-        severity, f"{result.outcome}: {result.reason}", outcome=result.outcome, timings_ms=timings, **fields
+    level = logging.WARNING if result.outcome == "failed" else logging.INFO
+    log.log(
+        level,
+        "%s: %s",
+        result.outcome,
+        result.reason,
+        extra=log_fields(outcome=result.outcome, timings_ms=timings, **about),
     )
     return result.outcome
 

@@ -13,6 +13,7 @@ from typing import Any
 import functions_framework
 
 from functions.handler import Deps, handle_cloud_event
+from samdrop.logs import configure as configure_logs
 
 _deps: Deps | None = None
 _deps_lock = threading.Lock()
@@ -53,4 +54,6 @@ def build_deps(env: Any) -> Deps:
 @functions_framework.cloud_event
 def on_upload(cloud_event: Any, deps: Deps | None = None) -> None:
     """Handle one GCS notification CloudEvent (``google.cloud.pubsub.topic.v1.messagePublished``)."""
-    handle_cloud_event(cloud_event, deps if deps is not None else default_deps())
+    deps = deps if deps is not None else default_deps()
+    configure_logs(deps.settings.log_level)
+    handle_cloud_event(cloud_event, deps)

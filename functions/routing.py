@@ -6,10 +6,9 @@ import enum
 from dataclasses import dataclass
 
 from functions.events import UploadEvent
-from samdrop.images import is_image_name
+from samdrop.images import is_image_object
+from samdrop.layout import READY
 from samdrop.settings import Settings
-
-READY_MARKER = "_READY"
 
 
 class Action(enum.Enum):
@@ -40,7 +39,7 @@ def route(event: UploadEvent, settings: Settings) -> Route:
     if name.startswith(settings.incoming_prefix):
         if name.endswith("/"):
             return _ignore("a folder placeholder, not an image")
-        if _is_image(event):
+        if is_image_object(event.name, event.content_type):
             return Route(Action.SEGMENT, f"image under {settings.incoming_prefix}")
         return _ignore(
             f"not an image (content type {event.content_type or 'unknown'}, no image extension) "
@@ -53,14 +52,9 @@ def _batch_route(rest: str, prefix: str) -> Route:
     batch_id, slash, tail = rest.partition("/")
     if not batch_id or not slash:
         return _ignore(f"directly under {prefix}: a batch lives in {prefix}<id>/")
-    if tail == READY_MARKER:
-        return Route(Action.START_BATCH, f"{READY_MARKER} marker of batch {batch_id}", batch_id=batch_id)
-    return _ignore(f"part of batch {batch_id}; waits for {prefix}{batch_id}/{READY_MARKER}")
-
-
-def _is_image(event: UploadEvent) -> bool:
-    content_type = (event.content_type or "").split(";")[0].strip().lower()
-    return content_type.startswith("image/") or is_image_name(event.name)
+    if tail == READY:
+        return Route(Action.START_BATCH, f"{READY} marker of batch {batch_id}", batch_id=batch_id)
+    return _ignore(f"part of batch {batch_id}; waits for {prefix}{batch_id}/{READY}")
 
 
 def _ignore(reason: str) -> Route:

@@ -1,38 +1,36 @@
-"""Segment one uploaded image and write the results back (idempotently, see :mod:`functions.idempotency`)."""
+"""Segment one uploaded image and write the results back (idempotently, see :mod:`samdrop.outputs`).
+
+What is particular to a single upload: the masks come from the endpoint, and the completion is a
+Pub/Sub message, recorded afterwards in ``completion.json``. Everything else — the done/stale
+decision, the write order, the documents, the clean-up — is :mod:`samdrop.outputs`.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
 import time
-import traceback
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
-import numpy as np
-from PIL import Image
-
-from functions import logs
 from functions.endpoint import Endpoint
 from functions.events import UploadEvent
-from functions.idempotency import Plan, Step, decide
-from functions.prediction import Prediction, parse_prediction
+from functions.prediction import parse_prediction
 from functions.prompts import build_instance, prompts_from_metadata
+from samdrop import outputs
+from samdrop.documents import ErrorRecord, MasksDocument
 from samdrop.errors import ConfigError, InputNotFound, PermanentError, TransientError
 from samdrop.images import decode_image
-from samdrop.layout import OutputPaths, input_generation, json_record, output_paths, write_output
-from samdrop.masks import mask_to_png, overlay_jpeg, rle_to_mask
+from samdrop.layout import OutputPaths, json_record, output_paths, write_output
+from samdrop.logs import fields as log_fields
 from samdrop.messages import CompletionMessage, Publisher, publish_completion
+from samdrop.outputs import Decision, Listing, Record, Step
 from samdrop.settings import Settings
-from samdrop.storage import ObjectInfo, ObjectStore, WriteConflict
+from samdrop.storage import ObjectStore, WriteConflict
 
-RANDOM_WEIGHTS_NOTE = "model has RANDOM WEIGHTS (tiny test model): these masks are meaningless"
-PREVIEW_SIDE = 1024  # px, longest side of overlay.jpg
-MAX_WRITE_THREADS = 8
-
+log = logging.getLogger(__name__)
 Clock = Callable[[], float]
+# How a decision that needs no work is reported (the handler logs it as the outcome).
+_OUTCOME = {Step.COMPLETED: "duplicate", Step.STALE: "stale"}
 
 
 @dataclass(frozen=True)
@@ -63,73 +61,70 @@ def segment_upload(
     paths = output_paths(settings, event.name)
     generation = int(event.generation)
     listing = store.list(paths.bucket, paths.folder)
-    plan = decide(listing, paths, generation)
-    if plan.step is not Step.COMPUTE:
-        return _finish_existing(plan, paths, listing, settings, store, publisher)
+    decision = outputs.decide(listing, paths, generation)
+    if decision.step is not Step.COMPUTE:
+        return _finish_existing(decision, paths, listing, settings, store, publisher)
 
     started = clock()
+    record: Record
     try:
         if endpoint is None:
             raise ConfigError("SAMDROP_ENDPOINT is not set: the function cannot segment images")
-        doc = _segment_and_write(event, paths, listing, settings, store, endpoint, clock)
-        record_name, outcome = paths.masks_json, "succeeded"
+        record = _segment_and_write(event, paths, listing, settings, store, endpoint, clock)
     except (TransientError, ConfigError):
         raise
     except WriteConflict as exc:
-        return _after_conflict(exc, paths, generation, settings, store, publisher)
+        return _after_conflict(exc, paths, generation, store)
     except Exception as exc:
-        error = _as_permanent(exc, event)
-        doc = {**error.to_dict(), "input": event.uri, "generation": event.generation}
+        record = outputs.error_record(_as_permanent(exc, event), event.uri, generation)
         try:
-            _write_json(store, paths, paths.error_json, doc, listing, generation)
+            outputs.write_record(store, paths, listing, record)
         except WriteConflict as conflict:
-            return _after_conflict(conflict, paths, generation, settings, store, publisher)
-        record_name, outcome = paths.error_json, "failed"
+            return _after_conflict(conflict, paths, generation, store)
 
-    _remove_older_outputs(store, paths, listing, generation, keep=_written_names(doc, paths, record_name))
-    message = completion_from_record(doc, record_name, paths)
+    outputs.remove_older_outputs(store, paths, listing, generation, keep=outputs.written_names(paths, record))
+    message = completion_from_record(record, paths)
     _publish_and_mark(message, paths, listing, generation, settings, store, publisher)
-    timings = {"total": _ms(clock() - started)}
-    return Outcome(outcome, "segmented" if outcome == "succeeded" else doc["message"], message, timings)
+    timings = {"total": outputs.ms(clock() - started)}
+    if isinstance(record, ErrorRecord):
+        return Outcome("failed", record.message, message, timings)
+    return Outcome("succeeded", "segmented", message, timings)
 
 
-def completion_from_record(doc: Mapping[str, Any], record_name: str, paths: OutputPaths) -> CompletionMessage:
+def completion_from_record(record: Record, paths: OutputPaths) -> CompletionMessage:
     """The completion message for a masks.json or error.json document (same for every delivery)."""
-    if record_name.endswith("/error.json"):
+    if isinstance(record, ErrorRecord):
         return CompletionMessage(
             kind="image",
             status="failed",
-            input=doc["input"],
-            generation=doc["generation"],
-            outputs={"error": paths.uri(record_name)},
-            error={"code": doc["code"], "message": doc["message"]},
+            input=record.input,
+            generation=record.generation,
+            outputs={"error": paths.uri(paths.error_json)},
+            error=record.error,
         )
-    timings = doc.get("timings_ms") or {}
+    timings = record.timings_ms
     return CompletionMessage(
         kind="image",
         status="succeeded",
-        input=doc["input"],
-        generation=doc["generation"],
-        outputs=doc["outputs"],
-        mask_count=doc["mask_count"],
-        model=(doc.get("model") or {}).get("type"),
+        input=record.input,
+        generation=record.generation,
+        outputs=dict(record.outputs),
+        mask_count=record.mask_count,
+        model=record.model_type,
         timings_ms={k: timings[k] for k in ("total", "model", "endpoint") if k in timings},
     )
-
-
-# --- compute -----------------------------------------------------------------------------------
 
 
 def _segment_and_write(
     event: UploadEvent,
     paths: OutputPaths,
-    listing: Mapping[str, ObjectInfo],
+    listing: Listing,
     settings: Settings,
     store: ObjectStore,
     endpoint: Endpoint,
     clock: Clock,
-) -> dict[str, Any]:
-    """Read, predict, write mask PNGs + overlay, then masks.json last (the commit). Returns masks.json."""
+) -> MasksDocument:
+    """Read, predict, then write the outputs (:func:`samdrop.outputs.write_masks`)."""
     t0 = clock()
     generation = int(event.generation)
     metadata = event.metadata
@@ -145,134 +140,28 @@ def _segment_and_write(
     raw = endpoint.predict([build_instance(event, prompts)], {})[0]
     prediction = parse_prediction(raw, where=event.uri)
     t2 = clock()
-    if (prediction.height, prediction.width) != image.shape[:2]:
-        raise PermanentError(
-            f"the endpoint saw {prediction.width}x{prediction.height} px but {event.uri} generation "
-            f"{generation} is {image.shape[1]}x{image.shape[0]}: was the object replaced meanwhile? "
-            "Upload it again",
-            code="size_mismatch",
-        )
-    note = RANDOM_WEIGHTS_NOTE if prediction.random_weights else None
-    previews = _write_masks(prediction, paths, listing, generation, store, settings)
-    preview_image = _shrink(image, PREVIEW_SIDE)
-    overlay = overlay_jpeg(preview_image, previews, max_side=None, note=note)
-    write_output(
+    timings = {"read": outputs.ms(t1 - t0), "endpoint": outputs.ms(t2 - t1)}
+    if "model" in prediction.timings_ms:
+        timings["model"] = prediction.timings_ms["model"]
+    return outputs.write_masks(
         store,
-        paths.bucket,
-        paths.overlay,
-        overlay,
-        "image/jpeg",
-        seen=listing.get(paths.overlay),
+        paths,
+        listing,
+        image=image,
+        prediction=prediction,
+        input_uri=event.uri,
         generation=generation,
-    )
-    t3 = clock()
-    doc = _masks_document(event, prompts, prediction, paths, note)
-    doc["timings_ms"] = {
-        "total": _ms(t3 - t0),
-        "read": _ms(t1 - t0),
-        "endpoint": _ms(t2 - t1),
-        "write": _ms(t3 - t2),
-        **({"model": prediction.timings_ms["model"]} if "model" in prediction.timings_ms else {}),
-    }
-    _write_json(store, paths, paths.masks_json, doc, listing, generation)
-    return doc
-
-
-def _write_masks(
-    prediction: Prediction,
-    paths: OutputPaths,
-    listing: Mapping[str, ObjectInfo],
-    generation: int,
-    store: ObjectStore,
-    settings: Settings,
-) -> list[np.ndarray]:
-    """Write ``mask_NNN.png`` at full resolution in parallel; return the masks at preview size
-    (so at most one full-size mask per thread is alive at a time)."""
-    preview = _preview_size(prediction.width, prediction.height, PREVIEW_SIDE)
-
-    def write_one(index: int) -> np.ndarray:
-        mask = rle_to_mask(prediction.masks[index]["segmentation"])
-        name = paths.mask(index)
-        write_output(
-            store,
-            paths.bucket,
-            name,
-            mask_to_png(mask),
-            "image/png",
-            seen=listing.get(name),
-            generation=generation,
-        )
-        if preview == (prediction.width, prediction.height):
-            return mask
-        small = Image.fromarray(mask).resize(preview, Image.Resampling.NEAREST)
-        return np.asarray(small, dtype=bool)
-
-    count = len(prediction.masks)
-    if count == 0:
-        return []
-    threads = max(1, min(settings.io_threads, MAX_WRITE_THREADS, count))
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="samdrop-write") as pool:
-        return list(pool.map(write_one, range(count)))
-
-
-def _masks_document(
-    event: UploadEvent,
-    prompts: Mapping[str, Any] | None,
-    prediction: Prediction,
-    paths: OutputPaths,
-    note: str | None,
-) -> dict[str, Any]:
-    mask_uris = [paths.uri(paths.mask(i)) for i in range(len(prediction.masks))]
-    return {
-        "input": event.uri,
-        "generation": event.generation,
-        "width": prediction.width,
-        "height": prediction.height,
-        "mode": "prompted" if prompts else "automatic",
-        "prompts": prediction.prompts if prediction.prompts is not None else prompts,
-        "mask_count": len(prediction.masks),
-        "masks": [
-            {"index": i, "png": uri, **mask}
-            for i, (uri, mask) in enumerate(zip(mask_uris, prediction.masks, strict=True))
-        ],
-        "model": dict(prediction.model),
-        "note": note,
-        "predictor_timings_ms": dict(prediction.timings_ms),
-        "outputs": {
-            "masks": mask_uris,
-            "metadata": paths.uri(paths.masks_json),
-            "overlay": paths.uri(paths.overlay),
-        },
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-# --- records, publishing, cleanup ----------------------------------------------------------------
-
-
-def _write_json(
-    store: ObjectStore,
-    paths: OutputPaths,
-    name: str,
-    doc: Mapping[str, Any],
-    listing: Mapping[str, ObjectInfo],
-    generation: int,
-) -> int:
-    return write_output(
-        store,
-        paths.bucket,
-        name,
-        json_record(doc),
-        "application/json",
-        seen=listing.get(name),
-        generation=generation,
+        timings_ms=timings,
+        threads=settings.io_threads,
+        clock=clock,
+        total_since=t0,
     )
 
 
 def _publish_and_mark(
     message: CompletionMessage,
     paths: OutputPaths,
-    listing: Mapping[str, ObjectInfo],
+    listing: Listing,
     generation: int,
     settings: Settings,
     store: ObjectStore,
@@ -282,55 +171,47 @@ def _publish_and_mark(
     republishes on redelivery instead of losing the completion."""
     message_id = publish_completion(publisher, settings.completions_topic, message)
     try:
-        _write_json(
+        write_output(
             store,
-            paths,
+            paths.bucket,
             paths.completion,
-            {**message.to_dict(), "message_id": message_id},
-            listing,
-            generation,
+            json_record(message.to_record(message_id)),
+            "application/json",
+            seen=listing.get(paths.completion),
+            generation=generation,
         )
     except WriteConflict:
-        logs.warning(
+        log.warning(
             "completion marker already written by a concurrent delivery",
-            object=message.input,
-            generation=message.generation,
-            outcome="duplicate_publish",
+            extra=log_fields(
+                object=message.input, generation=message.generation, outcome="duplicate_publish"
+            ),
         )
 
 
 def _finish_existing(
-    plan: Plan,
+    decision: Decision,
     paths: OutputPaths,
-    listing: Mapping[str, ObjectInfo],
+    listing: Listing,
     settings: Settings,
     store: ObjectStore,
     publisher: Publisher,
 ) -> Outcome:
-    if plan.step is not Step.PUBLISH:
-        return Outcome(plan.step.value, plan.reason)
-    assert plan.record is not None
-    record = plan.record
-    generation = input_generation(record.metadata) or 0
-    doc = json.loads(store.read(paths.bucket, record.name, generation=record.generation))
-    message = completion_from_record(doc, record.name, paths)
-    _publish_and_mark(message, paths, listing, generation, settings, store, publisher)
-    return Outcome("republished", plan.reason, message)
+    if decision.step is not Step.PUBLISH:
+        return Outcome(_OUTCOME[decision.step], decision.reason)
+    assert decision.record is not None
+    record = outputs.read_record(store, paths, decision.record)
+    message = completion_from_record(record, paths)
+    _publish_and_mark(message, paths, listing, int(record.generation), settings, store, publisher)
+    return Outcome("republished", decision.reason, message)
 
 
-def _after_conflict(
-    exc: WriteConflict,
-    paths: OutputPaths,
-    generation: int,
-    settings: Settings,
-    store: ObjectStore,
-    publisher: Publisher,
-) -> Outcome:
+def _after_conflict(exc: WriteConflict, paths: OutputPaths, generation: int, store: ObjectStore) -> Outcome:
     """A 412: another delivery wrote here since our listing. Look again; if it finished (or a newer
     upload took over) we are done, otherwise let Pub/Sub redeliver later rather than race it."""
-    plan = decide(store.list(paths.bucket, paths.folder), paths, generation)
-    if plan.step in (Step.DONE, Step.STALE):
-        return Outcome(plan.step.value, f"{plan.reason} (after a write conflict)")
+    decision = outputs.decide(store.list(paths.bucket, paths.folder), paths, generation)
+    if decision.step in _OUTCOME:
+        return Outcome(_OUTCOME[decision.step], f"{decision.reason} (after a write conflict)")
     # PUBLISH here means the other delivery is between its record and its completion: it will
     # publish; publishing too would duplicate. COMPUTE means it is still writing.
     raise TransientError(
@@ -338,58 +219,13 @@ def _after_conflict(
     ) from exc
 
 
-def _remove_older_outputs(
-    store: ObjectStore,
-    paths: OutputPaths,
-    listing: Mapping[str, ObjectInfo],
-    generation: int,
-    *,
-    keep: set[str],
-) -> None:
-    """Best effort: delete outputs of older input generations that this run did not replace (e.g.
-    mask_007.png when the new image has 5 masks, or masks.json when the new one failed)."""
-    for info in listing.values():
-        gen = input_generation(info.metadata)
-        if info.name in keep or info.name == paths.completion or gen is None or gen >= generation:
-            continue
-        try:
-            store.delete(paths.bucket, info.name, if_generation_match=info.generation)
-        except (WriteConflict, InputNotFound, TransientError) as exc:
-            logs.warning("could not remove an outdated output", object=info.name, error=str(exc))
-
-
-def _written_names(doc: Mapping[str, Any], paths: OutputPaths, record_name: str) -> set[str]:
-    if record_name == paths.error_json:
-        return {record_name}
-    return {paths.mask(i) for i in range(doc["mask_count"])} | {paths.overlay, paths.masks_json}
-
-
 def _as_permanent(exc: Exception, event: UploadEvent) -> PermanentError:
     if isinstance(exc, PermanentError):
         return exc
     # A bug here must not become a crash loop: record it for the user, keep the trace in the log.
-    logs.error(
+    log.error(
         "unexpected error while segmenting; recorded as a permanent failure",
-        object=event.uri,
-        generation=event.generation,
-        error=f"{type(exc).__name__}: {exc}",
-        traceback=traceback.format_exc(),
+        exc_info=exc,
+        extra=log_fields(object=event.uri, generation=event.generation, error=f"{type(exc).__name__}: {exc}"),
     )
     return PermanentError(f"internal error ({type(exc).__name__}: {exc})", code="internal")
-
-
-def _preview_size(width: int, height: int, side: int) -> tuple[int, int]:
-    scale = min(1.0, side / max(width, height, 1))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def _shrink(image: np.ndarray, side: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    size = _preview_size(width, height, side)
-    if size == (width, height):
-        return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 1)

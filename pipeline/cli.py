@@ -1,8 +1,9 @@
-"""``samdrop batch PATH... --id ID`` (upload a folder, ``_READY`` last), ``samdrop batch status ID`` and
-``samdrop batch run ID`` (run a claimed batch's pipeline here, in the foreground: resumes it).
+"""``samdrop batch PATH... --id ID`` (upload a folder, ``_READY`` last), ``samdrop batch status ID
+[--json] [--watch]`` and ``samdrop batch run ID`` (run a claimed batch's pipeline here, in the
+foreground: resumes it).
 
-The storage client honours ``STORAGE_EMULATOR_HOST``: for the local stack run
-``eval "$(samdrop local env)"`` first.
+A running local stack is found by ``samdrop.cli`` (as for every command); otherwise the clients
+reach Google Cloud.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import argparse
 import json
 import mimetypes
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,13 +50,20 @@ def add_commands(subparsers: Any) -> None:
         "--amg", help='automatic-mask parameters for the _READY body, JSON like {"points_per_side": 16}'
     )
     batch.add_argument("--shard-size", type=int, help="images per shard task (default SAMDROP_SHARD_SIZE)")
+    batch.add_argument("--json", action="store_true", help="status: print the status as JSON, for scripts")
+    batch.add_argument("--watch", action="store_true", help="status: follow the batch with a progress bar")
+    batch.add_argument("--interval", type=float, default=2.0, help="status --watch: seconds between looks")
     batch.set_defaults(func=batch_command)
 
 
 def batch_command(args: argparse.Namespace, settings: Settings) -> int:
     action, *rest = args.target
     if action in ("status", "run") and len(rest) == 1 and args.batch_id is None:
-        return status_command(settings, rest[0]) if action == "status" else run_command(settings, rest[0])
+        if action == "run":
+            return run_command(settings, rest[0])
+        return status_command(
+            settings, rest[0], as_json=args.json, watch=args.watch, interval_s=args.interval
+        )
     if not args.batch_id:
         raise InvalidRequest("give the batch id: samdrop batch PATH... --id ID")
     body = ready_body(args.amg, args.shard_size)
@@ -141,14 +150,87 @@ def upload_batch(
     return [*uris, paths.input(paths.marker)]
 
 
-def status_command(settings: Settings, batch_id: str) -> int:
+def status_command(
+    settings: Settings, batch_id: str, *, as_json: bool = False, watch: bool = False, interval_s: float = 2.0
+) -> int:
+    """Print where a batch stands: a summary for people, JSON for scripts, or a live progress bar."""
     from pipeline.start import status_of
     from samdrop.storage import GcsStore
 
+    paths = BatchPaths.of(settings, batch_id)
     store = GcsStore(_storage_client(settings))
-    status = status_of(BatchPaths.of(settings, batch_id), store, store)
-    print(json.dumps(status, indent=1))
+
+    def look() -> dict[str, Any]:
+        return status_of(paths, store, store)
+
+    status = follow(look, interval_s=interval_s) if watch else look()
+    print(json.dumps(status, indent=1) if as_json else summary(status, paths))
     return 0 if status["state"] != "not started" else 1
+
+
+FINISHED = ("succeeded", "partial", "failed")
+
+
+def follow(look: Callable[[], dict[str, Any]], *, interval_s: float) -> dict[str, Any]:
+    """Look at the batch every ``interval_s`` with a progress bar (images with a record) until it
+    finishes or was never started; returns the last status."""
+    from tqdm import tqdm
+
+    status = look()
+    with tqdm(total=status.get("images"), unit="image", desc=f"batch {status['batch_id']}") as bar:
+        while status["state"] not in (*FINISHED, "not started"):
+            bar.total = status.get("images")
+            bar.n = int(status.get("images_done", 0))
+            bar.set_postfix(failed=status.get("images_failed", 0), shards=_shards(status), refresh=False)
+            bar.refresh()
+            time.sleep(interval_s)
+            status = look()
+        bar.total = status.get("images") or bar.total
+        bar.n = int(status.get("images_done", bar.n))
+        bar.refresh()
+    return status
+
+
+def summary(status: Mapping[str, Any], paths: BatchPaths) -> str:
+    """A few lines for people: state, images done and failed, shards, elapsed time, the report."""
+    if status["state"] == "not started":
+        return (
+            f"batch {status['batch_id']}: not started ({paths.uri(paths.claim)} does not exist). Upload the "
+            f"images, then {READY} last: samdrop batch PATH... --id {status['batch_id']}"
+        )
+    lines = [f"batch {status['batch_id']}: {status['state']}  ({status['input']})"]
+    completion = status.get("completion") or {}
+    if completion:
+        lines.append(
+            f"images   {completion.get('images', 0)}: {completion.get('succeeded', 0)} succeeded, "
+            f"{completion.get('failed', 0)} failed"
+        )
+    elif "images" in status:
+        done, failed = int(status.get("images_done", 0)), int(status.get("images_failed", 0))
+        lines.append(f"images   {done} of {status['images']} done ({failed} failed)")
+    else:
+        lines.append("images   not planned yet")
+    if "shards" in status:
+        lines.append(f"shards   {_shards(status)} finished")
+    if "elapsed_s" in status:
+        lines.append(f"elapsed  {_duration(float(status['elapsed_s']))}")
+    outputs = completion.get("outputs") or {}
+    if outputs.get("report"):
+        lines.append(f"report   {outputs['report']}")
+        lines.append(f"manifest {outputs.get('manifest', '')}")
+    if completion.get("error"):
+        lines.append(f"error    {completion['error']['code']}: {completion['error']['message']}")
+    lines += [f"warning  {warning}" for warning in status.get("warnings") or []]
+    return "\n".join(lines)
+
+
+def _shards(status: Mapping[str, Any]) -> str:
+    return f"{status.get('shards_done', 0)}/{status.get('shards', '?')}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
 def run_command(settings: Settings, batch_id: str) -> int:

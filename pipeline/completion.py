@@ -1,4 +1,4 @@
-"""Batch completion messages (DESIGN.md "Completion messages", ``kind: batch``)."""
+"""Batch completion messages (docs/design.md "Completion messages", ``kind: batch``)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.paths import BatchPaths
+from samdrop.errors import ErrorInfo
 from samdrop.messages import CompletionMessage
 
 
 def completion_from_summary(summary: Mapping[str, Any], paths: BatchPaths) -> CompletionMessage:
     status = summary["status"]
-    error = summary.get("error")
-    if status == "failed" and not error:
-        error = {
-            "code": "all_failed",
-            "message": (
+    raw = summary.get("error")
+    error = ErrorInfo(code=str(raw["code"]), message=str(raw["message"])) if raw else None
+    if status == "failed" and error is None:
+        error = ErrorInfo(
+            code="all_failed",
+            message=(
                 f"none of the {summary['images']} images could be segmented: see {paths.uri(paths.manifest)}"
             ),
-        }
+        )
     return CompletionMessage(
         kind="batch",
         status=status,
@@ -33,7 +35,7 @@ def completion_from_summary(summary: Mapping[str, Any], paths: BatchPaths) -> Co
             "report_md": paths.uri(paths.report("report.md")),
             "summary": paths.uri(paths.summary),
         },
-        error=dict(error) if status == "failed" and error else None,
+        error=error if status == "failed" else None,
     )
 
 
@@ -46,5 +48,5 @@ def failed_completion(paths: BatchPaths, code: str, message: str, *, images: int
         images=images,
         succeeded=0,
         failed=images,
-        error={"code": code, "message": message},
+        error=ErrorInfo(code=code, message=message),
     )

@@ -3,11 +3,12 @@ components run in the predictor's serving image in Google Cloud, in this environ
 builds settings and clients from the task's environment plus the ``config`` parameter, and calls one
 function of :mod:`pipeline.steps`.
 
-``make_components(image)`` builds them for a container image; the module-level ones use
+``make_components(image)`` builds them for a container image; ``default_components()`` for
 ``DEFAULT_IMAGE`` (tests call them through ``.python_func``). No ``from __future__ import
 annotations`` here: KFP reads the annotations as types.
 """
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,4 +102,7 @@ def make_components(image: str = DEFAULT_IMAGE) -> Components:
     return Components(build(list_images), build(segment_shard), build(aggregate), build(publish))
 
 
-default = make_components()
+@functools.cache
+def default_components() -> Components:
+    """The components with :data:`DEFAULT_IMAGE`, built on first use (not at import)."""
+    return make_components()

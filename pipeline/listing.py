@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from pipeline.paths import PROMPTS_FILE, READY, BatchPaths
 from predictor.instances import parse_amg, parse_prompts
-from samdrop.errors import InputNotFound, InvalidPrompt, InvalidRequest, PermanentError
-from samdrop.images import is_image_name
+from samdrop.errors import ErrorInfo, InputNotFound, InvalidPrompt, InvalidRequest, PermanentError
+from samdrop.images import is_image_object
 from samdrop.layout import input_generation, json_record, write_output
 from samdrop.prompts import check_prompts
 from samdrop.storage import ObjectInfo, ObjectStore
@@ -57,7 +57,7 @@ class PlanItem:
     name: str
     generation: int
     prompts: dict[str, Any] | None = None
-    error: dict[str, str] | None = None
+    error: ErrorInfo | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> PlanItem:
@@ -72,7 +72,7 @@ class BatchPlan:
     options: BatchOptions
     shards: list[list[PlanItem]]
     warnings: list[str] = field(default_factory=list)
-    error: dict[str, str] | None = None
+    error: ErrorInfo | None = None
 
     @property
     def images(self) -> int:
@@ -200,17 +200,17 @@ def build_plan(
         info = objects[name]
         relative = paths.relative(name)
         entry = prompts.get(relative)
-        error = None
+        error: ErrorInfo | None = None
         if isinstance(entry, PermanentError):
-            error, entry = entry.to_dict(), None
-        elif not _looks_like_image(info):
-            error = {
-                "code": "unsupported_format",
-                "message": (
+            error, entry = entry.to_json(), None
+        elif not is_image_object(info.name, info.content_type):
+            error = ErrorInfo(
+                code="unsupported_format",
+                message=(
                     f"{relative} is not an image (content type {info.content_type or 'unknown'}, no image "
                     "extension): upload JPEG, PNG, WebP, TIFF, BMP or GIF files"
                 ),
-            }
+            )
         items.append(PlanItem(name, info.generation, entry, error))
     listed = {paths.relative(item.name) for item in items}
     missing = sorted(set(prompts) - listed)
@@ -218,20 +218,22 @@ def build_plan(
     if missing:
         shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
         warnings.append(f"{options.prompts} has prompts for {len(missing)} file(s) not in the batch: {shown}")
-    error = None
+    plan_error: ErrorInfo | None = None
     if not items:
-        error = {
-            "code": "empty_batch",
-            "message": f"{paths.input_uri} holds no images: upload the images first, then {READY} last",
-        }
+        plan_error = ErrorInfo(
+            code="empty_batch",
+            message=f"{paths.input_uri} holds no images: upload the images first, then {READY} last",
+        )
     size = shard_size_for(len(items), options.shard_size, workers)
     shards = [items[start : start + size] for start in range(0, len(items), size)]
-    return BatchPlan(paths.batch_id, paths.input_uri, marker_generation, options, shards, warnings, error)
+    return BatchPlan(
+        paths.batch_id, paths.input_uri, marker_generation, options, shards, warnings, plan_error
+    )
 
 
 def failed_plan(paths: BatchPaths, marker_generation: int, error: PermanentError) -> BatchPlan:
     return BatchPlan(
-        paths.batch_id, paths.input_uri, marker_generation, BatchOptions(), [], [], error.to_dict()
+        paths.batch_id, paths.input_uri, marker_generation, BatchOptions(), [], [], error.to_json()
     )
 
 
@@ -260,11 +262,6 @@ def plan_batch(
     except PermanentError as exc:
         return failed_plan(paths, marker_generation, exc)
     return build_plan(paths, marker_generation, objects, options, prompts, workers=workers)
-
-
-def _looks_like_image(info: ObjectInfo) -> bool:
-    content_type = (info.content_type or "").split(";")[0].strip().lower()
-    return content_type.startswith("image/") or is_image_name(info.name)
 
 
 # --- the plan in storage ----------------------------------------------------------------------

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from samdrop.layout import READY
 from samdrop.settings import Settings
 
+__all__ = ["CLAIM", "PROMPTS_FILE", "READY", "BatchPaths"]
+
 CLAIM = "_CLAIMED"
-READY = "_READY"
 PROMPTS_FILE = "prompts.json"
 
 

@@ -5,44 +5,43 @@ Three stages overlap: an I/O pool lists each image's output folder, reads and de
 ``engine.batch_size``; a writer pool encodes and uploads PNGs, the overlay and ``masks.json``
 (last: the commit) while the next batch computes.
 
-Per image, in order: a ``masks.json`` or ``error.json`` already written for this input generation
-means done (a re-run resumes, nothing is recomputed); a permanent problem becomes ``error.json``; a
-transient one (storage unavailable, a write race) is only reported, so the next run tries again.
-Every write carries a generation precondition: nothing is overwritten that was not seen.
+What is particular to a batch: the masks come from the engine in this process, and the completion
+is a manifest line. Per image, :mod:`samdrop.outputs` decides (a ``masks.json`` or ``error.json``
+already written for this input generation means done: a re-run resumes, nothing is recomputed) and
+writes; a permanent problem becomes ``error.json``; a transient one (storage unavailable, a write
+race) is only reported, so the next run tries again.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image
 
 from pipeline.listing import BatchOptions, PlanItem
 from pipeline.paths import BatchPaths
-from pipeline.records import RANDOM_WEIGHTS_NOTE, error_document, failed_line, masks_document, succeeded_line
 from predictor.backends import Engine
 from predictor.engine import Job, MaskSet
-from predictor.instances import Prompts, check_prompts_fit, parse_prompts
-from samdrop.errors import PermanentError, SamdropError, TransientError
+from predictor.instances import Prompts, check_prompts_fit, parse_amg, parse_prompts
+from samdrop import outputs
+from samdrop.documents import ErrorRecord, JsonObject, ManifestLine, MasksDocument, Prediction, masks_of
+from samdrop.errors import ErrorInfo, PermanentError, SamdropError, TransientError, error_from_code
 from samdrop.images import decode_image
-from samdrop.layout import OutputPaths, input_generation, json_record, output_paths, write_output
-from samdrop.masks import mask_to_png, overlay_jpeg, rle_to_mask
+from samdrop.layout import OutputPaths, output_paths
+from samdrop.outputs import Step
 from samdrop.settings import Settings
-from samdrop.storage import ObjectInfo, ObjectStore, WriteConflict
+from samdrop.storage import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
-PREVIEW_SIDE = 1024  # px, longest side of overlay.jpg
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -53,21 +52,22 @@ class Loaded:
 
     item: PlanItem
     out: OutputPaths
+    order: int
     listing: dict[str, ObjectInfo] = field(default_factory=dict)
     image: np.ndarray | None = None
     prompts: Prompts | None = None
-    line: dict[str, Any] | None = None
+    line: ManifestLine | None = None
     error: SamdropError | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class ShardResult:
-    """``lines``: one manifest line per item, in plan order; ``timings_ms``: sums over the shard
-    (``read`` and ``decode`` on the I/O pool, ``compute`` engine wall time, ``write`` on the writer
-    pool, ``wall`` for the whole shard)."""
+    """``lines``: one manifest line (JSON) per item, in plan order; ``timings_ms``: sums over the
+    shard (``read`` and ``decode`` on the I/O pool, ``compute`` engine wall time, ``write`` on the
+    writer pool, ``wall`` for the whole shard)."""
 
-    lines: list[dict[str, Any]]
+    lines: list[JsonObject]
     timings_ms: dict[str, float]
 
 
@@ -93,6 +93,10 @@ class ShardWorker:
         self.options = options
         self.clock = clock
         self.model = engine.description
+        # The parameters automatic masks run with, recorded in masks.json as the predictor records them
+        # (the default grid as the predictor picks it: SAMDROP_AMG_POINTS_PER_SIDE, auto by device).
+        grid = settings.amg_points_per_side or engine.auto_points_per_side
+        self.amg = parse_amg({"points_per_side": grid, **options.amg})
         self.totals: dict[str, float] = {"read": 0.0, "decode": 0.0, "compute": 0.0, "write": 0.0}
         self._totals_lock = threading.Lock()
 
@@ -104,7 +108,7 @@ class ShardWorker:
         started = self.clock()
         threads = max(1, self.settings.io_threads)
         batch_size = max(1, self.engine.batch_size)
-        lines: list[Future[dict[str, Any]]] = []
+        lines: list[Future[tuple[int, ManifestLine]]] = []
         with (
             ThreadPoolExecutor(threads, thread_name_prefix="samdrop-read") as readers,
             ThreadPoolExecutor(threads, thread_name_prefix="samdrop-write") as writers,
@@ -112,7 +116,7 @@ class ShardWorker:
             batch: list[Loaded] = []
             for loaded in _prefetch(readers, self._load, items, window=2 * batch_size + threads):
                 if loaded.image is None:
-                    lines.append(writers.submit(self._finish_unreadable, loaded))
+                    lines.append(writers.submit(self._finish_without_masks, loaded))
                     continue
                 batch.append(loaded)
                 if len(batch) == batch_size:
@@ -121,18 +125,18 @@ class ShardWorker:
                     _throttle(lines, limit=2 * batch_size + threads)
             if batch:
                 lines.extend(self._compute(batch, writers))
-            results = [future.result() for future in lines]
-        results.sort(key=lambda line: line["_order"])  # writes finish out of order; the manifest is not
-        for line in results:
-            del line["_order"]
+            results = sorted(
+                (f.result() for f in lines), key=lambda pair: pair[0]
+            )  # writes finish out of order
         totals = {key: round(value, 1) for key, value in self.totals.items()}
-        return ShardResult(results, {**totals, "wall": _ms(self.clock() - started)})
+        return ShardResult(
+            [line.to_json() for _, line in results], {**totals, "wall": outputs.ms(self.clock() - started)}
+        )
 
     # -- I/O stage -----------------------------------------------------------------------------
 
     def _load(self, item: PlanItem, order: int) -> Loaded:
-        loaded = Loaded(item, output_paths(self.settings, item.name))
-        loaded.timings_ms["order"] = order
+        loaded = Loaded(item, output_paths(self.settings, item.name), order)
         t0 = self.clock()
         try:
             loaded.listing = self.store.list(loaded.out.bucket, loaded.out.folder)
@@ -151,7 +155,7 @@ class ShardWorker:
                 )
                 loaded.prompts = self._prompts(item, loaded.image)
                 t2 = self.clock()
-                loaded.timings_ms.update(read=_ms(t1 - t0), decode=_ms(t2 - t1))
+                loaded.timings_ms.update(read=outputs.ms(t1 - t0), decode=outputs.ms(t2 - t1))
                 self._add("read", t1 - t0)
                 self._add("decode", t2 - t1)
         except SamdropError as exc:
@@ -170,180 +174,144 @@ class ShardWorker:
             check_prompts_fit(prompts, image.shape[1], image.shape[0])
         return prompts
 
-    def _finished_before(self, loaded: Loaded) -> dict[str, Any] | None:
+    def _finished_before(self, loaded: Loaded) -> ManifestLine | None:
         """The manifest line of an earlier run's record for this generation, or None to compute."""
         item, out = loaded.item, loaded.out
-        newer = [
-            info.name
-            for info in loaded.listing.values()
-            if (input_generation(info.metadata) or 0) > item.generation
-        ]
-        if newer:
-            error = {
-                "code": "superseded",
-                "message": (
-                    f"outputs of a newer upload of {self._file(item)} exist ({min(newer)}); left as they are"
+        decision = outputs.decide(loaded.listing, out, item.generation)
+        if decision.step is Step.STALE:
+            error = ErrorInfo(
+                code="superseded",
+                message=(
+                    f"outputs of a newer upload of {self._file(item)} exist ({decision.newer}); "
+                    "left as they are"
                 ),
-            }
+            )
             return self._failed(loaded, error, error_uri=None, resumed=True)
-        for name in (out.masks_json, out.error_json):
-            info = loaded.listing.get(name)
-            if info is None or input_generation(info.metadata) != item.generation:
-                continue
-            doc = json.loads(self.store.read(out.bucket, name, generation=info.generation))
-            if name == out.masks_json:
-                return self._succeeded(loaded, doc, resumed=True)
-            return self._failed(loaded, doc, error_uri=out.uri(name), resumed=True)
-        return None
+        if decision.record is None:
+            return None
+        record = outputs.read_record(self.store, out, decision.record)
+        if isinstance(record, ErrorRecord):
+            return self._failed(loaded, record.error, error_uri=out.uri(out.error_json), resumed=True)
+        return self._succeeded(loaded, record, resumed=True)
 
     # -- compute stage -------------------------------------------------------------------------
 
-    def _compute(self, batch: list[Loaded], writers: ThreadPoolExecutor) -> list[Future[dict[str, Any]]]:
+    def _compute(
+        self, batch: list[Loaded], writers: ThreadPoolExecutor
+    ) -> list[Future[tuple[int, ManifestLine]]]:
         started = self.clock()
         results = self._run_engine(batch)
         elapsed = self.clock() - started
         self._add("compute", elapsed)
         futures = []
         for loaded, result in zip(batch, results, strict=True):
-            loaded.timings_ms["compute"] = _ms(elapsed / len(batch))
+            loaded.timings_ms["compute"] = outputs.ms(elapsed / len(batch))
             if isinstance(result, SamdropError):
                 loaded.image, loaded.error = None, result
-                futures.append(writers.submit(self._finish_unreadable, loaded))
+                futures.append(writers.submit(self._finish_without_masks, loaded))
             else:
                 futures.append(writers.submit(self._write_masks, loaded, result))
         return futures
 
     def _run_engine(self, batch: list[Loaded]) -> list[MaskSet | SamdropError]:
-        jobs = [Job(loaded.image, loaded.prompts, self.options.amg) for loaded in batch]  # type: ignore[arg-type]
+        jobs = [Job(_image(loaded), loaded.prompts, self.amg) for loaded in batch]
         try:
             return list(self.engine.run(jobs))
         except Exception:
             if len(batch) == 1:
-                return [_internal_now(self._uri(batch[0].item))]
+                return [_engine_failed(self._uri(batch[0].item))]
         # One image broke the batch: run each alone so only that one fails.
         return [self._run_engine([loaded])[0] for loaded in batch]
 
     # -- write stage ---------------------------------------------------------------------------
 
-    def _write_masks(self, loaded: Loaded, result: MaskSet) -> dict[str, Any]:
+    def _write_masks(self, loaded: Loaded, result: MaskSet) -> tuple[int, ManifestLine]:
         started = self.clock()
-        item, out, listing = loaded.item, loaded.out, loaded.listing
-        assert loaded.image is not None
+        item = loaded.item
         try:
-            preview_size = _preview_size(result.width, result.height)
-            previews = []
-            for index, mask in enumerate(result.masks):
-                binary = rle_to_mask(mask["segmentation"])
-                self._write(out, out.mask(index), mask_to_png(binary), "image/png", listing, item.generation)
-                previews.append(_resize_mask(binary, preview_size))
-            note = RANDOM_WEIGHTS_NOTE if self.model.get("random_weights") else None
-            preview = _resize_image(loaded.image, preview_size)
-            overlay = overlay_jpeg(preview, previews, max_side=None, note=note)
-            self._write(out, out.overlay, overlay, "image/jpeg", listing, item.generation)
-            doc = masks_document(
+            doc = outputs.write_masks(
+                self.store,
+                loaded.out,
+                loaded.listing,
+                image=_image(loaded),
+                prediction=self._prediction(loaded, result),
                 input_uri=self._uri(item),
                 generation=item.generation,
                 batch_id=self.paths.batch_id,
-                width=result.width,
-                height=result.height,
-                prompts=item.prompts,
-                amg=self.options.amg,
-                masks=result.masks,
-                model=self.model,
-                predictor_timings_ms=result.timings_ms,
-                paths=out,
+                timings_ms=loaded.timings_ms,
+                clock=self.clock,
             )
-            write_ms = _ms(self.clock() - started)
-            doc["timings_ms"] = {**_without_order(loaded.timings_ms), "write": write_ms}
-            self._write_json(out, out.masks_json, doc, listing, item.generation)
-        except (TransientError, WriteConflict) as exc:
-            return self._failed(loaded, exc.to_dict(), error_uri=None, resumed=False)
-        except Exception as exc:  # not recorded as error.json: the next run tries this image again
-            return self._failed(
-                loaded, _internal(exc, self._uri(item)).to_dict(), error_uri=None, resumed=False
-            )
+        except SamdropError as exc:  # not recorded as error.json: the next run tries this image again
+            return self._failed_now(loaded, exc.to_json(), error_uri=None)
+        except Exception as exc:
+            return self._failed_now(loaded, _internal(exc, self._uri(item)).to_json(), error_uri=None)
         finally:
             self._add("write", self.clock() - started)
-        loaded.timings_ms["write"] = _ms(self.clock() - started)
-        self._remove_older(
-            loaded, keep={out.mask(i) for i in range(len(result.masks))} | {out.overlay, out.masks_json}
-        )
-        return self._succeeded(loaded, doc, resumed=False)
+        loaded.timings_ms["write"] = outputs.ms(self.clock() - started)
+        self._remove_older(loaded, doc)
+        return loaded.order, self._succeeded(loaded, doc, resumed=False)
 
-    def _finish_unreadable(self, loaded: Loaded) -> dict[str, Any]:
+    def _prediction(self, loaded: Loaded, result: MaskSet) -> Prediction:
+        """The engine's masks as the predictor would answer them."""
+        prompts = loaded.prompts
+        return Prediction(
+            width=result.width,
+            height=result.height,
+            masks=masks_of(result.masks),
+            mode="prompted" if prompts is not None else "automatic",
+            prompts=prompts.to_json() if prompts is not None else None,
+            amg=None if prompts is not None else self.amg,
+            # As the predictor records it; a shard runs one request: its own batches.
+            model={**self.model, "encoder_batch": result.encoder_batch, "requests_batched": 1},
+            timings_ms=result.timings_ms,
+        )
+
+    def _finish_without_masks(self, loaded: Loaded) -> tuple[int, ManifestLine]:
         """Write ``error.json`` for a permanent error (the input's fault); only report any other
         (storage unavailable, access denied, a write race), so the next run tries the image again."""
         if loaded.line is not None:
-            return {**loaded.line, "_order": loaded.timings_ms["order"]}
-        item, out = loaded.item, loaded.out
-        if loaded.error is not None and not isinstance(loaded.error, PermanentError):
-            return self._failed(loaded, loaded.error.to_dict(), error_uri=None, resumed=False)
-        error = loaded.error.to_dict() if loaded.error is not None else dict(item.error or {})
-        if not error:
-            error = {"code": "internal", "message": "no result was produced"}
+            return loaded.order, loaded.line
+        item = loaded.item
+        error = loaded.error
+        if error is None:
+            known = item.error or ErrorInfo(code="internal", message="no result was produced")
+            error = error_from_code(known["code"], known["message"])
+        if not error.permanent:
+            return self._failed_now(loaded, error.to_json(), error_uri=None)
         started = self.clock()
+        record = outputs.error_record(error, self._uri(item), item.generation)
         try:
-            doc = error_document(error, self._uri(item), item.generation)
-            self._write_json(out, out.error_json, doc, loaded.listing, item.generation)
-        except (TransientError, WriteConflict) as exc:
-            return self._failed(loaded, exc.to_dict(), error_uri=None, resumed=False)
+            outputs.write_record(self.store, loaded.out, loaded.listing, record)
+        except SamdropError as exc:
+            return self._failed_now(loaded, exc.to_json(), error_uri=None)
         finally:
             self._add("write", self.clock() - started)
-        loaded.timings_ms["write"] = _ms(self.clock() - started)
-        self._remove_older(loaded, keep={out.error_json})
-        return self._failed(loaded, error, error_uri=out.uri(out.error_json), resumed=False)
+        loaded.timings_ms["write"] = outputs.ms(self.clock() - started)
+        self._remove_older(loaded, record)
+        return self._failed_now(loaded, record.error, error_uri=loaded.out.uri(loaded.out.error_json))
 
-    def _write(
-        self,
-        out: OutputPaths,
-        name: str,
-        data: bytes,
-        content_type: str,
-        listing: Mapping[str, ObjectInfo],
-        generation: int,
-    ) -> None:
-        write_output(
-            self.store, out.bucket, name, data, content_type, seen=listing.get(name), generation=generation
+    def _remove_older(self, loaded: Loaded, record: MasksDocument | ErrorRecord) -> None:
+        keep = outputs.written_names(loaded.out, record)
+        outputs.remove_older_outputs(
+            self.store, loaded.out, loaded.listing, loaded.item.generation, keep=keep
         )
-
-    def _write_json(
-        self,
-        out: OutputPaths,
-        name: str,
-        doc: Mapping[str, Any],
-        listing: Mapping[str, ObjectInfo],
-        generation: int,
-    ) -> None:
-        self._write(out, name, json_record(doc), "application/json", listing, generation)
-
-    def _remove_older(self, loaded: Loaded, *, keep: set[str]) -> None:
-        """Best effort: outputs of an older input generation that this run did not replace."""
-        for info in loaded.listing.values():
-            generation = input_generation(info.metadata)
-            if info.name in keep or generation is None or generation >= loaded.item.generation:
-                continue
-            try:
-                self.store.delete(loaded.out.bucket, info.name, if_generation_match=info.generation)
-            except SamdropError as exc:
-                log.warning("could not remove outdated output %s: %s", info.name, exc.message)
 
     # -- manifest lines ------------------------------------------------------------------------
 
-    def _succeeded(self, loaded: Loaded, doc: Mapping[str, Any], *, resumed: bool) -> dict[str, Any]:
-        line = succeeded_line(
+    def _succeeded(self, loaded: Loaded, doc: MasksDocument, *, resumed: bool) -> ManifestLine:
+        return ManifestLine.succeeded(
             doc,
             file=self._file(loaded.item),
             shard=self.shard,
             resumed=resumed,
             timings_ms=self._timings(loaded),
         )
-        return {**line, "_order": loaded.timings_ms.get("order", 0)}
 
     def _failed(
-        self, loaded: Loaded, error: Mapping[str, str], *, error_uri: str | None, resumed: bool
-    ) -> dict[str, Any]:
+        self, loaded: Loaded, error: ErrorInfo, *, error_uri: str | None, resumed: bool
+    ) -> ManifestLine:
         item = loaded.item
-        line = failed_line(
+        return ManifestLine.failed(
             error,
             input_uri=self._uri(item),
             file=self._file(item),
@@ -353,18 +321,26 @@ class ShardWorker:
             error_uri=error_uri,
             timings_ms=self._timings(loaded),
         )
-        return {**line, "_order": loaded.timings_ms.get("order", 0)}
+
+    def _failed_now(
+        self, loaded: Loaded, error: ErrorInfo, *, error_uri: str | None
+    ) -> tuple[int, ManifestLine]:
+        return loaded.order, self._failed(loaded, error, error_uri=error_uri, resumed=False)
 
     def _timings(self, loaded: Loaded) -> dict[str, float]:
-        timings = _without_order(loaded.timings_ms)
-        timings["finished"] = round(time.time(), 3)  # wall clock: the report plots images/s over the run
-        return timings
+        # wall clock: the report plots images/s over the run
+        return {**loaded.timings_ms, "finished": round(time.time(), 3)}
 
     def _uri(self, item: PlanItem) -> str:
         return self.paths.input(item.name)
 
     def _file(self, item: PlanItem) -> str:
         return self.paths.relative(item.name)
+
+
+def _image(loaded: Loaded) -> np.ndarray:
+    assert loaded.image is not None, "only items that decoded reach the engine"
+    return loaded.image
 
 
 def _prefetch(
@@ -392,31 +368,6 @@ def _internal(exc: Exception, uri: str) -> PermanentError:
     return PermanentError(f"internal error on {uri} ({type(exc).__name__}: {exc})", code="internal")
 
 
-def _internal_now(uri: str) -> PermanentError:
+def _engine_failed(uri: str) -> PermanentError:
     log.error("the engine failed on %s; recorded as a permanent failure\n%s", uri, traceback.format_exc())
     return PermanentError(f"the model failed on {uri}; see the shard task's log", code="internal")
-
-
-def _preview_size(width: int, height: int) -> tuple[int, int]:
-    scale = min(1.0, PREVIEW_SIDE / max(width, height, 1))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if size == (mask.shape[1], mask.shape[0]):
-        return mask
-    return np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST), dtype=bool)
-
-
-def _resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if size == (image.shape[1], image.shape[0]):
-        return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-
-
-def _without_order(timings: Mapping[str, float]) -> dict[str, float]:
-    return {key: value for key, value in timings.items() if key != "order"}
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 1)

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pipeline.completion import failed_completion
 from pipeline.config import pipeline_config
-from pipeline.listing import TreeStore, plan_batch
+from pipeline.listing import TreeStore, plan_batch, write_plan
 from pipeline.paths import BatchPaths
 from samdrop.errors import ConfigError, TransientError
 from samdrop.layout import json_record, write_output
@@ -71,6 +72,7 @@ def start_batch(
     """Check, claim and launch one batch; returns the outcome for the function's log line."""
     paths = BatchPaths.of(settings, request.batch_id, request.bucket)
     generation = int(request.generation)
+    plan, started = None, time.perf_counter()
     if isinstance(store, _Tree):
         plan = plan_batch(
             paths,
@@ -102,6 +104,9 @@ def start_batch(
     except WriteConflict:
         return "batch_already_claimed"
     try:
+        if plan is not None:  # planned once, here: the pipeline's list step reuses plan.json
+            list_ms = round((time.perf_counter() - started) * 1000, 1)
+            write_plan(paths, plan, store, list_ms=list_ms)
         run = launch(settings, paths, generation)
     except BaseException:
         store.delete(paths.output_bucket, paths.claim, if_generation_match=claimed)
@@ -260,9 +265,21 @@ def status_of(paths: BatchPaths, store: ObjectStore, tree: TreeStore | None = No
     if tree is not None and plan:
         names = tree.list_tree(paths.output_bucket, paths.folder)
         out["images_done"] = sum(1 for n in names if n.endswith(("/masks.json", "/error.json")))
+        out["images_failed"] = sum(1 for n in names if n.endswith("/error.json"))
     if "completion" in out:
         out["state"] = out["completion"]["status"]
+    claimed_at = _time((out.get("claim") or {}).get("claimed_at"))
+    if claimed_at is not None:
+        ended = _time((out.get("completion") or {}).get("published_at")) or datetime.now(UTC)
+        out["elapsed_s"] = round((ended - claimed_at).total_seconds(), 1)
     return out
+
+
+def _time(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
 
 
 def _number(value: float) -> str:

@@ -25,9 +25,9 @@ from pipeline.listing import (
     write_plan,
 )
 from pipeline.paths import BatchPaths
-from pipeline.records import failed_line
 from pipeline.report import MAX_THUMBNAILS, build_report, summarize, thumbnail
-from samdrop.errors import SamdropError
+from samdrop.documents import ManifestLine
+from samdrop.errors import ErrorInfo, SamdropError
 from samdrop.layout import input_generation, json_record, write_output
 from samdrop.messages import Publisher, publish_completion
 from samdrop.settings import Settings
@@ -150,12 +150,12 @@ def aggregate_step(ctx: Context, batch_id: str, bucket: str) -> tuple[dict[str, 
             model = model or report.get("model", {})
             continue
         for item in read_shard(paths, index, ctx.store):
-            error = {
-                "code": "not_processed",
-                "message": f"shard {index} did not finish: run the pipeline again to resume",
-            }
+            error = ErrorInfo(
+                code="not_processed",
+                message=f"shard {index} did not finish: run the pipeline again to resume",
+            )
             lines.append(
-                failed_line(
+                ManifestLine.failed(
                     error,
                     input_uri=paths.input(item.name),
                     file=paths.relative(item.name),
@@ -164,7 +164,7 @@ def aggregate_step(ctx: Context, batch_id: str, bucket: str) -> tuple[dict[str, 
                     resumed=False,
                     error_uri=None,
                     timings_ms={},
-                )
+                ).to_json()
             )
     summary = summarize(plan, lines, timings)
     summary["model"] = model
@@ -218,7 +218,7 @@ def publish_step(
             + "; outputs written so far are kept and a new run resumes from them",
         )
     message_id = publish_completion(ctx.publisher, ctx.settings.completions_topic, message)
-    body = {**message.to_dict(), "message_id": message_id}
+    body = message.to_record(message_id)
     _write_json(ctx.store, paths.output_bucket, paths.completion, body, marker_generation)
     return body
 

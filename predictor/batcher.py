@@ -3,7 +3,7 @@
 Each request thread parses and decodes its own images (I/O overlaps the model), then hands its slots
 to :class:`RequestBatcher`. One worker thread runs the model: it takes the first waiting request,
 gathers whatever else arrives within ``window_s`` (and whatever queued while the model was busy) up
-to ``max_images`` images, and runs them in one :meth:`~predictor.cpr.SamPredictor.predict` call, so a
+to ``max_images`` images, and runs them in one :meth:`~predictor.cpr.SamRoutine.predict` call, so a
 burst of single-image uploads runs the encoder at the configured batch size instead of one by one.
 
 A failure of a grouped run is retried request by request, so one request's problem is never its
@@ -35,7 +35,7 @@ class RequestBatcher(Generic[Item]):
     """Runs ``run(items)`` for groups of concurrently submitted requests on one worker thread.
 
     ``run`` receives the items of every request in the group, in submission order, and fills in
-    their results in place (as ``SamPredictor.predict`` does with its slots).
+    their results in place (as ``SamRoutine.predict`` does with its slots).
     """
 
     def __init__(

@@ -168,7 +168,8 @@ def _gradient(image: np.ndarray) -> np.ndarray:
     gy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=3)
     magnitude = np.sqrt((gx * gx + gy * gy).sum(axis=2))
     top = float(np.percentile(magnitude, 99))
-    return magnitude / top if top > 0 else magnitude
+    normalised: np.ndarray = magnitude / top if top > 0 else magnitude
+    return normalised
 
 
 def _boundary_contrast(mask: np.ndarray, gradient: np.ndarray) -> float:

@@ -38,8 +38,8 @@ def image_regions(image: np.ndarray, *, min_area: int = 0) -> list[Region]:
     labels = felzenszwalb(work, scale=100, sigma=0.8, min_size=max(20, work_h * work_w // 2000))
     merged = labels
     if labels.max() > 0:  # a graph of one region has no edges to cut (and networkx refuses it)
-        adjacency = graph.rag_mean_color(rgb2lab(work), labels, mode="distance")
-        merged = graph.cut_threshold(labels, adjacency, MERGE_LAB_DISTANCE, in_place=True)
+        adjacency = graph.rag_mean_color(rgb2lab(work), labels, mode="distance")  # type: ignore[no-untyped-call]
+        merged = graph.cut_threshold(labels, adjacency, MERGE_LAB_DISTANCE, in_place=True)  # type: ignore[no-untyped-call]
     floor = max(min_area * scale * scale, MIN_AREA_FRACTION * work_h * work_w)
     ids, areas = np.unique(merged, return_counts=True)
     regions = []

@@ -37,7 +37,7 @@ def server_env(settings: Settings, port: int) -> dict[str, str]:
         "HANDLER_MODULE": "predictor.handler",
         "HANDLER_CLASS": "SamHandler",
         "PREDICTOR_MODULE": "predictor.cpr",
-        "PREDICTOR_CLASS": "SamPredictor",
+        "PREDICTOR_CLASS": "SamRoutine",
         # One worker: one copy of the model per device.
         "VERTEX_CPR_WEB_CONCURRENCY": "1",
     }

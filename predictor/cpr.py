@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from google.cloud.aiplatform.prediction.predictor import Predictor
 from predictor.backends import Engine, load_engine
 from predictor.engine import Job, MaskSet
 from predictor.instances import Instance, check_prompts_fit, parse_instance
+from samdrop.documents import FailedPrediction, Prediction, Rle, masks_of
 from samdrop.errors import ConfigError, InputNotFound, InvalidRequest, SamdropError, TransientError
 from samdrop.images import decode_image
 from samdrop.masks import mask_to_png, rle_to_mask
@@ -43,11 +44,12 @@ class Slot:
     requests_batched: int = 1  # requests whose images ran through the model together with this one
 
 
-class SamPredictor(Predictor):
-    """SAM behind Vertex AI's ``:predict`` contract (see DESIGN.md)."""
+class SamRoutine(Predictor):
+    """SAM behind Vertex AI's ``:predict`` contract: the custom prediction routine's ``Predictor``
+    (see docs/design.md "Predictor request and response")."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # aiplatform's Predictor is unannotated
         self.engine: Engine | None = None
         self.settings: Settings | None = None
         self._read_object: ReadObject | None = None
@@ -120,8 +122,8 @@ class SamPredictor(Predictor):
                 check_prompts_fit(instance.prompts, slot.image.shape[1], slot.image.shape[0])
         except SamdropError as exc:
             slot.error = exc
-        except Exception as exc:  # an unexpected failure stays in this instance's slot
-            slot.error = SamdropError(f"reading {name} failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # an unexpected read failure stays in this slot; a retry may pass
+            slot.error = TransientError(f"reading {name} failed: {type(exc).__name__}: {exc}")
         slot.timings_ms["read_decode"] = round((time.perf_counter() - started) * 1000, 2)
 
     def _read(self, uri: str) -> bytes:
@@ -143,39 +145,39 @@ class SamPredictor(Predictor):
         return instances
 
     def postprocess(self, prediction_results: list[Slot]) -> dict[str, Any]:
-        """``{"predictions": [...]}``, one per instance, in order."""
+        """``{"predictions": [...]}``, one per instance, in order (:mod:`samdrop.documents`)."""
         assert self.engine is not None
-        return {"predictions": [self._prediction(slot) for slot in prediction_results]}
+        return {"predictions": [self._prediction(slot).to_json() for slot in prediction_results]}
 
-    def _prediction(self, slot: Slot) -> dict[str, Any]:
+    def _prediction(self, slot: Slot) -> Prediction | FailedPrediction:
         if slot.error is not None or slot.result is None or slot.instance is None:
             error = slot.error or SamdropError("no result was produced")
-            return {"file_path": slot.file_path, "error": error.to_dict()}
+            return FailedPrediction(error.to_json(), slot.file_path)
         assert self.engine is not None
         result, instance = slot.result, slot.instance
-        masks = result.masks
+        masks = masks_of(result.masks)
         if instance.mask_format == "png":
-            masks = [{**m, "segmentation": _png_b64(m["segmentation"])} for m in masks]
-        prediction: dict[str, Any] = {
-            "file_path": instance.file_path,
-            "width": result.width,
-            "height": result.height,
-            "masks": masks,
-            "scores": [m["score"] for m in masks],
-            "mask_format": instance.mask_format,
-            "mode": "prompts" if instance.prompts is not None else "automatic",
-            "prompts": instance.prompts.to_json() if instance.prompts is not None else None,
-            "amg": instance.amg if instance.prompts is None else None,
-            "model": {
+            masks = [replace(m, segmentation=_png_b64(m.rle)) for m in masks]
+        logits = None
+        if instance.return_logits and result.logits is not None:
+            logits = [_array_b64(logit) for logit in result.logits]
+        return Prediction(
+            file_path=instance.file_path,
+            width=result.width,
+            height=result.height,
+            masks=masks,
+            mask_format=instance.mask_format,
+            mode="prompted" if instance.prompts is not None else "automatic",
+            prompts=instance.prompts.to_json() if instance.prompts is not None else None,
+            amg=instance.amg if instance.prompts is None else None,
+            model={
                 **self.engine.description,
                 "encoder_batch": result.encoder_batch,
                 "requests_batched": slot.requests_batched,
             },
-            "timings_ms": _timings(slot.timings_ms, result.timings_ms),
-        }
-        if instance.return_logits and result.logits is not None:
-            prediction["logits"] = [_array_b64(logit) for logit in result.logits]
-        return prediction
+            timings_ms=_timings(slot.timings_ms, result.timings_ms),
+            logits=logits,
+        )
 
 
 def gcs_reader(project: str | None) -> ReadObject:
@@ -191,7 +193,8 @@ def gcs_reader(project: str | None) -> ReadObject:
     def read(uri: str) -> bytes:
         bucket, _, name = uri.removeprefix("gs://").partition("/")
         try:
-            return client.bucket(bucket).blob(name).download_as_bytes(timeout=60)
+            data: bytes = client.bucket(bucket).blob(name).download_as_bytes(timeout=60)
+            return data
         except exceptions.NotFound:
             raise InputNotFound(f"{uri} does not exist (or this service account cannot read it)") from None
         except exceptions.Forbidden as exc:
@@ -202,7 +205,7 @@ def gcs_reader(project: str | None) -> ReadObject:
     return read
 
 
-def _png_b64(rle: dict[str, Any]) -> str:
+def _png_b64(rle: Rle) -> str:
     return base64.b64encode(mask_to_png(rle_to_mask(rle))).decode("ascii")
 
 

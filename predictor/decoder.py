@@ -172,7 +172,8 @@ def _attend_shared(attn: Attention, q: torch.Tensor, context: DecoderContext) ->
     keys, values = context.keys0[0], context.values0[0]
     weights = torch.softmax((query @ keys.transpose(1, 2)) * scale, dim=-1)
     out = (weights @ values).transpose(0, 1).reshape(batch, count, -1)  # B x T x H*d
-    return attn.out_proj(out)
+    projected: torch.Tensor = attn.out_proj(out)
+    return projected
 
 
 def _tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -191,7 +192,8 @@ def _tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch
     w_v = attn.v_proj.weight.reshape(heads, head_dim, -1)
     b_v = attn.v_proj.bias.reshape(heads, head_dim)
     out = torch.einsum("bhtc,hdc->bthd", mixed, w_v) + b_v  # rows of weights sum to one
-    return attn.out_proj(out.reshape(batch, count, -1))
+    projected: torch.Tensor = attn.out_proj(out.reshape(batch, count, -1))
+    return projected
 
 
 def _image_to_tokens(

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from predictor.batcher import RequestBatcher
-from predictor.cpr import SamPredictor, Slot
+from predictor.cpr import SamRoutine, Slot
 from samdrop.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class SamHandler(PredictionHandler):
     def __init__(self, artifacts_uri: str, predictor: type[Predictor] | None = None) -> None:
         super().__init__(artifacts_uri, predictor)
         routine = self._predictor
-        assert isinstance(routine, SamPredictor) and routine.settings is not None
+        assert isinstance(routine, SamRoutine) and routine.settings is not None
         self._batcher: RequestBatcher[Slot] = RequestBatcher(
             routine.predict,
             max_images=routine.settings.batch_size,
@@ -55,7 +55,7 @@ class SamHandler(PredictionHandler):
 
     def _run(self, payload: Any) -> Any:
         routine = self._predictor
-        assert isinstance(routine, SamPredictor)
+        assert isinstance(routine, SamRoutine)
         slots = routine.preprocess(payload)
         grouped = self._batcher.submit(slots)
         for slot in slots:

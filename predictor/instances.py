@@ -1,4 +1,4 @@
-"""Parsing and validating ``:predict`` instances (see DESIGN.md "Predictor request and response").
+"""Parsing and validating ``:predict`` instances (see docs/design.md "Predictor request and response").
 
 Pure functions: a JSON instance in, a typed :class:`Instance` out, or a
 :class:`~samdrop.errors.PermanentError` that says what to fix.
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from samdrop.documents import PromptsRecord
 from samdrop.errors import InvalidPrompt, InvalidRequest
 
 IMAGE_FIELDS = ("gcs_uri", "image")
@@ -72,13 +72,14 @@ class Prompts:
             return self.multimask
         return self.boxes is None
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def to_json(self) -> PromptsRecord:
+        """The prompts as ``masks.json`` and the predictor's answer record them."""
+        out = PromptsRecord()
         if self.points is not None and self.labels is not None:
-            out["points"] = self.points.tolist()
-            out["labels"] = self.labels.tolist()
+            out["points"] = [[float(v) for v in point] for point in self.points.tolist()]
+            out["labels"] = [int(label) for label in self.labels.tolist()]
         if self.boxes is not None:
-            out["boxes"] = self.boxes.tolist()
+            out["boxes"] = [[float(v) for v in box] for box in self.boxes.tolist()]
         out["multimask"] = self.wants_multimask
         return out
 
@@ -248,8 +249,3 @@ def _array(value: Any, name: str, columns: int) -> np.ndarray:
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def finite(value: float) -> float | None:
-    """JSON-safe float (NaN/inf become null)."""
-    return float(value) if math.isfinite(value) else None

@@ -1,28 +1,80 @@
-"""The error hierarchy every unit shares.
+"""The error hierarchy every unit shares, and the one table of error codes.
 
-Errors carry a stable ``code`` and a ``message`` that says what to fix. Only the edges turn them
-into something else: the predictor into a per-instance ``{"error": {...}}``, the function into
-ack (permanent) or redelivery (transient), the pipeline into a manifest line.
+Errors carry a stable ``code`` and a ``message`` that says what to fix. :data:`ERROR_CODES` says,
+for every code any unit writes, whether retrying can help; every path (function, predictor,
+pipeline) asks :func:`retry_rule` or :func:`error_from_code` instead of deciding on its own. Only
+the edges turn errors into something else: the predictor into a per-instance ``{"error": {...}}``,
+the function into ack (permanent) or redelivery (transient, config), the pipeline into a manifest
+line. See docs/design.md "Errors".
 """
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+from typing import TypedDict
+
+
+class RetryRule(enum.Enum):
+    """What a code means for the one who meets it."""
+
+    PERMANENT = "permanent"  # the input is at fault: record error.json, acknowledge
+    TRANSIENT = "transient"  # worth retrying: redeliver (function) or leave for the next run (pipeline)
+    CONFIG = "config"  # the deployment is at fault: redeliver until fixed, then dead-letter
+
+
+# Every code a unit writes into error.json, a completion, a manifest line or a prediction slot.
+ERROR_CODES: dict[str, RetryRule] = {
+    "invalid_input": RetryRule.PERMANENT,
+    "invalid_image": RetryRule.PERMANENT,
+    "image_too_large": RetryRule.PERMANENT,
+    "invalid_prompt": RetryRule.PERMANENT,
+    "invalid_request": RetryRule.PERMANENT,
+    "unsupported_format": RetryRule.PERMANENT,
+    "not_found": RetryRule.PERMANENT,
+    "size_mismatch": RetryRule.PERMANENT,  # the object changed between the endpoint's read and ours
+    "endpoint_rejected": RetryRule.PERMANENT,  # the endpoint answered 4xx for this input
+    "bad_response": RetryRule.PERMANENT,  # the endpoint answered 200 off-contract for this input
+    "superseded": RetryRule.PERMANENT,  # a newer upload of the same name owns the outputs
+    "internal": RetryRule.PERMANENT,  # a bug: retrying the same input meets it again
+    "empty_batch": RetryRule.PERMANENT,
+    "all_failed": RetryRule.PERMANENT,
+    "pipelines_not_configured": RetryRule.PERMANENT,
+    "unavailable": RetryRule.TRANSIENT,
+    "conflict": RetryRule.TRANSIENT,  # a generation precondition failed: look again later
+    "not_processed": RetryRule.TRANSIENT,  # its shard never reported: the next run tries it
+    "pipeline_failed": RetryRule.TRANSIENT,  # the run failed before its report: a new run resumes
+    "config": RetryRule.CONFIG,
+}
+
+
+class ErrorInfo(TypedDict):
+    """``{"code", "message"}`` as it appears inside documents and messages."""
+
+    code: str
+    message: str
+
+
+def retry_rule(code: str) -> RetryRule:
+    """The rule for ``code``; a code missing from the table is treated as permanent."""
+    return ERROR_CODES.get(code, RetryRule.PERMANENT)
 
 
 class SamdropError(Exception):
-    """Base of all samdrop errors. ``code`` is stable and machine-readable."""
+    """Base of all samdrop errors. ``code`` is stable and machine-readable (see :data:`ERROR_CODES`)."""
 
     code = "internal"
 
-    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
+    def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
-        self.details = details
 
-    def to_dict(self) -> dict[str, Any]:
+    @property
+    def permanent(self) -> bool:
+        return retry_rule(self.code) is RetryRule.PERMANENT
+
+    def to_json(self) -> ErrorInfo:
         return {"code": self.code, "message": self.message}
 
 
@@ -72,3 +124,13 @@ class TransientError(SamdropError):
     """Worth retrying: endpoint 429/5xx, timeouts, storage 5xx. Raised so Pub/Sub redelivers."""
 
     code = "unavailable"
+
+
+def error_from_code(code: str, message: str) -> SamdropError:
+    """The exception a ``{"code", "message"}`` stands for, by :data:`ERROR_CODES`."""
+    rule = retry_rule(code)
+    if rule is RetryRule.TRANSIENT:
+        return TransientError(message, code=code)
+    if rule is RetryRule.CONFIG:
+        return ConfigError(message, code=code)
+    return PermanentError(message, code=code)

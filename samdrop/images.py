@@ -20,6 +20,13 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def is_image_object(name: str, content_type: str | None) -> bool:
+    """True when an uploaded object looks like an image: an ``image/*`` content type or an image
+    file extension. The one check the function (single uploads) and the pipeline (batches) share."""
+    main_type = (content_type or "").split(";")[0].strip().lower()
+    return main_type.startswith("image/") or is_image_name(name)
+
+
 def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> np.ndarray:
     """Decode image bytes to an ``HxWx3 uint8`` RGB array as the image is *displayed*.
 
@@ -38,9 +45,7 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> np.nda
             if width * height > max_pixels:
                 raise ImageTooLarge(
                     f"{name} has {width}x{height} = {width * height} pixels, above the limit of "
-                    f"{max_pixels} (SAMDROP_MAX_IMAGE_PIXELS): downscale it before uploading",
-                    width=width,
-                    height=height,
+                    f"{max_pixels} (SAMDROP_MAX_IMAGE_PIXELS): downscale it before uploading"
                 )
             image.load()
             displayed: Image.Image = ImageOps.exif_transpose(image) or image

@@ -15,6 +15,8 @@ from samdrop.settings import Settings
 from samdrop.storage import ObjectInfo, ObjectStore
 
 GENERATION_KEY = "samdrop-input-generation"
+# Uploaded last into batches/<id>/: starts the batch (the function routes on it, the pipeline reads it).
+READY = "_READY"
 MASKS_JSON = "masks.json"
 ERROR_JSON = "error.json"
 OVERLAY = "overlay.jpg"

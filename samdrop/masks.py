@@ -6,12 +6,14 @@ A mask here is always an ``HxW bool`` numpy array at the input image's displayed
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+from samdrop.documents import Rle
 
 # Distinct, colour-blind-friendly colours (Okabe-Ito, then Tableau) cycled over masks.
 PALETTE = np.array(
@@ -24,32 +26,23 @@ PALETTE = np.array(
 )  # fmt: skip
 
 
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+def mask_to_rle(mask: np.ndarray) -> Rle:
     """COCO RLE of an ``HxW bool`` mask: ``{"size": [H, W], "counts": str}`` (JSON-ready)."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be HxW, got shape {mask.shape}")
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    return Rle(size=[int(rle["size"][0]), int(rle["size"][1])], counts=rle["counts"].decode("ascii"))
 
 
-def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
+def rle_to_mask(rle: Mapping[str, Any]) -> np.ndarray:
     """Inverse of :func:`mask_to_rle`: an ``HxW bool`` array."""
     counts = rle["counts"]
     coco = {
         "size": list(rle["size"]),
         "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
     }
-    return mask_utils.decode(coco).astype(bool)
-
-
-def rle_area(rle: dict[str, Any]) -> int:
-    """Foreground pixel count of a COCO RLE, without decoding it."""
-    counts = rle["counts"]
-    coco = {
-        "size": list(rle["size"]),
-        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
-    }
-    return int(mask_utils.area(coco))
+    mask: np.ndarray = mask_utils.decode(coco).astype(bool)
+    return mask
 
 
 def mask_to_png(mask: np.ndarray) -> bytes:

@@ -1,4 +1,4 @@
-"""Completion messages (DESIGN.md "Completion messages") and publishing them to Pub/Sub.
+"""Completion messages (docs/design.md "Completion messages") and publishing them to Pub/Sub.
 
 Body: UTF-8 JSON; attributes: ``kind``, ``status`` and ``batch_id`` (when set) so subscribers can
 filter. ``(input, generation)`` identifies an image's work: a subscriber that must not act twice
@@ -11,11 +11,12 @@ import concurrent.futures
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from google.api_core import exceptions as api_exceptions
 
-from samdrop.errors import ConfigError, TransientError
+from samdrop.errors import ConfigError, ErrorInfo, TransientError
 
 KINDS = ("image", "batch")
 STATUSES = {"image": ("succeeded", "failed"), "batch": ("succeeded", "partial", "failed")}
@@ -51,7 +52,7 @@ class CompletionMessage:
     images: int | None = None
     succeeded: int | None = None
     failed: int | None = None
-    error: Mapping[str, str] | None = None
+    error: ErrorInfo | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -67,13 +68,18 @@ class CompletionMessage:
         if self.error is not None and not {"code", "message"} <= set(self.error):
             raise ValueError("error needs 'code' and 'message'")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         values = asdict(self)
         keys = _IMAGE_KEYS if self.kind == "image" else _BATCH_KEYS
         return {key: _plain(values[key]) for key in keys}
 
+    def to_record(self, message_id: str) -> dict[str, Any]:
+        """``completion.json``: the message as published, with the id Pub/Sub gave it and when."""
+        published_at = datetime.now(UTC).isoformat(timespec="seconds")
+        return {**self.to_json(), "message_id": message_id, "published_at": published_at}
+
     def data(self) -> bytes:
-        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=False).encode("utf-8")
+        return json.dumps(self.to_json(), ensure_ascii=False, sort_keys=False).encode("utf-8")
 
     def attributes(self) -> dict[str, str]:
         attributes = {"kind": self.kind, "status": self.status}
@@ -82,7 +88,7 @@ class CompletionMessage:
         return attributes
 
     @classmethod
-    def from_dict(cls, body: Mapping[str, Any]) -> CompletionMessage:
+    def from_json(cls, body: Mapping[str, Any]) -> CompletionMessage:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{key: value for key, value in body.items() if key in known})
 

@@ -297,4 +297,4 @@ class Settings:
 
 
 def _env_name(field_name: str) -> str:
-    return next(f.metadata["env"] for f in dataclasses.fields(Settings) if f.name == field_name)
+    return next(str(f.metadata["env"]) for f in dataclasses.fields(Settings) if f.name == field_name)

@@ -15,13 +15,14 @@ from typing import Any, Protocol
 
 import requests
 from google.api_core import exceptions as api_exceptions
-from google.api_core.retry import Retry
 from google.auth import exceptions as auth_exceptions
+from google.cloud.storage.retry import DEFAULT_RETRY
 
 from samdrop.errors import ConfigError, InputNotFound, SamdropError, TransientError
 
+# The library's own retry rule (what it retries: 429, 5xx, connection errors), with shorter waits.
 # Retrying a write is safe only because every write here carries a generation precondition.
-WRITE_RETRY = Retry(initial=0.5, maximum=8.0, multiplier=2.0, timeout=60.0)
+WRITE_RETRY = DEFAULT_RETRY.with_delay(initial=0.5, maximum=8.0, multiplier=2.0).with_timeout(60.0)
 
 
 class WriteConflict(SamdropError):

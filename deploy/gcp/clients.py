@@ -39,24 +39,27 @@ class CloudClients:
 
     @cached_property
     def storage(self) -> storage.Client:
-        if self._given["storage"] is not None:
-            return self._given["storage"]
+        given = self._given["storage"]
+        if given is not None:
+            return given  # type: ignore[no-any-return]
         import google.cloud.storage as storage
 
         return storage.Client(project=self.project)
 
     @cached_property
     def publisher(self) -> pubsub_v1.PublisherClient:
-        if self._given["publisher"] is not None:
-            return self._given["publisher"]
+        given = self._given["publisher"]
+        if given is not None:
+            return given  # type: ignore[no-any-return]
         import google.cloud.pubsub_v1 as pubsub_v1
 
         return pubsub_v1.PublisherClient()
 
     @cached_property
     def subscriber(self) -> pubsub_v1.SubscriberClient:
-        if self._given["subscriber"] is not None:
-            return self._given["subscriber"]
+        given = self._given["subscriber"]
+        if given is not None:
+            return given  # type: ignore[no-any-return]
         import google.cloud.pubsub_v1 as pubsub_v1
 
         return pubsub_v1.SubscriberClient()

@@ -2,13 +2,15 @@
 
 Cloud Functions wants ``main.py`` and ``requirements.txt`` at the top of its source. The
 repository keeps the entry point in ``functions/main.py`` and its dependencies in ``pyproject.toml``,
-so deploy stages a folder: the packages the function imports, a ``main.py`` that re-exports
-``on_upload``, and the function's share of the pinned dependencies (no torch: the function calls
-the endpoint, it does not run SAM).
+so deploy stages a folder: exactly the modules ``functions/main.py`` imports (followed through the
+repository, function-level imports included), a ``main.py`` that re-exports ``on_upload``, and a
+``requirements.txt`` generated from the core dependencies plus the ``[function]`` extra (no torch,
+no kfp: SAM runs on the endpoint and in the pipeline's image).
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 import shutil
@@ -19,23 +21,10 @@ from deploy.gcp.clients import CloudClients
 from deploy.gcp.plan import DeployError, StepResult
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The function's code, and pipeline/ (with the pure-Python parts of predictor/ it reads, such as
-# prompt parsing) for starting bulk drops on Vertex AI Pipelines.
-FUNCTION_PACKAGES = ("samdrop", "functions", "pipeline", "predictor")
-# What the function imports; not torch: SAM runs on the endpoint and in the pipeline's image.
-FUNCTION_REQUIREMENTS = (
-    "functions-framework",
-    "cloudevents",
-    "google-cloud-storage",
-    "google-cloud-pubsub",
-    "google-cloud-aiplatform",
-    "kfp",
-    "requests",
-    "numpy",
-    "pillow",
-    "pycocotools",
-)
-# The serving image's build context (predictor/Dockerfile's COPY lines).
+FUNCTION_ENTRY = "functions/main.py"
+FUNCTION_EXTRA = "function"
+FIRST_PARTY = ("samdrop", "functions", "pipeline", "predictor", "deploy")
+# What the serving image is built from (predictor/Dockerfile's COPY lines), plus the function's code.
 IMAGE_INPUTS = (
     "pyproject.toml",
     "constraints.txt",
@@ -44,7 +33,6 @@ IMAGE_INPUTS = (
     "predictor",
     "functions",
     "pipeline",
-    "deploy",
 )
 MAIN_PY = (
     '"""Cloud Functions entry point, staged by samdrop deploy."""\n\n'
@@ -53,33 +41,54 @@ MAIN_PY = (
 )
 
 
-def stage_function_source(clients: CloudClients, destination: str) -> StepResult:
+def stage_function_source(clients: CloudClients | None, destination: str) -> StepResult:
     """Write the function's source folder to ``destination`` (replacing an older one)."""
     target = Path(destination)
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    for package in FUNCTION_PACKAGES:
-        source = REPO_ROOT / package
-        if (source / "__init__.py").is_file():
-            shutil.copytree(source, target / package, ignore=_ignored)
+    for relative in function_files():
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO_ROOT / relative, target / relative)
     (target / "main.py").write_text(MAIN_PY)
     (target / "requirements.txt").write_text(requirements(REPO_ROOT / "pyproject.toml"))
     shutil.copy(REPO_ROOT / "constraints.txt", target / "constraints.txt")
     return StepResult("done", str(target))
 
 
+def function_files(root: Path = REPO_ROOT, entry: str = FUNCTION_ENTRY) -> list[Path]:
+    """The repository files the function imports, starting at ``entry``, with their packages'
+    ``__init__.py`` (paths relative to ``root``). Imports under ``if TYPE_CHECKING:`` are skipped."""
+    seen: set[Path] = set()
+    pending = [Path(entry)]
+    while pending:
+        relative = pending.pop()
+        if relative in seen:
+            continue
+        seen.add(relative)
+        for parent in relative.parents:
+            init = parent / "__init__.py"
+            if parent != Path(".") and (root / init).is_file():
+                pending.append(init)
+        tree = ast.parse((root / relative).read_text(), filename=str(relative))
+        for module in _imported_modules(tree):
+            pending.extend(_module_files(root, module))
+    return sorted(seen)
+
+
 def requirements(pyproject: Path) -> str:
-    """``requirements.txt`` for the function: its packages at the project's pins, under constraints.txt."""
-    pins = {}
-    for requirement in tomllib.loads(pyproject.read_text())["project"]["dependencies"]:
+    """``requirements.txt`` for the function: the core dependencies and the ``[function]`` extra,
+    at the project's pins, under constraints.txt."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"][FUNCTION_EXTRA]]
+    lines = ["-c constraints.txt"]
+    for requirement in wanted:
         match = re.match(r"^([A-Za-z0-9_.-]+)(\[[^\]]*\])?==(\S+)$", requirement)
-        if match:
-            pins[match.group(1).lower()] = match.group(3)
-    missing = [name for name in FUNCTION_REQUIREMENTS if name not in pins]
-    if missing:
-        raise DeployError(f"pyproject.toml has no exact pin for {', '.join(missing)}")
-    lines = ["-c constraints.txt"] + [f"{name}=={pins[name]}" for name in FUNCTION_REQUIREMENTS]
+        if match is None:
+            raise DeployError(
+                f"pyproject.toml: {requirement!r} in the function's dependencies is not an exact pin"
+            )
+        lines.append(f"{match.group(1).lower()}=={match.group(3)}")
     return "\n".join(lines) + "\n"
 
 
@@ -97,5 +106,37 @@ def source_digest(root: Path = REPO_ROOT) -> str:
     return digest.hexdigest()
 
 
-def _ignored(folder: str, names: list[str]) -> list[str]:
-    return [n for n in names if n == "__pycache__" or n.endswith(".pyc")]
+def _imported_modules(tree: ast.Module) -> list[str]:
+    """Dotted names of first-party modules (or their attributes) that ``tree`` imports."""
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and _is_type_checking(node.test)
+        for statement in node.body
+        for inner in ast.walk(statement)
+    }
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            names.extend(f"{node.module}.{alias.name}" for alias in node.names)
+    return [name for name in names if name.split(".")[0] in FIRST_PARTY]
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _module_files(root: Path, dotted: str) -> list[Path]:
+    """The file of module ``dotted`` (``a/b.py`` or ``a/b/__init__.py``), if it is one."""
+    base = Path(*dotted.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if (root / candidate).is_file():
+            return [candidate]
+    return []

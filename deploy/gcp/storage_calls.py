@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib
 import tempfile
 from pathlib import Path
 
@@ -98,17 +97,11 @@ def upload_pipeline_template(
 ) -> StepResult:
     """Compile the KFP pipeline (``pipeline.compile.compile_pipeline``) with the components'
     ``image`` and shard ``parallelism``, and upload it unless the object holds the same bytes."""
-    try:
-        compile_module = importlib.import_module("pipeline.compile")
-    except ModuleNotFoundError as exc:
-        raise DeployError(
-            f"cannot compile the pipeline: {exc}; deploy needs pipeline/compile.py (issue #4)"
-        ) from None
+    from pipeline.compile import compile_pipeline  # kfp: only when the template is uploaded
+
     with tempfile.TemporaryDirectory(prefix="samdrop-pipeline-") as folder:
         compiled = Path(
-            compile_module.compile_pipeline(
-                Path(folder) / "samdrop_pipeline.yaml", image=image, parallelism=parallelism
-            )
+            compile_pipeline(Path(folder) / "samdrop_pipeline.yaml", image=image, parallelism=parallelism)
         )
         data = compiled.read_bytes()
     return upload_if_changed(clients, bucket, object_name, data, "application/x-yaml")

@@ -10,7 +10,6 @@ is not Storage or Pub/Sub. Those are covered by the unit tests with recorded gcl
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -186,8 +185,6 @@ def test_template_upload_is_skipped_when_the_bytes_match(emulators):
 
 
 def test_pipeline_template_step_compiles_and_uploads_once(emulators):
-    if importlib.util.find_spec("pipeline.compile") is None:
-        pytest.skip("pipeline/compile.py (issue #4) is not in this checkout yet")
     options = dataclasses.replace(OPTIONS, bucket="deploy-emu-template")
     steps = deploy_steps(options, emulators.settings)
     (bucket,) = [s for s in steps if s.key == "bucket:deploy-emu-template"]

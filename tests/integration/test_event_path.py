@@ -21,11 +21,18 @@ from typing import Any
 import numpy as np
 import pytest
 from google.cloud import pubsub_v1, storage
+from google.cloud.storage import Blob, Bucket
 from PIL import Image
 
 from deploy import processes
 from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
+from pipeline.listing import BatchOptions, PlanItem
+from pipeline.paths import BatchPaths
+from pipeline.shard import ShardWorker
+from predictor.engine import SamEngine
 from samdrop.settings import Settings
+from samdrop.storage import GcsStore
+from tests.helpers import json_shape
 
 from .local_stack_support import stack_settings, until
 
@@ -46,7 +53,7 @@ class EventStack:
     completions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def bucket(self) -> storage.Bucket:
+    def bucket(self) -> Bucket:
         return self.storage.bucket(self.settings.bucket)
 
     def start_predictor(self) -> None:
@@ -68,7 +75,7 @@ class EventStack:
             processes.stop([self.predictor])
             self.predictor = None
 
-    def upload(self, name: str, data: bytes, prompts: dict[str, Any] | None = None) -> storage.Blob:
+    def upload(self, name: str, data: bytes, prompts: dict[str, Any] | None = None) -> Blob:
         blob = self.bucket.blob(name)
         if prompts is not None:
             blob.metadata = {"samdrop-prompts": json.dumps(prompts)}
@@ -91,11 +98,11 @@ class EventStack:
             )
         return self.completions
 
-    def completions_for(self, blob: storage.Blob) -> list[dict[str, Any]]:
+    def completions_for(self, blob: Blob) -> list[dict[str, Any]]:
         uri, generation = f"gs://{blob.bucket.name}/{blob.name}", str(blob.generation)
         return [c for c in self.completions if c["input"] == uri and c["generation"] == generation]
 
-    def await_completion(self, blob: storage.Blob, timeout_s: float = 90) -> dict[str, Any]:
+    def await_completion(self, blob: Blob, timeout_s: float = 90) -> dict[str, Any]:
         def arrived() -> list[dict[str, Any]]:
             self.pull_completions()
             return self.completions_for(blob)
@@ -108,7 +115,7 @@ class EventStack:
         entries = [json.loads(line) for line in lines if line.startswith("{")]
         return [e for e in entries if str(e.get("object", "")).endswith("/" + object_name)]
 
-    def results(self, object_name: str) -> dict[str, storage.Blob]:
+    def results(self, object_name: str) -> dict[str, Blob]:
         folder = f"{self.settings.results_prefix}{object_name}/"
         return {
             b.name.removeprefix(folder): b
@@ -284,3 +291,38 @@ def test_upload_under_results_triggers_nothing(events):
     events.pull_completions()
     assert events.completions_for(blob) == []
     assert events.results(name) == {}
+
+
+def test_single_upload_and_batch_shard_write_the_same_masks_json(events):
+    """One output path: the function (through the predictor server) and a pipeline shard (the engine
+    in process) write masks.json with the same keys, JSON types and conventions for one image."""
+    prompts = {"boxes": [[20, 10, 100, 90]], "points": [[60, 50]], "labels": [1]}
+    name = unique("same.png")
+    blob = events.upload(name, photo(seed=3), prompts)
+    assert events.await_completion(blob)["status"] == "succeeded"
+    single = json.loads(events.results(name)["masks.json"].download_as_bytes())
+
+    batch_name = f"{events.settings.batches_prefix}same-{uuid.uuid4().hex[:6]}/same.png"
+    batch_blob = events.upload(batch_name, photo(seed=3))
+    paths = BatchPaths.of(events.settings, batch_name.split("/")[1])
+    worker = ShardWorker(
+        paths=paths,
+        shard=0,
+        settings=events.settings,
+        store=GcsStore(events.storage),
+        engine=SamEngine.from_settings(events.settings),
+        options=BatchOptions(),
+    )
+    (line,) = worker.run([PlanItem(batch_name, batch_blob.generation, prompts)]).lines
+    assert line["status"] == "succeeded", line["error"]
+    batch = json.loads(events.results(batch_name)["masks.json"].download_as_bytes())
+
+    assert single["batch_id"] is None and batch["batch_id"] == paths.batch_id
+    for doc in (single, batch):
+        for key in ("batch_id", "timings_ms", "predictor_timings_ms"):  # each path's own stages
+            doc.pop(key)
+    assert json_shape(single) == json_shape(batch)
+    assert single["mode"] == batch["mode"] == "prompted"
+    assert single["prompts"] == batch["prompts"]
+    assert [m["box"] for m in single["masks"]] == [m["box"] for m in batch["masks"]]
+    assert all(isinstance(v, int) for m in batch["masks"] for v in m["box"])

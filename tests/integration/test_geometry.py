@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
+import google.cloud.storage as storage
 import numpy as np
 import pytest
-from google.cloud import pubsub_v1, storage
+from google.cloud import pubsub_v1
+from google.cloud.storage import Blob
 from PIL import Image
 
 from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
@@ -44,14 +46,14 @@ class Stack:
     subscriber: pubsub_v1.SubscriberClient
     completions: list[dict[str, Any]] = field(default_factory=list)
 
-    def upload(self, name: str, data: bytes, prompts: dict[str, Any] | None) -> storage.Blob:
+    def upload(self, name: str, data: bytes, prompts: dict[str, Any] | None) -> Blob:
         blob = self.storage.bucket(self.settings.bucket).blob(name)
         if prompts is not None:
             blob.metadata = {"samdrop-prompts": json.dumps(prompts)}
         blob.upload_from_string(data, content_type=CONTENT_TYPE[name.rsplit(".", 1)[1]])
         return blob
 
-    def await_completion(self, blob: storage.Blob, timeout_s: float = 120) -> dict[str, Any]:
+    def await_completion(self, blob: Blob, timeout_s: float = 120) -> dict[str, Any]:
         uri = f"gs://{blob.bucket.name}/{blob.name}"
         path = self.subscriber.subscription_path(
             self.settings.project, self.settings.completions_subscription

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -84,7 +85,7 @@ def test_mixed_good_and_bad_instances(server: str, coffee):
     from PIL import Image
 
     image = b64(encode(coffee))
-    instances = [
+    instances: list[dict[str, Any]] = [
         {"image": image, "file_path": "coffee.jpg", "points": [[300, 200]], "labels": [1]},
         {"image": b64(b"\x89PNG\r\n\x1a\n broken"), "file_path": "broken.png"},
         {"image": image, "file_path": "boxes.jpg", "boxes": [[10, 10, 200, 200], [300, 50, 590, 390]]},

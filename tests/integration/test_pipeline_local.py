@@ -28,6 +28,7 @@ from pipeline.listing import BatchOptions, build_plan, parse_prompts_file
 from pipeline.paths import BatchPaths
 from pipeline.shard import ShardWorker
 from predictor.engine import SamEngine
+from predictor.instances import parse_amg
 from samdrop.storage import GcsStore
 
 from .local_stack_support import stack_settings
@@ -211,7 +212,8 @@ def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack):
     assert resumed == set(pre_run)
     by_file = {line["file"]: line for line in manifest}
     doc = stack.json(f"{folder}img_05.png/masks.json")  # automatic masks (no prompts entry)
-    assert doc["mode"] == "automatic" and doc["amg"] == AMG and doc["batch_id"] == batch
+    assert doc["mode"] == "automatic" and doc["batch_id"] == batch
+    assert doc["amg"] == parse_amg(AMG)  # the parameters used, as the predictor records them
     assert doc["mask_count"] == by_file["img_05.png"]["mask_count"]
     prompted = stack.json(f"{folder}img_02.jpg/masks.json")
     assert prompted["mode"] == "prompted" and prompted["mask_count"] == 3  # multimask for a points prompt
@@ -243,11 +245,15 @@ def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack):
     runs = list((stack.settings.state_dir / "pipelines" / "runs").iterdir())
     assert len(runs) == 1, runs
 
-    # samdrop batch status reads the finished batch back.
-    status = _samdrop(stack, "batch", "status", batch)
+    # samdrop batch status reads the finished batch back: for scripts, and for people.
+    status = _samdrop(stack, "batch", "status", batch, "--json")
     assert status.returncode == 0, status.stderr
     body = json.loads(status.stdout)
     assert body["state"] == "partial" and body["images"] == 30 and body["images_done"] == 30
+    assert body["images_failed"] == CORRUPT and body["elapsed_s"] > 0
+    readable = _samdrop(stack, "batch", "status", batch).stdout
+    assert f"batch {batch}: partial" in readable and "28 succeeded, 2 failed" in readable
+    assert "report.html" in readable and "4/4 finished" in readable
 
     # samdrop batch run re-runs the claimed batch here: every image is taken as done, nothing is
     # recomputed or republished.
@@ -307,14 +313,14 @@ def test_components_through_python_func(pipeline_stack: Stack, monkeypatch: pyte
     marker = bucket.blob(f"batches/{batch}/_READY")
     marker.upload_from_string(b"", if_generation_match=0)
 
-    shards = components.default.list_images.python_func(
+    shards = components.default_components().list_images.python_func(
         batch_id=batch, bucket=bucket.name, marker_generation=str(marker.generation), config=config
     )
     assert shards == [0, 1, 2]
     plan_blob = bucket.get_blob(f"results/batches/{batch}/_plan/plan.json")
     plan = json.loads(plan_blob.download_as_bytes())
     assert plan["images"] == 5 and plan["marker_generation"] == str(marker.generation)
-    again = components.default.list_images.python_func(
+    again = components.default_components().list_images.python_func(
         batch_id=batch, bucket=bucket.name, marker_generation=str(marker.generation), config=config
     )
     assert again == shards  # the plan of this marker generation is reused, not rewritten
@@ -327,7 +333,7 @@ def test_components_through_python_func(pipeline_stack: Stack, monkeypatch: pyte
         error_code=1,
         error_message="shard task ran out of memory",
     )
-    body = components.default.publish.python_func(
+    body = components.default_components().publish.python_func(
         batch_id=batch,
         bucket=bucket.name,
         marker_generation=str(marker.generation),
@@ -339,7 +345,7 @@ def test_components_through_python_func(pipeline_stack: Stack, monkeypatch: pyte
     (message,) = stack.completions.wait(batch, 30)
     assert message["error"] == body["error"]
     # Published once: a second call finds completion.json and publishes nothing.
-    components.default.publish.python_func(
+    components.default_components().publish.python_func(
         batch_id=batch,
         bucket=bucket.name,
         marker_generation=str(marker.generation),

@@ -6,6 +6,7 @@ They follow the protocols in ``samdrop.storage``, ``samdrop.messages`` and
 
 from __future__ import annotations
 
+import builtins
 import io
 import itertools
 import json
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from functions.handler import Deps
+from samdrop.documents import MaskRecord, Prediction, PromptsRecord
 from samdrop.errors import InputNotFound
 from samdrop.masks import mask_box, mask_to_rle
 from samdrop.settings import Settings
@@ -128,7 +130,7 @@ class FakeStore:
                 raise WriteConflict(name)
             del self.objects[(bucket, name)]
 
-    def names(self, prefix: str = "") -> list[str]:
+    def names(self, prefix: str = "") -> builtins.list[str]:
         return sorted(name for (_, name) in self.objects if name.startswith(prefix))
 
     def json(self, name: str, bucket: str = BUCKET) -> Any:
@@ -171,26 +173,34 @@ class FakeEndpoint:
         if self.slot is not None:
             return [self.slot]
         masks = self.masks or default_masks(self.width, self.height)
-        return [
-            {
-                "file_path": instances[0]["file_path"],
-                "width": self.width,
-                "height": self.height,
-                "masks": [
-                    {
-                        "segmentation": mask_to_rle(m),
-                        "score": 0.9 - 0.1 * i,
-                        "box": mask_box(m),
-                        "area": int(m.sum()),
-                        "stability_score": 0.95,
-                    }
-                    for i, m in enumerate(masks)
-                ],
-                "scores": [0.9 - 0.1 * i for i in range(len(masks))],
-                "model": {"type": "tiny", "random_weights": self.random_weights},
-                "timings_ms": {"model": 12.5, "total": 14.0},
-            }
-        ]
+        instance = instances[0]
+        prompts = PromptsRecord()
+        if "points" in instance:
+            prompts["points"], prompts["labels"] = instance["points"], instance["labels"]
+        if "boxes" in instance:
+            prompts["boxes"] = instance["boxes"]
+        prediction = Prediction(
+            file_path=instance["file_path"],
+            width=self.width,
+            height=self.height,
+            masks=[
+                MaskRecord(
+                    segmentation=mask_to_rle(m),
+                    score=0.9 - 0.1 * i,
+                    box=mask_box(m),
+                    area=int(m.sum()),
+                    stability_score=0.95,
+                    prompt_index=0 if prompts else None,
+                )
+                for i, m in enumerate(masks)
+            ],
+            mode="prompted" if prompts else "automatic",
+            prompts=PromptsRecord(**prompts, multimask="boxes" not in instance) if prompts else None,
+            amg=None if prompts else {"points_per_side": 32},
+            model={"type": "tiny", "random_weights": self.random_weights},
+            timings_ms={"model": 12.5, "total": 14.0},
+        )
+        return [prediction.to_json()]
 
 
 def default_masks(width: int = 64, height: int = 48, count: int = 3) -> list[np.ndarray]:

@@ -1,5 +1,6 @@
 import concurrent.futures
 import json
+from typing import Any
 
 import pytest
 from google.api_core import exceptions as api_exceptions
@@ -39,7 +40,7 @@ def test_image_failure_carries_code_and_message():
         kind="image", status="failed", input="gs://b/incoming/x.jpg", generation="1",
         error={"code": "invalid_image", "message": "not an image"},
     )  # fmt: skip
-    body = failed.to_dict()
+    body = failed.to_json()
     assert body["status"] == "failed" and body["error"] == {
         "code": "invalid_image",
         "message": "not an image",
@@ -52,14 +53,14 @@ def test_batch_message_has_batch_fields_and_attribute():
         kind="batch", status="partial", batch_id="2026-11-25-a", input="gs://b/batches/2026-11-25-a/",
         images=1000, succeeded=998, failed=2, outputs={"manifest": "gs://m", "report": "gs://r"},
     )  # fmt: skip
-    assert list(batch.to_dict()) == [
+    assert list(batch.to_json()) == [
         "kind", "status", "batch_id", "input", "images", "succeeded", "failed", "outputs", "error"
     ]  # fmt: skip
     assert batch.attributes() == {"kind": "batch", "status": "partial", "batch_id": "2026-11-25-a"}
 
 
 def test_round_trip():
-    assert CompletionMessage.from_dict(json.loads(SUCCESS.data())) == SUCCESS
+    assert CompletionMessage.from_json(json.loads(SUCCESS.data())) == SUCCESS
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,7 @@ def test_publish_completion_sends_body_and_attributes():
     publisher = FakePublisher()
     publish_completion(publisher, "samdrop-completions", SUCCESS)
     [(topic, body, attributes)] = publisher.messages
-    assert (topic, body, attributes) == ("samdrop-completions", SUCCESS.to_dict(), SUCCESS.attributes())
+    assert (topic, body, attributes) == ("samdrop-completions", SUCCESS.to_json(), SUCCESS.attributes())
 
 
 class FakeFuture:
@@ -97,7 +98,8 @@ class FakeFuture:
 
 class FakePublisherClient:
     def __init__(self, outcome) -> None:
-        self.outcome, self.calls = outcome, []
+        self.outcome = outcome
+        self.calls: list[Any] = []
 
     def topic_path(self, project, topic):
         return f"projects/{project}/topics/{topic}"
@@ -128,11 +130,11 @@ def test_pubsub_publisher_errors_are_classified(error, expected):
 
 def test_batches_without_pipelines_get_a_clear_failed_completion():
     publisher = FakePublisher()
-    request = BatchStart("b1", "samdrop-local", "batches/b1/_READY", "5", "batches/b1/")
+    request = BatchStart("b1", "samdrop-local", "5", "batches/b1/")
     outcome = pipelines_not_configured(request, settings=settings(), store=FakeStore(), publisher=publisher)
     assert outcome == "batch_not_started"
     [(_, body, attributes)] = publisher.messages
     assert attributes == {"kind": "batch", "status": "failed", "batch_id": "b1"}
     assert body["input"] == "gs://samdrop-local/batches/b1/"
     assert body["error"]["code"] == "pipelines_not_configured"
-    assert "not started" in body["error"]["message"]
+    assert "not started" in body["error"]["message"] and "SAMDROP_PIPELINE_RUNNER" in body["error"]["message"]

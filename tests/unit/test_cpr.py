@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from predictor.cpr import SamPredictor
+from predictor.cpr import SamRoutine
 from predictor.engine import CPU_GRID_EAGER, SamEngine
 from samdrop.errors import InputNotFound, InvalidRequest
 from samdrop.masks import png_to_mask, rle_to_mask
@@ -25,19 +26,19 @@ def objects(coffee) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def routine(fast_engine: SamEngine, objects, cache_dir) -> SamPredictor:
+def routine(fast_engine: SamEngine, objects, cache_dir) -> SamRoutine:
     def read(uri: str) -> bytes:
         if uri not in objects:
             raise InputNotFound(f"{uri} does not exist")
         return objects[uri]
 
     settings = Settings.from_env({}, max_image_pixels=4_000_000, cache_dir=cache_dir)
-    predictor = SamPredictor()
+    predictor = SamRoutine()
     predictor.setup(settings, fast_engine, read)
     return predictor
 
 
-def call(routine: SamPredictor, body: dict) -> list[dict]:
+def call(routine: SamRoutine, body: dict) -> list[dict]:
     return routine.postprocess(routine.predict(routine.preprocess(body)))["predictions"]
 
 
@@ -52,7 +53,7 @@ def test_good_and_bad_instances_side_by_side(routine, coffee):
         "points": [[300, 200]],
         "labels": [1],
     }
-    cases = [
+    cases: list[tuple[dict[str, Any], str | None]] = [
         (good, None),
         ({"image": b64(b"garbage bytes"), "file_path": "junk.jpg"}, "invalid_image"),
         ({"image": "", "file_path": "empty.jpg"}, "invalid_image"),
@@ -102,7 +103,7 @@ def test_automatic_masks_with_request_parameters(routine):
 
 def test_server_default_grid_applies_under_the_request(fast_engine, objects, cache_dir):
     settings = Settings.from_env({"SAMDROP_AMG_POINTS_PER_SIDE": "2"}, cache_dir=cache_dir)
-    predictor = SamPredictor()
+    predictor = SamRoutine()
     predictor.setup(settings, fast_engine, objects.__getitem__)
     instance = {"gcs_uri": "gs://b/incoming/coffee.jpg", "amg": {"pred_iou_thresh": 0}}
     (default,) = call(predictor, {"instances": [instance]})
@@ -113,7 +114,7 @@ def test_server_default_grid_applies_under_the_request(fast_engine, objects, cac
 
 def test_auto_grid_comes_from_the_engine(fast_engine, objects, cache_dir):
     settings = Settings.from_env({"SAMDROP_AMG_POINTS_PER_SIDE": "auto"}, cache_dir=cache_dir)
-    predictor = SamPredictor()
+    predictor = SamRoutine()
     predictor.setup(settings, fast_engine, objects.__getitem__)
     (slot,) = predictor.preprocess({"instances": [{"gcs_uri": "gs://b/incoming/coffee.jpg"}]})
     assert slot.instance is not None
@@ -151,14 +152,14 @@ def test_malformed_request_is_rejected_whole(routine, body):
 
 
 def test_load_builds_tiny_from_environment(tmp_path):
-    predictor = SamPredictor()
+    predictor = SamRoutine()
     env = {"SAMDROP_CACHE_DIR": str(tmp_path), "SAMDROP_DEVICE": "cpu", "SAMDROP_MODEL_TYPE": "tiny"}
     predictor.load("", env=env)
     assert predictor.engine is not None and predictor.engine.model_type == "tiny"
 
 
 def test_load_without_weights_builds_classic(tmp_path):
-    predictor = SamPredictor()
+    predictor = SamRoutine()
     predictor.load("", env={"SAMDROP_CACHE_DIR": str(tmp_path)})
     assert predictor.engine is not None and predictor.engine.description["type"] == "classic"
 

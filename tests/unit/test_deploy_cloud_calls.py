@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -71,7 +72,7 @@ def storage_clients():
     return CloudClients("proj", "us-central1", storage_client=FakeStorage())  # type: ignore[arg-type]
 
 
-NOTIFY = {
+NOTIFY: dict[str, Any] = {
     "bucket": "b",
     "topic": "uploads",
     "event_types": ("OBJECT_FINALIZE",),
@@ -128,21 +129,6 @@ def test_bucket_access_is_tightened_once():
     assert config.uniform_bucket_level_access_enabled and config.public_access_prevention == "enforced"
     assert storage_calls.ensure_bucket_access(clients, "b").outcome == "unchanged"
     assert clients.storage.bucket("b").patches == 1
-
-
-def test_pipeline_template_step_says_what_is_missing(monkeypatch):
-    import importlib
-
-    real = importlib.import_module
-
-    def no_compile(name, *args):
-        if name == "pipeline.compile":
-            raise ModuleNotFoundError("No module named 'pipeline.compile'", name="pipeline.compile")
-        return real(name, *args)
-
-    monkeypatch.setattr(importlib, "import_module", no_compile)
-    with pytest.raises(DeployError, match=r"pipeline/compile\.py"):
-        storage_calls.upload_pipeline_template(storage_clients(), "b", "pipelines/p.yaml", "img:v1", 4)
 
 
 # --- Vertex AI -----------------------------------------------------------------------------------
@@ -212,10 +198,10 @@ class FakeVertex:
     """``Model`` and ``Endpoint`` as the aiplatform module offers them, over in-memory state."""
 
     def __init__(self):
-        self.models = []
-        self.endpoints = []
+        self.models: list[Any] = []
+        self.endpoints: list[Any] = []
         self.deploy_calls = []
-        self.filters = []
+        self.filters: list[Any] = []
         self.ids = itertools.count(100)
         vertex = self
 
@@ -274,14 +260,14 @@ def vertex_clients():
     return CloudClients("proj", "us-central1", vertex=FakeVertex())
 
 
-MODEL = {
+MODEL: dict[str, Any] = {
     "display_name": "samdrop-sam",
     "image": "us-central1-docker.pkg.dev/p/samdrop/predictor:v1",
     "artifact_uri": "gs://models/sam/",
     "environment": {"SAMDROP_MODEL_TYPE": "vit_h"},
     "labels": {"samdrop": "predictor", "samdrop_config": "abc"},
 }
-DEPLOYMENT = {
+DEPLOYMENT: dict[str, Any] = {
     "endpoint_display_name": "samdrop-sam",
     "machine_type": "g2-standard-8",
     "accelerator_type": "NVIDIA_L4",

@@ -8,8 +8,10 @@ and review the diff like code.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,9 @@ from samdrop.settings import Settings
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "deploy"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = os.environ.get("SAMDROP_REGENERATE_GOLDEN") == "1"
+
+# What the function's environment does not have (pip install '.[function]' pulls none of them).
+WITHOUT = ("torch", "torchvision", "segment_anything", "cv2", "kfp")
 
 
 def sample_options(**changes) -> DeployOptions:
@@ -190,6 +195,7 @@ def test_function_env_rebuilds_the_deployed_settings_without_local_paths():
     ):
         assert getattr(rebuilt, name) == getattr(deployed, name), name
     assert rebuilt.endpoint == "projects/samdrop-demo/locations/europe-west4/endpoints/123"
+    assert isinstance(function.action, Gcloud)
     assert f"--set-env-vars={','.join(f'{k}={v}' for k, v in env.items())}" in function.action.argv
 
 
@@ -264,12 +270,25 @@ def test_requirements_pin_the_function_dependencies_without_torch():
     assert lines[0] == "-c constraints.txt"
     assert any(line.startswith("functions-framework==") for line in lines)
     assert any(line.startswith("google-cloud-aiplatform==") for line in lines)
-    assert not any(line.startswith(("torch", "segment-anything")) for line in lines)
+    assert not any(line.startswith(("torch", "segment-anything", "kfp", "fake-gcs")) for line in lines)
+
+
+def test_the_function_source_ships_only_what_it_imports():
+    files = {path.as_posix() for path in function_source.function_files()}
+    assert {"functions/main.py", "functions/segment.py", "samdrop/outputs.py", "pipeline/start.py"} <= files
+    # SAM, the pipeline's tasks and the deploy tooling stay out of the function's bundle.
+    assert not files & {
+        "predictor/engine.py",
+        "predictor/cpr.py",
+        "pipeline/shard.py",
+        "pipeline/components.py",
+    }
+    assert not any(name.startswith(("deploy/", "tests/")) for name in files)
 
 
 def test_staged_function_source_imports_the_entry_point(tmp_path):
     destination = tmp_path / "function-source"
-    result = function_source.stage_function_source(None, str(destination))  # type: ignore[arg-type]
+    result = function_source.stage_function_source(None, str(destination))
     assert result.outcome == "done"
     assert {"main.py", "requirements.txt", "constraints.txt", "functions", "samdrop"} <= {
         p.name for p in destination.iterdir()
@@ -277,9 +296,9 @@ def test_staged_function_source_imports_the_entry_point(tmp_path):
     assert not list(destination.rglob("__pycache__"))
     # the staged folder alone (no repo on sys.path) exposes on_upload, as Cloud Functions will import it
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    # and without torch: the function's requirements leave it out (SAM runs on the endpoint)
+    # and without torch or kfp: the function's requirements leave them out (SAM runs on the endpoint)
     code = (
-        "import sys; sys.modules['torch'] = None; import main, functions.main; "
+        f"import sys; sys.modules.update(dict.fromkeys({WITHOUT!r})); import main, functions.main; "
         "print(main.on_upload.__module__, functions.main.__file__)"
     )
     probe = subprocess.run(
@@ -302,14 +321,14 @@ def test_staged_function_builds_its_clients_from_the_deployed_env_without_torch(
     from deploy.gcp.steps import deployed_settings
 
     destination = tmp_path / "function-source"
-    function_source.stage_function_source(None, str(destination))  # type: ignore[arg-type]
+    function_source.stage_function_source(None, str(destination))
     env = function_env(deployed_settings(sample_options(), sample_settings()))
     env = {k: v.replace("${endpoint_id}", "123") for k, v in env.items()}
     # emulator hosts only spare the clients credentials; building them connects to nothing
     base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("SAMDROP_")}
     hosts = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"}
     code = (
-        "import os, sys; sys.modules['torch'] = None\n"
+        f"import os, sys; sys.modules.update(dict.fromkeys({WITHOUT!r}))\n"
         "import main, functions.main as fm, functions.batches as fb\n"
         "deps = fm.build_deps(os.environ)\n"
         "print(type(deps.endpoint).__name__, deps.start_batch is fb.pipelines_not_configured)\n"
@@ -351,4 +370,31 @@ def test_source_digest_follows_the_code(tmp_path):
 def test_model_artifact_is_the_checkpoint_folder(checkpoint, folder):
     steps = deploy_steps(sample_options(checkpoint=checkpoint), sample_settings())
     (model,) = [s for s in steps if s.key == "model"]
+    assert isinstance(model.action, ApiCall)
     assert model.action.args["artifact_uri"] == folder
+
+
+def test_the_serving_image_installs_its_extras_and_copies_what_it_imports():
+    dockerfile = (REPO_ROOT / "predictor" / "Dockerfile").read_text()
+    extras = re.search(r"^ARG EXTRAS=(\S+)$", dockerfile, re.MULTILINE)
+    assert extras is not None and extras.group(1) == "predictor,pipeline"
+    optional = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras.group(1).split(",")) <= set(optional)
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, re.MULTILINE))
+    entries = ("predictor/handler.py", "predictor/cpr.py", "pipeline/components.py", "pipeline/worker.py")
+    imported = {path.parts[0] for entry in entries for path in function_source.function_files(entry=entry)}
+    assert imported == copied == {"samdrop", "predictor", "pipeline"}
+
+
+def test_every_document_the_code_names_is_in_the_repository():
+    sources = [REPO_ROOT / "pyproject.toml", REPO_ROOT / "README.md"]
+    for folder in ("samdrop", "functions", "pipeline", "predictor", "deploy", "benchmarks", "docs"):
+        sources += [p for p in (REPO_ROOT / folder).rglob("*") if p.suffix in (".py", ".md", ".yaml", "")]
+    named: set[str] = set()
+    for path in sources:
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert "DESIGN.md" not in text, f"{path} names DESIGN.md: the design is docs/design.md"
+            named |= set(re.findall(r"docs/[\w/.-]+\.md", text))
+    assert "docs/design.md" in named
+    assert all((REPO_ROOT / name).is_file() for name in named), sorted(named)

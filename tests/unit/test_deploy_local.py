@@ -97,7 +97,8 @@ def test_pubsub_emulator_problems_name_the_fix(tmp_path):
         == []
     )
 
-    problems = " ".join(pubsub_emulator_problems({}.get))
+    nothing: dict[str, str] = {}
+    problems = " ".join(pubsub_emulator_problems(nothing.get))
     assert "apt-get install google-cloud-cli" in problems
     assert "Java" in problems and "default-jre-headless" in problems
 

@@ -1,5 +1,7 @@
 """Idempotency rules of deploy.resources, against small in-memory stand-ins for the clients."""
 
+from typing import Any
+
 import pytest
 from google.api_core import exceptions as gexc
 
@@ -48,7 +50,7 @@ def _delivery(endpoint="http://127.0.0.1:8081/projects/p/topics/t", **changes):
 
 
 def test_push_subscription_is_created_once_then_left_alone():
-    subscriber = FakeSubscriber()
+    subscriber: Any = FakeSubscriber()  # the part of SubscriberClient deploy.resources uses
     first = resources.ensure_push_subscription(subscriber, "p", "push", "t", _delivery())
     again = resources.ensure_push_subscription(subscriber, "p", "push", "t", _delivery())
     assert (first.outcome, again.outcome) == ("created", "unchanged")
@@ -58,7 +60,7 @@ def test_push_subscription_is_created_once_then_left_alone():
 
 
 def test_a_moved_endpoint_is_updated_in_place():
-    subscriber = FakeSubscriber()
+    subscriber: Any = FakeSubscriber()  # the part of SubscriberClient deploy.resources uses
     resources.ensure_push_subscription(subscriber, "p", "push", "t", _delivery())
     change = resources.ensure_push_subscription(
         subscriber, "p", "push", "t", _delivery("http://127.0.0.1:9/x")
@@ -68,7 +70,7 @@ def test_a_moved_endpoint_is_updated_in_place():
 
 
 def test_a_subscription_on_another_topic_is_an_error():
-    subscriber = FakeSubscriber()
+    subscriber: Any = FakeSubscriber()  # the part of SubscriberClient deploy.resources uses
     resources.ensure_pull_subscription(subscriber, "p", "sub", "one")
     with pytest.raises(ConfigError, match="exists on topic projects/p/topics/one"):
         resources.ensure_pull_subscription(subscriber, "p", "sub", "two")

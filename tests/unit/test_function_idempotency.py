@@ -1,11 +1,11 @@
 import pytest
 
 from functions.events import UploadEvent
-from functions.idempotency import Step, decide
 from functions.segment import segment_upload
 from samdrop.errors import TransientError
 from samdrop.layout import GENERATION_KEY, output_paths
 from samdrop.masks import png_to_mask
+from samdrop.outputs import Step, decide
 from samdrop.storage import ObjectInfo, WriteConflict
 from tests.unit.function_fakes import (
     BUCKET,
@@ -48,7 +48,7 @@ PATHS = output_paths(settings(), NAME)
         ([info("mask_000.png", 7, 100)], Step.COMPUTE),  # scratch from a crashed attempt
         ([info("masks.json", 7, 100)], Step.PUBLISH),
         ([info("error.json", 7, 100)], Step.PUBLISH),
-        ([info("masks.json", 7, 100), info("completion.json", 8, 100)], Step.DONE),
+        ([info("masks.json", 7, 100), info("completion.json", 8, 100)], Step.COMPLETED),
         ([info("masks.json", 7, 99), info("completion.json", 8, 99)], Step.COMPUTE),  # older upload
         ([info("masks.json", 7, 101)], Step.STALE),  # a newer upload already took over
         ([info("mask_000.png", 7, 101)], Step.STALE),  # ... or is being written right now

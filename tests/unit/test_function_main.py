@@ -1,11 +1,12 @@
 """The entry point itself, called with a real ``cloudevents`` CloudEvent and injected fakes."""
 
 import json
+from collections.abc import Callable
 
 import pytest
 from cloudevents.http import CloudEvent
 
-from functions.main import on_upload
+from functions import main
 from samdrop.errors import TransientError
 from tests.unit.function_fakes import (
     BUCKET,
@@ -16,6 +17,9 @@ from tests.unit.function_fakes import (
     load_event,
     make_deps,
 )
+
+# functions-framework's decorator types the target as (CloudEvent) -> None; the tests also pass deps.
+on_upload: Callable[..., None] = main.on_upload
 
 
 def cloud_event(fixture: str) -> CloudEvent:

@@ -26,9 +26,9 @@ def test_compile_choice(monkeypatch):
     cpu = torch.device("cpu")
     assert hardware.resolve_compile("on", cpu) is True
     assert hardware.resolve_compile("off", cpu) is False
-    monkeypatch.setattr(hardware.shutil, "which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
     assert hardware.resolve_compile("auto", cpu) is False  # no C++ compiler for Inductor
-    monkeypatch.setattr(hardware.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/" + name)
     assert hardware.resolve_compile("auto", cpu) is True
     assert hardware.resolve_compile("auto", torch.device("cuda")) is False  # until gpu.sh shows a win
 

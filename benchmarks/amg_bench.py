@@ -35,10 +35,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.predictor_bench import seeded_checkpoint  # noqa: E402
 from pipeline.plots import bar_chart, line_chart  # noqa: E402
 from predictor.engine import Job, SamEngine, pick_device  # noqa: E402
 from predictor.hardware import cpu_features, cpu_name, resolve_compile, resolve_precision  # noqa: E402
-from predictor.registry import TINY_SEED, build_sam, load_sam, resolve_checkpoint  # noqa: E402
+from predictor.registry import build_sam, load_sam  # noqa: E402
 from samdrop.masks import rle_to_mask  # noqa: E402
 
 SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
@@ -55,15 +56,6 @@ def sample_images(count: int) -> list[tuple[str, np.ndarray]]:
         image = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image[:, :, :3]
         out.append((name, np.ascontiguousarray(image)))
     return out
-
-
-def checkpoint_for(model_type: str, checkpoint: str | None, workdir: Path) -> str:
-    if checkpoint or model_type == "tiny":
-        return str(resolve_checkpoint(model_type, checkpoint, workdir))
-    torch.manual_seed(TINY_SEED)
-    path = workdir / f"{model_type}-random.pth"
-    torch.save(build_sam(model_type).state_dict(), path)
-    return str(path)
 
 
 def sync(device: torch.device) -> None:
@@ -244,7 +236,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = pick_device(args.device)
-    checkpoint = checkpoint_for(args.model_type, args.checkpoint, Path(args.workdir))
+    checkpoint = seeded_checkpoint(args.model_type, args.checkpoint, Path(args.workdir))
     machine = {
         "cpu": cpu_name(),
         "cpu_features": cpu_features(),

@@ -88,8 +88,8 @@ class Job:
 
 
 # SAMDROP_AMG_POINTS_PER_SIDE=auto on a CPU (measured with tiny on 2 cores, README "Performance").
-CPU_GRID_COMPILED = 16
-CPU_GRID_EAGER = 12
+CPU_GRID_COMPILED = 24
+CPU_GRID_EAGER = 16
 
 
 def pick_device(preference: str) -> torch.device:

@@ -51,7 +51,6 @@ class RequestBatcher(Generic[Item]):
         self._window_s = max(0.0, window_s)
         self._count = count
         self._queue: queue.SimpleQueue[_Request[Item]] = queue.SimpleQueue()
-        self.groups: list[tuple[int, int]] = []  # (requests, images) of each run, most recent last
         self._worker = threading.Thread(target=self._loop, name="samdrop-batcher", daemon=True)
         self._worker.start()
 
@@ -70,8 +69,6 @@ class RequestBatcher(Generic[Item]):
     def _loop(self) -> None:
         while True:
             group = self._gather(self._queue.get())
-            self.groups.append((len(group), sum(r.images for r in group)))
-            del self.groups[:-1000]
             try:
                 self._run([item for request in group for item in request.items])
                 for request in group:

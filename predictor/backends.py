@@ -13,7 +13,6 @@ probe at start-up; naming a SAM type (``SAMDROP_MODEL_TYPE=vit_b``) fetches its 
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -30,7 +29,6 @@ class Engine(Protocol):
 
     model_type: str
     batch_size: int
-    encoder_batches: Counter[int]
 
     @property
     def description(self) -> dict[str, Any]: ...

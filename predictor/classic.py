@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,7 +45,6 @@ class ClassicEngine:
     def __init__(self, *, batch_size: int = 4, max_masks: int = 256) -> None:
         self.batch_size = batch_size
         self.max_masks = max_masks
-        self.encoder_batches: Counter[int] = Counter()  # no encoder: stays empty
         self._lock = threading.Lock()
 
     @classmethod

@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,7 +142,6 @@ class SamEngine:
         self._lock = threading.RLock()
         self.cache_hits = 0
         self.cache_misses = 0
-        self.encoder_batches: Counter[int] = Counter()  # encoder pass size -> passes run
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SamEngine:
@@ -220,7 +219,6 @@ class SamEngine:
                     self._remember(key, embedding)
                     if batches is not None:
                         batches[key] = len(chunk)
-                self.encoder_batches[len(chunk)] += 1
             return [(key, found[key]) for key in keys]
 
     @torch.inference_mode()

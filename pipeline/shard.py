@@ -261,8 +261,7 @@ class ShardWorker:
             mode="prompted" if prompts is not None else "automatic",
             prompts=prompts.to_json() if prompts is not None else None,
             amg=None if prompts is not None else self.amg,
-            # As the predictor records it; a shard runs one request: its own batches.
-            model={**self.model, "encoder_batch": result.encoder_batch, "requests_batched": 1},
+            model=result.model_record(self.model),  # a shard is one request: its own batches
             timings_ms=result.timings_ms,
         )
 

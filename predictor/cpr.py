@@ -170,11 +170,7 @@ class SamRoutine(Predictor):
             mode="prompted" if instance.prompts is not None else "automatic",
             prompts=instance.prompts.to_json() if instance.prompts is not None else None,
             amg=instance.amg if instance.prompts is None else None,
-            model={
-                **self.engine.description,
-                "encoder_batch": result.encoder_batch,
-                "requests_batched": slot.requests_batched,
-            },
+            model=result.model_record(self.engine.description, slot.requests_batched),
             timings_ms=_timings(slot.timings_ms, result.timings_ms),
             logits=logits,
         )

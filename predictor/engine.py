@@ -76,6 +76,11 @@ class MaskSet:
     counts: dict[str, int] = field(default_factory=dict)
     encoder_batch: int = 0  # images in the encoder pass that embedded this one (0: from the cache)
 
+    def model_record(self, description: dict[str, Any], requests_batched: int = 1) -> dict[str, Any]:
+        """The ``model`` entry of a prediction and of ``masks.json``: the engine's ``description``
+        plus how this image ran (its encoder pass, and how many requests shared the engine run)."""
+        return {**description, "encoder_batch": self.encoder_batch, "requests_batched": requests_batched}
+
 
 @dataclass(frozen=True)
 class Job:

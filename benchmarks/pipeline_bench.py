@@ -177,7 +177,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="samdrop-pipeline-bench-"))
     template = compile_pipeline(work / "pipeline.yaml", parallelism=args.parallelism)
     ports = {
-        name: find_free_port() for name in ("gcs_port", "pubsub_port", "predictor_port", "function_port")
+        name: find_free_port()
+        for name in ("gcs_port", "pubsub_port", "predictor_port", "function_port", "bridge_port")
     }
     settings = Settings.from_env(
         {},

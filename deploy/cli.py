@@ -23,12 +23,21 @@ def add_commands(subparsers: Any) -> None:
     )
     actions = local.add_subparsers(dest="local_command", required=True, metavar="ACTION")
     up = actions.add_parser(
-        "up", help="start the emulators, predictor and function; create topics and buckets"
+        "up",
+        help="start the emulators, predictor, function and delivery bridge (only those not running); "
+        "create topics and buckets",
+    )
+    up.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start with an empty bucket store (stored objects are kept otherwise)",
     )
     up.add_argument("--no-predictor", action="store_true", help="do not start the CPR predictor server")
     up.add_argument("--no-function", action="store_true", help="do not start functions-framework")
     up.set_defaults(func=local_up)
-    down = actions.add_parser("down", help="stop everything `local up` started")
+    down = actions.add_parser(
+        "down", help="stop everything `local up` started, batch workers included (stored objects are kept)"
+    )
     down.set_defaults(func=local_down)
     status = actions.add_parser("status", help="which servers run and answer; exit 1 unless all do")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -65,9 +74,10 @@ def local_up(args: argparse.Namespace, settings: Settings) -> int:
     from deploy.local import LocalStack
 
     stack = LocalStack(settings, predictor=not args.no_predictor, function=not args.no_function)
-    state, changes = stack.up()
+    state, started, changes = stack.up(fresh=args.fresh)
     for record in state.processes:
-        print(f"started {record.name:9} pid {record.pid:<7} http://127.0.0.1:{record.port}  log {record.log}")
+        verb = "started" if record in started else "running"
+        print(f"{verb} {record.name:9} pid {record.pid:<7} http://127.0.0.1:{record.port}  log {record.log}")
     for change in changes:
         print(f"{change.outcome:9} {change.kind:12} {change.name}")
     print(f'clients: eval "$(samdrop local env)"; stop with: samdrop local down (state {stack.state_path})')

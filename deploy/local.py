@@ -1,7 +1,9 @@
-"""The local stack: Pub/Sub emulator, fake-gcs-server, CPR predictor and functions-framework.
+"""The local stack: Pub/Sub emulator, fake-gcs-server, CPR predictor, functions-framework and the
+delivery bridge that feeds the function from the uploads subscription (``deploy/bridge.py``).
 
-All four are real programs on 127.0.0.1, started as process groups with logs and a state file
-under ``settings.state_dir``; see docs/design.md "Local stack".
+All are real programs on 127.0.0.1, started as process groups with logs and a state file under
+``settings.state_dir``; fake-gcs-server keeps its objects under ``<state dir>/gcs`` across restarts.
+See docs/design.md "Local stack".
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import platform
 import shlex
 import shutil
 import socket
+import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deploy import processes
-from deploy.processes import LocalStackError, StackState
+from deploy.processes import LocalStackError, ProcessRecord, StackState
+from samdrop.pidfile import WORKERS_DIR
 from samdrop.settings import Settings
 
 if TYPE_CHECKING:  # the Google clients load only for the commands that talk to the stack
@@ -32,7 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 STATE_FILE = "stack.json"
 FAKE_GCS_PLACEHOLDER = "<fake-gcs-server>"
-READY_TIMEOUT_S = {"pubsub": 60.0, "gcs": 20.0, "predictor": 180.0, "function": 60.0}
+READY_TIMEOUT_S = {"pubsub": 60.0, "gcs": 20.0, "predictor": 180.0, "function": 60.0, "bridge": 30.0}
+GCS_DIR = "gcs"  # fake-gcs-server's filesystem backend root, under the state dir
 # Variables `local env` prints; GOOGLE_CLOUD_PROJECT lets `storage.Client()` run without arguments.
 CLIENT_ENV_KEYS = (
     "STORAGE_EMULATOR_HOST",
@@ -212,7 +217,7 @@ class LocalStack:
         if self.predictor:
             specs.append(self._predictor_spec(shared))
         if self.function:
-            specs.append(self._function_spec(shared))
+            specs += [self._function_spec(shared), self._bridge_spec(shared)]
         return specs
 
     def _pubsub_spec(self, env: dict[str, str]) -> ServiceSpec:
@@ -250,7 +255,10 @@ class LocalStack:
                     ("-host", HOST),
                     ("-port", str(s.gcs_port)),
                     ("-external-url", f"http://{HOST}:{s.gcs_port}"),  # Location of resumable uploads
-                    ("-backend", "memory"),  # the Pub/Sub emulator forgets too; both start empty
+                    # Objects survive a restart (`local up --fresh` starts empty); Pub/Sub's
+                    # emulator keeps nothing, so `samdrop sweep` re-drives what a restart lost.
+                    ("-backend", "filesystem"),
+                    ("-filesystem-root", str(self.state_dir / GCS_DIR)),
                     ("-log-level", "info"),  # "error publishing event" is logged at info
                     # Like a real bucket notification: finalize events of the upload bucket only,
                     # published to the emulator found through PUBSUB_EMULATOR_HOST.
@@ -290,8 +298,24 @@ class LocalStack:
             ),
             port=s.function_port,
             health_url=f"http://{HOST}:{s.function_port}/",
-            env={**env, **({"SAMDROP_ENDPOINT": endpoint} if endpoint else {})},
+            env={
+                **env,
+                **({"SAMDROP_ENDPOINT": endpoint} if endpoint else {}),
+                # gunicorn's threads: as many requests as the bridge delivers at once, like Cloud
+                # Run's per-instance concurrency.
+                "THREADS": str(s.delivery_concurrency),
+            },
             any_status=True,
+        )
+
+    def _bridge_spec(self, env: dict[str, str]) -> ServiceSpec:
+        port = self.settings.bridge_port
+        return ServiceSpec(
+            name="bridge",
+            argv=[self.python, "-m", "deploy.bridge"],
+            port=port,
+            health_url=f"http://{HOST}:{port}/",
+            env=env,
         )
 
     def preflight(self, specs: list[ServiceSpec]) -> None:
@@ -316,41 +340,67 @@ class LocalStack:
         if problems:
             raise LocalStackError("cannot start the local stack:\n  - " + "\n  - ".join(problems))
 
-    def up(self) -> tuple[StackState, list[resources.Change]]:
-        """Start every server, wait until each is healthy, then create the buckets, topics, subscriptions."""
+    def up(self, *, fresh: bool = False) -> tuple[StackState, list[ProcessRecord], list[resources.Change]]:
+        """Start every server that is not running, wait until each is healthy, then create (or
+        confirm) the buckets, topics and subscriptions.
+
+        On a partly running stack only the stopped servers start; the running ones are kept.
+        ``fresh`` deletes the stored objects first and needs a stopped stack. Returns the state, the
+        servers started now and the resource changes.
+        """
         existing = processes.load_state(self.state_path)
-        if existing is not None and any(processes.is_running(r) for r in existing.processes):
+        running = {r.name: r for r in existing.processes if processes.is_running(r)} if existing else {}
+        if fresh and running:
             raise LocalStackError(
-                f"a local stack is already running ({self.state_path}): run `samdrop local down`"
+                f"--fresh needs a stopped stack, but {', '.join(running)} run: `samdrop local down` first"
             )
         specs = self.specs()
-        self.preflight(specs)
-        gcs_binary = str(fake_gcs_binary())
-        (self.state_dir / "pubsub").mkdir(parents=True, exist_ok=True)  # gcloud writes env.yaml there
+        wanted = {spec.name for spec in specs}
+        if set(running) - wanted:
+            extra = ", ".join(sorted(set(running) - wanted))
+            raise LocalStackError(f"{extra} run but were not asked for: `samdrop local down` first")
+        to_start = [spec for spec in specs if spec.name not in running]
+        self.preflight(to_start)
+        gcs_binary = str(fake_gcs_binary()) if any(s.name == "gcs" for s in to_start) else ""
+        if fresh:
+            shutil.rmtree(self.state_dir / GCS_DIR, ignore_errors=True)
+        for folder in ("pubsub", GCS_DIR):  # gcloud writes env.yaml there; fake-gcs keeps objects there
+            (self.state_dir / folder).mkdir(parents=True, exist_ok=True)
         s = self.settings
-        state = StackState(client_env=client_env(s, gcs_port=s.gcs_port, pubsub_port=s.pubsub_port))
-        started = []
+        state = StackState(
+            client_env=dict(existing.client_env)
+            if existing and running
+            else client_env(s, gcs_port=s.gcs_port, pubsub_port=s.pubsub_port)
+        )
+        state.processes = [running[spec.name] for spec in specs if spec.name in running]
+        started: list[tuple[ServiceSpec, subprocess.Popen[bytes], ProcessRecord]] = []
         try:
             # All start at once (the predictor's imports take longest), then each is awaited.
-            for spec in specs:
+            for spec in to_start:
                 argv = [gcs_binary if a == FAKE_GCS_PLACEHOLDER else a for a in spec.argv]
                 log = self.state_dir / "logs" / f"{spec.name}.log"
                 proc, record = processes.start(
                     spec.name, argv, env=spec.env, log=log, port=spec.port, health_url=spec.health_url
                 )
-                started.append((spec, proc))
+                started.append((spec, proc, record))
                 state.processes.append(record)
                 processes.save_state(self.state_path, state)  # `down` can stop it even if we die now
-            for (spec, proc), record in zip(started, state.processes, strict=True):
+            for spec, proc, record in started:
                 processes.wait_ready(
                     proc, record, timeout_s=READY_TIMEOUT_S[spec.name], any_status=spec.any_status
                 )
             changes = self.ensure_resources()
         except BaseException:
-            processes.stop(state.processes)
-            self.state_path.unlink(missing_ok=True)
+            processes.stop([record for _, _, record in started])
+            if not running:
+                self.state_path.unlink(missing_ok=True)
+            else:
+                processes.save_state(self.state_path, StackState(list(running.values()), state.client_env))
             raise
-        return state, changes
+        order = {spec.name: i for i, spec in enumerate(specs)}
+        state.processes.sort(key=lambda r: order[r.name])
+        processes.save_state(self.state_path, state)
+        return state, [record for _, _, record in started], changes
 
     def ensure_resources(self) -> list[resources.Change]:
         """Create (or confirm) the stack's buckets, topics and subscriptions through the client libraries."""
@@ -362,29 +412,34 @@ class LocalStack:
         storage_client = emulator_storage_client(s.project, env["STORAGE_EMULATOR_HOST"])
         publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
         try:
-            function_url = f"http://{HOST}:{s.function_port}"
-            return resources.ensure_all(
-                storage_client,
-                publisher,
-                subscriber,
-                s,
-                push_endpoint=resources.push_endpoint_url(function_url, s.project, s.uploads_topic),
-            )
+            # The emulator's push stalls (two messages in flight, lost after an outage): the
+            # bridge pulls this subscription and posts to the function instead.
+            return resources.ensure_all(storage_client, publisher, subscriber, s, push_endpoint=None)
         finally:
             subscriber.close()
             publisher.transport.close()
             storage_client.close()
 
     def down(self) -> list[str]:
-        """Stop exactly what ``up`` recorded (newest first); names of what was stopped."""
+        """Stop exactly what ``up`` recorded (newest first) and every batch worker the function
+        started (with its kfp tasks: one process group each); names of what was stopped."""
         state = processes.load_state(self.state_path)
-        if state is None:
+        workers = self.batch_workers()
+        if state is None and not workers:
             return []
-        records = list(reversed(state.processes))
-        running = [r.name for r in records if processes.is_running(r)]
+        records = list(reversed(state.processes)) if state else []
+        running = [r.name for r in records + workers if processes.is_running(r)]
+        # Workers first: they write to fake-gcs-server, which should outlive them.
+        processes.stop(workers)
         processes.stop(records)
+        for record in workers:  # a worker stopped hard had no chance to remove its own record
+            (self.state_dir / WORKERS_DIR / f"{record.pid}.json").unlink(missing_ok=True)
         self.state_path.unlink(missing_ok=True)
         return running
+
+    def batch_workers(self) -> list[processes.ProcessRecord]:
+        """Batch workers (``python -m pipeline.worker``) recorded under ``<state dir>/workers``."""
+        return processes.worker_records(self.state_dir / WORKERS_DIR)
 
     def status(self) -> list[ServiceStatus]:
         state = processes.load_state(self.state_path)
@@ -453,4 +508,5 @@ def _port_var(name: str) -> str:
         "gcs": "SAMDROP_GCS_PORT",
         "predictor": "SAMDROP_PREDICTOR_PORT",
         "function": "SAMDROP_FUNCTION_PORT",
+        "bridge": "SAMDROP_BRIDGE_PORT",
     }[name]

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from samdrop.errors import SamdropError
+from samdrop.pidfile import start_ticks, stat_fields
 
 STATE_VERSION = 1
 PROBE_TIMEOUT_S = 2.0
@@ -117,7 +118,7 @@ def start(
         log=str(log),
         health_url=health_url,
         started_at=time.time(),
-        start_ticks=_start_ticks(proc.pid),
+        start_ticks=start_ticks(proc.pid),
     )
     return proc, record
 
@@ -165,7 +166,7 @@ def tail(path: Path, lines: int = 15) -> str:
 
 def is_running(record: ProcessRecord) -> bool:
     """True when the recorded process group still has a live member that we started."""
-    if record.start_ticks is not None and _start_ticks(record.pid) not in (None, record.start_ticks):
+    if record.start_ticks is not None and start_ticks(record.pid) not in (None, record.start_ticks):
         return False  # the pid now belongs to another program; its group is not ours
     return bool(_live_members(record.pgid))
 
@@ -225,21 +226,34 @@ def _live_members(pgid: int) -> list[int]:
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
-        fields = _stat_fields(int(entry.name))
+        fields = stat_fields(int(entry.name))
         if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, …"""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split()
-
-
-def _start_ticks(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields is not None else None
+def worker_records(folder: Path) -> list[ProcessRecord]:
+    """Processes that recorded themselves with ``samdrop.pidfile.recorded`` in ``folder``; records
+    of processes that are gone are removed."""
+    records = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            raw = json.loads(path.read_text())
+            record = ProcessRecord(
+                name=f"batch worker {raw['pid']}",
+                pid=int(raw["pid"]),
+                pgid=int(raw["pgid"]),
+                port=0,
+                argv=list(raw.get("argv", [])),
+                log=str(raw.get("log", "")),
+                health_url="",
+                started_at=float(raw.get("started_at", 0.0)),
+                start_ticks=raw.get("start_ticks"),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # half-written or foreign: nothing to stop
+        if is_running(record):
+            records.append(record)
+        else:
+            path.unlink(missing_ok=True)
+    return records

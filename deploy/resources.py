@@ -33,9 +33,13 @@ class Change:
 
 @dataclass(frozen=True)
 class PushDelivery:
-    """How Pub/Sub pushes to the function: deadline, retry backoff and dead-lettering."""
+    """How Pub/Sub delivers to the function: deadline, retry backoff and dead-lettering.
 
-    endpoint: str
+    ``endpoint`` None makes it a pull subscription with the same policies: the local stack's
+    bridge (``deploy/bridge.py``) pulls it and posts to the function as push would.
+    """
+
+    endpoint: str | None
     ack_deadline_s: int
     min_backoff_s: float
     max_backoff_s: float
@@ -109,7 +113,8 @@ def ensure_pull_subscription(
 def ensure_push_subscription(
     subscriber: pubsub_v1.SubscriberClient, project: str, name: str, topic: str, delivery: PushDelivery
 ) -> Change:
-    """A push subscription on ``topic`` to ``delivery.endpoint`` with retry and dead-letter policies.
+    """A push subscription on ``topic`` to ``delivery.endpoint`` (pull when None) with retry and
+    dead-letter policies.
 
     An existing subscription whose endpoint or policies differ is updated in place (a restarted
     function may listen on a new port); its topic cannot change, so a different topic is an error.
@@ -117,7 +122,7 @@ def ensure_push_subscription(
     wanted = pubsub_types.Subscription(
         name=subscriber.subscription_path(project, name),
         topic=subscriber.topic_path(project, topic),
-        push_config=pubsub_types.PushConfig(push_endpoint=delivery.endpoint),
+        push_config=pubsub_types.PushConfig(push_endpoint=delivery.endpoint or ""),
         ack_deadline_seconds=delivery.ack_deadline_s,
         retry_policy=pubsub_types.RetryPolicy(
             minimum_backoff=_duration(delivery.min_backoff_s),
@@ -175,9 +180,10 @@ def ensure_all(
     subscriber: pubsub_v1.SubscriberClient,
     settings: Settings,
     *,
-    push_endpoint: str,
+    push_endpoint: str | None,
 ) -> list[Change]:
-    """Everything one samdrop deployment needs, in dependency order."""
+    """Everything one samdrop deployment needs, in dependency order (``push_endpoint`` None: the
+    uploads subscription is pulled by the local bridge)."""
     project = settings.project
     delivery = PushDelivery(
         endpoint=push_endpoint,

@@ -18,6 +18,7 @@ from pathlib import Path
 from pipeline.compile import TEMPLATE
 from pipeline.config import pipeline_config
 from pipeline.start import local_root
+from samdrop import pidfile
 from samdrop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info(
         "batch %s: running the pipeline locally (marker generation %s)", args.batch_id, args.marker_generation
     )
-    run_local(settings, args.batch_id, args.bucket, args.marker_generation)
+    # `samdrop local down` finds and stops this worker and its kfp tasks (one process group) here.
+    with pidfile.recorded(settings.state_dir / pidfile.WORKERS_DIR):
+        run_local(settings, args.batch_id, args.bucket, args.marker_generation)
     return 0
 
 

@@ -177,12 +177,16 @@ class Settings:
     pubsub_port: int = _env("SAMDROP_PUBSUB_PORT", 8085, "Pub/Sub emulator port", int)
     predictor_port: int = _env("SAMDROP_PREDICTOR_PORT", 8080, "CPR predictor server port", int)
     function_port: int = _env("SAMDROP_FUNCTION_PORT", 8081, "functions-framework port", int)
+    bridge_port: int = _env("SAMDROP_BRIDGE_PORT", 8082, "local delivery bridge's status port", int)
 
     log_level: str = _env("SAMDROP_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
 
     # Pub/Sub delivery to the function (deploy/resources.py; checked there against Pub/Sub's bounds).
     uploads_subscription: str = _env(
-        "SAMDROP_UPLOADS_SUBSCRIPTION", "samdrop-uploads-push", "push subscription feeding the function"
+        "SAMDROP_UPLOADS_SUBSCRIPTION", "samdrop-uploads-sub", "subscription feeding the function (local)"
+    )
+    delivery_concurrency: int = _env(
+        "SAMDROP_DELIVERY_CONCURRENCY", 8, "uploads delivered to the function at once (local bridge)", int
     )
     dead_letter_subscription: str = _env(
         "SAMDROP_DEAD_LETTER_SUBSCRIPTION",
@@ -219,6 +223,7 @@ class Settings:
                 yield f"{_env_name(name)}={value!r} is not a valid bucket name (3-63 of a-z 0-9 . _ -)"
         positive = (
             "batch_size",
+            "delivery_concurrency",
             "points_per_batch",
             "max_image_pixels",
             "max_masks",

@@ -28,7 +28,8 @@ class RunningStack:
 def stack_settings(state_dir: Path, **overrides) -> Settings:
     """Settings on free ports; quick retries so the dead-letter path runs in seconds."""
     ports = {
-        name: find_free_port() for name in ("gcs_port", "pubsub_port", "predictor_port", "function_port")
+        name: find_free_port()
+        for name in ("gcs_port", "pubsub_port", "predictor_port", "function_port", "bridge_port")
     }
     values = dict(
         state_dir=state_dir,

@@ -180,7 +180,7 @@ def test_status_reports_every_server_healthy(local_stack):
     result = _samdrop(local_stack, "local", "status", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     services = json.loads(result.stdout)["services"]
-    assert [s["name"] for s in services] == ["pubsub", "gcs", "function"]
+    assert [s["name"] for s in services] == ["pubsub", "gcs", "function", "bridge"]
     assert all(s["healthy"] for s in services)
 
 
@@ -202,7 +202,7 @@ def test_down_from_another_process_leaves_nothing_behind(tmp_path):
     assert started.returncode == 0, started.stderr
     state = processes.load_state(LocalStack(settings).state_path)
     assert state is not None
-    assert [r.name for r in state.processes] == ["pubsub", "gcs", "function"]
+    assert [r.name for r in state.processes] == ["pubsub", "gcs", "function", "bridge"]
     # gcloud runs java, functions-framework runs gunicorn workers: groups have several members.
     members = {r.name: processes._live_members(r.pgid) for r in state.processes}
     assert len(members["pubsub"]) >= 2 and len(members["function"]) >= 2
@@ -211,7 +211,7 @@ def test_down_from_another_process_leaves_nothing_behind(tmp_path):
         [PYTHON, "-m", "samdrop.cli", "local", "down"], env=env, capture_output=True, text=True, timeout=60
     )
     assert stopped.returncode == 0, stopped.stderr
-    assert "stopped function, gcs, pubsub" in stopped.stdout
+    assert "stopped bridge, function, gcs, pubsub" in stopped.stdout
     for record in state.processes:
         assert processes._live_members(record.pgid) == [], record.name
         assert not port_in_use(record.port), record.name

@@ -43,9 +43,17 @@ def test_client_env_without_a_running_stack_uses_the_settings_ports(tmp_path):
 
 
 def test_specs_wire_the_emulators_together(tmp_path):
-    settings = _settings(tmp_path, gcs_port=1111, pubsub_port=2222, predictor_port=3333, function_port=4444)
+    settings = _settings(
+        tmp_path,
+        gcs_port=1111,
+        pubsub_port=2222,
+        predictor_port=3333,
+        function_port=4444,
+        bridge_port=5555,
+        delivery_concurrency=6,
+    )
     specs = {s.name: s for s in LocalStack(settings, base_env={"PATH": "/bin"}).specs()}
-    assert list(specs) == ["pubsub", "gcs", "predictor", "function"]
+    assert list(specs) == ["pubsub", "gcs", "predictor", "function", "bridge"]
 
     pubsub = specs["pubsub"]
     assert pubsub.argv[:5] == ["gcloud", "beta", "emulators", "pubsub", "start"]
@@ -58,6 +66,9 @@ def test_specs_wire_the_emulators_together(tmp_path):
     assert flags["-event.pubsub-project-id"] == settings.project
     assert flags["-event.bucket"] == settings.bucket
     assert flags["-port"] == "1111"
+    # Objects live on disk under the state dir, so a restarted stack keeps them.
+    assert flags["-backend"] == "filesystem"
+    assert flags["-filesystem-root"] == str(tmp_path.resolve() / "state" / "gcs")
     assert specs["gcs"].env["PUBSUB_EMULATOR_HOST"] == "127.0.0.1:2222"
 
     assert specs["predictor"].argv[1:] == ["-m", "samdrop.cli", "predictor", "serve", "--port", "3333"]
@@ -69,6 +80,13 @@ def test_specs_wire_the_emulators_together(tmp_path):
     assert function.env["SAMDROP_BUCKET"] == settings.bucket
     assert function.env["PATH"] == "/bin"
     assert function.argv[-6:-2] == ["--signature-type", "cloudevent", "--host", "127.0.0.1"]
+    assert function.env["THREADS"] == "6"  # as many requests at once as the bridge delivers
+
+    bridge = specs["bridge"]
+    assert bridge.argv[1:] == ["-m", "deploy.bridge"]
+    assert bridge.health_url == "http://127.0.0.1:5555/"
+    assert bridge.env["SAMDROP_FUNCTION_PORT"] == "4444"
+    assert bridge.env["SAMDROP_DELIVERY_CONCURRENCY"] == "6"
 
 
 def test_without_predictor_the_function_keeps_the_configured_endpoint(tmp_path):

@@ -69,6 +69,15 @@ def test_a_moved_endpoint_is_updated_in_place():
     assert subscriber.updates == [["push_config"]]
 
 
+def test_without_an_endpoint_the_subscription_is_pulled_with_the_same_policies():
+    subscriber: Any = FakeSubscriber()  # the part of SubscriberClient deploy.resources uses
+    resources.ensure_push_subscription(subscriber, "p", "bridged", "t", _delivery(None))
+    created = subscriber.subscriptions["projects/p/subscriptions/bridged"]
+    assert created.push_config.push_endpoint == ""
+    assert created.dead_letter_policy.dead_letter_topic == "projects/p/topics/dead"
+    assert created.ack_deadline_seconds == 600
+
+
 def test_a_subscription_on_another_topic_is_an_error():
     subscriber: Any = FakeSubscriber()  # the part of SubscriberClient deploy.resources uses
     resources.ensure_pull_subscription(subscriber, "p", "sub", "one")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
@@ -198,22 +198,30 @@ def redrive(
     dry_run: bool = False,
     emit: Emit = print,
     wait_s: float = PULL_WAIT_S,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> RedriveReport:
     """Move dead letters (``settings.dead_letter_subscription``) back onto the uploads topic, at most
     ``max_messages`` (None: until a pull waits ``wait_s`` and finds nothing). Each message is acked
     only after its publish succeeded; one whose publish fails is released for a later run and the
-    error raised. ``dry_run`` pulls, reports and releases every message, publishing nothing."""
+    error raised. ``dry_run`` pulls, reports and releases every message, publishing nothing.
+
+    Only dead letters published before the run began (``now()``) move: one that fails again while
+    the run lasts comes back later and is left for the next run, so a redrive always ends."""
     if max_messages is not None and max_messages < 1:
         raise InvalidRequest(f"--max must be at least 1, got {max_messages}")
     subscription = subscriber.subscription_path(settings.project, settings.dead_letter_subscription)
     topic = publisher.topic_path(settings.project, settings.uploads_topic)
     report = RedriveReport(dry_run=dry_run)
+    started = now()
     seen: set[str] = set()
-    held: list[str] = []  # dry run: ack ids released at the end (released now, they would come back)
+    held: list[str] = []  # ack ids released at the end (released now, they would be pulled again)
     try:
         while max_messages is None or len(report.sent) < max_messages:
             wanted = PULL_BATCH if max_messages is None else min(PULL_BATCH, max_messages - len(report.sent))
             received = _pull(subscriber, subscription, wanted, wait_s)
+            late = [r for r in received if r.message.publish_time > started]
+            held += [r.ack_id for r in late]
+            received = [r for r in received if r.message.publish_time <= started]
             if not received:
                 break
             fresh = [r for r in received if r.message.message_id not in seen]

@@ -28,6 +28,7 @@ sweep = cast(Callable[..., redrive.SweepReport], redrive.sweep)
 move = cast(Callable[..., redrive.RedriveReport], redrive.redrive)
 SETTINGS = Settings.from_env({}, project="p", bucket="uploads-b")
 WHEN = datetime(2026, 11, 26, 13, 0, 0, 123000, tzinfo=UTC)
+LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)  # dead letters published before any run of these tests
 
 
 @dataclass
@@ -133,9 +134,10 @@ class FakeSubscriber:
             self.queue.released.append(message_id)
 
 
-def dead_letter(message_id: str, name: str) -> Any:
+def dead_letter(message_id: str, name: str, published: datetime = LONG_AGO) -> Any:
     return SimpleNamespace(
         message_id=message_id,
+        publish_time=published,
         data=json.dumps({"name": name}).encode(),
         attributes={
             "eventType": "OBJECT_FINALIZE",
@@ -298,6 +300,20 @@ def test_a_failed_publish_keeps_its_dead_letter_and_those_after_it():
         move(FakeSubscriber(queue), publisher, SETTINGS, wait_s=0.01, emit=lambda _: None)
     assert queue.acked == ["m0", "m1"]
     assert sorted(queue.messages) == ["m2", "m3", "m4"] and queue.leased == set()
+
+
+def test_a_dead_letter_that_arrives_during_the_run_is_left_for_the_next_one():
+    """A redriven message that fails again comes back as a new dead letter: moving it again in the
+    same run could loop for as long as the cause lasts."""
+    queue, publisher = queue_of(2), FakePublisher()
+    later = WHEN.replace(minute=5)
+    queue.messages["back-again"] = dead_letter("back-again", "incoming/0.jpg", published=later)
+    report = move(
+        FakeSubscriber(queue), publisher, SETTINGS, wait_s=0.01, emit=lambda _: None, now=lambda: WHEN
+    )
+    assert report.sent == ["m0", "m1"]
+    assert list(queue.messages) == ["back-again"] and queue.leased == set()
+    assert queue.released == ["back-again"]
 
 
 def test_redrive_refuses_a_max_below_one():

@@ -9,7 +9,11 @@ publishes one per upload onto the stack's uploads topic) never mix in.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +41,8 @@ class Emulators:
     storage: Any
     publisher: Any
     subscriber: Any
-    settings: Settings
+    settings: Settings  # the tests' own topics
+    stack: Settings  # the stack's: fake-gcs-server publishes its notifications on stack.uploads_topic
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +61,7 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulators]:
     for topic in (settings.uploads_topic, settings.dead_letter_topic):
         publisher.create_topic(request={"name": publisher.topic_path(settings.project, topic)})
     try:
-        yield Emulators(storage_client, publisher, subscriber, settings)
+        yield Emulators(storage_client, publisher, subscriber, settings, stack_config)
     finally:
         subscriber.close()
         publisher.transport.close()
@@ -119,6 +124,45 @@ def delete_results(e: Emulators, name: str) -> None:
         blob.delete()
 
 
+def as_event(message: Any) -> Any:
+    """The function's view of a Pub/Sub message: what Eventarc or a push hands ``decode_event``."""
+    data = {"data": base64.b64encode(message.data).decode(), "attributes": dict(message.attributes)}
+    return decode_event(PUBSUB_TYPE, {"message": {**data, "messageId": message.message_id}})
+
+
+def test_a_swept_message_reads_like_the_bucket_notification_it_stands_for(emulators):
+    e = emulators
+    notifications = pull_subscription(e, "redrive-real-notifications", e.stack.uploads_topic)
+    uploads = pull_subscription(e, "redrive-uploads-compare", e.settings.uploads_topic)
+    prompts = '{"boxes":[[0,0,1,1]]}'
+    generation = upload(e, "incoming/compare/cat.png", {"samdrop-prompts": prompts})
+    (real,) = [m for m in drain(e, notifications) if m.attributes["objectId"] == "incoming/compare/cat.png"]
+    redrive.sweep(e.storage, e.publisher, e.settings, prefix="incoming/compare/", emit=lambda _: None)
+    (swept,) = drain(e, uploads)
+    # type, bucket, name, generation, content type, size: all but the message's own id
+    assert dataclasses.replace(as_event(swept), message_id=None) == dataclasses.replace(
+        as_event(real), message_id=None
+    )
+    assert as_event(swept).metadata == as_event(real).metadata == {"samdrop-prompts": prompts}
+    assert int(as_event(swept).generation) == generation
+    assert set(real.attributes) - {"overwroteGeneration"} <= set(swept.attributes)
+
+
+def test_the_sweep_command_finds_the_running_stack(emulators):
+    e = emulators
+    generation = upload(e, "incoming/cli/dog.png")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}
+    env.update({"SAMDROP_STATE_DIR": str(e.stack.state_dir), "SAMDROP_LOG_LEVEL": "WARNING"})
+    done = subprocess.run(
+        [sys.executable, "-m", "samdrop.cli", "sweep", "--prefix", "incoming/cli/", "--dry-run"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"would send gs://{e.stack.bucket}/incoming/cli/dog.png#{generation}")
+    assert lines[-1] == "sweep: would send 1, already completed 0, not an input the function segments 0"
+
+
 def test_sweep_after_deleting_five_results_sends_exactly_those_five(emulators):
     e = emulators
     uploads = pull_subscription(e, "redrive-uploads-sweep", e.settings.uploads_topic)
@@ -140,19 +184,7 @@ def test_sweep_after_deleting_five_results_sends_exactly_those_five(emulators):
     assert sorted(report.sent) == sorted((name, inputs[name]) for name in lost)
     assert lines[-1] == "sweep: sent 5, already completed 5, not an input the function segments 1"
     received = drain(e, uploads)
-    events = [
-        decode_event(
-            PUBSUB_TYPE,
-            {
-                "message": {
-                    "data": base64.b64encode(m.data).decode(),
-                    "attributes": dict(m.attributes),
-                    "messageId": m.message_id,
-                }
-            },
-        )
-        for m in received
-    ]
+    events = [as_event(m) for m in received]
     assert sorted((ev.name, int(ev.generation)) for ev in events) == sorted((n, inputs[n]) for n in lost)
     assert {ev.bucket for ev in events} == {e.settings.bucket}
     assert {ev.event_type for ev in events} == {"OBJECT_FINALIZE"}

@@ -87,6 +87,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="bucket for the pipeline template, which only you write (default: <bucket>-pipelines)",
     )
     parser.add_argument(
+        "--uploader",
+        action="append",
+        default=[],
+        metavar="MEMBER",
+        help="IAM member (user:…, group:…, serviceAccount:…, domain:…) who may write the upload bucket "
+        "and nothing else; repeatable (destroy: removes those grants)",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help="print every API call and gcloud command; change nothing"
     )
 
@@ -104,6 +112,7 @@ def deploy_command(args: argparse.Namespace, settings: Settings) -> int:
         bucket=args.bucket or f"{args.project}-samdrop",
         results_bucket=args.results_bucket or settings.results_bucket,
         pipelines_bucket=args.pipelines_bucket,
+        uploaders=tuple(args.uploader),
         model_type=_deployed_type(args.model_type or settings.model_type, checkpoint),
         checkpoint=checkpoint,
         gpu=args.gpu,
@@ -155,6 +164,7 @@ def destroy_command(args: argparse.Namespace, settings: Settings) -> int:
         bucket=args.bucket or f"{args.project}-samdrop",
         results_bucket=args.results_bucket or settings.results_bucket,
         pipelines_bucket=args.pipelines_bucket,
+        uploaders=tuple(args.uploader),
         checkpoint=args.checkpoint,
     )
     steps = destroy_steps(options, settings, delete_data=args.delete_data)

@@ -52,11 +52,19 @@ CUSTOM_ROLES = (PREDICT, PIPELINE_LAUNCHER)
 
 @dataclass(frozen=True)
 class Grant:
-    account: str  # function, endpoint or pipeline
+    account: str  # function, endpoint or pipeline; or "uploader" for a --uploader member
     role: str
     scope: Scope
     resource: str  # project id, bucket name, topic name, service-account email or endpoint name
     why: str
+    member: str | None = None  # an uploader's IAM member; None: samdrop's service account ``account``
+
+    def principal(self, names: Names) -> str:
+        return self.member or f"serviceAccount:{names.service_account(self.account)}"
+
+    @property
+    def who(self) -> str:
+        return f"{self.account} {self.member}" if self.member else self.account
 
 
 def grants(options: DeployOptions, completions_topic: str) -> list[Grant]:
@@ -127,6 +135,17 @@ def grants(options: DeployOptions, completions_topic: str) -> list[Grant]:
             project,
             "what Vertex AI Pipelines needs of the account a run acts as: run the tasks, record metadata",
         ),
+    ]
+    out += [
+        Grant(
+            "uploader",
+            "roles/storage.objectUser",
+            "bucket",
+            bucket,
+            "upload and replace images; nothing in the results or pipelines buckets",
+            member=member,
+        )
+        for member in options.uploaders
     ]
     if options.checkpoint is not None:
         models = options.checkpoint.removeprefix("gs://").split("/", 1)[0]
@@ -252,13 +271,13 @@ def endpoint_grant_steps(names: Names, grant_list: list[Grant]) -> list[Step]:
     Deleting the endpoint deletes its policy, so destroy has nothing to revoke here."""
     return [
         Step(
-            f"{g.role} for {g.account} on endpoint {g.resource}: {g.why}",
+            f"{g.role} for {g.who} on endpoint {g.resource}: {g.why}",
             ApiCall(
                 vertex_calls.ensure_endpoint_binding,
                 {
                     "endpoint": g.resource,
                     "role": g.role,
-                    "member": f"serviceAccount:{names.service_account(g.account)}",
+                    "member": g.principal(names),
                 },
             ),
             key=f"grant:{g.account}:{g.role}:endpoint",
@@ -289,13 +308,14 @@ def binding_step(
 
 
 def _binding_step(names: Names, grant: Grant, *, add: bool) -> Step:
-    member = f"serviceAccount:{names.service_account(grant.account)}"
+    member = grant.principal(names)
     where = f"{grant.scope} {grant.resource}"
-    key = f"{'grant' if add else 'revoke'}:{grant.account}:{grant.role}:{grant.scope}:{grant.resource}"
+    who = f"{grant.account}:{grant.member}" if grant.member else grant.account
+    key = f"{'grant' if add else 'revoke'}:{who}:{grant.role}:{grant.scope}:{grant.resource}"
     if add:
         return binding_step(
             key,
-            f"{grant.role} for {grant.account} on {where}: {grant.why}",
+            f"{grant.role} for {grant.who} on {where}: {grant.why}",
             grant.scope,
             grant.resource,
             member,
@@ -305,7 +325,7 @@ def _binding_step(names: Names, grant: Grant, *, add: bool) -> Step:
     command, target = _scope_command(grant.scope, grant.resource, names.project)
     extra = ("--condition=None",) if grant.scope == "project" else ()
     return Step(
-        f"Remove {grant.role} for {grant.account} on {where}",
+        f"Remove {grant.role} for {grant.who} on {where}",
         Gcloud(
             (
                 *command,

@@ -21,6 +21,7 @@ _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")  # no dots: those need domain verification
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _MEMORY = re.compile(r"^[1-9][0-9]*(Mi|Gi)$")
+_MEMBER = re.compile(r"^(user|group|serviceAccount|domain):[^\s,=]+$")
 
 FUNCTION_NAME = "samdrop-on-upload"
 ENDPOINT_NAME = "samdrop-sam"
@@ -44,6 +45,7 @@ class DeployOptions:
     bucket: str
     results_bucket: str | None = None  # None: <bucket>-results
     pipelines_bucket: str | None = None  # None: <bucket>-pipelines
+    uploaders: tuple[str, ...] = ()  # IAM members granted write on the upload bucket only
     model_type: str = "tiny"
     checkpoint: str | None = None
     gpu: str = "NVIDIA_L4"
@@ -92,6 +94,12 @@ class DeployOptions:
                 )
         if self.results == self.pipelines:
             problems.append("--results-bucket and --pipelines-bucket must differ")
+        for member in self.uploaders:
+            if not _MEMBER.match(member):
+                problems.append(
+                    f"--uploader {member!r} is not an IAM member like user:ana@example.com, "
+                    "group:team@example.com, serviceAccount:… or domain:example.com"
+                )
         if self.gpu not in GPU_MACHINE_TYPES:
             problems.append(f"--gpu {self.gpu!r} is not one of {', '.join(GPU_MACHINE_TYPES)}")
         if self.model_type not in MODEL_TYPES:

@@ -107,6 +107,8 @@ def test_names_derive_from_project_region_and_tag():
         ({"results_bucket": "x", "pipelines_bucket": "x"}, "must differ"),
         ({"bucket": "b" * 60}, "--results-bucket 'bbb"),  # <bucket>-results passes 63 characters
         ({"results_bucket": "Results"}, "--results-bucket 'Results' is not a valid bucket name"),
+        ({"uploaders": ("ana@example.com",)}, "--uploader 'ana@example.com' is not an IAM member"),
+        ({"uploaders": ("user:a@b.c,role=x",)}, "--uploader"),
     ],
 )
 def test_results_and_pipelines_live_in_buckets_of_their_own(changes, message):

@@ -43,6 +43,7 @@ def sample_options(**changes) -> DeployOptions:
         max_replicas=2,
         image_tag="v1",
         source_digest="0" * 64,
+        uploaders=("group:samdrop-uploaders@example.com",),
     )
     return DeployOptions(**{**values, **changes})
 
@@ -263,9 +264,13 @@ def written_by(bucket: str) -> set[str]:
 
 
 def test_trust_zones_who_writes_where():
-    assert written_by("samdrop-demo-images") == set(), "no samdrop account writes the upload bucket"
+    assert written_by("samdrop-demo-images") == {"uploader"}, "no samdrop account writes the upload bucket"
     assert written_by("samdrop-demo-images-results") == {"function", "pipeline"}
     assert written_by("samdrop-demo-images-pipelines") == set(), "only the deployer writes the template"
+    uploaders = [g for g in iam.grants(sample_options(), "samdrop-completions") if g.account == "uploader"]
+    assert [(g.member, g.role, g.resource) for g in uploaders] == [
+        ("group:samdrop-uploaders@example.com", "roles/storage.objectUser", "samdrop-demo-images")
+    ]
     endpoint = {
         (g.role, g.resource)
         for g in iam.grants(sample_options(), "samdrop-completions")

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 TIMEOUT_S = 60.0  # each storage or Pub/Sub call
 PULL_WAIT_S = 10.0  # an empty pull of the dead-letter subscription ends the redrive
 PULL_BATCH = 100
+PUBLISH_BATCH = 100  # publishes in flight before sweep waits for them
 # What GCS names the notification in a real event; a re-sent one names the command instead.
 NOTIFICATION_CONFIG = "projects/_/buckets/{bucket}/notificationConfigs/samdrop-{command}"
 
@@ -165,26 +166,40 @@ def sweep(
     completions = completion_generations(storage_client, settings, prefix)
     topic = publisher.topic_path(settings.project, settings.uploads_topic)
     report = SweepReport(dry_run=dry_run)
+    in_flight: list[tuple[str, str, Any]] = []  # (where, why, publish future): the client batches them
+
+    def wait_for_publishes() -> None:
+        for where, why, future in in_flight:
+            emit(f"sent       {where}  message {future.result(timeout=TIMEOUT_S)}  ({why})")
+        in_flight.clear()
+
     for blob in storage_client.list_blobs(settings.bucket, prefix=prefix, timeout=TIMEOUT_S):
         name, generation = blob.name, int(blob.generation)
         where = f"gs://{settings.bucket}/{name}#{generation}"
-        if name.endswith("/") or not is_image_object(name, blob.content_type):
+        if name.endswith("/") or name.startswith(settings.results_prefix):
+            report.ignored += 1
+            emit(f"ignored    {where}  (a folder placeholder or an output, never an input)")
+            continue
+        if not is_image_object(name, blob.content_type):
             report.ignored += 1
             emit(f"ignored    {where}  (not an image the function segments)")
             continue
-        completion = output_paths(settings, name).completion
-        if completions.get(completion) == generation:
+        completed = completions.get(output_paths(settings, name).completion)
+        if completed == generation:
             report.completed += 1
             emit(f"completed  {where}")
             continue
-        if dry_run:
-            emit(f"would send {where}  ({_why(completions.get(completion))})")
-        else:
-            message = finalize_message(blob, command="sweep")
-            attributes: dict[str, Any] = dict(message.attributes)  # publish() types kwargs as its options
-            message_id = publisher.publish(topic, message.data, **attributes).result(timeout=TIMEOUT_S)
-            emit(f"sent       {where}  message {message_id}  ({_why(completions.get(completion))})")
+        why = "no completion" if completed is None else f"completion is for generation {completed}"
         report.sent.append((name, generation))
+        if dry_run:
+            emit(f"would send {where}  ({why})")
+            continue
+        message = finalize_message(blob, command="sweep")
+        attributes: dict[str, Any] = dict(message.attributes)  # publish() types **kwargs as its options
+        in_flight.append((where, why, publisher.publish(topic, message.data, **attributes)))
+        if len(in_flight) >= PUBLISH_BATCH:
+            wait_for_publishes()
+    wait_for_publishes()
     emit(report.summary())
     return report
 
@@ -302,12 +317,6 @@ def _describe(message: Any) -> str:
     else:
         what = f"{len(message.data)} bytes, attributes {sorted(attributes)}"
     return f"dead letter {message.message_id}: {what}"
-
-
-def _why(completed_generation: int | None) -> str:
-    if completed_generation is None:
-        return "no completion"
-    return f"completion is for generation {completed_generation}"
 
 
 def _text(value: Any) -> str | None:

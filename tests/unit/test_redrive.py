@@ -250,6 +250,26 @@ def test_sweep_reads_completions_from_the_results_bucket_and_honours_prefix():
     assert storage.listed == [("results-b", "results/incoming/a/"), ("uploads-b", "incoming/a/")]
 
 
+def test_outputs_under_the_incoming_prefix_are_never_inputs():
+    settings = SETTINGS.replace(results_prefix="incoming/_results/")
+    storage, publisher = FakeStorage(), FakePublisher()
+    storage.put("uploads-b", "incoming/a.jpg", 1)
+    storage.put("uploads-b", "incoming/_results/incoming/a.jpg/overlay.jpg", 2)
+    report = sweep(storage, publisher, settings, emit=lambda _: None)
+    assert (report.sent, report.ignored) == ([("incoming/a.jpg", 1)], 1)
+
+
+def test_a_large_sweep_publishes_in_batches_and_reports_every_message():
+    storage, publisher, lines = FakeStorage(), FakePublisher(), list[str]()
+    for i in range(250):
+        storage.put("uploads-b", f"incoming/many/{i:03d}.jpg", 1000 + i)
+    report = sweep(storage, publisher, SETTINGS, emit=lines.append)
+    assert len(report.sent) == len(publisher.published) == 250
+    sent_lines = [line for line in lines if line.startswith("sent ")]
+    assert len(sent_lines) == 250 and len({line.split("message ")[1] for line in sent_lines}) == 250
+    assert "incoming/many/000.jpg#1000" in sent_lines[0] and "incoming/many/249.jpg#1249" in sent_lines[-1]
+
+
 @pytest.mark.parametrize("prefix", ["batches/", "results/incoming/", "inc"])
 def test_sweep_refuses_a_prefix_outside_the_incoming_prefix(prefix):
     with pytest.raises(InvalidRequest, match="not under the incoming prefix"):

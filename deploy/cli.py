@@ -1,4 +1,4 @@
-"""``samdrop local up|down|status|env``, ``samdrop upload`` and ``samdrop watch``.
+"""``samdrop local up|down|status|env``, ``samdrop upload``, ``watch``, ``sweep`` and ``redrive``.
 
 Heavy imports (Google clients) wait until a command runs, so ``samdrop --help`` stays fast.
 """
@@ -68,6 +68,8 @@ def add_commands(subparsers: Any) -> None:
     watch.add_argument("--count", type=int, help="stop after this many messages")
     watch.add_argument("--timeout", type=float, help="stop after this many seconds")
     watch.set_defaults(func=watch_command)
+
+    add_redrive_commands(subparsers)
 
 
 def local_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -147,6 +149,72 @@ def watch_command(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         subscriber.close()
     return 0
+
+
+# --- samdrop sweep / redrive (deploy/redrive.py): unfinished work back through the function ---------
+def add_redrive_commands(subparsers: Any) -> None:
+    sweep = subparsers.add_parser(
+        "sweep",
+        help="re-send every upload under the incoming prefix whose current generation has no completion",
+    )
+    sweep.add_argument(
+        "--prefix", help="only inputs under this prefix (must lie under SAMDROP_INCOMING_PREFIX)"
+    )
+    sweep.add_argument("--dry-run", action="store_true", help="say what would be sent; send nothing")
+    sweep.set_defaults(func=sweep_command)
+    redrive = subparsers.add_parser(
+        "redrive", help="move dead letters back onto the uploads topic (each acked after its publish)"
+    )
+    redrive.add_argument("--max", type=int, help="move at most this many (default: all)")
+    redrive.add_argument("--dry-run", action="store_true", help="list the dead letters; leave them there")
+    redrive.set_defaults(func=redrive_command)
+
+
+def sweep_command(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy import redrive
+
+    prefix = redrive.sweep_prefix(settings, args.prefix)  # a wrong prefix fails before any client
+    publisher = _publisher(settings)
+    try:
+        redrive.sweep(
+            _storage_client(settings),
+            publisher,
+            settings,
+            prefix=prefix,
+            dry_run=args.dry_run,
+            emit=lambda line: print(line, flush=True),
+        )
+    finally:
+        publisher.transport.close()
+    return 0
+
+
+def redrive_command(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy import redrive
+
+    subscriber, publisher = _subscriber(settings), _publisher(settings)
+    try:
+        redrive.redrive(
+            subscriber,
+            publisher,
+            settings,
+            max_messages=args.max,
+            dry_run=args.dry_run,
+            emit=lambda line: print(line, flush=True),
+        )
+    finally:
+        subscriber.close()
+        publisher.transport.close()
+    return 0
+
+
+def _publisher(settings: Settings) -> pubsub_v1.PublisherClient:
+    from google.cloud import pubsub_v1
+
+    return pubsub_v1.PublisherClient()
+
+
+# --- end of sweep / redrive ------------------------------------------------------------------------
 
 
 # The local stack, when one runs, is in the environment already (samdrop.cli): plain clients reach it.

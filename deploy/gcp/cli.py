@@ -78,6 +78,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", default="us-central1", help="region (default us-central1)")
     parser.add_argument("--bucket", help="upload bucket (default: <project>-samdrop)")
     parser.add_argument(
+        "--results-bucket",
+        help="bucket for masks and reports, which uploaders cannot write "
+        "(default: SAMDROP_RESULTS_BUCKET, else <bucket>-results)",
+    )
+    parser.add_argument(
+        "--pipelines-bucket",
+        help="bucket for the pipeline template, which only you write (default: <bucket>-pipelines)",
+    )
+    parser.add_argument(
+        "--uploader",
+        action="append",
+        default=[],
+        metavar="MEMBER",
+        help="IAM member (user:…, group:…, serviceAccount:…, domain:…) who may write the upload bucket "
+        "and nothing else; repeatable (destroy: removes those grants)",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help="print every API call and gcloud command; change nothing"
     )
 
@@ -93,6 +110,9 @@ def deploy_command(args: argparse.Namespace, settings: Settings) -> int:
         project=args.project,
         region=args.region,
         bucket=args.bucket or f"{args.project}-samdrop",
+        results_bucket=args.results_bucket or settings.results_bucket,
+        pipelines_bucket=args.pipelines_bucket,
+        uploaders=tuple(args.uploader),
         model_type=_deployed_type(args.model_type or settings.model_type, checkpoint),
         checkpoint=checkpoint,
         gpu=args.gpu,
@@ -113,7 +133,15 @@ def deploy_command(args: argparse.Namespace, settings: Settings) -> int:
             "note: model type tiny has random weights: its masks are meaningless (use --model-type vit_h)",
             file=sys.stderr,
         )
-    return _run("deploy", steps, options, args.dry_run)
+    status = _run("deploy", steps, options, args.dry_run)
+    if not args.dry_run:
+        # what `samdrop upload|watch|sweep|redrive` need to reach this deployment instead of the local stack
+        names = options.names
+        print(
+            f"clients: export SAMDROP_PROJECT={options.project} SAMDROP_BUCKET={options.bucket} "
+            f"SAMDROP_RESULTS_BUCKET={names.results_bucket}"
+        )
+    return status
 
 
 def _deployed_type(model_type: str, checkpoint: str | None) -> str:
@@ -134,6 +162,9 @@ def destroy_command(args: argparse.Namespace, settings: Settings) -> int:
         project=args.project,
         region=args.region,
         bucket=args.bucket or f"{args.project}-samdrop",
+        results_bucket=args.results_bucket or settings.results_bucket,
+        pipelines_bucket=args.pipelines_bucket,
+        uploaders=tuple(args.uploader),
         checkpoint=args.checkpoint,
     )
     steps = destroy_steps(options, settings, delete_data=args.delete_data)

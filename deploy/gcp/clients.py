@@ -27,6 +27,7 @@ class CloudClients:
         publisher: pubsub_v1.PublisherClient | None = None,
         subscriber: pubsub_v1.SubscriberClient | None = None,
         vertex: Any = None,
+        endpoint_service: Any = None,
     ) -> None:
         self.project = project
         self.location = location
@@ -35,6 +36,7 @@ class CloudClients:
             "publisher": publisher,
             "subscriber": subscriber,
             "vertex": vertex,
+            "endpoint_service": endpoint_service,
         }
 
     @cached_property
@@ -74,6 +76,18 @@ class CloudClients:
 
         aiplatform.init(project=self.project, location=self.location)
         return aiplatform
+
+    @cached_property
+    def endpoint_service(self) -> Any:
+        """Vertex AI's ``EndpointServiceClient`` (v1beta1, where Google documents endpoint IAM
+        policies) on the region's API host: reads and sets an endpoint's own IAM policy."""
+        if self._given["endpoint_service"] is not None:
+            return self._given["endpoint_service"]
+        from google.cloud import aiplatform_v1beta1
+
+        return aiplatform_v1beta1.EndpointServiceClient(
+            client_options={"api_endpoint": f"{self.location}-aiplatform.googleapis.com"}
+        )
 
     def close(self) -> None:
         """Close what was created here; clients passed in belong to the caller."""

@@ -1,7 +1,9 @@
 """The ordered steps of ``samdrop destroy``: what deploy created, in reverse order.
 
-The bucket and its objects stay unless ``delete_data``; the APIs stay enabled (other things may
-use them). Like deploy's, a pure function of (options, settings).
+The buckets and their objects stay unless ``delete_data``; the APIs stay enabled (other things may
+use them), and so do the custom roles: bound to nobody they grant nothing, and a deleted custom
+role's id stays taken for 7 days, which would make a redeploy within that week fail. Like
+deploy's, a pure function of (options, settings).
 """
 
 from __future__ import annotations
@@ -55,14 +57,15 @@ def destroy_steps(options: DeployOptions, settings: Settings, *, delete_data: bo
             key="delete-function",
         ),
         Step(
-            f"Delete the notification gs://{s.bucket} → {s.uploads_topic}",
+            f"Delete the notifications gs://{s.bucket} → {s.uploads_topic}",
             ApiCall(storage_calls.delete_notifications, {"bucket": s.bucket, "topic": s.uploads_topic}),
             key="delete-notification",
         ),
         Step(
             f"Delete the pipeline template {names.pipeline_template}",
             ApiCall(
-                storage_calls.delete_object, {"bucket": s.bucket, "object_name": PIPELINE_TEMPLATE_OBJECT}
+                storage_calls.delete_object,
+                {"bucket": options.pipelines, "object_name": PIPELINE_TEMPLATE_OBJECT},
             ),
             key="delete-pipeline-template",
         ),
@@ -83,7 +86,7 @@ def destroy_steps(options: DeployOptions, settings: Settings, *, delete_data: bo
                 key=f"delete-topic:{topic}",
             )
         )
-    steps += iam.revoke_steps(names, iam.grants(options, s.completions_topic, s.output_bucket))
+    steps += iam.revoke_steps(names, iam.grants(options, s.completions_topic))
     steps += iam.delete_account_steps(names)
     steps.append(
         Step(
@@ -108,7 +111,7 @@ def destroy_steps(options: DeployOptions, settings: Settings, *, delete_data: bo
         )
     )
     if delete_data:
-        for bucket in dict.fromkeys((s.output_bucket, s.bucket)):
+        for bucket in (options.pipelines, s.output_bucket, s.bucket):
             steps.append(
                 Step(
                     f"Delete gs://{bucket} with every object in it (--delete-data)",

@@ -1,7 +1,8 @@
-"""The three service accounts and the least roles each needs, as ``gcloud`` steps.
+"""The three service accounts, the two custom roles and the least roles each account needs.
 
 ``grants()`` is the one list of roles: deploy adds them, destroy removes them, and the README's
-table says the same (a test checks that it names every role).
+table says the same (a test checks that it names every role). The trust zones they draw are in
+docs/operations.md "Trust zones".
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from deploy.gcp import vertex_calls
 from deploy.gcp.options import DeployOptions, Names
-from deploy.gcp.plan import Gcloud, Probe, Step
+from deploy.gcp.plan import ApiCall, Gcloud, Probe, Step
 
-Scope = Literal["project", "bucket", "topic", "service-account"]
+Scope = Literal["project", "bucket", "topic", "service-account", "endpoint"]
 ACCOUNTS = {
     "function": "samdrop function: reads uploads, calls the endpoint, writes masks, starts pipelines",
     "endpoint": "samdrop endpoint: the SAM serving container on Vertex AI",
@@ -21,41 +23,87 @@ ACCOUNTS = {
 
 
 @dataclass(frozen=True)
+class CustomRole:
+    """A role deploy defines in the project, holding exactly ``permissions``."""
+
+    role_id: str
+    title: str
+    permissions: tuple[str, ...]
+
+
+# Vertex AI lets an endpoint carry its own IAM policy, so :predict is granted on samdrop's endpoint
+# alone; pipeline jobs have no resource-level policy, so creating and reading them is granted on the
+# project, with nothing else of roles/aiplatform.user (no models, endpoints, datasets, jobs …).
+PREDICT = CustomRole(
+    "samdropPredict", "samdrop: call predict on an endpoint", ("aiplatform.endpoints.predict",)
+)
+PIPELINE_LAUNCHER = CustomRole(
+    "samdropPipelineLauncher",
+    "samdrop: start and read pipeline runs",
+    (
+        "aiplatform.metadataStores.get",  # Vertex AI checks it when a pipeline job is created
+        "aiplatform.pipelineJobs.create",
+        "aiplatform.pipelineJobs.get",
+        "aiplatform.pipelineJobs.list",
+    ),
+)
+CUSTOM_ROLES = (PREDICT, PIPELINE_LAUNCHER)
+
+
+@dataclass(frozen=True)
 class Grant:
-    account: str  # function, endpoint or pipeline
+    account: str  # function, endpoint or pipeline; or "uploader" for a --uploader member
     role: str
     scope: Scope
-    resource: str  # project id, bucket name, topic name or service-account email
+    resource: str  # project id, bucket name, topic name, service-account email or endpoint name
     why: str
+    member: str | None = None  # an uploader's IAM member; None: samdrop's service account ``account``
+
+    def principal(self, names: Names) -> str:
+        return self.member or f"serviceAccount:{names.service_account(self.account)}"
+
+    @property
+    def who(self) -> str:
+        return f"{self.account} {self.member}" if self.member else self.account
 
 
-def grants(options: DeployOptions, completions_topic: str, output_bucket: str) -> list[Grant]:
-    """Every role binding deploy makes, on the narrowest resource that works."""
+def grants(options: DeployOptions, completions_topic: str) -> list[Grant]:
+    """Every role binding deploy makes, on the narrowest resource that works. Uploaders write the
+    upload bucket only; results, and the pipeline's code, live where no uploader may write."""
     names = options.names
-    project, bucket = options.project, options.bucket
+    project, bucket, results = options.project, options.bucket, options.results
     pipeline_sa = names.service_account("pipeline")
-    out: list[Grant] = []
-    if output_bucket != bucket:
-        out += [
-            Grant("function", "roles/storage.objectViewer", "bucket", bucket, "read uploaded images"),
-            Grant("pipeline", "roles/storage.objectViewer", "bucket", bucket, "read the batch's images"),
-        ]
-    out += [
+    out = [
+        Grant("function", "roles/storage.objectViewer", "bucket", bucket, "read uploads and batch files"),
         Grant(
             "function",
             "roles/storage.objectUser",
             "bucket",
-            output_bucket,
-            "read inputs, write masks/masks.json/overlay and batch claims (replacing results of an "
+            results,
+            "write masks, masks.json, overlays, completions and batch claims (replacing results of an "
             "older generation needs delete)",
+        ),
+        Grant(
+            "function",
+            "roles/storage.objectViewer",
+            "bucket",
+            options.pipelines,
+            "read the pipeline template it submits (and write nothing there)",
         ),
         Grant("function", "roles/pubsub.publisher", "topic", completions_topic, "publish completions"),
         Grant(
             "function",
-            "roles/aiplatform.user",
+            names.custom_role(PREDICT.role_id),
+            "endpoint",
+            names.endpoint,
+            "call :predict on samdrop's endpoint and no other",
+        ),
+        Grant(
+            "function",
+            names.custom_role(PIPELINE_LAUNCHER.role_id),
             "project",
             project,
-            "call the endpoint's :predict and create pipeline runs",
+            "create and read pipeline runs (Vertex AI has no per-pipeline IAM)",
         ),
         Grant(
             "function",
@@ -69,14 +117,15 @@ def grants(options: DeployOptions, completions_topic: str, output_bucket: str) -
             "roles/storage.objectViewer",
             "bucket",
             bucket,
-            "read the images the function passes by gs:// URI",
+            "read the images the function passes by gs:// URI (and no other bucket)",
         ),
+        Grant("pipeline", "roles/storage.objectViewer", "bucket", bucket, "read the batch's images"),
         Grant(
             "pipeline",
             "roles/storage.objectUser",
             "bucket",
-            output_bucket,
-            "read the batch and its template, write results, reports and the pipeline root",
+            results,
+            "write results, manifests, reports and the pipeline root",
         ),
         Grant("pipeline", "roles/pubsub.publisher", "topic", completions_topic, "publish batch completions"),
         Grant(
@@ -84,17 +133,23 @@ def grants(options: DeployOptions, completions_topic: str, output_bucket: str) -
             "roles/aiplatform.user",
             "project",
             project,
-            "run the pipeline's GPU tasks and record their metadata",
+            "what Vertex AI Pipelines needs of the account a run acts as: run the tasks, record metadata",
         ),
     ]
-    if output_bucket != bucket:
-        # the pipeline template and root live in the upload bucket
-        out.append(
-            Grant("pipeline", "roles/storage.objectUser", "bucket", bucket, "pipeline template and root")
+    out += [
+        Grant(
+            "uploader",
+            "roles/storage.objectUser",
+            "bucket",
+            bucket,
+            "upload and replace images; nothing in the results or pipelines buckets",
+            member=member,
         )
+        for member in options.uploaders
+    ]
     if options.checkpoint is not None:
         models = options.checkpoint.removeprefix("gs://").split("/", 1)[0]
-        if models not in (bucket, output_bucket):
+        if models not in (bucket, results):
             out.append(
                 Grant(
                     "pipeline",
@@ -105,6 +160,55 @@ def grants(options: DeployOptions, completions_topic: str, output_bucket: str) -
                 )
             )
     return out
+
+
+def custom_role_steps(names: Names) -> list[Step]:
+    """Each custom role created, then its permissions set to exactly the list (a changed list updates)."""
+    steps = []
+    for role in CUSTOM_ROLES:
+        permissions = ",".join(role.permissions)
+        describe = ("gcloud", "iam", "roles", "describe", role.role_id, f"--project={names.project}")
+        steps += [
+            Step(
+                f"Custom role {names.custom_role(role.role_id)}: {', '.join(role.permissions)}",
+                Gcloud(
+                    (
+                        "gcloud",
+                        "iam",
+                        "roles",
+                        "create",
+                        role.role_id,
+                        f"--project={names.project}",
+                        f"--title={role.title}",
+                        f"--permissions={permissions}",
+                        "--stage=GA",
+                    ),
+                    probe=Probe(describe, "succeeds"),
+                ),
+                key=f"custom-role:{role.role_id}",
+            ),
+            Step(
+                f"Custom role {role.role_id} holds exactly its permissions",
+                Gcloud(
+                    (
+                        "gcloud",
+                        "iam",
+                        "roles",
+                        "update",
+                        role.role_id,
+                        f"--project={names.project}",
+                        f"--permissions={permissions}",
+                    ),
+                    probe=Probe(
+                        (*describe, "--flatten=includedPermissions", "--format=value(includedPermissions)"),
+                        "lists",
+                        role.permissions,
+                    ),
+                ),
+                key=f"custom-role-permissions:{role.role_id}",
+            ),
+        ]
+    return steps
 
 
 def create_account_steps(names: Names) -> list[Step]:
@@ -158,7 +262,29 @@ def delete_account_steps(names: Names) -> list[Step]:
 
 
 def grant_steps(names: Names, grant_list: list[Grant]) -> list[Step]:
-    return [_binding_step(names, g, add=True) for g in grant_list]
+    """Bindings on projects, buckets, topics and accounts (gcloud); see ``endpoint_grant_steps``."""
+    return [_binding_step(names, g, add=True) for g in grant_list if g.scope != "endpoint"]
+
+
+def endpoint_grant_steps(names: Names, grant_list: list[Grant]) -> list[Step]:
+    """Bindings on the endpoint's own IAM policy (no gcloud command sets one): after the endpoint step.
+    Deleting the endpoint deletes its policy, so destroy has nothing to revoke here."""
+    return [
+        Step(
+            f"{g.role} for {g.who} on endpoint {g.resource}: {g.why}",
+            ApiCall(
+                vertex_calls.ensure_endpoint_binding,
+                {
+                    "endpoint": g.resource,
+                    "role": g.role,
+                    "member": g.principal(names),
+                },
+            ),
+            key=f"grant:{g.account}:{g.role}:endpoint",
+        )
+        for g in grant_list
+        if g.scope == "endpoint"
+    ]
 
 
 def revoke_steps(names: Names, grant_list: list[Grant]) -> list[Step]:
@@ -182,13 +308,14 @@ def binding_step(
 
 
 def _binding_step(names: Names, grant: Grant, *, add: bool) -> Step:
-    member = f"serviceAccount:{names.service_account(grant.account)}"
+    member = grant.principal(names)
     where = f"{grant.scope} {grant.resource}"
-    key = f"{'grant' if add else 'revoke'}:{grant.account}:{grant.role}:{grant.scope}:{grant.resource}"
+    who = f"{grant.account}:{grant.member}" if grant.member else grant.account
+    key = f"{'grant' if add else 'revoke'}:{who}:{grant.role}:{grant.scope}:{grant.resource}"
     if add:
         return binding_step(
             key,
-            f"{grant.role} for {grant.account} on {where}: {grant.why}",
+            f"{grant.role} for {grant.who} on {where}: {grant.why}",
             grant.scope,
             grant.resource,
             member,
@@ -198,7 +325,7 @@ def _binding_step(names: Names, grant: Grant, *, add: bool) -> Step:
     command, target = _scope_command(grant.scope, grant.resource, names.project)
     extra = ("--condition=None",) if grant.scope == "project" else ()
     return Step(
-        f"Remove {grant.role} for {grant.account} on {where}",
+        f"Remove {grant.role} for {grant.who} on {where}",
         Gcloud(
             (
                 *command,
@@ -224,7 +351,9 @@ def _scope_command(scope: Scope, resource: str, project: str) -> tuple[tuple[str
         return ("gcloud", "storage", "buckets"), (f"gs://{resource}",)
     if scope == "topic":
         return ("gcloud", "pubsub", "topics"), (resource, f"--project={project}")
-    return ("gcloud", "iam", "service-accounts"), (resource, f"--project={project}")
+    if scope == "service-account":
+        return ("gcloud", "iam", "service-accounts"), (resource, f"--project={project}")
+    raise ValueError(f"no gcloud command sets IAM on a Vertex AI {scope}: use endpoint_grant_steps")
 
 
 def _describe_account(email: str, project: str) -> tuple[str, ...]:

@@ -21,13 +21,19 @@ _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")  # no dots: those need domain verification
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _MEMORY = re.compile(r"^[1-9][0-9]*(Mi|Gi)$")
+_MEMBER = re.compile(r"^(user|group|serviceAccount|domain):[^\s,=]+$")
 
 FUNCTION_NAME = "samdrop-on-upload"
 ENDPOINT_NAME = "samdrop-sam"
 REPOSITORY = "samdrop"
 CONFIG_LABEL = "samdrop_config"  # label holding a digest of what deploy asked for
-PIPELINE_TEMPLATE_OBJECT = "pipelines/samdrop_pipeline.yaml"
+# The template decides what code runs as the pipeline account: it lives in <bucket>-pipelines, which
+# no service account may write. The root is written by Vertex AI as the pipeline account, so it lives
+# in the results bucket, which only samdrop's own accounts write (docs/operations.md "Trust zones").
+PIPELINE_TEMPLATE_OBJECT = "templates/samdrop_pipeline.yaml"
 PIPELINE_ROOT_PREFIX = "pipeline-root/"
+RESULTS_SUFFIX = "-results"
+PIPELINES_SUFFIX = "-pipelines"
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,9 @@ class DeployOptions:
     project: str
     region: str
     bucket: str
+    results_bucket: str | None = None  # None: <bucket>-results
+    pipelines_bucket: str | None = None  # None: <bucket>-pipelines
+    uploaders: tuple[str, ...] = ()  # IAM members granted write on the upload bucket only
     model_type: str = "tiny"
     checkpoint: str | None = None
     gpu: str = "NVIDIA_L4"
@@ -71,6 +80,26 @@ class DeployOptions:
                 f"--bucket {self.bucket!r} is not a valid bucket name "
                 "(3-63 of a-z 0-9 _ -, starting and ending with a letter or digit, no 'goog')"
             )
+        buckets = {"--results-bucket": self.results, "--pipelines-bucket": self.pipelines}
+        for flag, name in buckets.items():
+            if not _BUCKET.match(name) or name.startswith("goog") or "google" in name:
+                problems.append(
+                    f"{flag} {name!r} is not a valid bucket name (3-63 of a-z 0-9 _ -, no 'goog'): "
+                    f"name it with {flag}"
+                )
+            elif name == self.bucket:
+                problems.append(
+                    f"{flag} must differ from --bucket {self.bucket}: whoever may upload could then "
+                    "write there too (results, or the pipeline's code)"
+                )
+        if self.results == self.pipelines:
+            problems.append("--results-bucket and --pipelines-bucket must differ")
+        for member in self.uploaders:
+            if not _MEMBER.match(member):
+                problems.append(
+                    f"--uploader {member!r} is not an IAM member like user:ana@example.com, "
+                    "group:team@example.com, serviceAccount:… or domain:example.com"
+                )
         if self.gpu not in GPU_MACHINE_TYPES:
             problems.append(f"--gpu {self.gpu!r} is not one of {', '.join(GPU_MACHINE_TYPES)}")
         if self.model_type not in MODEL_TYPES:
@@ -108,22 +137,34 @@ class DeployOptions:
         return problems
 
     @property
+    def results(self) -> str:
+        """The results bucket: ``--results-bucket``, else ``<bucket>-results``."""
+        return self.results_bucket or self.bucket + RESULTS_SUFFIX
+
+    @property
+    def pipelines(self) -> str:
+        """The bucket holding the pipeline template: ``--pipelines-bucket``, else ``<bucket>-pipelines``."""
+        return self.pipelines_bucket or self.bucket + PIPELINES_SUFFIX
+
+    @property
     def machine_type(self) -> str:
         return GPU_MACHINE_TYPES[self.gpu]
 
     @property
     def names(self) -> Names:
-        return Names(self.project, self.region, self.bucket, self.image_tag)
+        return Names(self.project, self.region, self.bucket, self.image_tag, self.results, self.pipelines)
 
 
 @dataclass(frozen=True)
 class Names:
-    """Every resource name a deployment uses, from project, region, bucket and image tag."""
+    """Every resource name a deployment uses, from project, region, buckets and image tag."""
 
     project: str
     region: str
     bucket: str
     image_tag: str
+    results_bucket: str
+    pipelines_bucket: str
 
     def service_account(self, role: str) -> str:
         """``samdrop-<role>@<project>.iam.gserviceaccount.com`` for role function, endpoint or pipeline."""
@@ -133,13 +174,17 @@ class Names:
     def image(self) -> str:
         return f"{self.region}-docker.pkg.dev/{self.project}/{REPOSITORY}/predictor:{self.image_tag}"
 
+    def custom_role(self, name: str) -> str:
+        """``projects/<project>/roles/<name>``: a role deploy defines in the project."""
+        return f"projects/{self.project}/roles/{name}"
+
     @property
     def pipeline_template(self) -> str:
-        return f"gs://{self.bucket}/{PIPELINE_TEMPLATE_OBJECT}"
+        return f"gs://{self.pipelines_bucket}/{PIPELINE_TEMPLATE_OBJECT}"
 
     @property
     def pipeline_root(self) -> str:
-        return f"gs://{self.bucket}/{PIPELINE_ROOT_PREFIX}"
+        return f"gs://{self.results_bucket}/{PIPELINE_ROOT_PREFIX}"
 
     @property
     def endpoint(self) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from samdrop.errors import SamdropError
 
 Outcome = Literal["created", "updated", "unchanged", "deleted", "absent", "done", "read"]
-DoneWhen = Literal["succeeds", "fails", "prints", "binds", "unbinds"]
+DoneWhen = Literal["succeeds", "fails", "prints", "lists", "binds", "unbinds"]
 _REF = re.compile(r"\$\{([a-z_]+)\}")
 
 
@@ -34,7 +34,8 @@ class Probe:
     """A read-only ``gcloud`` command that tells whether a step's work is already done.
 
     ``done_when``: ``succeeds`` (exit 0: the resource exists), ``fails`` (a delete whose resource is
-    gone), ``prints`` (stdout has every line of ``expect``; with none, any output), ``binds``
+    gone), ``prints`` (stdout has every line of ``expect``; with none, any output), ``lists``
+    (stdout's lines are exactly those of ``expect``, in any order), ``binds``
     (stdout is a JSON IAM policy binding role ``expect[0]`` to member ``expect[1]``), ``unbinds``
     (the policy does not, or cannot be read because its resource is gone).
     """
@@ -52,15 +53,19 @@ class Probe:
             return False
         if self.done_when == "succeeds":
             return True
+        lines = {line.strip() for line in stdout.splitlines() if line.strip()}
         if self.done_when == "prints":
-            lines = {line.strip() for line in stdout.splitlines() if line.strip()}
             return set(self.expect) <= lines if self.expect else bool(lines)
+        if self.done_when == "lists":
+            return lines == set(self.expect)
         role, member = self.expect
         return policy_binds(stdout, role, member)
 
     def describe(self) -> str:
         if self.done_when == "prints":
             what = "prints " + (", ".join(self.expect) if self.expect else "anything")
+        elif self.done_when == "lists":
+            what = "prints exactly " + ", ".join(self.expect)
         elif self.done_when == "binds":
             what = f"shows {self.expect[1]} with {self.expect[0]}"
         elif self.done_when == "unbinds":

@@ -58,6 +58,7 @@ def deployed_settings(options: DeployOptions, settings: Settings) -> Settings:
         project=options.project,
         region=options.region,
         bucket=options.bucket,
+        results_bucket=options.results,
         model_type=options.model_type,
         checkpoint=options.checkpoint,
         endpoint=names.endpoint,
@@ -100,7 +101,7 @@ def deploy_steps(options: DeployOptions, settings: Settings, *, repo_root: str =
     s = deployed_settings(options, settings)
     names = options.names
     project, region = options.project, options.region
-    grant_list = iam.grants(options, s.completions_topic, s.output_bucket)
+    grant_list = iam.grants(options, s.completions_topic)
     steps = [
         Step(
             "Enable the Google Cloud APIs samdrop uses",
@@ -137,7 +138,7 @@ def deploy_steps(options: DeployOptions, settings: Settings, *, repo_root: str =
             key="gcs-service-agent",
         ),
     ]
-    for bucket in dict.fromkeys((s.bucket, s.output_bucket)):
+    for bucket in (s.bucket, s.output_bucket, options.pipelines):
         steps += [
             Step(
                 f"Bucket gs://{bucket} in {region}",
@@ -182,14 +183,17 @@ def deploy_steps(options: DeployOptions, settings: Settings, *, repo_root: str =
             project,
         ),
         Step(
-            f"OBJECT_FINALIZE notification gs://{s.bucket} → {s.uploads_topic} (JSON payload)",
+            f"OBJECT_FINALIZE notifications gs://{s.bucket}/{s.incoming_prefix} and "
+            f"gs://{s.bucket}/{s.batches_prefix} → {s.uploads_topic} (JSON payload; nothing else "
+            "in the bucket publishes)",
             ApiCall(
-                storage_calls.ensure_notification,
+                storage_calls.ensure_notifications,
                 {
                     "bucket": s.bucket,
                     "topic": s.uploads_topic,
                     "event_types": ("OBJECT_FINALIZE",),
                     "payload_format": "JSON_API_V1",
+                    "prefixes": (s.incoming_prefix, s.batches_prefix),
                 },
             ),
             key="notification",
@@ -204,6 +208,7 @@ def deploy_steps(options: DeployOptions, settings: Settings, *, repo_root: str =
             project,
         ),
         *iam.create_account_steps(names),
+        *iam.custom_role_steps(names),
         *iam.grant_steps(names, grant_list),
         Step(
             f"Artifact Registry Docker repository {REPOSITORY} in {region}",
@@ -263,13 +268,14 @@ def deploy_steps(options: DeployOptions, settings: Settings, *, repo_root: str =
             ),
             key="endpoint",
         ),
+        *iam.endpoint_grant_steps(names, grant_list),
         Step(
             "Compile the pipeline (pipeline.compile.compile_pipeline) and upload it to "
             + names.pipeline_template,
             ApiCall(
                 storage_calls.upload_pipeline_template,
                 {
-                    "bucket": options.bucket,
+                    "bucket": options.pipelines,
                     "object_name": PIPELINE_TEMPLATE_OBJECT,
                     "image": names.image,
                     "parallelism": s.pipeline_parallelism,

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from google.api_core import exceptions as gexc
 
@@ -48,36 +49,51 @@ def ensure_bucket_access(clients: CloudClients, name: str) -> StepResult:
     return StepResult("updated", f"gs://{name}: uniform access, public access prevention enforced")
 
 
-def ensure_notification(
-    clients: CloudClients, bucket: str, topic: str, event_types: tuple[str, ...], payload_format: str
+def ensure_notifications(
+    clients: CloudClients,
+    bucket: str,
+    topic: str,
+    event_types: tuple[str, ...],
+    payload_format: str,
+    prefixes: tuple[str, ...],
 ) -> StepResult:
-    """One notification from ``bucket`` to ``topic`` (same project) with exactly these settings.
+    """One notification per object-name prefix from ``bucket`` to ``topic`` (same project), each
+    with exactly these settings, so only objects under ``prefixes`` publish an event.
 
-    A notification to the same topic with other settings is replaced (notifications cannot be
-    updated in place); notifications to other topics are someone else's and stay.
+    Our notifications (to ``topic``) with other settings, another prefix or none, or a duplicate
+    prefix are deleted (notifications cannot be updated in place); notifications to other topics
+    are someone else's and stay.
     """
     gcs_bucket = clients.storage.bucket(bucket)
     ours = [n for n in gcs_bucket.list_notifications(timeout=TIMEOUT_S) if n.topic_name == topic]
-    matching = [
-        n
-        for n in ours
-        if n.topic_project == clients.project
-        and tuple(n.event_types or ()) == event_types
-        and n.payload_format == payload_format
-        and not n.object_name_prefix
-    ]
-    if matching and len(ours) == 1:
-        return StepResult("unchanged", f"notification {matching[0].notification_id}")
-    for stale in ours:
-        stale.delete(timeout=TIMEOUT_S)
-    notification = gcs_bucket.notification(
-        topic_name=topic,
-        topic_project=clients.project,
-        event_types=list(event_types),
-        payload_format=payload_format,
-    )
-    notification.create(timeout=TIMEOUT_S)
-    return StepResult("updated" if ours else "created", f"notification {notification.notification_id}")
+    keep: dict[str, Any] = {}
+    for n in ours:
+        if (
+            n.topic_project == clients.project
+            and tuple(n.event_types or ()) == event_types
+            and n.payload_format == payload_format
+            and n.blob_name_prefix in prefixes
+        ):
+            keep.setdefault(n.blob_name_prefix, n)
+    stale = [n for n in ours if keep.get(n.blob_name_prefix) is not n]
+    missing = [prefix for prefix in prefixes if prefix not in keep]
+    if not stale and not missing:
+        return StepResult("unchanged", ", ".join(f"{n.notification_id} ({p})" for p, n in keep.items()))
+    for n in stale:
+        n.delete(timeout=TIMEOUT_S)
+    created = []
+    for prefix in missing:
+        notification = gcs_bucket.notification(
+            topic_name=topic,
+            topic_project=clients.project,
+            event_types=list(event_types),
+            payload_format=payload_format,
+            blob_name_prefix=prefix,
+        )
+        notification.create(timeout=TIMEOUT_S)
+        created.append(f"{notification.notification_id} ({prefix})")
+    detail = f"created {', '.join(created) or 'none'}; deleted {len(stale)}"
+    return StepResult("updated" if ours else "created", detail)
 
 
 def delete_notifications(clients: CloudClients, bucket: str, topic: str) -> StepResult:

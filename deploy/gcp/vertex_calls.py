@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from google.iam.v1 import policy_pb2
+
 from deploy.gcp.clients import CloudClients
 from deploy.gcp.options import CONFIG_LABEL
 from deploy.gcp.plan import DeployError, StepResult
@@ -17,6 +19,7 @@ from deploy.gcp.plan import DeployError, StepResult
 SERVING_PORT = 8080  # the CPR image's AIP_HTTP_PORT (predictor/Dockerfile)
 PREDICT_ROUTE = "/predict"
 HEALTH_ROUTE = "/health"
+IAM_TIMEOUT_S = 60.0
 
 
 def ensure_model(
@@ -93,6 +96,19 @@ def ensure_deployment(
         if old.id not in keep:
             endpoint.undeploy(deployed_model_id=old.id)
     return StepResult("created" if created else "updated", endpoint.resource_name, outputs)
+
+
+def ensure_endpoint_binding(clients: CloudClients, endpoint: str, role: str, member: str) -> StepResult:
+    """``role`` for ``member`` in the IAM policy of ``endpoint`` (its resource name) itself, so the
+    member may act on this endpoint and no other (Vertex AI's endpoint-level access control)."""
+    service = clients.endpoint_service
+    policy = service.get_iam_policy(request={"resource": endpoint}, timeout=IAM_TIMEOUT_S)
+    if any(b.role == role and member in b.members and not b.condition.expression for b in policy.bindings):
+        return StepResult("unchanged", endpoint)
+    policy.bindings.append(policy_pb2.Binding(role=role, members=[member]))
+    # the policy's etag makes this a read-modify-write: a concurrent change fails instead of being lost
+    service.set_iam_policy(request={"resource": endpoint, "policy": policy}, timeout=IAM_TIMEOUT_S)
+    return StepResult("updated", f"{endpoint}: {member} has {role}")
 
 
 def delete_endpoint(clients: CloudClients, display_name: str) -> StepResult:

@@ -95,6 +95,8 @@ def test_deploy_creates_then_changes_nothing_and_dead_letters_arrive(emulators):
     steps = emulated(deploy_steps(OPTIONS, s))
     assert [step.key for step in steps] == [
         "bucket:deploy-emu-bucket",
+        "bucket:deploy-emu-bucket-results",
+        "bucket:deploy-emu-bucket-pipelines",
         f"topic:{s.uploads_topic}",
         f"topic:{s.completions_topic}",
         f"topic:{s.dead_letter_topic}",
@@ -112,7 +114,8 @@ def test_deploy_creates_then_changes_nothing_and_dead_letters_arrive(emulators):
     assert set(second.values()) == {"unchanged"}, second
 
     c = emulators.clients
-    assert c.storage.lookup_bucket("deploy-emu-bucket") is not None
+    for bucket in ("deploy-emu-bucket", "deploy-emu-bucket-results", "deploy-emu-bucket-pipelines"):
+        assert c.storage.lookup_bucket(bucket) is not None, bucket
     configured = c.subscriber.get_subscription(request={"subscription": eventarc})
     assert configured.dead_letter_policy.dead_letter_topic == c.publisher.topic_path(
         PROJECT, s.dead_letter_topic
@@ -187,11 +190,12 @@ def test_template_upload_is_skipped_when_the_bytes_match(emulators):
 def test_pipeline_template_step_compiles_and_uploads_once(emulators):
     options = dataclasses.replace(OPTIONS, bucket="deploy-emu-template")
     steps = deploy_steps(options, emulators.settings)
-    (bucket,) = [s for s in steps if s.key == "bucket:deploy-emu-template"]
+    (bucket,) = [s for s in steps if s.key == "bucket:deploy-emu-template-pipelines"]
     (step,) = [s for s in steps if s.key == "pipeline-template"]
     run(emulators, [bucket])
     assert run(emulators, [step]) == {"pipeline-template": "created"}
     assert run(emulators, [step]) == {"pipeline-template": "unchanged"}
-    blob = emulators.clients.storage.bucket("deploy-emu-template").get_blob("pipelines/samdrop_pipeline.yaml")
+    templates = emulators.clients.storage.bucket("deploy-emu-template-pipelines")
+    blob = templates.get_blob("templates/samdrop_pipeline.yaml")
     assert blob is not None and blob.size > 0
     assert OPTIONS.names.image in blob.download_as_text(), "the components must run the deployed image"

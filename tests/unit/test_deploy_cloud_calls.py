@@ -18,15 +18,13 @@ from deploy.gcp.plan import DeployError
 class FakeNotification:
     ids = itertools.count(1)
 
-    def __init__(
-        self, bucket, topic_name, topic_project, event_types, payload_format, object_name_prefix=None
-    ):
+    def __init__(self, bucket, topic_name, topic_project, event_types, payload_format, blob_name_prefix=None):
         self.bucket = bucket
         self.topic_name = topic_name
         self.topic_project = topic_project
         self.event_types = event_types
         self.payload_format = payload_format
-        self.object_name_prefix = object_name_prefix
+        self.blob_name_prefix = blob_name_prefix
         self.notification_id = None
 
     def create(self, timeout):
@@ -77,45 +75,55 @@ NOTIFY: dict[str, Any] = {
     "topic": "uploads",
     "event_types": ("OBJECT_FINALIZE",),
     "payload_format": "JSON_API_V1",
+    "prefixes": ("incoming/", "batches/"),
 }
 
 
-def test_notification_is_created_once_then_left_alone():
+def ours(bucket: FakeBucket) -> list[tuple[str, str | None]]:
+    return sorted((n.topic_name, n.blob_name_prefix) for n in bucket.notifications)
+
+
+def test_one_notification_per_prefix_is_created_once_then_left_alone():
     clients = storage_clients()
-    first = storage_calls.ensure_notification(clients, **NOTIFY)
-    again = storage_calls.ensure_notification(clients, **NOTIFY)
+    first = storage_calls.ensure_notifications(clients, **NOTIFY)
+    again = storage_calls.ensure_notifications(clients, **NOTIFY)
     assert (first.outcome, again.outcome) == ("created", "unchanged")
-    (notification,) = clients.storage.bucket("b").notifications
-    assert (notification.topic_project, notification.event_types) == ("proj", ["OBJECT_FINALIZE"])
-    assert notification.payload_format == "JSON_API_V1"
+    bucket = clients.storage.bucket("b")
+    assert ours(bucket) == [("uploads", "batches/"), ("uploads", "incoming/")]
+    for notification in bucket.notifications:
+        assert (notification.topic_project, notification.event_types) == ("proj", ["OBJECT_FINALIZE"])
+        assert notification.payload_format == "JSON_API_V1"
 
 
-def test_a_notification_with_other_settings_is_replaced_and_other_topics_stay():
+def test_an_unfiltered_notification_is_replaced_by_filtered_ones_and_other_topics_stay():
+    """A bucket deployed before prefixes existed: its one notification fired for every write,
+    results included."""
     clients = storage_clients()
     bucket = clients.storage.bucket("b")
-    FakeNotification(bucket, "uploads", "proj", ["OBJECT_DELETE"], "NONE").create(timeout=1)
+    FakeNotification(bucket, "uploads", "proj", ["OBJECT_FINALIZE"], "JSON_API_V1").create(timeout=1)
+    FakeNotification(bucket, "uploads", "proj", ["OBJECT_DELETE"], "NONE", "incoming/").create(timeout=1)
     FakeNotification(bucket, "someone-else", "proj", ["OBJECT_FINALIZE"], "JSON_API_V1").create(timeout=1)
-    result = storage_calls.ensure_notification(clients, **NOTIFY)
+    result = storage_calls.ensure_notifications(clients, **NOTIFY)
     assert result.outcome == "updated"
-    assert sorted((n.topic_name, tuple(n.event_types)) for n in bucket.notifications) == [
-        ("someone-else", ("OBJECT_FINALIZE",)),
-        ("uploads", ("OBJECT_FINALIZE",)),
-    ]
+    assert ours(bucket) == [("someone-else", None), ("uploads", "batches/"), ("uploads", "incoming/")]
+    assert len(bucket.deleted) == 2
 
 
-def test_duplicate_notifications_to_our_topic_collapse_to_one():
+def test_a_kept_prefix_is_not_recreated_and_duplicates_collapse_to_one():
     clients = storage_clients()
     bucket = clients.storage.bucket("b")
-    for _ in range(2):
-        FakeNotification(bucket, "uploads", "proj", ["OBJECT_FINALIZE"], "JSON_API_V1").create(timeout=1)
-    assert storage_calls.ensure_notification(clients, **NOTIFY).outcome == "updated"
-    assert len(bucket.notifications) == 1  # one finalize would otherwise trigger the function twice
+    for _ in range(2):  # one finalize would otherwise trigger the function twice
+        FakeNotification(bucket, "uploads", "proj", ["OBJECT_FINALIZE"], "JSON_API_V1", "incoming/").create(1)
+    kept = bucket.notifications[0].notification_id
+    assert storage_calls.ensure_notifications(clients, **NOTIFY).outcome == "updated"
+    assert ours(bucket) == [("uploads", "batches/"), ("uploads", "incoming/")]
+    assert kept in {n.notification_id for n in bucket.notifications}
 
 
 def test_delete_notifications_removes_only_ours():
     clients = storage_clients()
     bucket = clients.storage.bucket("b")
-    storage_calls.ensure_notification(clients, **NOTIFY)
+    storage_calls.ensure_notifications(clients, **NOTIFY)
     FakeNotification(bucket, "other", "proj", ["OBJECT_FINALIZE"], "JSON_API_V1").create(timeout=1)
     assert storage_calls.delete_notifications(clients, "b", "uploads").outcome == "deleted"
     assert storage_calls.delete_notifications(clients, "b", "uploads").outcome == "absent"
@@ -418,3 +426,40 @@ def test_pubsub_agent_may_acknowledge_on_the_eventarc_subscription_only():
     assert subscriber.sets == [eventarc]
     (binding,) = subscriber.policies[eventarc].bindings
     assert (binding.role, list(binding.members)) == ("roles/pubsub.subscriber", [member])
+
+
+# --- the endpoint's own IAM policy (Vertex AI endpoint-level access control) ---------------------
+def test_predict_is_granted_on_the_endpoint_itself_once():
+    from google.iam.v1 import policy_pb2
+
+    service = FakeIamSubscriber()  # get_iam_policy/set_iam_policy by resource, as the endpoint service
+    endpoint = "projects/proj/locations/us-central1/endpoints/42"
+    other = policy_pb2.Policy(
+        bindings=[policy_pb2.Binding(role="roles/aiplatform.viewer", members=["user:a@b"])]
+    )
+    service.policies[endpoint] = other
+    clients = CloudClients("proj", "us-central1", endpoint_service=service)
+    member = "serviceAccount:samdrop-function@proj.iam.gserviceaccount.com"
+    role = "projects/proj/roles/samdropPredict"
+    assert vertex_calls.ensure_endpoint_binding(clients, endpoint, role, member).outcome == "updated"
+    assert vertex_calls.ensure_endpoint_binding(clients, endpoint, role, member).outcome == "unchanged"
+    assert service.sets == [endpoint]
+    bindings = {(b.role, tuple(b.members)) for b in service.policies[endpoint].bindings}
+    assert bindings == {("roles/aiplatform.viewer", ("user:a@b",)), (role, (member,))}, (
+        "others' bindings stay"
+    )
+
+
+def test_a_conditional_binding_does_not_count_as_the_grant():
+    from google.iam.v1 import policy_pb2
+    from google.type import expr_pb2
+
+    service = FakeIamSubscriber()
+    endpoint = "projects/proj/locations/us-central1/endpoints/42"
+    member, role = "serviceAccount:f@proj.iam.gserviceaccount.com", "projects/proj/roles/samdropPredict"
+    expiring = expr_pb2.Expr(expression="request.time < timestamp('2020-01-01T00:00:00Z')", title="old")
+    service.policies[endpoint] = policy_pb2.Policy(
+        bindings=[policy_pb2.Binding(role=role, members=[member], condition=expiring)]
+    )
+    clients = CloudClients("proj", "us-central1", endpoint_service=service)
+    assert vertex_calls.ensure_endpoint_binding(clients, endpoint, role, member).outcome == "updated"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from deploy.gcp.destroy import destroy_steps
@@ -85,8 +87,33 @@ def test_names_derive_from_project_region_and_tag():
     names = sample_options().names
     assert names.service_account("function") == "samdrop-function@samdrop-demo.iam.gserviceaccount.com"
     assert names.image == "europe-west4-docker.pkg.dev/samdrop-demo/samdrop/predictor:v1"
-    assert names.pipeline_template == "gs://samdrop-demo-images/pipelines/samdrop_pipeline.yaml"
+    assert names.pipeline_template == "gs://samdrop-demo-images-pipelines/templates/samdrop_pipeline.yaml"
+    assert names.pipeline_root == "gs://samdrop-demo-images-results/pipeline-root/"
+    assert (names.results_bucket, names.pipelines_bucket) == (
+        "samdrop-demo-images-results",
+        "samdrop-demo-images-pipelines",
+    )
     assert names.endpoint == "projects/samdrop-demo/locations/europe-west4/endpoints/${endpoint_id}"
+    named = sample_options(results_bucket="my-results", pipelines_bucket="my-pipelines").names
+    assert named.pipeline_template == "gs://my-pipelines/templates/samdrop_pipeline.yaml"
+    assert named.pipeline_root == "gs://my-results/pipeline-root/"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"results_bucket": "samdrop-demo-images"}, "--results-bucket must differ from --bucket"),
+        ({"pipelines_bucket": "samdrop-demo-images"}, "--pipelines-bucket must differ from --bucket"),
+        ({"results_bucket": "x", "pipelines_bucket": "x"}, "must differ"),
+        ({"bucket": "b" * 60}, "--results-bucket 'bbb"),  # <bucket>-results passes 63 characters
+        ({"results_bucket": "Results"}, "--results-bucket 'Results' is not a valid bucket name"),
+        ({"uploaders": ("ana@example.com",)}, "--uploader 'ana@example.com' is not an IAM member"),
+        ({"uploaders": ("user:a@b.c,role=x",)}, "--uploader"),
+    ],
+)
+def test_results_and_pipelines_live_in_buckets_of_their_own(changes, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        sample_options(**changes).validate()
 
 
 def test_checkpoint_folder():

@@ -43,6 +43,7 @@ def sample_options(**changes) -> DeployOptions:
         max_replicas=2,
         image_tag="v1",
         source_digest="0" * 64,
+        uploaders=("group:samdrop-uploaders@example.com",),
     )
     return DeployOptions(**{**values, **changes})
 
@@ -229,12 +230,83 @@ def test_destroy_reverses_deploy_order():
     assert revoke < keys.index("delete-service-account:pipeline")
 
 
-def test_separate_results_bucket_gets_its_own_bucket_steps_and_grants():
-    settings = sample_settings(results_bucket="samdrop-demo-results")
-    keys = [s.key for s in deploy_steps(sample_options(), settings)]
-    assert "bucket:samdrop-demo-results" in keys and "bucket-access:samdrop-demo-results" in keys
-    assert "grant:function:roles/storage.objectUser:bucket:samdrop-demo-results" in keys
-    assert "grant:function:roles/storage.objectViewer:bucket:samdrop-demo-images" in keys
+def test_results_and_the_pipeline_template_get_buckets_of_their_own():
+    steps = deploy_steps(sample_options(), sample_settings())
+    keys = [s.key for s in steps]
+    for bucket in ("samdrop-demo-images", "samdrop-demo-images-results", "samdrop-demo-images-pipelines"):
+        assert f"bucket:{bucket}" in keys and f"bucket-access:{bucket}" in keys
+    (template,) = [s for s in steps if s.key == "pipeline-template"]
+    assert isinstance(template.action, ApiCall)
+    assert template.action.args["bucket"] == "samdrop-demo-images-pipelines"
+    named = deploy_steps(sample_options(results_bucket="my-results"), sample_settings())
+    assert "bucket:my-results" in [s.key for s in named]
+    from_env = deploy_steps(sample_options(results_bucket="env-results"), sample_settings())
+    (function,) = [s for s in from_env if s.key == "function"]
+    assert isinstance(function.action, Gcloud)
+    assert any("SAMDROP_RESULTS_BUCKET=env-results" in arg for arg in function.action.argv)
+
+
+# Roles that let an account create or replace objects in a bucket.
+WRITES = {
+    "roles/storage.objectUser",
+    "roles/storage.objectCreator",
+    "roles/storage.objectAdmin",
+    "roles/storage.admin",
+}
+
+
+def written_by(bucket: str) -> set[str]:
+    return {
+        g.account
+        for g in iam.grants(sample_options(), "samdrop-completions")
+        if g.resource == bucket and g.role in WRITES
+    }
+
+
+def test_trust_zones_who_writes_where():
+    assert written_by("samdrop-demo-images") == {"uploader"}, "no samdrop account writes the upload bucket"
+    assert written_by("samdrop-demo-images-results") == {"function", "pipeline"}
+    assert written_by("samdrop-demo-images-pipelines") == set(), "only the deployer writes the template"
+    uploaders = [g for g in iam.grants(sample_options(), "samdrop-completions") if g.account == "uploader"]
+    assert [(g.member, g.role, g.resource) for g in uploaders] == [
+        ("group:samdrop-uploaders@example.com", "roles/storage.objectUser", "samdrop-demo-images")
+    ]
+    endpoint = {
+        (g.role, g.resource)
+        for g in iam.grants(sample_options(), "samdrop-completions")
+        if g.account == "endpoint"
+    }
+    assert endpoint == {("roles/storage.objectViewer", "samdrop-demo-images")}, (
+        "the predictor reads its inputs only"
+    )
+
+
+def test_the_function_may_predict_on_its_endpoint_and_launch_pipelines_nothing_wider():
+    grant_list = [g for g in iam.grants(sample_options(), "samdrop-completions") if g.account == "function"]
+    assert not any(g.role == "roles/aiplatform.user" for g in grant_list)
+    (predict,) = [g for g in grant_list if g.role.endswith("/roles/samdropPredict")]
+    assert (predict.scope, predict.resource) == (
+        "endpoint",
+        "projects/samdrop-demo/locations/europe-west4/endpoints/${endpoint_id}",
+    )
+    assert iam.PREDICT.permissions == ("aiplatform.endpoints.predict",)
+    assert {p.split(".")[1] for p in iam.PIPELINE_LAUNCHER.permissions} == {"metadataStores", "pipelineJobs"}
+    assert not any(p.endswith((".delete", ".cancel", ".update")) for p in iam.PIPELINE_LAUNCHER.permissions)
+    keys = [s.key for s in deploy_steps(sample_options(), sample_settings())]
+    binding = keys.index("grant:function:projects/samdrop-demo/roles/samdropPredict:endpoint")
+    assert keys.index("endpoint") < binding, "the endpoint's policy is set once the endpoint exists"
+    assert keys.index("custom-role:samdropPredict") < keys.index("custom-role-permissions:samdropPredict")
+    assert keys.index("custom-role-permissions:samdropPipelineLauncher") < keys.index(
+        "grant:function:projects/samdrop-demo/roles/samdropPipelineLauncher:project:samdrop-demo"
+    )
+
+
+def test_notifications_cover_the_incoming_and_batches_prefixes_only():
+    settings = sample_settings(incoming_prefix="in/", batches_prefix="bulk/")
+    (notification,) = [s for s in deploy_steps(sample_options(), settings) if s.key == "notification"]
+    assert isinstance(notification.action, ApiCall)
+    assert notification.action.args["prefixes"] == ("in/", "bulk/")
+    assert notification.action.args["bucket"] == "samdrop-demo-images"
 
 
 def test_a_checkpoint_in_another_bucket_is_readable_by_the_pipeline_and_revoked_on_destroy():
@@ -252,9 +324,11 @@ def test_readme_section_names_every_role_and_why():
     text = (REPO_ROOT / "README.md").read_text()
     assert "\n## Deploy to Google Cloud\n" in text
     readme = text.split("\n## Deploy to Google Cloud\n", 1)[1].split("\n## ", 1)[0]
-    grant_list = iam.grants(sample_options(), "samdrop-completions", "samdrop-demo-images")
+    grant_list = iam.grants(sample_options(), "samdrop-completions")
     for grant in grant_list:
-        assert grant.role in readme, grant.role
+        assert grant.role.rsplit("/", 1)[-1] in readme, grant.role
+    for role in iam.CUSTOM_ROLES:
+        assert all(permission in readme for permission in role.permissions), role.role_id
     for needed in (
         "gcloud storage cp",
         "gcloud pubsub subscriptions pull",

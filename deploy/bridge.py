@@ -1,20 +1,23 @@
 """Pull-and-post: the local stack's stand-in for a Pub/Sub push subscription.
 
 The Pub/Sub emulator's push keeps at most two messages in flight per subscription and, after an
-outage of the endpoint, stops delivering some messages without dead-lettering them. Google Cloud's
-push (and Eventarc) does neither. So locally the uploads subscription is a *pull* subscription with
-the same ack deadline, retry policy and dead-letter policy, and this bridge delivers it to the
-function the way Pub/Sub's push does (docs/design.md "Local stack"):
+outage of the endpoint, stops delivering some messages without dead-lettering them; its pull
+subscriptions, too, stopped redelivering 130 messages whose ack deadlines a client had shortened to
+back off (measured). Google Cloud's push (and Eventarc) does none of that. So locally the uploads
+subscription is a *pull* subscription with the same ack deadline, retry and dead-letter policies,
+and this bridge delivers it to the function the way Pub/Sub's push does (docs/design.md "Local
+stack"), keeping the retry schedule itself:
 
-- ``concurrency`` workers, each pulling one message and POSTing the push body Pub/Sub would send
+- ``concurrency`` workers each pull one message and POST the push body Pub/Sub would send
   (``{"message": …, "subscription": …, "deliveryAttempt": n}``) to the function's URL;
-- an answer of 102, 200, 201, 202 or 204 acknowledges the message; anything else, a timeout
-  (the subscription's ack deadline) or a refused connection is a failed delivery;
-- a failed delivery comes back after ``min(max_backoff, min_backoff * 2 ** (attempt - 1))`` seconds
-  (Pub/Sub's exponential backoff), by setting the message's ack deadline to that delay;
-- the emulator counts delivery attempts and moves a message to the dead-letter topic after the
-  subscription's ``max_delivery_attempts``, as Pub/Sub does.
+- an answer of 102, 200, 201, 202 or 204 acknowledges the message; anything else, no answer within
+  the subscription's ack deadline, or a refused connection is a failed delivery;
+- a failed delivery is held (its lease extended) and posted again after
+  ``min(max_backoff, min_backoff * 2 ** (attempt - 1))`` seconds, Pub/Sub's exponential backoff;
+- after ``max_delivery_attempts`` failed deliveries the message is published to the dead-letter
+  topic with Pub/Sub's ``CloudPubSubDeadLetter*`` attributes, then acknowledged.
 
+If the bridge dies, what it held comes back from the emulator once the ack deadline passes.
 ``python -m deploy.bridge`` runs it with the settings from the environment and serves its counters
 as JSON on ``SAMDROP_BRIDGE_PORT`` (the stack's health probe).
 """
@@ -22,6 +25,8 @@ as JSON on ``SAMDROP_BRIDGE_PORT`` (the stack's health probe).
 from __future__ import annotations
 
 import base64
+import heapq
+import itertools
 import json
 import logging
 import signal
@@ -29,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -42,19 +47,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACK_STATUSES = frozenset({102, 200, 201, 202, 204})  # what Pub/Sub push counts as success
-PULL_WAIT_S = 10.0  # how long one pull waits on the server for a message
-CALL_TIMEOUT_S = 30.0  # ack and modify-ack-deadline calls
+IDLE_WAIT_S = 0.25  # a worker that found nothing to do waits this long before pulling again
+CALL_TIMEOUT_S = 30.0  # pull, ack, modify-ack-deadline and dead-letter publish calls
 
 Post = Callable[[str, bytes, float], int]  # (url, body, timeout) -> HTTP status; raises OSError
+Publish = Callable[[str, bytes, dict[str, str]], None]  # (topic path, data, attributes)
 
 
 @dataclass(frozen=True)
 class DeliveryPolicy:
-    """What a push subscription would do: where to, how long to wait, how to back off.
-
-    Times in seconds; ``endpoint`` is the function URL with the topic in its path
-    (``deploy.resources.push_endpoint_url``).
-    """
+    """What a push subscription would do: where to, how long to wait, how to back off, when to
+    give up. Times in seconds; ``endpoint`` is the function URL with the topic in its path
+    (``deploy.resources.push_endpoint_url``)."""
 
     subscription: str  # projects/P/subscriptions/S
     endpoint: str
@@ -62,10 +66,12 @@ class DeliveryPolicy:
     min_backoff_s: float
     max_backoff_s: float
     concurrency: int
+    dead_letter_topic: str  # projects/P/topics/T
+    max_delivery_attempts: int
 
     def backoff_s(self, attempt: int) -> float:
         """Delay before the next delivery after failed delivery number ``attempt`` (1-based)."""
-        return min(self.max_backoff_s, self.min_backoff_s * 2.0 ** max(0, attempt - 1))
+        return float(min(self.max_backoff_s, self.min_backoff_s * 2.0 ** max(0, attempt - 1)))
 
 
 @dataclass
@@ -75,11 +81,24 @@ class Counters:
     delivered: int = 0  # POSTs sent
     acked: int = 0
     failed: int = 0  # deliveries answered with an error, refused or timed out
+    dead_lettered: int = 0
     in_flight: int = 0
+    waiting: int = 0  # failed messages held until their next attempt
     pull_errors: int = 0
 
 
-def push_body(received: pubsub_types.ReceivedMessage, subscription: str) -> bytes:
+@dataclass(order=True)
+class _Held:
+    """A failed message held (leased) until ``due``."""
+
+    due: float
+    order: int
+    received: pubsub_types.ReceivedMessage = field(compare=False)
+    attempt: int = field(compare=False)  # deliveries so far
+    extended_at: float = field(compare=False)
+
+
+def push_body(received: pubsub_types.ReceivedMessage, subscription: str, attempt: int) -> bytes:
     """The JSON body Pub/Sub's push sends for ``received`` (the "wrapped" push format)."""
     message = received.message
     published = message.publish_time.isoformat() if message.publish_time else ""
@@ -93,9 +112,8 @@ def push_body(received: pubsub_types.ReceivedMessage, subscription: str) -> byte
             "publish_time": published,
         },
         "subscription": subscription,
+        "deliveryAttempt": attempt,
     }
-    if received.delivery_attempt:
-        body["deliveryAttempt"] = received.delivery_attempt
     return json.dumps(body).encode()
 
 
@@ -120,13 +138,19 @@ class Bridge:
         subscriber: pubsub_v1.SubscriberClient,
         policy: DeliveryPolicy,
         *,
+        publish: Publish,
         post: Post = http_post,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.subscriber = subscriber
         self.policy = policy
+        self.publish = publish
         self.post = post
+        self.clock = clock
         self.counters = Counters()
         self._lock = threading.Lock()
+        self._held: list[_Held] = []  # a heap by due time
+        self._order = itertools.count()
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
 
@@ -136,8 +160,8 @@ class Bridge:
             worker.start()
             self._workers.append(worker)
 
-    def stop(self, timeout_s: float = PULL_WAIT_S + 5) -> None:
-        """Stop pulling; deliveries in flight finish (or are redelivered after their deadline)."""
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop pulling; what is held comes back from Pub/Sub after its ack deadline."""
         self._stop.set()
         for worker in self._workers:
             worker.join(timeout_s)
@@ -146,65 +170,131 @@ class Bridge:
         with self._lock:
             return asdict(self.counters)
 
-    def deliver_once(self) -> bool:
-        """Pull at most one message and deliver it; False when none came within the pull's wait."""
+    def step(self) -> bool:
+        """One unit of work: a held message that is due, else one pulled message; False if idle."""
+        self.extend_leases()
+        held = self._take_due()
+        if held is not None:
+            self._deliver(held.received, held.attempt + 1)
+            return True
         try:
             response = self.subscriber.pull(
-                request={"subscription": self.policy.subscription, "max_messages": 1},
-                timeout=PULL_WAIT_S + 5,
+                request={
+                    "subscription": self.policy.subscription,
+                    "max_messages": 1,
+                    "return_immediately": True,  # a long poll would leave due retries waiting
+                },
+                timeout=CALL_TIMEOUT_S,
             )
-        except Exception as exc:  # the emulator restarting, a deadline: pull again shortly
+        except Exception as exc:  # the emulator restarting: pull again shortly
             self._count(pull_errors=1)
             log.warning("pull from %s failed: %s", self.policy.subscription, exc)
-            self._stop.wait(1.0)
             return False
         for received in response.received_messages:
-            self._deliver(received)
+            # Pub/Sub counts deliveries when a dead-letter policy is set (after a bridge restart
+            # the count goes on); without one, this is the first.
+            self._deliver(received, max(1, received.delivery_attempt))
         return bool(response.received_messages)
+
+    def extend_leases(self) -> None:
+        """Keep held messages leased: renew each ack deadline once half of it has passed."""
+        now = self.clock()
+        with self._lock:
+            stale = [h for h in self._held if now - h.extended_at >= self.policy.ack_deadline_s / 2]
+            for held in stale:
+                held.extended_at = now
+        if stale:
+            self._modack([h.received.ack_id for h in stale], round(self.policy.ack_deadline_s))
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            self.deliver_once()
+            if not self.step():
+                self._stop.wait(IDLE_WAIT_S)
 
-    def _deliver(self, received: pubsub_types.ReceivedMessage) -> None:
+    def _take_due(self) -> _Held | None:
+        with self._lock:
+            if self._held and self._held[0].due <= self.clock():
+                self.counters.waiting -= 1
+                return heapq.heappop(self._held)
+        return None
+
+    def _deliver(self, received: pubsub_types.ReceivedMessage, attempt: int) -> None:
         policy = self.policy
-        attempt = received.delivery_attempt or 1
+        message_id = received.message.message_id
         self._count(delivered=1, in_flight=1)
-        began = time.monotonic()
+        began = self.clock()
         try:
             status: int | None = self.post(
-                policy.endpoint, push_body(received, policy.subscription), policy.ack_deadline_s
+                policy.endpoint, push_body(received, policy.subscription, attempt), policy.ack_deadline_s
             )
         except OSError as exc:
             status = None
-            log.info("delivery of %s failed: %s", received.message.message_id, exc)
-        ok = status in ACK_STATUSES
-        try:
-            if ok:
-                self.subscriber.acknowledge(
-                    request={"subscription": policy.subscription, "ack_ids": [received.ack_id]},
-                    timeout=CALL_TIMEOUT_S,
-                )
-            else:
-                # Back off: the message becomes deliverable again once this deadline passes.
-                self.subscriber.modify_ack_deadline(
-                    request={
-                        "subscription": policy.subscription,
-                        "ack_ids": [received.ack_id],
-                        "ack_deadline_seconds": max(1, round(policy.backoff_s(attempt))),
-                    },
-                    timeout=CALL_TIMEOUT_S,
-                )
-        except Exception as exc:  # the ack deadline then runs out and Pub/Sub redelivers
-            log.warning("ack/modack of %s failed: %s", received.message.message_id, exc)
-        self._count(acked=int(ok), failed=int(not ok), in_flight=-1)
+            log.info("delivery of %s failed: %s", message_id, exc)
         log.info(
             "message %s attempt %d -> %s in %.2fs",
-            received.message.message_id,
+            message_id,
             attempt,
             status if status is not None else "no answer",
-            time.monotonic() - began,
+            self.clock() - began,
         )
+        if status in ACK_STATUSES:
+            self._ack(received.ack_id)
+            self._count(acked=1, in_flight=-1)
+        elif attempt >= policy.max_delivery_attempts:
+            self._dead_letter(received, attempt)
+            self._count(failed=1, dead_lettered=1, in_flight=-1)
+        else:
+            now = self.clock()
+            with self._lock:
+                heapq.heappush(
+                    self._held,
+                    _Held(now + policy.backoff_s(attempt), next(self._order), received, attempt, began),
+                )
+                self.counters.waiting += 1
+            self._count(failed=1, in_flight=-1)
+
+    def _dead_letter(self, received: pubsub_types.ReceivedMessage, attempts: int) -> None:
+        """Publish to the dead-letter topic as Pub/Sub does, then acknowledge the original."""
+        _, project, _, name = self.policy.subscription.split("/")
+        message = received.message
+        attributes = {
+            **dict(message.attributes),
+            "CloudPubSubDeadLetterSourceDeliveryCount": str(attempts),
+            "CloudPubSubDeadLetterSourceSubscription": name,
+            "CloudPubSubDeadLetterSourceSubscriptionProject": project,
+            "CloudPubSubDeadLetterSourceTopicPublishTime": message.publish_time.isoformat()
+            if message.publish_time
+            else "",
+        }
+        try:
+            self.publish(self.policy.dead_letter_topic, message.data, attributes)
+        except Exception as exc:  # not acknowledged: Pub/Sub delivers it again after the deadline
+            log.error("dead-lettering %s failed: %s", message.message_id, exc)
+            return
+        log.warning("message %s dead-lettered after %d attempts", message.message_id, attempts)
+        self._ack(received.ack_id)
+
+    def _ack(self, ack_id: str) -> None:
+        try:
+            self.subscriber.acknowledge(
+                request={"subscription": self.policy.subscription, "ack_ids": [ack_id]},
+                timeout=CALL_TIMEOUT_S,
+            )
+        except Exception as exc:  # the ack deadline runs out and Pub/Sub delivers it again
+            log.warning("ack failed: %s", exc)
+
+    def _modack(self, ack_ids: list[str], seconds: int) -> None:
+        try:
+            self.subscriber.modify_ack_deadline(
+                request={
+                    "subscription": self.policy.subscription,
+                    "ack_ids": ack_ids,
+                    "ack_deadline_seconds": seconds,
+                },
+                timeout=CALL_TIMEOUT_S,
+            )
+        except Exception as exc:
+            log.warning("extending %d leases failed: %s", len(ack_ids), exc)
 
     def _count(self, **deltas: int) -> None:
         with self._lock:
@@ -235,13 +325,16 @@ def serve_counters(bridge: Bridge, host: str, port: int) -> ThreadingHTTPServer:
 def policy_from_settings(settings: Settings, function_url: str) -> DeliveryPolicy:
     from deploy.resources import push_endpoint_url
 
+    project = settings.project
     return DeliveryPolicy(
-        subscription=f"projects/{settings.project}/subscriptions/{settings.uploads_subscription}",
-        endpoint=push_endpoint_url(function_url, settings.project, settings.uploads_topic),
+        subscription=f"projects/{project}/subscriptions/{settings.uploads_subscription}",
+        endpoint=push_endpoint_url(function_url, project, settings.uploads_topic),
         ack_deadline_s=settings.push_ack_deadline_s,
         min_backoff_s=settings.retry_min_backoff_s,
         max_backoff_s=settings.retry_max_backoff_s,
         concurrency=settings.delivery_concurrency,
+        dead_letter_topic=f"projects/{project}/topics/{settings.dead_letter_topic}",
+        max_delivery_attempts=settings.max_delivery_attempts,
     )
 
 
@@ -254,14 +347,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     env = os.environ if environ is None else environ
     settings = Settings.from_env(env)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    _, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
-    bridge = Bridge(subscriber, policy_from_settings(settings, f"http://{HOST}:{settings.function_port}"))
+    publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
+
+    def publish(topic: str, data: bytes, attributes: dict[str, str]) -> None:
+        publisher.publish(topic, data, **attributes).result(timeout=CALL_TIMEOUT_S)  # type: ignore[arg-type]
+
+    policy = policy_from_settings(settings, f"http://{HOST}:{settings.function_port}")
+    bridge = Bridge(subscriber, policy, publish=publish)
     server = serve_counters(bridge, HOST, settings.bridge_port)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     bridge.start()
-    log.info("delivering %s to %s", bridge.policy.subscription, bridge.policy.endpoint)
+    log.info("delivering %s to %s", policy.subscription, policy.endpoint)
     stopped.wait()
     bridge.stop()
     server.shutdown()

@@ -188,6 +188,14 @@ def stop(records: Sequence[ProcessRecord], *, grace_s: float = 8.0) -> list[str]
     return killed
 
 
+def kill(records: Sequence[ProcessRecord]) -> None:
+    """SIGKILL each group at once, as a crash would end it, and wait until it is gone."""
+    for record in records:
+        _signal_group(record.pgid, signal.SIGKILL)
+    if not _wait_gone(records, 10.0):
+        raise LocalStackError("could not kill " + ", ".join(r.name for r in records))
+
+
 def _wait_gone(records: Sequence[ProcessRecord], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while True:

@@ -1,0 +1,197 @@
+"""An outage drill on the running local stack: a burst of uploads, one server killed mid-burst
+(SIGKILL to its whole process group, as a crash or an OOM kill would), brought back after a while,
+and a count of what arrived. ``benchmarks/fault_bench.py`` prints its figures; the integration
+tests assert them. See README "Failures, duplicates, outages".
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploy import processes
+from deploy.demo import Upload, upload_file
+from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
+from deploy.processes import LocalStackError
+
+PULL_TIMEOUT_S = 5.0
+
+
+@dataclass
+class DrillReport:
+    """What happened; times in seconds from the first upload."""
+
+    uploads: int
+    victim: str
+    killed_at_s: float
+    outage_s: float  # from the kill until the restart command returned
+    completed: int  # uploads with at least one completion message
+    succeeded: int
+    failed: int
+    duplicates: int  # completion messages beyond the first per (input, generation)
+    dead_letters: int
+    last_completion_s: float | None
+    drain_after_restart_s: float | None  # restart → last completion
+    statuses: dict[str, int] = field(default_factory=dict)
+    restart_output: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "restart_output"}
+
+
+class CompletionLog:
+    """Pulls the completions subscription in a thread and keeps every message (duplicates too)."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        settings = stack.settings
+        _, self.subscriber = pubsub_clients(stack.client_env()["PUBSUB_EMULATOR_HOST"])
+        self.path = self.subscriber.subscription_path(settings.project, settings.completions_subscription)
+        self.messages: list[tuple[float, dict[str, Any]]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="completions", daemon=True)
+
+    def __enter__(self) -> CompletionLog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(PULL_TIMEOUT_S + 5)
+        self.subscriber.close()
+
+    def by_upload(self) -> dict[tuple[str, str], list[tuple[float, dict[str, Any]]]]:
+        with self._lock:
+            grouped: dict[tuple[str, str], list[tuple[float, dict[str, Any]]]] = collections.defaultdict(list)
+            for at, body in self.messages:
+                grouped[(str(body.get("input")), str(body.get("generation")))].append((at, body))
+            return grouped
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                response = self.subscriber.pull(
+                    request={"subscription": self.path, "max_messages": 100}, timeout=PULL_TIMEOUT_S
+                )
+            except Exception:  # the emulator answering slowly under load: pull again
+                continue
+            if not response.received_messages:
+                continue
+            now = time.monotonic()
+            with self._lock:
+                for received in response.received_messages:
+                    try:
+                        self.messages.append((now, json.loads(received.message.data)))
+                    except ValueError:
+                        continue
+            ack_ids = [m.ack_id for m in response.received_messages]
+            self.subscriber.acknowledge(request={"subscription": self.path, "ack_ids": ack_ids}, timeout=30)
+
+
+def kill(stack: LocalStack, name: str) -> processes.ProcessRecord:
+    """SIGKILL the process group of server ``name`` and wait until it is gone."""
+    state = processes.load_state(stack.state_path)
+    records = [r for r in (state.processes if state else []) if r.name == name and processes.is_running(r)]
+    if not records:
+        raise LocalStackError(f"{name} is not running in the stack at {stack.state_path}")
+    processes.kill(records)
+    return records[0]
+
+
+def outage_drill(
+    stack: LocalStack,
+    files: Sequence[Path],
+    prompts: Callable[[int], dict[str, Any] | None],
+    *,
+    restart: Callable[[], str],
+    victim: str = "predictor",
+    kill_after_s: float = 15.0,
+    outage_s: float = 60.0,
+    timeout_s: float = 900.0,
+    prefix: str = "drill",
+    say: Callable[[str], None] = lambda line: None,
+) -> DrillReport:
+    """Upload ``files`` (``prompts(i)`` for file i) under ``<incoming>/<prefix>/``, kill ``victim``
+    ``kill_after_s`` after the first upload, call ``restart`` ``outage_s`` later, and wait until
+    every upload has a completion (or ``timeout_s``). ``restart`` returns what it printed."""
+    settings = stack.settings
+    env = stack.client_env()
+    client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
+    uploads: list[Upload] = []
+    with CompletionLog(stack) as log:
+        started = time.monotonic()
+
+        def upload(item: tuple[int, Path]) -> Upload:
+            index, path = item
+            name = f"{settings.incoming_prefix}{prefix}/{index:05d}-{path.name}"
+            return upload_file(client, settings.bucket, path, name, prompts(index))
+
+        with ThreadPoolExecutor(8) as pool:
+            pending = pool.map(upload, enumerate(files))
+            time.sleep(max(0.0, kill_after_s - (time.monotonic() - started)))
+            kill(stack, victim)
+            killed_at = time.monotonic()
+            say(f"killed {victim} at {killed_at - started:.1f} s")
+            uploads = list(pending)
+        time.sleep(max(0.0, outage_s - (time.monotonic() - killed_at)))
+        output = restart()
+        restarted_at = time.monotonic()
+        say(f"restarted after {restarted_at - killed_at:.1f} s:\n{output.strip()}")
+        wanted = {(u.uri, u.generation) for u in uploads}
+        deadline = started + timeout_s
+        while time.monotonic() < deadline and not wanted <= set(log.by_upload()):
+            time.sleep(1.0)
+        time.sleep(5.0)  # a duplicate would arrive within seconds of the first
+        grouped = log.by_upload()
+    client.close()
+    mine = {key: grouped.get(key, []) for key in wanted}
+    firsts = [messages[0] for messages in mine.values() if messages]
+    statuses = collections.Counter(str(body.get("status")) for _, body in firsts)
+    last = max((at for at, _ in firsts), default=None)
+    return DrillReport(
+        uploads=len(uploads),
+        victim=victim,
+        killed_at_s=round(killed_at - started, 1),
+        outage_s=round(restarted_at - killed_at, 1),
+        completed=len(firsts),
+        succeeded=statuses.get("succeeded", 0),
+        failed=statuses.get("failed", 0),
+        duplicates=sum(max(0, len(messages) - 1) for messages in mine.values()),
+        dead_letters=count_dead_letters(stack),
+        last_completion_s=None if last is None else round(last - started, 1),
+        drain_after_restart_s=None if last is None else round(max(0.0, last - restarted_at), 1),
+        statuses=dict(statuses),
+        restart_output=output,
+    )
+
+
+def count_dead_letters(stack: LocalStack) -> int:
+    """Messages waiting on the dead-letter subscription (left there: `samdrop redrive` moves them)."""
+    settings = stack.settings
+    _, subscriber = pubsub_clients(stack.client_env()["PUBSUB_EMULATOR_HOST"])
+    path = subscriber.subscription_path(settings.project, settings.dead_letter_subscription)
+    seen: dict[str, str] = {}  # message id -> ack id, held until every one is counted
+    try:
+        while True:
+            response = subscriber.pull(
+                request={"subscription": path, "max_messages": 100, "return_immediately": True}, timeout=10
+            )
+            fresh = {m.message.message_id: m.ack_id for m in response.received_messages}
+            if not fresh.keys() - seen.keys():
+                break
+            seen.update(fresh)
+        if seen:  # hand them straight back
+            subscriber.modify_ack_deadline(
+                request={"subscription": path, "ack_ids": list(seen.values()), "ack_deadline_seconds": 0},
+                timeout=30,
+            )
+    finally:
+        subscriber.close()
+    return len(seen)

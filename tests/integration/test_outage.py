@@ -1,0 +1,163 @@
+"""Outages on the whole local stack (predictor ``tiny``, real function, bridge, emulators).
+
+A burst survives the predictor being killed and brought back by ``samdrop local up`` with the
+default retry policy; ``local down`` during a running batch leaves no process behind; a
+restarted stack keeps its objects.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deploy import processes
+from deploy.drill import outage_drill
+from deploy.local import LocalStack, emulator_storage_client
+from samdrop.pidfile import WORKERS_DIR
+from samdrop.settings import Settings
+
+from .local_stack_support import stack_settings, until
+
+pytestmark = pytest.mark.integration
+
+BURST = 150
+OUTAGE_S = 60.0
+
+
+def _samdrop(settings: Settings, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")} | settings.to_env()
+    return subprocess.run(
+        [sys.executable, "-m", "samdrop.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    state_dir = tmp_path_factory.mktemp("samdrop-outage")
+    defaults = Settings.from_env({})
+    settings = stack_settings(
+        state_dir,
+        model_type="tiny",
+        cache_dir=state_dir / "cache",
+        amg_points_per_side=4,
+        pipeline_runner="local",
+        # Google Cloud's defaults, not the quick ones the other stack tests use: the point is that
+        # a one-minute outage is outlasted without anybody re-driving anything.
+        retry_min_backoff_s=defaults.retry_min_backoff_s,
+        retry_max_backoff_s=defaults.retry_max_backoff_s,
+        max_delivery_attempts=defaults.max_delivery_attempts,
+    )
+    stack = LocalStack(settings)
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.down()
+
+
+def _images(folder: Path, count: int) -> list[Path]:
+    """``count`` small distinct JPEGs: a bright square on a dark ground, moving with the index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index in range(count):
+        pixels = np.full((96, 128, 3), 30 + index % 50, dtype=np.uint8)
+        x = 10 + index % 60
+        pixels[30:70, x : x + 40] = (220, 200 - index % 100, 40)
+        path = folder / f"img_{index:03d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        files.append(path)
+    return files
+
+
+def test_a_burst_outlasts_a_predictor_outage_with_one_completion_each(full_stack, tmp_path):
+    settings = full_stack.settings
+    files = _images(tmp_path / "burst", BURST)
+
+    def restart() -> str:
+        result = _samdrop(settings, "local", "up")
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    report = outage_drill(
+        full_stack,
+        files,
+        lambda i: {"boxes": [[10 + i % 60, 30, 50 + i % 60, 70]]},
+        restart=restart,
+        kill_after_s=15.0,
+        outage_s=OUTAGE_S,
+        timeout_s=900.0,
+        prefix="outage",
+    )
+    # `local up` on the partly running stack started the predictor alone.
+    lines = report.restart_output.splitlines()
+    assert any(line.startswith("started predictor") for line in lines), report.restart_output
+    for name in ("pubsub", "gcs", "function", "bridge"):
+        assert any(line.startswith(f"running {name}") for line in lines), report.restart_output
+    assert report.outage_s >= OUTAGE_S
+    counts = {k: getattr(report, k) for k in ("completed", "succeeded", "duplicates", "dead_letters")}
+    assert counts == {"completed": BURST, "succeeded": BURST, "duplicates": 0, "dead_letters": 0}, report
+
+
+def _batch_image(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_down_during_a_batch_stops_its_workers_and_a_restart_keeps_the_objects(full_stack):
+    settings = full_stack.settings
+    client = emulator_storage_client(settings.project, full_stack.client_env()["STORAGE_EMULATOR_HOST"])
+    bucket = client.bucket(settings.bucket)
+    kept = bucket.blob("incoming/kept-across-restarts.txt")
+    kept.upload_from_string(b"still here", timeout=30)
+    batch = "outage-batch"
+    for index in range(12):  # automatic masks on a 16x16 grid: the batch runs for a while
+        bucket.blob(f"batches/{batch}/img_{index:02d}.png").upload_from_string(
+            _batch_image(index), content_type="image/png", timeout=30
+        )
+    bucket.blob(f"batches/{batch}/_READY").upload_from_string(
+        json.dumps({"amg": {"points_per_side": 16}}), timeout=30
+    )
+    workers_dir = settings.state_dir.resolve() / WORKERS_DIR
+
+    def running_worker_with_tasks() -> list[processes.ProcessRecord]:
+        records = processes.worker_records(workers_dir)
+        # The worker has started kfp tasks: its process group has more than the worker itself.
+        return [r for r in records if len(processes._live_members(r.pgid)) >= 2]
+
+    (worker,) = until(running_worker_with_tasks, 120, "a batch worker running its kfp tasks")
+    stack_state = processes.load_state(full_stack.state_path)
+    assert stack_state is not None
+
+    down = _samdrop(settings, "local", "down", timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert f"batch worker {worker.pid}" in down.stdout
+    for record in [worker, *stack_state.processes]:
+        assert processes._live_members(record.pgid) == [], record.name
+    assert list(workers_dir.glob("*.json")) == []
+
+    up = _samdrop(settings, "local", "up")
+    assert up.returncode == 0, up.stderr
+    restarted = emulator_storage_client(settings.project, full_stack.client_env()["STORAGE_EMULATOR_HOST"])
+    assert restarted.bucket(settings.bucket).blob(kept.name).download_as_bytes(timeout=30) == b"still here"
+
+    refused = _samdrop(settings, "local", "up", "--fresh")
+    assert refused.returncode != 0
+    assert "--fresh needs a stopped stack" in refused.stderr
+
+    _samdrop(settings, "local", "down", timeout=120)
+    fresh = _samdrop(settings, "local", "up", "--fresh")
+    assert fresh.returncode == 0, fresh.stderr
+    emptied = emulator_storage_client(settings.project, full_stack.client_env()["STORAGE_EMULATOR_HOST"])
+    assert emptied.bucket(settings.bucket).get_blob(kept.name, timeout=30) is None

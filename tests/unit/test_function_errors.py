@@ -312,10 +312,12 @@ def test_malformed_prompts_never_reach_the_endpoint():
 def test_prompts_are_sent_by_reference():
     store, endpoint = FakeStore(), FakeEndpoint()
     prompts = '{"points": [[3, 4]], "labels": [1], "boxes": [[0, 0, 9, 9]]}'
-    handle_upload(upload(store, **{"samdrop-prompts": prompts}), make_deps(store, endpoint=endpoint))
+    event = upload(store, **{"samdrop-prompts": prompts})
+    handle_upload(event, make_deps(store, endpoint=endpoint))
     [([instance], parameters)] = endpoint.calls
     assert instance == {
         "gcs_uri": f"gs://{BUCKET}/incoming/cat.jpg",
+        "generation": event.generation,  # pinned: the endpoint reads exactly these bytes
         "file_path": "incoming/cat.jpg",
         "mask_format": "rle",
         "points": [[3, 4]],

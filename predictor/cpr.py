@@ -268,18 +268,16 @@ def gcs_reader(project: str | None, *, max_bytes: int) -> ReadObject:
     def read(uri: str, generation: int | None) -> bytes:
         bucket, _, name = uri.removeprefix("gs://").partition("/")
         which = f"{uri} generation {generation}" if generation is not None else uri
+        missing = f"{which} does not exist (deleted, replaced by a newer upload, or not readable here)"
         try:
             blob = client.bucket(bucket).get_blob(name, generation=generation, timeout=60)
             if blob is None:
-                raise exceptions.NotFound("no such object")
+                raise InputNotFound(missing)
             budgets.check_input_bytes(blob.size, limit=max_bytes, name=uri)
             data: bytes = blob.download_as_bytes(timeout=60)  # the generation just stat'ed
             return data
         except exceptions.NotFound:
-            raise InputNotFound(
-                f"{which} does not exist (deleted, replaced by a newer upload, or unreadable by this "
-                "service account)"
-            ) from None
+            raise InputNotFound(missing) from None
         except exceptions.Forbidden as exc:
             raise InputNotFound(f"{uri} cannot be read: {exc.message}") from None
         except exceptions.BadRequest as exc:

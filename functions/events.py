@@ -34,9 +34,12 @@ STORAGE_TYPES = {
 
 
 class EventDecodeError(PermanentError):
-    """The CloudEvent is not a GCS notification this function understands; logged and acknowledged."""
+    """The CloudEvent is not a GCS notification this function understands; logged and acknowledged.
+    ``subject`` is the object it names (an :class:`UploadEvent` with generation ``"0"``) when the
+    notification's identity attributes could be read, so its uploader can still be told."""
 
     code = "invalid_event"
+    subject: UploadEvent | None = None
 
 
 @dataclass(frozen=True)
@@ -80,12 +83,17 @@ def decode_event(
     missing = [k for k in ("eventType", "bucketId", "objectId", "objectGeneration") if not attributes.get(k)]
     if missing:
         raise EventDecodeError(f"GCS notification lacks attribute(s) {', '.join(missing)}")
-    generation = _generation(attributes["objectGeneration"])
+    try:
+        generation = _generation(attributes["objectGeneration"])
+        payload = _payload(message.get("data"), attributes.get("payloadFormat"), max_json_depth)
+        content_type = size = metadata = None
+        if payload is not None:
+            content_type, size, metadata = _details(payload)
+    except EventDecodeError as exc:
+        subject = (str(attributes["eventType"]), str(attributes["bucketId"]), str(attributes["objectId"]))
+        exc.subject = UploadEvent(*subject, generation="0")
+        raise
     message_id = message.get("messageId") or message.get("message_id") or ce_id
-    payload = _payload(message.get("data"), attributes.get("payloadFormat"), max_json_depth)
-    content_type = size = metadata = None
-    if payload is not None:
-        content_type, size, metadata = _details(payload)
     return UploadEvent(
         event_type=str(attributes["eventType"]),
         bucket=str(attributes["bucketId"]),

@@ -21,7 +21,7 @@ from functions.routing import Action, route
 from functions.segment import segment_upload
 from pipeline.completion import failed_completion
 from pipeline.paths import BatchPaths
-from samdrop.errors import ConfigError, TransientError, public_error
+from samdrop.errors import ConfigError, ErrorInfo, TransientError, public_error
 from samdrop.logs import fields as log_fields
 from samdrop.messages import CompletionMessage, Publisher, publish_completion
 from samdrop.settings import Settings
@@ -61,6 +61,8 @@ def handle_cloud_event(cloud_event: Any, deps: Deps) -> str:
                 ce_type=_safe_get(cloud_event, "type"),
             ),
         )
+        if isinstance(exc, EventDecodeError):
+            _report_malformed(exc, deps)
         return "invalid_event"
     return handle_upload(event, deps)
 
@@ -130,6 +132,20 @@ def handle_upload(event: UploadEvent, deps: Deps) -> str:
         extra=log_fields(outcome=result.outcome, timings_ms=timings, **about),
     )
     return result.outcome
+
+
+def _report_malformed(exc: EventDecodeError, deps: Deps) -> None:
+    """A malformed notification for an upload this function would segment: tell its uploader once
+    (no generation is known, so there is nothing to key a record on)."""
+    subject = exc.subject
+    if subject is None or route(subject, deps.settings).action is not Action.SEGMENT:
+        return
+    error: ErrorInfo = {
+        "code": "invalid_request",
+        "message": f"the upload notification is malformed: {exc.message}",
+    }
+    message = CompletionMessage(kind="image", status="failed", input=subject.uri, error=error)
+    publish_completion(deps.publisher, deps.settings.completions_topic, message)
 
 
 def _fail_unrecorded(

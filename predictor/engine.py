@@ -126,7 +126,7 @@ class SamEngine:
         random_weights: bool = False,
         precision: str = "fp32",
         compile: bool = False,
-        max_points_per_batch: int = 1024,
+        max_points_per_batch: int = 256,
         decoder_memory_bytes: int | None = None,
         max_auto_points: int | None = None,
     ) -> None:

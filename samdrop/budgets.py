@@ -16,8 +16,10 @@ from samdrop.errors import ImageTooLarge, InvalidImage, InvalidPrompt, InvalidRe
 
 # The model's input side: SAM resizes an image's long side to this many pixels.
 MODEL_SIDE = 1024
-# Bytes of decoder output per grid point and image pixel: three fp32 masks upsampled to the image
-# (measured: 256 points on a 12 MP photo need ~37 GB, issue #10).
+# Memory one grid point costs in a decoder batch: the decoder's own tensors (measured ~25 MB per
+# point on a CPU, whatever the image size; SAM's mask decoder is the same for every model type), plus
+# three fp32 masks upsampled to the image (256 points on a 12 MP photo: ~37 GB, issue #10).
+DECODER_BYTES_PER_POINT = 32 * 2**20
 DECODER_BYTES_PER_POINT_PIXEL = 3 * 4
 # SAMDROP_MAX_JSON_DEPTH's default, for the readers that run before settings exist.
 DEFAULT_MAX_JSON_DEPTH = 32
@@ -137,7 +139,7 @@ def check_auto_points(amg: dict[str, Any], *, limit: int) -> None:
 def points_per_batch_for(requested: int, width: int, height: int, *, cap: int, memory_bytes: int) -> int:
     """The automatic-mask points per decoder call for a ``width``x``height`` image: ``requested``,
     at most ``cap`` (``SAMDROP_MAX_POINTS_PER_BATCH``) and at most what ``memory_bytes`` holds of
-    full-size masks (:data:`DECODER_BYTES_PER_POINT_PIXEL`). Never below 1: it changes memory and
-    speed, never the masks."""
-    fits = memory_bytes // max(1, DECODER_BYTES_PER_POINT_PIXEL * width * height)
+    decoder tensors and full-size masks (:data:`DECODER_BYTES_PER_POINT`,
+    :data:`DECODER_BYTES_PER_POINT_PIXEL`). Never below 1: it changes memory and speed, never the masks."""
+    fits = memory_bytes // (DECODER_BYTES_PER_POINT + DECODER_BYTES_PER_POINT_PIXEL * width * height)
     return max(1, min(requested, cap, fits))

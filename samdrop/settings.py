@@ -170,7 +170,7 @@ class Settings:
         int,
     )
     max_points_per_batch: int = _env(
-        "SAMDROP_MAX_POINTS_PER_BATCH", 1024, "a request's amg.points_per_batch is clamped to this", int
+        "SAMDROP_MAX_POINTS_PER_BATCH", 256, "a request's amg.points_per_batch is clamped to this", int
     )
     decoder_memory_bytes: int | None = _env(
         "SAMDROP_DECODER_MEMORY_BYTES",

@@ -252,6 +252,24 @@ def test_storage_read_errors_are_classified(error, expected):
         GcsStore(RaisingClient(error)).read("b", "o", generation=1)
 
 
+def test_storage_400_is_permanent_and_keeps_the_servers_text_out_of_the_message():
+    with pytest.raises(PermanentError) as info:
+        GcsStore(RaisingClient(api_exceptions.BadRequest("object name too long RAW"))).write(
+            "b", "o", b"x", content_type="text/plain", if_generation_match=0
+        )
+    assert info.value.code == "invalid_request" and "RAW" not in info.value.message
+
+
+def test_http_400_with_a_coded_detail_is_that_code():
+    detail = {"code": "invalid_request", "message": "33 instances exceeds SAMDROP_MAX_INSTANCES=32"}
+    with pytest.raises(PermanentError) as info:
+        http(FakeResponse(400, {"detail": detail})).predict([{}], {})
+    assert info.value.code == "invalid_request" and info.value.message == detail["message"]
+    transient = {"code": "unavailable", "message": "?"}  # only permanent codes are taken at their word
+    with pytest.raises(EndpointRejected):
+        http(FakeResponse(400, {"detail": transient})).predict([{}], {})
+
+
 def test_storage_412_is_a_write_conflict():
     with pytest.raises(WriteConflict):
         GcsStore(RaisingClient(api_exceptions.PreconditionFailed("412"))).write(

@@ -21,7 +21,7 @@ from functions.routing import Action, route
 from functions.segment import segment_upload
 from pipeline.completion import failed_completion
 from pipeline.paths import BatchPaths
-from samdrop.errors import ConfigError, ErrorInfo, TransientError, public_error
+from samdrop.errors import ConfigError, ErrorInfo, SamdropError, TransientError, public_error
 from samdrop.logs import fields as log_fields
 from samdrop.messages import CompletionMessage, Publisher, publish_completion
 from samdrop.settings import Settings
@@ -157,7 +157,7 @@ def _fail_unrecorded(
     log.error(
         "permanent failure without a record: %s",
         error["message"],
-        exc_info=exc,
+        exc_info=None if isinstance(exc, SamdropError) else exc,  # a bug's trace; a refusal needs none
         extra=log_fields(outcome="failed", error=error, **about),
     )
     if batch_id is not None:

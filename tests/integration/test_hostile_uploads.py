@@ -139,9 +139,9 @@ def test_the_predictor_refuses_oversized_requests_with_a_code_and_reads_only_the
     assert nested.status_code == 400 and "SAMDROP_MAX_JSON_DEPTH=32" in nested.json()["detail"]["message"]
 
     # Replace an object by another of the same size: the old generation is gone, not silently swapped.
-    name = unique("replaced.png")
-    old = events.upload(name, photo(seed=6))
-    new = events.upload(name, photo(seed=7))
+    name = unique("replaced.bmp")  # uncompressed: two different pictures of the same byte size
+    old = events.upload(name, photo(seed=6, fmt="BMP"))
+    new = events.upload(name, photo(seed=7, fmt="BMP"))
     assert old.size == new.size and old.generation != new.generation
     events.await_completion(new)  # let the function's own events settle first
     uri = f"gs://{events.settings.bucket}/{name}"

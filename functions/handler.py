@@ -119,6 +119,9 @@ def handle_upload(event: UploadEvent, deps: Deps) -> str:
         )
         raise
     except Exception as exc:
+        if isinstance(exc, SamdropError) and not exc.permanent:  # e.g. a write conflict: look again later
+            log.warning("%s, Pub/Sub will redeliver", exc.message, extra=log_fields(outcome="retry", **about))
+            raise
         # Permanent, and not recorded where it happened (outputs that cannot be written, a bug):
         # one failed completion, then acknowledge. Retrying would meet the same problem again.
         return _fail_unrecorded(event, decision.batch_id, exc, deps, about)

@@ -369,3 +369,25 @@ def test_missing_endpoint_setting_is_a_config_error_not_an_ack():
     with pytest.raises(ConfigError):
         handle_upload(upload(store), deps)
     assert store.names("results/") == []
+
+
+def test_a_bug_before_any_record_gets_one_curated_failed_completion_and_is_acknowledged():
+    store, publisher = FakeStore(), FakePublisher()
+    event = upload(store)
+    store.faults[("list", FOLDER)] = ValueError("invalid literal for int() RAW-DETAIL")
+    assert handle_upload(event, make_deps(store, publisher)) == "failed"
+    [(_, body, _)] = publisher.messages
+    assert body["status"] == "failed" and body["outputs"] == {}
+    assert body["error"] == {
+        "code": "internal",
+        "message": "internal error (ValueError); the trace is in the service's log",
+    }
+
+
+def test_a_retryable_samdrop_error_before_any_record_is_redelivered():
+    store, publisher = FakeStore(), FakePublisher()
+    event = upload(store)
+    store.faults[("list", FOLDER)] = WriteConflict("412")
+    with pytest.raises(WriteConflict):
+        handle_upload(event, make_deps(store, publisher))
+    assert publisher.messages == []

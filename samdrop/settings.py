@@ -185,7 +185,7 @@ class Settings:
     max_json_depth: int = _env(
         "SAMDROP_MAX_JSON_DEPTH",
         DEFAULT_MAX_JSON_DEPTH,
-        "nesting depth of JSON read from users (prompts, _READY, requests)",
+        "nesting depth of JSON read from users (samdrop-prompts, notifications, predictor requests)",
         int,
     )
     max_object_name_bytes: int = _env(

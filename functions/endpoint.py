@@ -3,7 +3,9 @@
 Classification (docs/design.md "Errors"): 408/429/500/502/503/504, connection errors and timeouts →
 ``TransientError`` (Pub/Sub redelivers); 401/403/404 → ``ConfigError`` (a wrong URL, route or
 permission is our deployment's fault, so the message is redelivered and dead-lettered, not
-dropped); any other 4xx → ``PermanentError`` carrying the server's message. Every call has
+dropped); a 400 whose ``detail`` is ``{"code", "message"}`` with a permanent code → that error (the
+predictor refusing a request over a budget); any other 4xx → ``PermanentError`` carrying the
+server's message. Every call has
 ``SAMDROP_ENDPOINT_TIMEOUT_S``.
 """
 
@@ -17,7 +19,16 @@ from typing import Any, Protocol
 import requests
 from google.api_core import exceptions as api_exceptions
 
-from samdrop.errors import ConfigError, PermanentError, SamdropError, TransientError
+from samdrop.errors import (
+    ERROR_CODES,
+    ConfigError,
+    PermanentError,
+    RetryRule,
+    SamdropError,
+    TransientError,
+    error_from_code,
+    retry_rule,
+)
 from samdrop.settings import Settings
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -42,8 +53,11 @@ class Endpoint(Protocol):
         ...
 
 
-def classify_status(status: int, message: str, where: str) -> SamdropError:
-    """The samdrop error for a non-2xx HTTP ``status`` from the endpoint."""
+def classify_status(status: int, message: str, where: str, *, code: str | None = None) -> SamdropError:
+    """The samdrop error for a non-2xx HTTP ``status`` from the endpoint; ``code`` is the one the
+    predictor put in a 400's detail, if any."""
+    if status == 400 and code is not None and code in ERROR_CODES and retry_rule(code) is RetryRule.PERMANENT:
+        return error_from_code(code, message)
     text = f"{where} answered HTTP {status}: {message}"
     if status in TRANSIENT_STATUS or status >= 500:
         return TransientError(text)
@@ -68,7 +82,8 @@ class HttpEndpoint:
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(f"{self.url} unreachable ({type(exc).__name__}: {exc})") from exc
         if response.status_code >= 300:
-            raise classify_status(response.status_code, _server_message(response), self.url)
+            code = _server_code(response)
+            raise classify_status(response.status_code, _server_message(response), self.url, code=code)
         try:
             payload = response.json()
         except ValueError:
@@ -128,6 +143,17 @@ def _predictions(payload: Any, where: str, expected: int) -> list[Any]:
     if not isinstance(predictions, list) or len(predictions) != expected:
         raise BadResponse(f"{where} answered without {expected} prediction(s): {str(payload)[:200]}")
     return predictions
+
+
+def _server_code(response: requests.Response) -> str | None:
+    """The ``code`` of a ``{"detail": {"code", "message"}}`` error body (the predictor's 400s)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    code = detail.get("code") if isinstance(detail, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _server_message(response: requests.Response) -> str:

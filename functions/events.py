@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from samdrop.budgets import DEFAULT_MAX_JSON_DEPTH, loads_limited
 from samdrop.errors import PermanentError
 
 PUBSUB_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
@@ -33,9 +34,12 @@ STORAGE_TYPES = {
 
 
 class EventDecodeError(PermanentError):
-    """The CloudEvent is not a GCS notification this function understands; logged and acknowledged."""
+    """The CloudEvent is not a GCS notification this function understands; logged and acknowledged.
+    ``subject`` is the object it names (an :class:`UploadEvent` with generation ``"0"``) when the
+    notification's identity attributes could be read, so its uploader can still be told."""
 
     code = "invalid_event"
+    subject: UploadEvent | None = None
 
 
 @dataclass(frozen=True)
@@ -57,9 +61,15 @@ class UploadEvent:
         return f"gs://{self.bucket}/{self.name}"
 
 
-def decode_event(ce_type: str, data: Any, *, ce_id: str | None = None) -> UploadEvent:
-    """Decode a CloudEvent's ``type`` and ``data``; raises :class:`EventDecodeError` when malformed."""
-    data = _json_object(data, "CloudEvent data")
+_DECIMAL = re.compile(r"[0-9]{1,30}")
+
+
+def decode_event(
+    ce_type: str, data: Any, *, ce_id: str | None = None, max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+) -> UploadEvent:
+    """Decode a CloudEvent's ``type`` and ``data``; raises :class:`EventDecodeError` when malformed
+    (JSON nested deeper than ``max_json_depth`` included)."""
+    data = _json_object(data, "CloudEvent data", max_json_depth)
     if ce_type in STORAGE_TYPES:
         return _from_resource(STORAGE_TYPES[ce_type], data, message_id=ce_id)
     if ce_type != PUBSUB_TYPE:
@@ -73,12 +83,17 @@ def decode_event(ce_type: str, data: Any, *, ce_id: str | None = None) -> Upload
     missing = [k for k in ("eventType", "bucketId", "objectId", "objectGeneration") if not attributes.get(k)]
     if missing:
         raise EventDecodeError(f"GCS notification lacks attribute(s) {', '.join(missing)}")
-    generation = _generation(attributes["objectGeneration"])
+    try:
+        generation = _generation(attributes["objectGeneration"])
+        payload = _payload(message.get("data"), attributes.get("payloadFormat"), max_json_depth)
+        content_type = size = metadata = None
+        if payload is not None:
+            content_type, size, metadata = _details(payload)
+    except EventDecodeError as exc:
+        subject = (str(attributes["eventType"]), str(attributes["bucketId"]), str(attributes["objectId"]))
+        exc.subject = UploadEvent(*subject, generation="0")
+        raise
     message_id = message.get("messageId") or message.get("message_id") or ce_id
-    payload = _payload(message.get("data"), attributes.get("payloadFormat"))
-    content_type = size = metadata = None
-    if payload is not None:
-        content_type, size, metadata = _details(payload)
     return UploadEvent(
         event_type=str(attributes["eventType"]),
         bucket=str(attributes["bucketId"]),
@@ -91,7 +106,7 @@ def decode_event(ce_type: str, data: Any, *, ce_id: str | None = None) -> Upload
     )
 
 
-def _payload(raw: Any, payload_format: Any) -> dict[str, Any] | None:
+def _payload(raw: Any, payload_format: Any, max_json_depth: int) -> dict[str, Any] | None:
     if raw in (None, "", b""):
         if payload_format in (None, "NONE"):
             return None
@@ -102,7 +117,7 @@ def _payload(raw: Any, payload_format: Any) -> dict[str, Any] | None:
         text = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError, TypeError) as exc:
         raise EventDecodeError(f"message data is not valid base64: {exc}") from None
-    return _json_object(text, "message data")
+    return _json_object(text, "message data", max_json_depth)
 
 
 def _from_resource(event_type: str, resource: Mapping[str, Any], *, message_id: str | None) -> UploadEvent:
@@ -140,16 +155,17 @@ def _details(resource: Mapping[str, Any]) -> tuple[str | None, int | None, dict[
 
 def _generation(raw: Any) -> str:
     # Real GCS sends a string, fake-gcs-server an integer; both become a decimal string.
+    # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
     text = str(raw).strip()
-    if not text.isdigit():
+    if not _DECIMAL.fullmatch(text):
         raise EventDecodeError(f"object generation {raw!r} is not a non-negative integer")
     return str(int(text))
 
 
-def _json_object(raw: Any, what: str) -> dict[str, Any]:
+def _json_object(raw: Any, what: str, max_json_depth: int) -> dict[str, Any]:
     if isinstance(raw, bytes | str):
         try:
-            raw = json.loads(raw)
+            raw = loads_limited(raw, max_depth=max_json_depth)
         except (UnicodeDecodeError, ValueError) as exc:
             raise EventDecodeError(f"{what} is not JSON: {exc}") from None
     if not isinstance(raw, Mapping):

@@ -2,7 +2,8 @@
 
 Meeting Pub/Sub at this edge: returning normally acknowledges the message; raising
 ``TransientError`` or ``ConfigError`` makes functions-framework answer 500, so Pub/Sub redelivers
-with backoff and finally dead-letters. Undecodable events and permanent errors are acknowledged.
+with backoff and finally dead-letters. Undecodable events and permanent errors are acknowledged;
+a permanent error that could not be recorded as ``error.json`` still gets one failed completion.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from functions.endpoint import Endpoint
 from functions.events import EventDecodeError, UploadEvent, decode_event
 from functions.routing import Action, route
 from functions.segment import segment_upload
-from samdrop.errors import ConfigError, TransientError
+from pipeline.completion import failed_completion
+from pipeline.paths import BatchPaths
+from samdrop.errors import ConfigError, ErrorInfo, SamdropError, TransientError, public_error
 from samdrop.logs import fields as log_fields
-from samdrop.messages import Publisher
+from samdrop.messages import CompletionMessage, Publisher, publish_completion
 from samdrop.settings import Settings
 from samdrop.storage import ObjectStore
 
@@ -42,7 +45,12 @@ class Deps:
 def handle_cloud_event(cloud_event: Any, deps: Deps) -> str:
     """Decode a CloudEvent (``type``, ``id``, ``data``) and handle it; returns the outcome logged."""
     try:
-        event = decode_event(cloud_event["type"], cloud_event.data, ce_id=cloud_event["id"])
+        event = decode_event(
+            cloud_event["type"],
+            cloud_event.data,
+            ce_id=cloud_event["id"],
+            max_json_depth=deps.settings.max_json_depth,
+        )
     except (EventDecodeError, KeyError, AttributeError, TypeError) as exc:
         log.warning(
             "undecodable event acknowledged: %s",
@@ -53,6 +61,8 @@ def handle_cloud_event(cloud_event: Any, deps: Deps) -> str:
                 ce_type=_safe_get(cloud_event, "type"),
             ),
         )
+        if isinstance(exc, EventDecodeError):
+            _report_malformed(exc, deps)
         return "invalid_event"
     return handle_upload(event, deps)
 
@@ -108,6 +118,13 @@ def handle_upload(event: UploadEvent, deps: Deps) -> str:
             extra=log_fields(outcome="config_error", **about),
         )
         raise
+    except Exception as exc:
+        if isinstance(exc, SamdropError) and not exc.permanent:  # e.g. a write conflict: look again later
+            log.warning("%s, Pub/Sub will redeliver", exc.message, extra=log_fields(outcome="retry", **about))
+            raise
+        # Permanent, and not recorded where it happened (outputs that cannot be written, a bug):
+        # one failed completion, then acknowledge. Retrying would meet the same problem again.
+        return _fail_unrecorded(event, decision.batch_id, exc, deps, about)
     timings = {**result.timings_ms, "handler": _ms(deps.clock() - started)}
     level = logging.WARNING if result.outcome == "failed" else logging.INFO
     log.log(
@@ -118,6 +135,43 @@ def handle_upload(event: UploadEvent, deps: Deps) -> str:
         extra=log_fields(outcome=result.outcome, timings_ms=timings, **about),
     )
     return result.outcome
+
+
+def _report_malformed(exc: EventDecodeError, deps: Deps) -> None:
+    """A malformed notification for an upload this function would segment: tell its uploader once
+    (no generation is known, so there is nothing to key a record on)."""
+    subject = exc.subject
+    if subject is None or route(subject, deps.settings).action is not Action.SEGMENT:
+        return
+    error: ErrorInfo = {
+        "code": "invalid_request",
+        "message": f"the upload notification is malformed: {exc.message}",
+    }
+    message = CompletionMessage(kind="image", status="failed", input=subject.uri, error=error)
+    publish_completion(deps.publisher, deps.settings.completions_topic, message)
+
+
+def _fail_unrecorded(
+    event: UploadEvent, batch_id: str | None, exc: Exception, deps: Deps, about: dict[str, Any]
+) -> str:
+    """Publish one ``failed`` completion carrying ``exc``'s code and curated message (no record
+    could be written, so ``outputs`` is empty); the trace goes to the log. Returns the outcome."""
+    error = public_error(exc)
+    log.error(
+        "permanent failure without a record: %s",
+        error["message"],
+        exc_info=None if isinstance(exc, SamdropError) else exc,  # a bug's trace; a refusal needs none
+        extra=log_fields(outcome="failed", error=error, **about),
+    )
+    if batch_id is not None:
+        paths = BatchPaths.of(deps.settings, batch_id, event.bucket)
+        message = failed_completion(paths, error["code"], error["message"])
+    else:
+        message = CompletionMessage(
+            kind="image", status="failed", input=event.uri, generation=event.generation, error=error
+        )
+    publish_completion(deps.publisher, deps.settings.completions_topic, message)
+    return "failed"
 
 
 def _safe_get(cloud_event: Any, key: str) -> Any:

@@ -6,20 +6,29 @@ from collections.abc import Mapping
 from typing import Any
 
 from functions.events import UploadEvent
+from samdrop.budgets import DEFAULT_MAX_JSON_DEPTH
 from samdrop.prompts import PROMPTS_METADATA_KEY, parse_prompts_json
 
 
-def prompts_from_metadata(metadata: Mapping[str, str] | None) -> dict[str, Any] | None:
+def prompts_from_metadata(
+    metadata: Mapping[str, str] | None, *, max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+) -> dict[str, Any] | None:
     """The upload's prompts (shape in :mod:`samdrop.prompts`); None (automatic masks) when the key
     is absent, blank or ``{}``. Raises ``InvalidPrompt`` saying what to fix."""
     raw = (metadata or {}).get(PROMPTS_METADATA_KEY)
     if raw is None or not raw.strip():
         return None
-    return parse_prompts_json(raw, where=f"metadata {PROMPTS_METADATA_KEY}")
+    return parse_prompts_json(raw, where=f"metadata {PROMPTS_METADATA_KEY}", max_json_depth=max_json_depth)
 
 
 def build_instance(event: UploadEvent, prompts: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The predictor instance for one upload: by ``gs://`` reference, never the bytes themselves."""
-    instance: dict[str, Any] = {"gcs_uri": event.uri, "file_path": event.name, "mask_format": "rle"}
+    """The predictor instance for one upload: by ``gs://`` reference, never the bytes themselves,
+    pinned to the event's generation (a decimal string) so the endpoint reads exactly those bytes."""
+    instance: dict[str, Any] = {
+        "gcs_uri": event.uri,
+        "generation": event.generation,
+        "file_path": event.name,
+        "mask_format": "rle",
+    }
     instance.update(prompts or {})
     return instance

@@ -11,14 +11,16 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from functions.endpoint import Endpoint
 from functions.events import UploadEvent
 from functions.prediction import parse_prediction
 from functions.prompts import build_instance, prompts_from_metadata
-from samdrop import outputs
+from samdrop import budgets, outputs
+from samdrop.budgets import check_image_shape, check_input_bytes, check_object_name
 from samdrop.documents import ErrorRecord, MasksDocument
-from samdrop.errors import ConfigError, InputNotFound, PermanentError, TransientError
+from samdrop.errors import ConfigError, InputNotFound, PermanentError, TransientError, public_error
 from samdrop.images import decode_image
 from samdrop.layout import OutputPaths, json_record, output_paths, write_output
 from samdrop.logs import fields as log_fields
@@ -60,6 +62,9 @@ def segment_upload(
     """
     paths = output_paths(settings, event.name)
     generation = int(event.generation)
+    # Before any work: outputs that cannot be named cannot hold error.json either (the handler
+    # publishes this refusal as the one failed completion).
+    check_object_name(outputs.longest_name(paths, settings.max_masks), limit=settings.max_object_name_bytes)
     listing = store.list(paths.bucket, paths.folder)
     decision = outputs.decide(listing, paths, generation)
     if decision.step is not Step.COMPUTE:
@@ -127,15 +132,20 @@ def _segment_and_write(
     """Read, predict, then write the outputs (:func:`samdrop.outputs.write_masks`)."""
     t0 = clock()
     generation = int(event.generation)
-    metadata = event.metadata
-    if metadata is None:  # notification without payload: read the metadata of that exact generation
+    metadata, size = event.metadata, event.size
+    if metadata is None or size is None:  # notification without payload: stat that exact generation
         info = store.stat(event.bucket, event.name, generation=generation)
         if info is None:
             raise InputNotFound(f"{event.uri} generation {generation} no longer exists (deleted or replaced)")
-        metadata = info.metadata
-    prompts = prompts_from_metadata(metadata)
+        metadata, size = info.metadata, info.size
+    # Budgets first: nothing is downloaded or sent to the endpoint for an input over a limit.
+    check_input_bytes(size, limit=settings.max_input_bytes, name=event.uri)
+    prompts = prompts_from_metadata(metadata, max_json_depth=settings.max_json_depth)
+    check_prompt_budget(prompts, settings)
     data = store.read(event.bucket, event.name, generation=generation)
     image = decode_image(data, max_pixels=settings.max_image_pixels, name=event.uri)
+    height, width = image.shape[:2]
+    check_image_shape(width, height, max_aspect_ratio=settings.max_aspect_ratio, name=event.uri)
     t1 = clock()
     raw = endpoint.predict([build_instance(event, prompts)], {})[0]
     prediction = parse_prediction(raw, where=event.uri)
@@ -219,6 +229,20 @@ def _after_conflict(exc: WriteConflict, paths: OutputPaths, generation: int, sto
     ) from exc
 
 
+def check_prompt_budget(prompts: Mapping[str, Any] | None, settings: Settings) -> None:
+    """Refuse prompts over ``SAMDROP_MAX_PROMPTS`` / ``SAMDROP_MAX_MASKS`` and automatic-mask
+    parameters over ``SAMDROP_MAX_AUTO_POINTS`` before the image is read."""
+    prompts = prompts or {}
+    boxes, points = len(prompts.get("boxes") or []), len(prompts.get("points") or [])
+    if boxes or points:
+        multimask = prompts.get("multimask", not boxes)
+        budgets.check_prompts(
+            boxes, points, bool(multimask), max_prompts=settings.max_prompts, max_masks=settings.max_masks
+        )
+    elif isinstance(prompts.get("amg"), Mapping):
+        budgets.check_auto_points(dict(prompts["amg"]), limit=settings.max_auto_points)
+
+
 def _as_permanent(exc: Exception, event: UploadEvent) -> PermanentError:
     if isinstance(exc, PermanentError):
         return exc
@@ -228,4 +252,4 @@ def _as_permanent(exc: Exception, event: UploadEvent) -> PermanentError:
         exc_info=exc,
         extra=log_fields(object=event.uri, generation=event.generation, error=f"{type(exc).__name__}: {exc}"),
     )
-    return PermanentError(f"internal error ({type(exc).__name__}: {exc})", code="internal")
+    return PermanentError(public_error(exc)["message"], code="internal")

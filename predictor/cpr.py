@@ -1,13 +1,16 @@
 """The Vertex AI custom prediction routine (CPR): ``load``/``preprocess``/``predict``/``postprocess``.
 
 Each step is a plain method, testable without HTTP. A bad instance becomes
-``{"error": {"code", "message"}}`` in its slot and never fails its neighbours.
+``{"error": {"code", "message"}}`` in its slot and never fails its neighbours: budgets
+(:mod:`samdrop.budgets`) are checked per instance before its image is read, and when the model fails
+on a group of images each is run again alone, so the failure lands only in its own slot.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -21,13 +24,24 @@ from google.cloud.aiplatform.prediction.predictor import Predictor
 from predictor.backends import Engine, load_engine
 from predictor.engine import Job, MaskSet
 from predictor.instances import Instance, check_prompts_fit, parse_instance
+from samdrop import budgets
 from samdrop.documents import FailedPrediction, Prediction, Rle, masks_of
-from samdrop.errors import ConfigError, InputNotFound, InvalidRequest, SamdropError, TransientError
+from samdrop.errors import (
+    ConfigError,
+    InputNotFound,
+    InvalidRequest,
+    PermanentError,
+    SamdropError,
+    TransientError,
+    public_error,
+)
 from samdrop.images import decode_image
 from samdrop.masks import mask_to_png, rle_to_mask
 from samdrop.settings import Settings
 
-ReadObject = Callable[[str], bytes]
+log = logging.getLogger(__name__)
+# (gs:// URI, generation or None for the live object) -> the object's bytes.
+ReadObject = Callable[[str, int | None], bytes]
 
 
 @dataclass
@@ -94,12 +108,15 @@ class SamRoutine(Predictor):
             grid = self.settings.amg_points_per_side or self.engine.auto_points_per_side
             amg = {"points_per_side": grid, **parameters.get("amg", {})}
             parameters = {**parameters, "amg": amg}
+        assert self.settings is not None, "load() first"
+        budgets.check_instances(len(prediction_input["instances"]), limit=self.settings.max_instances)
         slots = [Slot(i) for i in range(len(prediction_input["instances"]))]
         for slot, raw in zip(slots, prediction_input["instances"], strict=True):
             if isinstance(raw, dict) and isinstance(raw.get("file_path"), str):
                 slot.file_path = raw["file_path"]
             try:
                 slot.instance = parse_instance(raw, parameters)
+                check_budgets(slot.instance, self.settings)
             except SamdropError as exc:
                 slot.error = exc
         assert self._pool is not None, "load() first"
@@ -115,9 +132,14 @@ class SamRoutine(Predictor):
             data = (
                 instance.image_bytes
                 if instance.image_bytes is not None
-                else self._read(instance.gcs_uri or "")
+                else self._read(instance.gcs_uri or "", instance.generation)
             )
+            budgets.check_input_bytes(len(data), limit=self.settings.max_input_bytes, name=name)
             slot.image = decode_image(data, max_pixels=self.settings.max_image_pixels, name=name)
+            height, width = slot.image.shape[:2]
+            budgets.check_image_shape(
+                width, height, max_aspect_ratio=self.settings.max_aspect_ratio, name=name
+            )
             if instance.prompts is not None:
                 check_prompts_fit(instance.prompts, slot.image.shape[1], slot.image.shape[0])
         except SamdropError as exc:
@@ -126,28 +148,47 @@ class SamRoutine(Predictor):
             slot.error = TransientError(f"reading {name} failed: {type(exc).__name__}: {exc}")
         slot.timings_ms["read_decode"] = round((time.perf_counter() - started) * 1000, 2)
 
-    def _read(self, uri: str) -> bytes:
+    def _read(self, uri: str, generation: int | None) -> bytes:
         if self._read_object is None:
-            self._read_object = gcs_reader(self.settings.project if self.settings else None)
-        return self._read_object(uri)
+            assert self.settings is not None
+            self._read_object = gcs_reader(self.settings.project, max_bytes=self.settings.max_input_bytes)
+        return self._read_object(uri, generation)
 
     def predict(self, instances: list[Slot]) -> list[Slot]:
-        """Run the engine over every slot that decoded, batched."""
+        """Run the engine over every slot that decoded, batched. If the batched run fails, each
+        image runs again alone and only the ones that fail alone get an error in their slot."""
         assert self.engine is not None, "load() first"
         ready = [s for s in instances if s.error is None and s.image is not None and s.instance is not None]
-        if ready:
-            jobs = [
-                Job(s.image, s.instance.prompts, s.instance.amg, s.instance.return_logits)  # type: ignore[arg-type, union-attr]
-                for s in ready
-            ]
-            for slot, result in zip(ready, self.engine.run(jobs), strict=True):
-                slot.result = result
+        if not ready:
+            return instances
+        try:
+            results = self.engine.run([_job(s) for s in ready])
+        except Exception as exc:
+            if len(ready) == 1:
+                ready[0].error = _model_error(exc, ready[0])
+                return instances
+            for slot in ready:
+                try:
+                    [slot.result] = self.engine.run([_job(slot)])
+                except Exception as alone:
+                    slot.error = _model_error(alone, slot)
+            return instances
+        for slot, result in zip(ready, results, strict=True):
+            slot.result = result
         return instances
 
     def postprocess(self, prediction_results: list[Slot]) -> dict[str, Any]:
         """``{"predictions": [...]}``, one per instance, in order (:mod:`samdrop.documents`)."""
         assert self.engine is not None
-        return {"predictions": [self._prediction(slot).to_json() for slot in prediction_results]}
+        predictions = []
+        for slot in prediction_results:
+            try:
+                predictions.append(self._prediction(slot).to_json())
+            except Exception as exc:  # this slot's answer only; its neighbours keep theirs
+                predictions.append(
+                    FailedPrediction(_model_error(exc, slot).to_json(), slot.file_path).to_json()
+                )
+        return {"predictions": predictions}
 
     def _prediction(self, slot: Slot) -> Prediction | FailedPrediction:
         if slot.error is not None or slot.result is None or slot.instance is None:
@@ -176,8 +217,46 @@ class SamRoutine(Predictor):
         )
 
 
-def gcs_reader(project: str | None) -> ReadObject:
-    """Read ``gs://`` objects through google-cloud-storage (honours ``STORAGE_EMULATOR_HOST``)."""
+def check_budgets(instance: Instance, settings: Settings) -> None:
+    """Refuse an instance over a budget before its image is read (:mod:`samdrop.budgets`)."""
+    prompts = instance.prompts
+    if prompts is not None:
+        budgets.check_prompts(
+            len(prompts.boxes) if prompts.boxes is not None else 0,
+            len(prompts.points) if prompts.points is not None else 0,
+            prompts.wants_multimask,
+            max_prompts=settings.max_prompts,
+            max_masks=settings.max_masks,
+        )
+    else:
+        budgets.check_auto_points(instance.amg, limit=settings.max_auto_points)
+
+
+def _job(slot: Slot) -> Job:
+    assert slot.image is not None and slot.instance is not None
+    instance = slot.instance
+    return Job(slot.image, instance.prompts, instance.amg, instance.return_logits)
+
+
+def _model_error(exc: Exception, slot: Slot) -> SamdropError:
+    """The error a slot records when the model failed on its image alone (the trace is logged)."""
+    if isinstance(exc, SamdropError):
+        return exc
+    name = slot.file_path or f"instance {slot.index}"
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return PermanentError(
+            f"{name} ran out of memory in the model: downscale the image or lower amg.points_per_batch "
+            "(SAMDROP_DECODER_MEMORY_BYTES caps it)",
+            code="image_too_large",
+        )
+    log.error("the model failed on %s", name, exc_info=exc)
+    return PermanentError(f"the model failed on {name}: " + public_error(exc)["message"], code="internal")
+
+
+def gcs_reader(project: str | None, *, max_bytes: int) -> ReadObject:
+    """Read ``gs://`` objects through google-cloud-storage (honours ``STORAGE_EMULATOR_HOST``):
+    exactly the generation asked for (None: the live one), refused above ``max_bytes`` before the
+    download (``SAMDROP_MAX_INPUT_BYTES``)."""
     import google.cloud.storage as storage
     from google.api_core import exceptions
 
@@ -186,15 +265,23 @@ def gcs_reader(project: str | None) -> ReadObject:
     except Exception as exc:  # no credentials, no project: the server's setup, not the input
         raise ConfigError(f"the predictor cannot reach Cloud Storage to read gcs_uri images: {exc}") from None
 
-    def read(uri: str) -> bytes:
+    def read(uri: str, generation: int | None) -> bytes:
         bucket, _, name = uri.removeprefix("gs://").partition("/")
+        which = f"{uri} generation {generation}" if generation is not None else uri
+        missing = f"{which} does not exist (deleted, replaced by a newer upload, or not readable here)"
         try:
-            data: bytes = client.bucket(bucket).blob(name).download_as_bytes(timeout=60)
+            blob = client.bucket(bucket).get_blob(name, generation=generation, timeout=60)
+            if blob is None:
+                raise InputNotFound(missing)
+            budgets.check_input_bytes(blob.size, limit=max_bytes, name=uri)
+            data: bytes = blob.download_as_bytes(timeout=60)  # the generation just stat'ed
             return data
         except exceptions.NotFound:
-            raise InputNotFound(f"{uri} does not exist (or this service account cannot read it)") from None
+            raise InputNotFound(missing) from None
         except exceptions.Forbidden as exc:
             raise InputNotFound(f"{uri} cannot be read: {exc.message}") from None
+        except exceptions.BadRequest as exc:
+            raise InvalidRequest(f"Cloud Storage refused reading {which} as invalid: {exc.message}") from None
         except (exceptions.ServerError, exceptions.TooManyRequests, TimeoutError, ConnectionError) as exc:
             raise TransientError(f"reading {uri} failed, retry later: {exc}") from None
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -37,6 +38,7 @@ from predictor.fast import enable_sdpa
 from predictor.hardware import resolve_compile, resolve_precision, use_compile_cache
 from predictor.instances import AMG_DEFAULTS, Prompts
 from predictor.registry import load_sam
+from samdrop.budgets import check_auto_points, points_per_batch_for
 from samdrop.masks import mask_box, mask_to_rle
 from samdrop.settings import Settings
 
@@ -124,6 +126,9 @@ class SamEngine:
         random_weights: bool = False,
         precision: str = "fp32",
         compile: bool = False,
+        max_points_per_batch: int = 256,
+        decoder_memory_bytes: int | None = None,
+        max_auto_points: int | None = None,
     ) -> None:
         self.model = model.eval()
         self.model_type = model_type
@@ -133,6 +138,13 @@ class SamEngine:
         self.batch_size = batch_size
         self.points_per_batch = points_per_batch
         self.max_masks = max_masks
+        # Budgets (samdrop/budgets.py): points_per_batch shrinks to what decoder memory holds for
+        # the image at hand; grids over max_auto_points are refused.
+        self.max_points_per_batch = max_points_per_batch
+        self.decoder_memory_bytes = (
+            decoder_memory_bytes or device_memory_bytes(next(model.parameters()).device) // 4
+        )
+        self.max_auto_points = max_auto_points
         self.random_weights = random_weights
         self.device = next(model.parameters()).device
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
@@ -165,6 +177,9 @@ class SamEngine:
             "cache_size": settings.embedding_cache_size,
             "max_masks": settings.max_masks,
             "random_weights": settings.model_type == "tiny",
+            "max_points_per_batch": settings.max_points_per_batch,
+            "decoder_memory_bytes": settings.decoder_memory_bytes,
+            "max_auto_points": settings.max_auto_points,
         }
         return cls(model, settings.model_type, **{**options, **overrides})
 
@@ -402,9 +417,18 @@ class SamEngine:
         with self._lock, torch.no_grad():  # not inference_mode: compiled graphs cannot take its tensors
             params = {**AMG_DEFAULTS, **(amg or {})}
             max_masks = min(params.pop("max_masks") or self.max_masks, self.max_masks)
-            params["points_per_batch"] = params["points_per_batch"] or self.points_per_batch
+            if self.max_auto_points is not None:
+                check_auto_points(params, limit=self.max_auto_points)
+            requested = params["points_per_batch"] or self.points_per_batch
             if self.compiled:  # one graph for one batch shape: a request's own size would recompile
-                params["points_per_batch"] = self.points_per_batch
+                requested = self.points_per_batch
+            params["points_per_batch"] = points_per_batch_for(
+                requested,
+                image.shape[1],
+                image.shape[0],
+                cap=self.max_points_per_batch,
+                memory_bytes=self.decoder_memory_bytes,
+            )
             generator: SamAutomaticMaskGenerator
             if self.fast:
                 generator = FastMaskGenerator(
@@ -486,6 +510,16 @@ class _EmbeddingPredictor(SamPredictor):
         self.input_size = embedding.input_size
         self.original_size = embedding.original_size
         self.is_image_set = True
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """Total memory of ``device``: the GPU's own, or the machine's RAM for a CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
 
 
 def image_key(image: np.ndarray) -> str:

@@ -4,7 +4,9 @@ The SDK's default ``PredictionHandler`` runs the model on the event loop, so ``/
 while an image is segmented, and requests run one at a time. Here each request reads and decodes its
 images in its own thread, concurrent requests share the model through a
 :class:`~predictor.batcher.RequestBatcher` (one engine run per group, the encoder at its batch
-size), and a malformed body gets a 400 that says what is wrong.
+size), and a malformed body gets a 400 whose ``detail`` is ``{"code", "message"}`` (a code from
+:data:`samdrop.errors.ERROR_CODES`, so the caller can record it as it would an error slot). The
+body's size and JSON depth are checked before it is parsed (:mod:`samdrop.budgets`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from starlette.responses import Response
 
 from predictor.batcher import RequestBatcher
 from predictor.cpr import SamRoutine, Slot
+from samdrop.budgets import check_request_bytes, loads_limited
 from samdrop.errors import InvalidRequest
+from samdrop.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +46,27 @@ class SamHandler(PredictionHandler):
         )
 
     async def handle(self, request: Request) -> Response:  # type: ignore[override]  # the SDK awaits it
-        body = await request.body()
+        settings = self._settings
+        declared = request.headers.get("content-length", "")
         try:
-            payload = json.loads(body or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HTTPException(status_code=400, detail=f"request body is not JSON: {exc}") from None
-        try:
+            if declared.isascii() and declared.isdigit():  # refused before the body is read
+                check_request_bytes(int(declared), limit=settings.max_request_bytes)
+            body = await request.body()
+            check_request_bytes(len(body), limit=settings.max_request_bytes)
+            try:
+                payload = loads_limited(body or b"null", max_depth=settings.max_json_depth)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InvalidRequest(f"request body is not JSON: {exc}") from None
             result = await run_in_threadpool(self._run, payload)
         except InvalidRequest as exc:
-            raise HTTPException(status_code=400, detail=exc.message) from None
+            raise HTTPException(status_code=400, detail=exc.to_json()) from None
         return Response(content=json.dumps(result), media_type="application/json")
+
+    @property
+    def _settings(self) -> Settings:
+        routine = self._predictor
+        assert isinstance(routine, SamRoutine) and routine.settings is not None
+        return routine.settings
 
     def _run(self, payload: Any) -> Any:
         routine = self._predictor

@@ -16,7 +16,7 @@ import numpy as np
 from samdrop.documents import PromptsRecord
 from samdrop.errors import InvalidPrompt, InvalidRequest
 
-IMAGE_FIELDS = ("gcs_uri", "image")
+IMAGE_FIELDS = ("gcs_uri", "generation", "image")
 PROMPT_FIELDS = ("points", "labels", "boxes", "multimask")
 OUTPUT_FIELDS = ("mask_format", "return_logits")
 LEGACY_FIELDS = ("input_point", "input_label")
@@ -95,6 +95,7 @@ class Instance:
     amg: dict[str, Any] = field(default_factory=dict)
     mask_format: str = "rle"
     return_logits: bool = False
+    generation: int | None = None  # the gcs_uri object's generation to read; None: the live one
 
 
 def parse_instance(raw: Any, parameters: dict[str, Any] | None = None) -> Instance:
@@ -123,7 +124,8 @@ def parse_instance(raw: Any, parameters: dict[str, Any] | None = None) -> Instan
     if not isinstance(return_logits, bool):
         raise InvalidRequest("return_logits must be true or false")
     amg = parse_amg({**(params.get("amg") or {}), **(raw.get("amg") or {})})
-    return Instance(file_path, gcs_uri, image_bytes, prompts, amg, mask_format, return_logits)
+    generation = _generation(raw.get("generation"), gcs_uri)
+    return Instance(file_path, gcs_uri, image_bytes, prompts, amg, mask_format, return_logits, generation)
 
 
 def parse_prompts(points: Any, labels: Any, boxes: Any, multimask: Any = None) -> Prompts | None:
@@ -227,6 +229,20 @@ def _image_source(raw: dict[str, Any]) -> tuple[str | None, bytes | None]:
         return None, base64.b64decode(image, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest("image is not valid base64") from None
+
+
+def _generation(value: Any, gcs_uri: str | None) -> int | None:
+    """``"generation"``: a decimal string (or whole number) pinning which version of ``gcs_uri`` to read."""
+    if value is None:
+        return None
+    if gcs_uri is None:
+        raise InvalidRequest('"generation" pins a "gcs_uri" object; it makes no sense with "image"')
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not text.isascii() or not text.isdigit() or len(text) > 30:
+        raise InvalidRequest(
+            f'generation must be a decimal string like "1714000000000000", got {_short(value)}'
+        )
+    return int(text)
 
 
 def _array(value: Any, name: str, columns: int) -> np.ndarray:

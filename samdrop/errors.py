@@ -134,3 +134,22 @@ def error_from_code(code: str, message: str) -> SamdropError:
     if rule is RetryRule.CONFIG:
         return ConfigError(message, code=code)
     return PermanentError(message, code=code)
+
+
+# Longest error message a completion, error.json or prediction slot carries (names can be ~1 KB).
+MAX_MESSAGE_CHARS = 2000
+
+
+def public_error(exc: BaseException) -> ErrorInfo:
+    """``{"code", "message"}`` fit for a completion or ``error.json``: a samdrop error's own code and
+    message (written for the user, cut at :data:`MAX_MESSAGE_CHARS`); anything else is ``internal``
+    with its type only, because raw exception text belongs in the log, not in a message."""
+    if isinstance(exc, SamdropError):
+        message = exc.message
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
+        return {"code": exc.code, "message": message}
+    return {
+        "code": "internal",
+        "message": f"internal error ({type(exc).__name__}); the trace is in the service's log",
+    }

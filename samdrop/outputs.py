@@ -185,6 +185,19 @@ def write_record(store: ObjectStore, paths: OutputPaths, listing: Listing, recor
     )
 
 
+def longest_name(paths: OutputPaths, max_masks: int) -> str:
+    """The longest object name (in UTF-8 bytes) an input's outputs can have, at most ``max_masks``
+    masks: checked against Cloud Storage's limit before any work (:mod:`samdrop.budgets`)."""
+    names = [
+        paths.masks_json,
+        paths.error_json,
+        paths.overlay,
+        paths.completion,
+        paths.mask(max(0, max_masks - 1)),
+    ]
+    return max(names, key=lambda name: len(name.encode("utf-8")))
+
+
 def written_names(paths: OutputPaths, record: Record) -> set[str]:
     """The objects a run that wrote ``record`` owns (everything else older may go)."""
     if isinstance(record, ErrorRecord):

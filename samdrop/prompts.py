@@ -10,10 +10,10 @@ Whether the prompts fit inside the image is the predictor's check (it knows the 
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
+from samdrop.budgets import DEFAULT_MAX_JSON_DEPTH, loads_limited
 from samdrop.errors import InvalidPrompt
 
 PROMPTS_METADATA_KEY = "samdrop-prompts"
@@ -21,10 +21,13 @@ PROMPT_KEYS = ("points", "labels", "boxes", "multimask", "amg")
 EXAMPLE = 'example: {"points": [[120, 80]], "labels": [1]} or {"boxes": [[10, 10, 200, 150]]}'
 
 
-def parse_prompts_json(text: str, *, where: str) -> dict[str, Any] | None:
-    """Parse and check prompts JSON from ``where`` (named in errors); None means automatic masks."""
+def parse_prompts_json(
+    text: str, *, where: str, max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+) -> dict[str, Any] | None:
+    """Parse and check prompts JSON from ``where`` (named in errors); None means automatic masks.
+    JSON nested deeper than ``max_json_depth`` is refused like any other malformed JSON."""
     try:
-        value = json.loads(text)
+        value = loads_limited(text, max_depth=max_json_depth)
     except ValueError as exc:
         raise InvalidPrompt(f"{where} is not valid JSON ({exc}); {EXAMPLE}") from None
     return check_prompts(value, where=where)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from samdrop.budgets import DEFAULT_MAX_JSON_DEPTH
 from samdrop.errors import ConfigError
 
 MODEL_TYPES = ("tiny", "vit_b", "vit_l", "vit_h", "classic", "auto")
@@ -153,6 +154,46 @@ class Settings:
     max_image_pixels: int = _env(
         "SAMDROP_MAX_IMAGE_PIXELS", 64_000_000, "larger images are refused (decompression bombs)", int
     )
+    # Budgets: every request is checked against these before any work (docs/operations.md "Limits").
+    max_input_bytes: int = _env(
+        "SAMDROP_MAX_INPUT_BYTES", 100 * 2**20, "larger uploads are refused before download (bytes)", int
+    )
+    max_request_bytes: int = _env(
+        "SAMDROP_MAX_REQUEST_BYTES", 16 * 2**20, "larger :predict request bodies are refused (bytes)", int
+    )
+    max_instances: int = _env("SAMDROP_MAX_INSTANCES", 32, "instances per :predict request", int)
+    max_prompts: int = _env("SAMDROP_MAX_PROMPTS", 64, "boxes, and points, per image", int)
+    max_auto_points: int = _env(
+        "SAMDROP_MAX_AUTO_POINTS",
+        65_536,
+        "automatic-mask grid points per image, all crop layers together",
+        int,
+    )
+    max_points_per_batch: int = _env(
+        "SAMDROP_MAX_POINTS_PER_BATCH", 256, "a request's amg.points_per_batch is clamped to this", int
+    )
+    decoder_memory_bytes: int | None = _env(
+        "SAMDROP_DECODER_MEMORY_BYTES",
+        None,
+        "memory one automatic-mask decoder batch may use; points_per_batch shrinks to fit the image "
+        "(auto: a quarter of the device's memory)",
+        _auto_int,
+    )
+    max_aspect_ratio: float = _env(
+        "SAMDROP_MAX_ASPECT_RATIO", 100.0, "long side / short side above which an image is refused", float
+    )
+    max_json_depth: int = _env(
+        "SAMDROP_MAX_JSON_DEPTH",
+        DEFAULT_MAX_JSON_DEPTH,
+        "nesting depth of JSON read from users (samdrop-prompts, notifications, predictor requests)",
+        int,
+    )
+    max_object_name_bytes: int = _env(
+        "SAMDROP_MAX_OBJECT_NAME_BYTES",
+        1024,
+        "longest output object name (Cloud Storage: 1024 UTF-8 bytes)",
+        int,
+    )
     amg_points_per_side: int | None = _env(
         "SAMDROP_AMG_POINTS_PER_SIDE",
         None,
@@ -230,6 +271,14 @@ class Settings:
             "io_threads",
             "endpoint_timeout_s",
             "pipeline_parallelism",
+            "max_input_bytes",
+            "max_request_bytes",
+            "max_instances",
+            "max_prompts",
+            "max_auto_points",
+            "max_points_per_batch",
+            "max_json_depth",
+            "max_object_name_bytes",
         )
         if self.amg_points_per_side is not None and not 1 <= self.amg_points_per_side <= 128:
             yield f"SAMDROP_AMG_POINTS_PER_SIDE must be auto or within 1..128, got {self.amg_points_per_side}"
@@ -239,6 +288,10 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 yield f"{_env_name(name)} must be > 0, got {getattr(self, name)}"
+        if self.decoder_memory_bytes is not None and self.decoder_memory_bytes <= 0:
+            yield "SAMDROP_DECODER_MEMORY_BYTES must be auto or > 0"
+        if self.max_aspect_ratio < 1:
+            yield f"SAMDROP_MAX_ASPECT_RATIO must be >= 1, got {self.max_aspect_ratio}"
         if self.shard_size < 0:
             yield "SAMDROP_SHARD_SIZE must be >= 0 (0: automatic)"
         if not 0 <= self.batch_window_ms <= 1000:

@@ -2,6 +2,7 @@
 
 :class:`GcsStore` maps the client library's exceptions onto samdrop's: 404 on a read →
 ``InputNotFound`` (permanent), 412 → :class:`WriteConflict` (another delivery got there first),
+400 → ``InvalidRequest`` (permanent: the same call would be refused again, e.g. a name too long),
 401/403 → ``ConfigError`` (fix the service account; the message is redelivered, not lost), 429/5xx,
 timeouts and connection errors → ``TransientError``. Tests pass an in-memory store instead.
 """
@@ -18,7 +19,7 @@ from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from samdrop.errors import ConfigError, InputNotFound, SamdropError, TransientError
+from samdrop.errors import ConfigError, InputNotFound, InvalidRequest, SamdropError, TransientError
 
 # The library's own retry rule (what it retries: 429, 5xx, connection errors), with shorter waits.
 # Retrying a write is safe only because every write here carries a generation precondition.
@@ -151,6 +152,10 @@ def _translated(uri: str) -> Iterator[None]:
         raise WriteConflict(f"{uri}: generation precondition failed ({exc.message})") from exc
     except api_exceptions.NotFound as exc:
         raise InputNotFound(f"{uri} does not exist (deleted or replaced?)") from exc
+    except api_exceptions.BadRequest as exc:  # the server's text stays on the chained exception (logs)
+        raise InvalidRequest(
+            f"Cloud Storage refused a request for {uri[:200]} as invalid (HTTP 400)"
+        ) from exc
     except (api_exceptions.Unauthorized, api_exceptions.Forbidden) as exc:
         raise ConfigError(
             f"{uri}: access denied ({exc.message}); grant the function's service account "

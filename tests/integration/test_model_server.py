@@ -148,7 +148,8 @@ def test_concurrent_requests_share_encoder_passes(server: str, coffee):
 def test_server_keeps_serving_after_bad_requests(server: str, coffee):
     assert requests.post(f"{server}/predict", data=b"{not json", timeout=10).status_code == 400
     bad = requests.post(f"{server}/predict", json={"instance": []}, timeout=10)
-    assert bad.status_code == 400 and "instances" in bad.json()["detail"]
+    assert bad.status_code == 400 and "instances" in bad.json()["detail"]["message"]
+    assert bad.json()["detail"]["code"] == "invalid_request"
     ok = requests.post(
         f"{server}/predict",
         json={"instances": [{"image": b64(encode(coffee)), "boxes": [[1, 1, 50, 50]]}]},

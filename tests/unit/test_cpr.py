@@ -27,7 +27,7 @@ def objects(coffee) -> dict[str, bytes]:
 
 @pytest.fixture
 def routine(fast_engine: SamEngine, objects, cache_dir) -> SamRoutine:
-    def read(uri: str) -> bytes:
+    def read(uri: str, generation: int | None = None) -> bytes:
         if uri not in objects:
             raise InputNotFound(f"{uri} does not exist")
         return objects[uri]
@@ -104,7 +104,7 @@ def test_automatic_masks_with_request_parameters(routine):
 def test_server_default_grid_applies_under_the_request(fast_engine, objects, cache_dir):
     settings = Settings.from_env({"SAMDROP_AMG_POINTS_PER_SIDE": "2"}, cache_dir=cache_dir)
     predictor = SamRoutine()
-    predictor.setup(settings, fast_engine, objects.__getitem__)
+    predictor.setup(settings, fast_engine, lambda uri, generation: objects[uri])
     instance = {"gcs_uri": "gs://b/incoming/coffee.jpg", "amg": {"pred_iou_thresh": 0}}
     (default,) = call(predictor, {"instances": [instance]})
     (asked,) = call(predictor, {"instances": [{**instance, "amg": {"points_per_side": 3}}]})
@@ -115,7 +115,7 @@ def test_server_default_grid_applies_under_the_request(fast_engine, objects, cac
 def test_auto_grid_comes_from_the_engine(fast_engine, objects, cache_dir):
     settings = Settings.from_env({"SAMDROP_AMG_POINTS_PER_SIDE": "auto"}, cache_dir=cache_dir)
     predictor = SamRoutine()
-    predictor.setup(settings, fast_engine, objects.__getitem__)
+    predictor.setup(settings, fast_engine, lambda uri, generation: objects[uri])
     (slot,) = predictor.preprocess({"instances": [{"gcs_uri": "gs://b/incoming/coffee.jpg"}]})
     assert slot.instance is not None
     # fast_engine runs on a CPU, not compiled: the eager CPU grid.

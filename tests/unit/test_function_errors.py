@@ -252,6 +252,24 @@ def test_storage_read_errors_are_classified(error, expected):
         GcsStore(RaisingClient(error)).read("b", "o", generation=1)
 
 
+def test_storage_400_is_permanent_and_keeps_the_servers_text_out_of_the_message():
+    with pytest.raises(PermanentError) as info:
+        GcsStore(RaisingClient(api_exceptions.BadRequest("object name too long RAW"))).write(
+            "b", "o", b"x", content_type="text/plain", if_generation_match=0
+        )
+    assert info.value.code == "invalid_request" and "RAW" not in info.value.message
+
+
+def test_http_400_with_a_coded_detail_is_that_code():
+    detail = {"code": "invalid_request", "message": "33 instances exceeds SAMDROP_MAX_INSTANCES=32"}
+    with pytest.raises(PermanentError) as info:
+        http(FakeResponse(400, {"detail": detail})).predict([{}], {})
+    assert info.value.code == "invalid_request" and info.value.message == detail["message"]
+    transient = {"code": "unavailable", "message": "?"}  # only permanent codes are taken at their word
+    with pytest.raises(EndpointRejected):
+        http(FakeResponse(400, {"detail": transient})).predict([{}], {})
+
+
 def test_storage_412_is_a_write_conflict():
     with pytest.raises(WriteConflict):
         GcsStore(RaisingClient(api_exceptions.PreconditionFailed("412"))).write(
@@ -312,10 +330,12 @@ def test_malformed_prompts_never_reach_the_endpoint():
 def test_prompts_are_sent_by_reference():
     store, endpoint = FakeStore(), FakeEndpoint()
     prompts = '{"points": [[3, 4]], "labels": [1], "boxes": [[0, 0, 9, 9]]}'
-    handle_upload(upload(store, **{"samdrop-prompts": prompts}), make_deps(store, endpoint=endpoint))
+    event = upload(store, **{"samdrop-prompts": prompts})
+    handle_upload(event, make_deps(store, endpoint=endpoint))
     [([instance], parameters)] = endpoint.calls
     assert instance == {
         "gcs_uri": f"gs://{BUCKET}/incoming/cat.jpg",
+        "generation": event.generation,  # pinned: the endpoint reads exactly these bytes
         "file_path": "incoming/cat.jpg",
         "mask_format": "rle",
         "points": [[3, 4]],
@@ -349,3 +369,25 @@ def test_missing_endpoint_setting_is_a_config_error_not_an_ack():
     with pytest.raises(ConfigError):
         handle_upload(upload(store), deps)
     assert store.names("results/") == []
+
+
+def test_a_bug_before_any_record_gets_one_curated_failed_completion_and_is_acknowledged():
+    store, publisher = FakeStore(), FakePublisher()
+    event = upload(store)
+    store.faults[("list", FOLDER)] = ValueError("invalid literal for int() RAW-DETAIL")
+    assert handle_upload(event, make_deps(store, publisher)) == "failed"
+    [(_, body, _)] = publisher.messages
+    assert body["status"] == "failed" and body["outputs"] == {}
+    assert body["error"] == {
+        "code": "internal",
+        "message": "internal error (ValueError); the trace is in the service's log",
+    }
+
+
+def test_a_retryable_samdrop_error_before_any_record_is_redelivered():
+    store, publisher = FakeStore(), FakePublisher()
+    event = upload(store)
+    store.faults[("list", FOLDER)] = WriteConflict("412")
+    with pytest.raises(WriteConflict):
+        handle_upload(event, make_deps(store, publisher))
+    assert publisher.messages == []

@@ -35,7 +35,7 @@ class RoutineEndpoint:
     """The function's :class:`~functions.endpoint.Endpoint` answered by the CPR routine in process."""
 
     def __init__(self, engine: SamEngine, store: TreeStore) -> None:
-        def read(uri: str) -> bytes:
+        def read(uri: str, generation: int | None = None) -> bytes:
             bucket, _, name = uri.removeprefix("gs://").partition("/")
             return store.read(bucket, name)
 

@@ -82,6 +82,7 @@ def test_the_list_step_spreads_a_batch_over_the_parallel_shard_tasks():
         (b"", 0, "empty_batch"),
         (b"{oops", 1, "invalid_request"),
         (b'{"prompts": "nope.json"}', 1, "not_found"),
+        (b"[" * 3000 + b"]" * 3000, 1, "invalid_request"),  # refused, not a RecursionError retried
     ],
 )
 def test_bad_batches_get_a_failed_completion_and_no_claim(body, images, code):
@@ -100,6 +101,16 @@ def test_bad_batches_get_a_failed_completion_and_no_claim(body, images, code):
     )
     assert attributes["batch_id"] == "b1"
     assert "results/batches/b1/_CLAIMED" not in store.names()
+
+
+def test_a_prompts_file_nested_thousands_deep_rejects_the_batch_once():
+    store, publisher, launch = TreeStore(), FakePublisher(), Launcher()
+    store.put(BUCKET, "batches/b1/prompts.json", b'{"0.png": ' + b"[" * 3000 + b"]" * 3000 + b"}")
+    request = _ready(store, body=b'{"prompts": "prompts.json"}')
+    outcome = start_batch(request, settings=SETTINGS, store=store, publisher=publisher, launch=launch)
+    assert outcome == "batch_rejected" and launch.calls == []
+    ((_, message, _),) = publisher.messages
+    assert message["error"]["code"] == "invalid_request" and "too deeply" in message["error"]["message"]
 
 
 def test_a_failed_launch_releases_the_claim_for_redelivery():

@@ -62,7 +62,8 @@ def output_paths(settings: Settings, input_name: str) -> OutputPaths:
 def input_generation(metadata: Mapping[str, str] | None) -> int | None:
     """The input generation an output object was written for; None for objects samdrop did not write."""
     raw = (metadata or {}).get(GENERATION_KEY)
-    return int(raw) if raw is not None and raw.isdigit() else None
+    # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
+    return int(raw) if raw is not None and raw.isascii() and raw.isdigit() else None
 
 
 def tag(generation: int) -> dict[str, str]:

@@ -118,3 +118,11 @@ def test_written_names_and_preview_size():
     assert written_names(paths, ErrorRecord("invalid_image", "m", "gs://b/x", "1")) == {paths.error_json}
     assert preview_size(4000, 3000) == (PREVIEW_SIDE, 768)
     assert preview_size(10, 20) == (10, 20)
+
+
+def test_a_planted_generation_that_is_not_ascii_digits_is_not_ours():
+    from samdrop.layout import GENERATION_KEY, input_generation
+
+    assert input_generation({GENERATION_KEY: "²"}) is None  # isdigit() says yes, int() says no
+    assert input_generation({GENERATION_KEY: "17"}) == 17
+    assert input_generation(None) is None

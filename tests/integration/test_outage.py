@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import pytest
 from PIL import Image
 
 from deploy import processes
-from deploy.drill import outage_drill
+from deploy.demo import upload_file
+from deploy.drill import CompletionLog, outage_drill
 from deploy.local import LocalStack, emulator_storage_client
 from samdrop.pidfile import WORKERS_DIR
 from samdrop.settings import Settings
@@ -105,6 +107,46 @@ def test_a_burst_outlasts_a_predictor_outage_with_one_completion_each(full_stack
     assert report.outage_s >= OUTAGE_S
     counts = {k: getattr(report, k) for k in ("completed", "succeeded", "duplicates", "dead_letters")}
     assert counts == {"completed": BURST, "succeeded": BURST, "duplicates": 0, "dead_letters": 0}, report
+
+
+def test_sweep_after_deleting_five_results_redrives_exactly_those_five(full_stack, tmp_path):
+    settings = full_stack.settings
+    files = _images(tmp_path / "sweep", 8)
+    client = emulator_storage_client(settings.project, full_stack.client_env()["STORAGE_EMULATOR_HOST"])
+    with CompletionLog(full_stack) as log:
+        uploads = [
+            upload_file(
+                client, settings.bucket, path, f"incoming/sweep/{path.name}", {"boxes": [[10, 30, 50, 70]]}
+            )
+            for path in files
+        ]
+        keys = {(u.uri, u.generation) for u in uploads}
+        until(lambda: keys <= set(log.by_upload()), 300, "the first completions")
+        lost = uploads[:5]
+        for upload in lost:  # as if someone cleaned up by hand
+            folder = f"{settings.results_prefix}{upload.uri.split('/', 3)[3]}/"
+            for blob in client.list_blobs(settings.bucket, prefix=folder):
+                blob.delete()
+
+        swept = _samdrop(settings, "sweep", "--prefix", "incoming/sweep/")
+        assert swept.returncode == 0, swept.stderr
+        sent = sorted(line.split()[1] for line in swept.stdout.splitlines() if line.startswith("sent "))
+        assert sent == sorted(f"{u.uri}#{u.generation}" for u in lost), swept.stdout
+
+        def second_round() -> bool:
+            grouped = log.by_upload()
+            return all(len(grouped.get((u.uri, u.generation), [])) == 2 for u in lost)
+
+        until(second_round, 300, "completions of the swept uploads")
+        time.sleep(3.0)  # anything extra would have arrived by now
+        grouped = log.by_upload()
+    assert {key: len(grouped[key]) for key in keys} == {
+        (u.uri, u.generation): 2 if u in lost else 1 for u in uploads
+    }
+    for upload in lost:
+        assert [body["status"] for _, body in grouped[(upload.uri, upload.generation)]] == ["succeeded"] * 2
+        folder = f"{settings.results_prefix}{upload.uri.split('/', 3)[3]}/"
+        assert client.bucket(settings.bucket).get_blob(folder + "masks.json") is not None
 
 
 def _batch_image(seed: int) -> bytes:

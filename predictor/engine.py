@@ -422,10 +422,13 @@ class SamEngine:
             requested = params["points_per_batch"] or self.points_per_batch
             if self.compiled:  # one graph for one batch shape: a request's own size would recompile
                 requested = self.points_per_batch
+            # The fast generator upsamples only survivors, in bounded chunks: no full-size mask per
+            # point, so only the per-point term applies (and a compiled graph keeps its one shape).
+            width, height = (0, 0) if self.fast else (image.shape[1], image.shape[0])
             params["points_per_batch"] = points_per_batch_for(
                 requested,
-                image.shape[1],
-                image.shape[0],
+                width,
+                height,
                 cap=self.max_points_per_batch,
                 memory_bytes=self.decoder_memory_bytes,
             )

@@ -140,10 +140,15 @@ def main() -> None:
         "bare_engine": bare,
         "stack_over_bare": round(stack["images_per_s"] / bare["images_per_s"], 3),
     }
+    write_summary(summary, options.out)
+
+
+def write_summary(summary: dict[str, Any], out: Path) -> None:
+    """Print ``summary`` and commit-ready JSON to ``out``."""
     print(json.dumps(summary, indent=1))
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"wrote {options.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ drain after the restart. Writes ``benchmarks/results/fault-local.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.burst_bench import box_for, distinct_images  # noqa: E402
+from benchmarks.burst_bench import box_for, distinct_images, write_summary  # noqa: E402
 from deploy.drill import outage_drill  # noqa: E402
 from deploy.local import LocalStack, find_free_port  # noqa: E402
 from predictor.hardware import cpu_name  # noqa: E402
@@ -94,10 +93,7 @@ def main() -> None:
         "max_delivery_attempts": settings.max_delivery_attempts,
         **report.to_json(),
     }
-    print(json.dumps(summary, indent=1))
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"wrote {options.out}")
+    write_summary(summary, options.out)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from pipeline.paths import BatchPaths
 from predictor.backends import Engine
 from predictor.engine import Job, MaskSet
 from predictor.instances import Prompts, check_prompts_fit, parse_amg, parse_prompts
+from predictor.polygons import with_exports
 from samdrop import outputs
 from samdrop.documents import ErrorRecord, JsonObject, ManifestLine, MasksDocument, Prediction, masks_of
 from samdrop.errors import ErrorInfo, PermanentError, SamdropError, TransientError, error_from_code
@@ -254,10 +255,13 @@ class ShardWorker:
     def _prediction(self, loaded: Loaded, result: MaskSet) -> Prediction:
         """The engine's masks as the predictor would answer them."""
         prompts = loaded.prompts
+        entry = loaded.item.prompts or {}
+        wanted = {*entry.get("outputs", []), *self.options.outputs}
+        masks = with_exports(masks_of(result.masks), labels=entry.get("label"), polygons="polygons" in wanted)
         return Prediction(
             width=result.width,
             height=result.height,
-            masks=masks_of(result.masks),
+            masks=masks,
             mode="prompted" if prompts is not None else "automatic",
             prompts=prompts.to_json() if prompts is not None else None,
             amg=None if prompts is not None else self.amg,

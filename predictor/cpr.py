@@ -21,6 +21,7 @@ from google.cloud.aiplatform.prediction.predictor import Predictor
 from predictor.backends import Engine, load_engine
 from predictor.engine import Job, MaskSet
 from predictor.instances import Instance, check_prompts_fit, parse_instance
+from predictor.polygons import with_exports
 from samdrop.documents import FailedPrediction, Prediction, Rle, masks_of
 from samdrop.errors import ConfigError, InputNotFound, InvalidRequest, SamdropError, TransientError
 from samdrop.images import decode_image
@@ -155,7 +156,9 @@ class SamRoutine(Predictor):
             return FailedPrediction(error.to_json(), slot.file_path)
         assert self.engine is not None
         result, instance = slot.result, slot.instance
-        masks = masks_of(result.masks)
+        masks = with_exports(
+            masks_of(result.masks), labels=instance.label, polygons="polygons" in instance.outputs
+        )
         if instance.mask_format == "png":
             masks = [replace(m, segmentation=_png_b64(m.rle)) for m in masks]
         logits = None

@@ -15,10 +15,11 @@ import numpy as np
 
 from samdrop.documents import PromptsRecord
 from samdrop.errors import InvalidPrompt, InvalidRequest
+from samdrop.prompts import MASK_OUTPUTS, check_label
 
 IMAGE_FIELDS = ("gcs_uri", "image")
 PROMPT_FIELDS = ("points", "labels", "boxes", "multimask")
-OUTPUT_FIELDS = ("mask_format", "return_logits")
+OUTPUT_FIELDS = ("mask_format", "return_logits", "outputs", "label")
 LEGACY_FIELDS = ("input_point", "input_label")
 KNOWN_FIELDS = ("file_path", *IMAGE_FIELDS, *PROMPT_FIELDS, "amg", *OUTPUT_FIELDS, *LEGACY_FIELDS)
 MASK_FORMATS = ("rle", "png")
@@ -95,6 +96,8 @@ class Instance:
     amg: dict[str, Any] = field(default_factory=dict)
     mask_format: str = "rle"
     return_logits: bool = False
+    label: list[str] | None = None  # one name for every prompt, or one per prompt
+    outputs: tuple[str, ...] = ()  # extra per-mask outputs: "polygons"
 
 
 def parse_instance(raw: Any, parameters: dict[str, Any] | None = None) -> Instance:
@@ -123,7 +126,15 @@ def parse_instance(raw: Any, parameters: dict[str, Any] | None = None) -> Instan
     if not isinstance(return_logits, bool):
         raise InvalidRequest("return_logits must be true or false")
     amg = parse_amg({**(params.get("amg") or {}), **(raw.get("amg") or {})})
-    return Instance(file_path, gcs_uri, image_bytes, prompts, amg, mask_format, return_logits)
+    label = raw.get("label")
+    if label is not None:
+        label = check_label(label, where="label", prompts=prompts.count if prompts is not None else 1)
+    outputs = raw.get("outputs", params.get("outputs", []))
+    if not isinstance(outputs, list) or any(o not in MASK_OUTPUTS for o in outputs):
+        raise InvalidRequest(f"outputs must be a list of {list(MASK_OUTPUTS)}, got {_short(outputs)}")
+    return Instance(
+        file_path, gcs_uri, image_bytes, prompts, amg, mask_format, return_logits, label, tuple(outputs)
+    )
 
 
 def parse_prompts(points: Any, labels: Any, boxes: Any, multimask: Any = None) -> Prompts | None:

@@ -152,6 +152,7 @@ def write_masks(
         mode=prediction.mode,
         prompts=prediction.prompts,
         amg=prediction.amg,
+        tiling=prediction.tiling,
         masks=prediction.masks,
         model=prediction.model,
         note=note,

@@ -22,6 +22,7 @@ from predictor.backends import Engine, load_engine
 from predictor.engine import Job, MaskSet
 from predictor.instances import Instance, check_prompts_fit, parse_instance
 from predictor.polygons import with_exports
+from predictor.tiling import resolve_tiling, run_jobs
 from samdrop.documents import FailedPrediction, Prediction, Rle, masks_of
 from samdrop.errors import ConfigError, InputNotFound, InvalidRequest, SamdropError, TransientError
 from samdrop.images import decode_image
@@ -141,7 +142,12 @@ class SamRoutine(Predictor):
                 Job(s.image, s.instance.prompts, s.instance.amg, s.instance.return_logits)  # type: ignore[arg-type, union-attr]
                 for s in ready
             ]
-            for slot, result in zip(ready, self.engine.run(jobs), strict=True):
+            assert self.settings is not None
+            tilings = [
+                resolve_tiling(s.instance.tiling, s.image.shape[1], s.image.shape[0], self.settings)  # type: ignore[union-attr]
+                for s in ready
+            ]
+            for slot, result in zip(ready, run_jobs(self.engine, jobs, tilings), strict=True):
                 slot.result = result
         return instances
 
@@ -176,6 +182,7 @@ class SamRoutine(Predictor):
             model=result.model_record(self.engine.description, slot.requests_batched),
             timings_ms=_timings(slot.timings_ms, result.timings_ms),
             logits=logits,
+            tiling=result.tiling,
         )
 
 

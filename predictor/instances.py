@@ -15,11 +15,11 @@ import numpy as np
 
 from samdrop.documents import PromptsRecord
 from samdrop.errors import InvalidPrompt, InvalidRequest
-from samdrop.prompts import MASK_OUTPUTS, check_label
+from samdrop.prompts import MASK_OUTPUTS, check_label, check_tiling
 
 IMAGE_FIELDS = ("gcs_uri", "image")
 PROMPT_FIELDS = ("points", "labels", "boxes", "multimask")
-OUTPUT_FIELDS = ("mask_format", "return_logits", "outputs", "label")
+OUTPUT_FIELDS = ("mask_format", "return_logits", "outputs", "label", "tiling")
 LEGACY_FIELDS = ("input_point", "input_label")
 KNOWN_FIELDS = ("file_path", *IMAGE_FIELDS, *PROMPT_FIELDS, "amg", *OUTPUT_FIELDS, *LEGACY_FIELDS)
 MASK_FORMATS = ("rle", "png")
@@ -98,6 +98,7 @@ class Instance:
     return_logits: bool = False
     label: list[str] | None = None  # one name for every prompt, or one per prompt
     outputs: tuple[str, ...] = ()  # extra per-mask outputs: "polygons"
+    tiling: bool | dict[str, int] | None = None  # None: the server's SAMDROP_TILE_ABOVE_PIXELS decides
 
 
 def parse_instance(raw: Any, parameters: dict[str, Any] | None = None) -> Instance:
@@ -132,8 +133,20 @@ def parse_instance(raw: Any, parameters: dict[str, Any] | None = None) -> Instan
     outputs = raw.get("outputs", params.get("outputs", []))
     if not isinstance(outputs, list) or any(o not in MASK_OUTPUTS for o in outputs):
         raise InvalidRequest(f"outputs must be a list of {list(MASK_OUTPUTS)}, got {_short(outputs)}")
+    tiling = raw.get("tiling", params.get("tiling"))
+    if tiling is not None:
+        tiling = check_tiling(tiling, where="tiling")
     return Instance(
-        file_path, gcs_uri, image_bytes, prompts, amg, mask_format, return_logits, label, tuple(outputs)
+        file_path,
+        gcs_uri,
+        image_bytes,
+        prompts,
+        amg,
+        mask_format,
+        return_logits,
+        label,
+        tuple(outputs),
+        tiling,
     )
 
 

@@ -270,6 +270,8 @@ def segment_tiles(engine: Engine, job: Job, tiling: Tiling) -> MaskSet:
             encoder_batch = max(encoder_batch, result.encoder_batch)
     started = time.perf_counter()
     masks = stitcher.masks()
+    if job.amg.get("max_masks"):  # a cap per image, as on an image run whole (each tile had it too)
+        masks = masks[: int(job.amg["max_masks"])]
     timings["stitch"] = round((time.perf_counter() - started) * 1000, 2)
     return MaskSet(
         masks,

@@ -29,13 +29,13 @@ def mask_polygons(mask: np.ndarray, tolerance_px: float = POLYGON_TOLERANCE_PX) 
 
     Rings with fewer than three vertices after simplification (a 1- or 2-pixel sliver) are left out.
     """
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    columns, rows = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
+    if len(columns) == 0:
         return Polygons(outer=[], holes=[], tolerance_px=tolerance_px)
-    x0, y0 = int(xs.min()), int(ys.min())
+    x0, y0, x1, y1 = int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1
     # Trace the tight crop, padded by one pixel so a mask touching the crop's edge still closes.
-    crop = np.zeros((int(ys.max()) - y0 + 3, int(xs.max()) - x0 + 3), dtype=np.uint8)
-    crop[1:-1, 1:-1] = mask[y0 : int(ys.max()) + 1, x0 : int(xs.max()) + 1]
+    crop = np.zeros((y1 - y0 + 2, x1 - x0 + 2), dtype=np.uint8)
+    crop[1:-1, 1:-1] = mask[y0:y1, x0:x1]
     contours, hierarchy = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     outer: list[list[float]] = []
     holes: list[list[float]] = []

@@ -33,12 +33,14 @@ from predictor.instances import Prompts
 from samdrop.documents import Rle, TilingRecord
 from samdrop.masks import rle_to_mask
 from samdrop.settings import Settings
+from samdrop.tiles import tile_boxes, tile_starts
 
 if TYPE_CHECKING:
     from predictor.backends import Engine
 
 MATCH_IOS = 0.5  # intersection over the smaller piece, within the shared band
 DUPLICATE_IOU = 0.9
+ENCODE_BLOCK = 256  # columns encoded at a time when a stitched mask becomes a full-size RLE
 
 
 @dataclass(frozen=True)
@@ -90,21 +92,10 @@ def resolve_tiling(requested: Any, width: int, height: int, settings: Settings) 
 
 def tile_grid(width: int, height: int, tiling: Tiling) -> Grid:
     """Row-major tiles covering the image; tile ``i`` is at column ``i % columns``, row ``i // columns``."""
-    xs, ys = _starts(width, tiling), _starts(height, tiling)
-    tiles = [
-        Tile(len(xs) * r + c, x, y, min(x + tiling.tile, width), min(y + tiling.tile, height))
-        for r, y in enumerate(ys)
-        for c, x in enumerate(xs)
-    ]
-    return Grid(len(xs), len(ys), tiles)
-
-
-def _starts(length: int, tiling: Tiling) -> list[int]:
-    if length <= tiling.tile:
-        return [0]
-    stride = tiling.tile - tiling.overlap
-    count = math.ceil((length - tiling.tile) / stride) + 1
-    return [min(i * stride, length - tiling.tile) for i in range(count)]
+    columns = len(tile_starts(width, tiling.tile, tiling.overlap))
+    boxes = tile_boxes(width, height, tiling.tile, tiling.overlap)
+    tiles = [Tile(index, *box) for index, box in enumerate(boxes)]
+    return Grid(columns, len(tiles) // columns, tiles)
 
 
 def run_jobs(engine: Engine, jobs: Sequence[Job], tilings: Sequence[Tiling | None]) -> list[MaskSet]:
@@ -180,16 +171,16 @@ class Stitcher:
         ]
         for record in records:
             mask = rle_to_mask(record["segmentation"])
-            ys, xs = np.nonzero(mask)
-            if len(xs) == 0:
+            bounds = mask_bounds(mask)
+            if bounds is None:
                 continue
-            bx0, by0, bx1, by1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+            bx0, by0, bx1, by1 = bounds
             crop = np.asfortranarray(mask[by0:by1, bx0:bx1].astype(np.uint8))
             piece = Piece(
                 tile=tile.index,
                 box=(tile.x0 + bx0, tile.y0 + by0, tile.x0 + bx1, tile.y0 + by1),
                 crop=mask_utils.encode(crop),
-                area=len(xs),
+                area=int(np.count_nonzero(crop)),
                 score=float(record["score"]),
                 stability=float(record.get("stability_score") or 0.0),
                 points=[[p[0] + tile.x0, p[1] + tile.y0] for p in record.get("point_coords") or []],
@@ -243,13 +234,13 @@ class Stitcher:
         for p in pieces:
             canvas[p.box[1] - y0 : p.box[3] - y0, p.box[0] - x0 : p.box[2] - x0] |= p.mask()
         weights = np.array([p.area for p in pieces], dtype=np.float64)
-        ys, xs = np.nonzero(canvas)
+        bx0, by0, bx1, by1 = mask_bounds(canvas) or (0, 0, 1, 1)
         return {
             "segmentation": crop_to_rle(canvas, x0, y0, self.height, self.width),
             "score": round(float(np.average([p.score for p in pieces], weights=weights)), 4),
             "stability_score": round(float(np.average([p.stability for p in pieces], weights=weights)), 4),
-            "box": [x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()), y0 + int(ys.max())],
-            "area": len(xs),
+            "box": [x0 + bx0, y0 + by0, x0 + bx1 - 1, y0 + by1 - 1],
+            "area": int(np.count_nonzero(canvas)),
             "point_coords": [point for p in pieces for point in p.points],
             "tiles": sorted({p.tile for p in pieces}),
         }
@@ -349,18 +340,18 @@ def _shifted(prompts: Prompts, window: Tile) -> Prompts:
 def _placed(record: Mapping[str, Any], window: Tile, width: int, height: int) -> dict[str, Any]:
     """A window's mask record moved into the full image (``prompt_index``: the window's prompt)."""
     mask = rle_to_mask(record["segmentation"])
-    ys, xs = np.nonzero(mask)
+    bounds = mask_bounds(mask)
     out = dict(record, prompt_index=window.index, tiles=[window.index])
-    if len(xs) == 0:
+    if bounds is None:
         out.update(segmentation=crop_to_rle(mask[:0, :0], 0, 0, height, width), box=[0, 0, 0, 0], area=0)
         return out
-    bx0, by0, bx1, by1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
-    crop = mask[by0 : by1 + 1, bx0 : bx1 + 1]
+    bx0, by0, bx1, by1 = bounds
+    crop = mask[by0:by1, bx0:bx1]
     x0, y0 = window.x0 + bx0, window.y0 + by0
     out.update(
         segmentation=crop_to_rle(crop, x0, y0, height, width),
-        box=[x0, y0, window.x0 + bx1, window.y0 + by1],
-        area=len(xs),
+        box=[x0, y0, window.x0 + bx1 - 1, window.y0 + by1 - 1],
+        area=int(np.count_nonzero(crop)),
     )
     return out
 
@@ -368,25 +359,36 @@ def _placed(record: Mapping[str, Any], window: Tile, width: int, height: int) ->
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def crop_to_rle(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> Rle:
+def mask_bounds(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Tight ``(x0, y0, x1, y1)`` of an ``HxW bool`` mask, ``x1``/``y1`` exclusive; None when empty
+    (row and column projections: no ``nonzero`` index arrays of 16 bytes per mask pixel)."""
+    columns, rows = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
+    if len(columns) == 0:
+        return None
+    return int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1
+
+
+def crop_to_rle(
+    crop: np.ndarray, x0: int, y0: int, height: int, width: int, *, block: int = ENCODE_BLOCK
+) -> Rle:
     """COCO RLE of a ``height``x``width`` mask that is ``crop`` (``h x w bool``) at ``(x0, y0)`` and
-    empty elsewhere, without building the full mask (only a ``height x w`` column strip)."""
+    empty elsewhere, without building the full mask: ``block`` columns at a time (COCO RLE runs
+    down the columns), so encoding needs ``height x block`` bytes whatever the mask's width."""
     h, w = crop.shape
-    if h == 0 or w == 0:
-        runs = [height * width]
-    else:
-        strip = np.zeros((height, w), dtype=np.uint8)
-        strip[y0 : y0 + h] = crop
-        flat = strip.ravel(order="F")
-        change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-        lengths = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
-        runs = ([0] if flat[0] else []) + lengths
-        runs[0] += height * x0
-        trailing = height * (width - x0 - w)
-        if len(runs) % 2 == 1:  # the last run is background
-            runs[-1] += trailing
-        elif trailing:
-            runs.append(trailing)
+    total = height * width
+    changes: list[int] = []  # flat (column-major) indexes where the value flips
+    value, position = 0, height * x0
+    for c0 in range(0, w if h else 0, block):
+        strip = np.zeros((height, min(block, w - c0)), dtype=np.uint8, order="F")
+        strip[y0 : y0 + h] = crop[:, c0 : c0 + block]
+        flat = strip.ravel(order="F")  # a view: the strip is column-major
+        if flat[0] != value:
+            changes.append(position)
+        changes.extend((np.flatnonzero(flat[1:] != flat[:-1]) + 1 + position).tolist())
+        value, position = int(flat[-1]), position + flat.size
+    if value and position < total:
+        changes.append(position)
+    runs = np.diff(np.array([0, *changes, total], dtype=np.int64)).tolist()
     encoded = mask_utils.frPyObjects({"counts": runs, "size": [height, width]}, height, width)
     return Rle(size=[height, width], counts=encoded["counts"].decode("ascii"))
 

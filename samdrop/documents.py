@@ -360,7 +360,8 @@ class ManifestLine:
     """One image of a batch in ``manifest.jsonl``. ``status``: ``succeeded`` or ``failed``;
     ``resumed``: an earlier run had written its record; ``outputs``: the masks document's outputs, or
     ``{"error": uri}`` when ``error.json`` was written (none for a transient failure, which the next
-    run retries); ``timings_ms``: this image's stages plus ``finished`` (a wall-clock timestamp, s)."""
+    run retries); ``timings_ms``: this image's stages plus ``finished`` (a wall-clock timestamp, s);
+    ``tiling``: the masks document's, for a tiled image."""
 
     input: str
     file: str
@@ -373,6 +374,7 @@ class ManifestLine:
     outputs: dict[str, Any]
     error: ErrorInfo | None
     timings_ms: dict[str, float]
+    tiling: TilingRecord | None = None
 
     @property
     def mean_score(self) -> float | None:
@@ -394,6 +396,7 @@ class ManifestLine:
             outputs=dict(doc.outputs),
             error=None,
             timings_ms=dict(timings_ms),
+            tiling=doc.tiling,
         )
 
     @classmethod
@@ -437,6 +440,7 @@ class ManifestLine:
             "outputs": self.outputs,
             "error": self.error,
             "timings_ms": self.timings_ms,
+            "tiling": self.tiling,
         }
 
     @classmethod
@@ -454,6 +458,7 @@ class ManifestLine:
             outputs=dict(raw.get("outputs") or {}),
             error=ErrorInfo(code=str(error["code"]), message=str(error["message"])) if error else None,
             timings_ms=dict(raw.get("timings_ms") or {}),
+            tiling=tiling_record(raw.get("tiling")),
         )
 
 

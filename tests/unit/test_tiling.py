@@ -4,15 +4,18 @@ and the tiny engine through the predictor routine and a batch shard."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.listing import BatchOptions, PlanItem
 from pipeline.paths import BatchPaths
+from pipeline.report import build_report, summarize
 from pipeline.shard import ShardWorker
 from predictor.cpr import SamRoutine
 from predictor.engine import Job, MaskSet
@@ -26,8 +29,11 @@ from predictor.tiling import (
     segment_windows,
     tile_grid,
 )
+from samdrop.documents import Prediction, TilingRecord
 from samdrop.errors import InvalidPrompt
+from samdrop.layout import output_paths
 from samdrop.masks import mask_box, mask_to_rle, rle_to_mask
+from samdrop.outputs import write_masks
 from samdrop.prompts import check_prompts
 from samdrop.settings import Settings
 from tests.helpers import encode
@@ -139,6 +145,10 @@ def test_a_crop_encodes_to_the_rle_of_the_full_mask(x0, y0, h, w):
     full = np.zeros((20, 15), dtype=bool)
     full[y0 : y0 + h, x0 : x0 + w] = crop
     assert crop_to_rle(crop, x0, y0, 20, 15) == mask_to_rle(full)
+    for block in (1, 2, 3):  # column blocks whose runs continue across block edges
+        assert crop_to_rle(crop, x0, y0, 20, 15, block=block) == mask_to_rle(full)
+    solid = np.ones((20, 15), dtype=bool)
+    assert crop_to_rle(solid, 0, 0, 20, 15, block=4) == mask_to_rle(solid)
     assert crop_to_rle(crop[:0], 0, 0, 20, 15) == mask_to_rle(np.zeros((20, 15), dtype=bool))
 
 
@@ -211,7 +221,8 @@ def test_the_routine_tiles_an_instance_that_asks(fast_engine, cache_dir):
 
 def test_a_batch_shard_records_the_tiling_in_masks_json(fast_engine):
     store = TreeStore()
-    image = np.random.default_rng(1).integers(0, 255, (130, 160, 3), dtype=np.uint8)
+    image = np.full((130, 160, 3), 60, dtype=np.uint8)
+    image[20:70, 30:120] = (200, 40, 40)
     generation = store.put(BUCKET, "batches/b1/big.png", encode(image, "PNG"), content_type="image/png")
     worker = ShardWorker(
         paths=BatchPaths.of(SETTINGS, "b1"),
@@ -230,3 +241,32 @@ def test_a_batch_shard_records_the_tiling_in_masks_json(fast_engine):
     assert doc["tiling"] == {"tile": 96, "overlap": 24, "tiles": 4, "grid": [2, 2]}
     assert doc["mask_count"] > 0 and all(m["segmentation"]["size"] == [130, 160] for m in doc["masks"])
     assert all(set(m["tiles"]) <= {0, 1, 2, 3} for m in doc["masks"])
+    assert line["tiling"] == doc["tiling"]
+    markdown = _report_markdown([line])
+    assert "from 4 tiles (2x2, 96 px / 24 overlap)" in markdown
+
+
+def test_the_overlay_of_a_tiled_image_shows_its_tile_grid():
+    store = TreeStore()
+    image = np.full((130, 160, 3), 60, dtype=np.uint8)
+    paths = output_paths(SETTINGS, "incoming/big.png")
+    tiling = TilingRecord(tile=96, overlap=24, tiles=4, grid=[2, 2])
+    prediction = Prediction(width=160, height=130, masks=[], mode="automatic", tiling=tiling)
+    doc = write_masks(
+        store, paths, {}, image=image, prediction=prediction, input_uri="gs://b/x", generation=7
+    )
+    assert doc.tiling == tiling and doc.to_json()["tiling"] == tiling
+    with Image.open(io.BytesIO(store.objects[(BUCKET, paths.overlay)].data)) as jpeg:
+        overlay = np.asarray(jpeg.convert("L")).astype(int)
+    # White lines along the tiles' edges: x = 0, 95 (first column), 64, 159 (second); y = 0, 95, 34, 129.
+    for x in (0, 64, 95, 159):
+        assert np.median(overlay[:, x]) > 200
+    for y in (0, 34, 95, 129):
+        assert np.median(overlay[y, :]) > 200
+    assert np.median(overlay[:, 40]) < 80 and np.median(overlay[60, :]) < 80
+
+
+def _report_markdown(lines: list[dict]) -> str:
+    summary = summarize({"batch_id": "b1", "input": "gs://b/batches/b1/", "images": len(lines)}, lines, [])
+    files = {f.name: f for f in build_report(summary, lines, {})}
+    return files["report.md"].data.decode()

@@ -135,7 +135,7 @@ def write_masks(
     previews = _write_mask_pngs(store, paths, listing, prediction, generation, threads)
     preview_image = _resize_image(image, preview_size(width, height))
     if prediction.tiling is not None and prediction.mode == "automatic":
-        preview_image = _draw_tiles(preview_image, prediction.tiling, width, height)
+        preview_image = draw_tile_grid(preview_image, prediction.tiling, width, height)
     overlay = overlay_jpeg(preview_image, previews, max_side=None, note=note)
     write_output(
         store,
@@ -265,7 +265,7 @@ def _write_mask_pngs(
         return list(pool.map(write_one, range(count)))
 
 
-def _draw_tiles(preview: np.ndarray, tiling: TilingRecord, width: int, height: int) -> np.ndarray:
+def draw_tile_grid(preview: np.ndarray, tiling: TilingRecord, width: int, height: int) -> np.ndarray:
     """The preview with the tile grid drawn in (1-px white lines at each tile's edges)."""
     out = preview.copy()
     scale_x, scale_y = preview.shape[1] / width, preview.shape[0] / height

@@ -34,6 +34,7 @@ def completion_from_summary(summary: Mapping[str, Any], paths: BatchPaths) -> Co
             "report": paths.uri(paths.report("report.html")),
             "report_md": paths.uri(paths.report("report.md")),
             "summary": paths.uri(paths.summary),
+            **{name: str(uri) for name, uri in (summary.get("exports") or {}).items()},
         },
         error=error if status == "failed" else None,
     )

@@ -19,10 +19,12 @@ from predictor.instances import parse_amg, parse_prompts
 from samdrop.errors import ErrorInfo, InputNotFound, InvalidPrompt, InvalidRequest, PermanentError
 from samdrop.images import is_image_object
 from samdrop.layout import input_generation, json_record, write_output
-from samdrop.prompts import check_prompts
+from samdrop.prompts import check_prompts, check_tiling
 from samdrop.storage import ObjectInfo, ObjectStore
 
-READY_KEYS = ("prompts", "amg", "shard_size", "multimask")
+READY_KEYS = ("prompts", "amg", "shard_size", "multimask", "outputs", "tiling")
+# What a _READY body's "outputs" may add: polygons in every mask record, YOLO-seg labels for the batch.
+BATCH_OUTPUTS = ("polygons", "yolo")
 MAX_SHARD_SIZE = 10_000
 # Automatic shard size: no shard under this many images, because a worker's start-up (minutes for a
 # GPU node on Vertex AI, seconds for a kfp.local task) would outweigh its work.
@@ -39,14 +41,17 @@ class TreeStore(ObjectStore, Protocol):
 @dataclass(frozen=True)
 class BatchOptions:
     """``_READY`` body: ``prompts`` file name (in the batch folder), automatic-mask parameters for
-    images without prompts, ``shard_size`` (0: automatic, see :func:`shard_size_for`) and a default
-    ``multimask``."""
+    images without prompts, ``shard_size`` (0: automatic, see :func:`shard_size_for`), a default
+    ``multimask``, extra ``outputs`` (``polygons`` per mask, ``yolo`` labels for the batch) and the
+    images' ``tiling`` (see :func:`samdrop.prompts.check_tiling`)."""
 
     prompts: str = PROMPTS_FILE
     prompts_named: bool = False  # the body named the file: then it must exist
     amg: dict[str, Any] = field(default_factory=dict)
     shard_size: int = 0
     multimask: bool | None = None
+    outputs: list[str] = field(default_factory=list)
+    tiling: bool | dict[str, int] | None = None  # every image's, unless its prompts entry says
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,16 @@ def parse_ready(body: bytes, *, default_shard_size: int, where: str = READY) -> 
         parse_amg(amg)  # checked now; kept as given so the defaults stay the engine's
     except InvalidRequest as exc:
         raise InvalidRequest(f"{where}: {exc.message}") from None
-    return BatchOptions(prompts, "prompts" in raw, dict(amg), shard_size, multimask)
+    outputs = raw.get("outputs", [])
+    if not isinstance(outputs, list) or any(o not in BATCH_OUTPUTS for o in outputs):
+        raise InvalidRequest(f'{where}: "outputs" must be a list of {list(BATCH_OUTPUTS)}')
+    tiling = raw.get("tiling")
+    if tiling is not None:
+        try:
+            tiling = check_tiling(tiling, where=f"{where}: tiling")
+        except PermanentError as exc:
+            raise InvalidRequest(exc.message) from None
+    return BatchOptions(prompts, "prompts" in raw, dict(amg), shard_size, multimask, list(outputs), tiling)
 
 
 def parse_prompts_file(data: bytes, *, where: str) -> dict[str, dict[str, Any] | PermanentError]:
@@ -159,7 +173,7 @@ def _prompt_entry(entry: Any, where: str) -> dict[str, Any]:
     prompts = check_prompts(entry, where=where)
     if prompts and "amg" in prompts:
         raise InvalidPrompt(f"{where}: automatic-mask parameters go in the _READY body's amg, not per file")
-    if not prompts or not {"points", "boxes"} & set(prompts):
+    if not prompts or not {"points", "boxes", "outputs", "label", "tiling"} & set(prompts):
         raise InvalidPrompt(f"{where} has neither points nor boxes (leave the file out for automatic masks)")
     try:
         parse_prompts(

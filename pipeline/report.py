@@ -200,7 +200,8 @@ def _markdown(summary: Mapping[str, Any], lines: Sequence[Mapping[str, Any]], no
             cell = f'<img src="{_md_path(file)}/overlay.jpg" width="{THUMBNAIL_SIDE}">'
             status = "succeeded" + (" (earlier run)" if line.get("resumed") else "")
             top = ", ".join(f"{s:.3f}" for s in line["scores"][:5])
-            out.append(f"| {cell} | `{file}` | {status} | {line['mask_count']} | {_score(line)} | {top} |")
+            masks = f"{line['mask_count']}{_tiles(line)}"
+            out.append(f"| {cell} | `{file}` | {status} | {masks} | {_score(line)} | {top} |")
         else:
             error = line["error"]
             message = error["message"].replace("|", "\\|")
@@ -224,7 +225,7 @@ def _html(
         thumb = thumbnails.get(file)
         cell = f'<img src="data:image/jpeg;base64,{_b64(thumb)}" alt="overlay">' if thumb else ""
         if line["status"] == "succeeded":
-            detail = f"{line['mask_count']} masks, mean score {_score(line)}"
+            detail = f"{line['mask_count']} masks{_tiles(line)}, mean score {_score(line)}"
             scores = ", ".join(f"{s:.3f}" for s in line["scores"][:5])
         else:
             detail = f"<b>{e(line['error']['code'])}</b>: {e(line['error']['message'])}"
@@ -257,6 +258,17 @@ def _html(
 {f"<p>{len(lines) - MAX_ROWS} more images: see manifest.jsonl</p>" if len(lines) > MAX_ROWS else ""}
 </body></html>
 """
+
+
+def _tiles(line: Mapping[str, Any]) -> str:
+    """`` from 20 tiles (5x4, 1024 px / 128 overlap)`` for a tiled image, else ``""``."""
+    tiling = line.get("tiling")
+    if not tiling:
+        return ""
+    columns, rows = tiling["grid"]
+    return (
+        f" from {tiling['tiles']} tiles ({columns}x{rows}, {tiling['tile']} px / {tiling['overlap']} overlap)"
+    )
 
 
 def _b64(data: bytes) -> str:

@@ -31,8 +31,17 @@ from pipeline.paths import BatchPaths
 from predictor.backends import Engine
 from predictor.engine import Job, MaskSet
 from predictor.instances import Prompts, check_prompts_fit, parse_amg, parse_prompts
+from predictor.polygons import with_exports
+from predictor.tiling import Tiling, resolve_tiling, run_jobs
 from samdrop import outputs
-from samdrop.documents import ErrorRecord, JsonObject, ManifestLine, MasksDocument, Prediction, masks_of
+from samdrop.documents import (
+    ErrorRecord,
+    JsonObject,
+    ManifestLine,
+    MasksDocument,
+    Prediction,
+    masks_of,
+)
 from samdrop.errors import ErrorInfo, PermanentError, SamdropError, TransientError, error_from_code
 from samdrop.images import decode_image
 from samdrop.layout import OutputPaths, output_paths
@@ -174,6 +183,12 @@ class ShardWorker:
             check_prompts_fit(prompts, image.shape[1], image.shape[0])
         return prompts
 
+    def _tiling(self, loaded: Loaded) -> Tiling | None:
+        """The image's ``prompts.json`` entry's ``tiling``, else the ``_READY`` body's, else the size rule."""
+        requested = (loaded.item.prompts or {}).get("tiling", self.options.tiling)
+        height, width = _image(loaded).shape[:2]
+        return resolve_tiling(requested, width, height, self.settings)
+
     def _finished_before(self, loaded: Loaded) -> ManifestLine | None:
         """The manifest line of an earlier run's record for this generation, or None to compute."""
         item, out = loaded.item, loaded.out
@@ -215,8 +230,9 @@ class ShardWorker:
 
     def _run_engine(self, batch: list[Loaded]) -> list[MaskSet | SamdropError]:
         jobs = [Job(_image(loaded), loaded.prompts, self.amg) for loaded in batch]
+        tilings = [self._tiling(loaded) for loaded in batch]
         try:
-            return list(self.engine.run(jobs))
+            return list(run_jobs(self.engine, jobs, tilings))
         except Exception:
             if len(batch) == 1:
                 return [_engine_failed(self._uri(batch[0].item))]
@@ -254,15 +270,19 @@ class ShardWorker:
     def _prediction(self, loaded: Loaded, result: MaskSet) -> Prediction:
         """The engine's masks as the predictor would answer them."""
         prompts = loaded.prompts
+        entry = loaded.item.prompts or {}
+        wanted = {*entry.get("outputs", []), *self.options.outputs}
+        masks = with_exports(masks_of(result.masks), labels=entry.get("label"), polygons="polygons" in wanted)
         return Prediction(
             width=result.width,
             height=result.height,
-            masks=masks_of(result.masks),
+            masks=masks,
             mode="prompted" if prompts is not None else "automatic",
             prompts=prompts.to_json() if prompts is not None else None,
             amg=None if prompts is not None else self.amg,
             model=result.model_record(self.model),  # a shard is one request: its own batches
             timings_ms=result.timings_ms,
+            tiling=result.tiling,
         )
 
     def _finish_without_masks(self, loaded: Loaded) -> tuple[int, ManifestLine]:

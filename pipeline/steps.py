@@ -15,6 +15,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.completion import completion_from_summary, failed_completion
+from pipeline.exports import (
+    COCO_FILE,
+    YOLO_FOLDER,
+    ExportImage,
+    categories,
+    coco_instances,
+    yolo_data_yaml,
+    yolo_label_name,
+    yolo_labels,
+)
 from pipeline.listing import (
     BatchOptions,
     TreeStore,
@@ -26,7 +36,7 @@ from pipeline.listing import (
 )
 from pipeline.paths import BatchPaths
 from pipeline.report import MAX_THUMBNAILS, build_report, summarize, thumbnail
-from samdrop.documents import ManifestLine
+from samdrop.documents import ManifestLine, MasksDocument
 from samdrop.errors import ErrorInfo, SamdropError
 from samdrop.layout import input_generation, json_record, write_output
 from samdrop.messages import Publisher, publish_completion
@@ -180,6 +190,8 @@ def aggregate_step(ctx: Context, batch_id: str, bucket: str) -> tuple[dict[str, 
             file.content_type,
             marker_generation,
         )
+    exports = write_exports(ctx.store, paths, lines, BatchOptions(**plan["options"]), marker_generation)
+    summary["exports"] = exports
     _write_json(ctx.store, paths.output_bucket, paths.summary, summary, marker_generation)
     bodies = {
         file.name: file.data.decode("utf-8") for file in files if file.name in ("report.md", "report.html")
@@ -221,6 +233,46 @@ def publish_step(
     body = message.to_record(message_id)
     _write_json(ctx.store, paths.output_bucket, paths.completion, body, marker_generation)
     return body
+
+
+def write_exports(
+    store: ObjectStore,
+    paths: BatchPaths,
+    lines: list[dict[str, Any]],
+    options: BatchOptions,
+    marker_generation: int,
+) -> dict[str, str]:
+    """Write ``annotations.coco.json`` (always) and the YOLO-seg labels (``"outputs": ["yolo"]``)
+    from the succeeded images' ``masks.json``; returns ``{"coco": uri[, "yolo": data.yaml uri]}``."""
+    succeeded = [line for line in lines if line["status"] == "succeeded" and line["outputs"].get("metadata")]
+
+    def one(line: Mapping[str, Any]) -> ExportImage:
+        bucket, _, name = str(line["outputs"]["metadata"]).removeprefix("gs://").partition("/")
+        return ExportImage(line["file"], MasksDocument.from_json(json.loads(store.read(bucket, name))))
+
+    with ThreadPoolExecutor(8, thread_name_prefix="samdrop-export") as pool:
+        images = list(pool.map(one, succeeded))
+    bucket = paths.output_bucket
+    coco = coco_instances(images, description=f"samdrop batch {paths.batch_id}")
+    _write_json(store, bucket, paths.report(COCO_FILE), coco, marker_generation)
+    written = {"coco": paths.uri(paths.report(COCO_FILE))}
+    if "yolo" in options.outputs:
+        names = categories(images)
+        for image in images:
+            label = yolo_labels(image, names).encode("utf-8")
+            _write(
+                store,
+                bucket,
+                paths.report(yolo_label_name(image.file)),
+                label,
+                "text/plain",
+                marker_generation,
+            )
+        data_yaml = paths.report(YOLO_FOLDER + "data.yaml")
+        body = yolo_data_yaml(names, batch_uri=paths.input_uri).encode("utf-8")
+        _write(store, bucket, data_yaml, body, "application/yaml", marker_generation)
+        written["yolo"] = paths.uri(data_yaml)
+    return written
 
 
 def _thumbnails(store: ObjectStore, lines: list[dict[str, Any]]) -> dict[str, bytes]:

@@ -24,6 +24,8 @@ from google.cloud.aiplatform.prediction.predictor import Predictor
 from predictor.backends import Engine, load_engine
 from predictor.engine import Job, MaskSet
 from predictor.instances import Instance, check_prompts_fit, parse_instance
+from predictor.polygons import with_exports
+from predictor.tiling import resolve_tiling, run_jobs
 from samdrop import budgets
 from samdrop.documents import FailedPrediction, Prediction, Rle, masks_of
 from samdrop.errors import (
@@ -161,15 +163,20 @@ class SamRoutine(Predictor):
         ready = [s for s in instances if s.error is None and s.image is not None and s.instance is not None]
         if not ready:
             return instances
+        assert self.settings is not None
+        tilings = [
+            resolve_tiling(s.instance.tiling, s.image.shape[1], s.image.shape[0], self.settings)  # type: ignore[union-attr]
+            for s in ready
+        ]
         try:
-            results = self.engine.run([_job(s) for s in ready])
+            results = run_jobs(self.engine, [_job(s) for s in ready], tilings)
         except Exception as exc:
             if len(ready) == 1:
                 ready[0].error = _model_error(exc, ready[0])
                 return instances
-            for slot in ready:
+            for slot, tiling in zip(ready, tilings, strict=True):
                 try:
-                    [slot.result] = self.engine.run([_job(slot)])
+                    [slot.result] = run_jobs(self.engine, [_job(slot)], [tiling])
                 except Exception as alone:
                     slot.error = _model_error(alone, slot)
             return instances
@@ -196,7 +203,9 @@ class SamRoutine(Predictor):
             return FailedPrediction(error.to_json(), slot.file_path)
         assert self.engine is not None
         result, instance = slot.result, slot.instance
-        masks = masks_of(result.masks)
+        masks = with_exports(
+            masks_of(result.masks), labels=instance.label, polygons="polygons" in instance.outputs
+        )
         if instance.mask_format == "png":
             masks = [replace(m, segmentation=_png_b64(m.rle)) for m in masks]
         logits = None
@@ -214,6 +223,7 @@ class SamRoutine(Predictor):
             model=result.model_record(self.engine.description, slot.requests_batched),
             timings_ms=_timings(slot.timings_ms, result.timings_ms),
             logits=logits,
+            tiling=result.tiling,
         )
 
 

@@ -39,6 +39,7 @@ from predictor.hardware import resolve_compile, resolve_precision, use_compile_c
 from predictor.instances import AMG_DEFAULTS, Prompts
 from predictor.registry import load_sam
 from samdrop.budgets import check_auto_points, points_per_batch_for
+from samdrop.documents import TilingRecord
 from samdrop.masks import mask_box, mask_to_rle
 from samdrop.settings import Settings
 
@@ -77,6 +78,7 @@ class MaskSet:
     stages_ms: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     encoder_batch: int = 0  # images in the encoder pass that embedded this one (0: from the cache)
+    tiling: TilingRecord | None = None  # how a tiled image was cut (predictor/tiling.py), else None
 
     def model_record(self, description: dict[str, Any], requests_batched: int = 1) -> dict[str, Any]:
         """The ``model`` entry of a prediction and of ``masks.json``: the engine's ``description``

@@ -15,10 +15,11 @@ import numpy as np
 
 from samdrop.documents import PromptsRecord
 from samdrop.errors import InvalidPrompt, InvalidRequest
+from samdrop.prompts import MASK_OUTPUTS, check_label, check_tiling
 
 IMAGE_FIELDS = ("gcs_uri", "generation", "image")
 PROMPT_FIELDS = ("points", "labels", "boxes", "multimask")
-OUTPUT_FIELDS = ("mask_format", "return_logits")
+OUTPUT_FIELDS = ("mask_format", "return_logits", "outputs", "label", "tiling")
 LEGACY_FIELDS = ("input_point", "input_label")
 KNOWN_FIELDS = ("file_path", *IMAGE_FIELDS, *PROMPT_FIELDS, "amg", *OUTPUT_FIELDS, *LEGACY_FIELDS)
 MASK_FORMATS = ("rle", "png")
@@ -96,6 +97,9 @@ class Instance:
     mask_format: str = "rle"
     return_logits: bool = False
     generation: int | None = None  # the gcs_uri object's generation to read; None: the live one
+    label: list[str] | None = None  # one name for every prompt, or one per prompt
+    outputs: tuple[str, ...] = ()  # extra per-mask outputs: "polygons"
+    tiling: bool | dict[str, int] | None = None  # None: the server's SAMDROP_TILE_ABOVE_PIXELS decides
 
 
 def parse_instance(raw: Any, parameters: dict[str, Any] | None = None) -> Instance:
@@ -125,7 +129,28 @@ def parse_instance(raw: Any, parameters: dict[str, Any] | None = None) -> Instan
         raise InvalidRequest("return_logits must be true or false")
     amg = parse_amg({**(params.get("amg") or {}), **(raw.get("amg") or {})})
     generation = _generation(raw.get("generation"), gcs_uri)
-    return Instance(file_path, gcs_uri, image_bytes, prompts, amg, mask_format, return_logits, generation)
+    label = raw.get("label")
+    if label is not None:
+        label = check_label(label, where="label", prompts=prompts.count if prompts is not None else 1)
+    outputs = raw.get("outputs", params.get("outputs", []))
+    if not isinstance(outputs, list) or any(o not in MASK_OUTPUTS for o in outputs):
+        raise InvalidRequest(f"outputs must be a list of {list(MASK_OUTPUTS)}, got {_short(outputs)}")
+    tiling = raw.get("tiling", params.get("tiling"))
+    if tiling is not None:
+        tiling = check_tiling(tiling, where="tiling")
+    return Instance(
+        file_path,
+        gcs_uri,
+        image_bytes,
+        prompts,
+        amg,
+        mask_format,
+        return_logits,
+        generation=generation,
+        label=label,
+        outputs=tuple(outputs),
+        tiling=tiling,
+    )
 
 
 def parse_prompts(points: Any, labels: Any, boxes: Any, multimask: Any = None) -> Prompts | None:

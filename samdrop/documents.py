@@ -43,6 +43,27 @@ class PromptsRecord(TypedDict, total=False):
     multimask: bool
 
 
+class Polygons(TypedDict):
+    """A mask's outline as COCO polygons: ``outer`` rings (a COCO polygon segmentation on its own)
+    and ``holes`` kept apart, each ring ``[x1, y1, x2, y2, ...]`` px; simplified so the traced
+    boundary lies within ``tolerance_px`` of each ring."""
+
+    outer: list[list[float]]
+    holes: list[list[float]]
+    tolerance_px: float
+
+
+class TilingRecord(TypedDict):
+    """How a tiled image was cut: ``tile`` (side, px), ``overlap`` (px shared by neighbours),
+    ``tiles`` (how many), ``grid`` (``[columns, rows]``). Tile ``i`` is at column ``i % columns``,
+    row ``i // columns``."""
+
+    tile: int
+    overlap: int
+    tiles: int
+    grid: list[int]
+
+
 class MaskOutputs(TypedDict):
     """``gs://`` URIs of one image's outputs: ``masks`` (PNG per mask, in order), ``metadata``
     (``masks.json``), ``overlay`` (``overlay.jpg``)."""
@@ -57,7 +78,9 @@ class MaskRecord:
     """One mask. ``segmentation``: COCO RLE at the input's displayed size (a base64 PNG string only
     in a predictor answer asked for ``mask_format: "png"``); ``score``: predicted IoU; ``box``: XYXY
     int px, x1/y1 inclusive; ``area``: px; ``stability_score``; ``prompt_index`` (prompt mode: which
-    prompt made it) or ``point_coords`` (automatic mode: the grid point(s) that made it, px XY)."""
+    prompt made it) or ``point_coords`` (automatic mode: the grid point(s) that made it, px XY);
+    ``label``: the prompt's label, when the prompts named one; ``polygons``: only when asked for;
+    ``tiles``: a tiled image's tiles the mask spans (indexes into its tile grid)."""
 
     segmentation: Rle | str
     score: float
@@ -66,6 +89,9 @@ class MaskRecord:
     stability_score: float | None = None
     prompt_index: int | None = None
     point_coords: list[list[float]] | None = None
+    label: str | None = None
+    polygons: Polygons | None = None
+    tiles: list[int] | None = None
 
     @property
     def rle(self) -> Rle:
@@ -87,6 +113,12 @@ class MaskRecord:
             out["prompt_index"] = self.prompt_index
         if self.point_coords is not None:
             out["point_coords"] = [list(point) for point in self.point_coords]
+        if self.label is not None:
+            out["label"] = self.label
+        if self.polygons is not None:
+            out["polygons"] = self.polygons
+        if self.tiles is not None:
+            out["tiles"] = list(self.tiles)
         return out
 
     @classmethod
@@ -111,6 +143,9 @@ class MaskRecord:
             stability_score=_float_or_none(raw.get("stability_score")),
             prompt_index=int(raw["prompt_index"]) if raw.get("prompt_index") is not None else None,
             point_coords=[[float(c) for c in p] for p in points] if points is not None else None,
+            label=str(raw["label"]) if raw.get("label") is not None else None,
+            polygons=_polygons(raw.get("polygons")),
+            tiles=[int(t) for t in raw["tiles"]] if raw.get("tiles") is not None else None,
         )
 
 
@@ -121,7 +156,8 @@ class Prediction:
     ``width``/``height``: the input as displayed, px; ``mode``: ``prompted`` (``prompts`` set) or
     ``automatic`` (``amg``: the automatic-mask parameters used); ``model``: what produced the masks
     (``type``, ``device``, ``random_weights`` …); ``timings_ms``: the predictor's stages;
-    ``logits``: ``{"shape", "dtype", "b64"}`` per mask, only when asked for."""
+    ``logits``: ``{"shape", "dtype", "b64"}`` per mask, only when asked for; ``tiling``: how the
+    image was tiled, None when it ran whole."""
 
     width: int
     height: int
@@ -134,6 +170,7 @@ class Prediction:
     file_path: str | None = None
     mask_format: str = "rle"
     logits: list[JsonObject] | None = None
+    tiling: TilingRecord | None = None
 
     @property
     def random_weights(self) -> bool:
@@ -152,6 +189,7 @@ class Prediction:
             "amg": self.amg,
             "model": self.model,
             "timings_ms": self.timings_ms,
+            "tiling": self.tiling,
         }
         if self.logits is not None:
             out["logits"] = self.logits
@@ -176,6 +214,7 @@ class Prediction:
             file_path=raw.get("file_path"),
             mask_format=str(raw.get("mask_format") or "rle"),
             logits=list(raw["logits"]) if raw.get("logits") is not None else None,
+            tiling=tiling_record(raw.get("tiling")),
         )
 
 
@@ -210,7 +249,8 @@ class MasksDocument:
     ``generation``: the input's generation (a string: it exceeds JSON's safe integers);
     ``batch_id``: None for a single upload; ``masks``: written with their ``index`` and ``png`` URI;
     ``note``: says when the masks come from random weights; ``predictor_timings_ms``: the model's
-    stages; ``timings_ms``: the path's own stages (reading, endpoint or compute, writing)."""
+    stages; ``timings_ms``: the path's own stages (reading, endpoint or compute, writing);
+    ``tiling``: how the image was tiled (None: it ran whole)."""
 
     input: str
     generation: str
@@ -226,6 +266,7 @@ class MasksDocument:
     note: str | None = None
     predictor_timings_ms: dict[str, float] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    tiling: TilingRecord | None = None
     created: str = field(default_factory=lambda: now_iso())
 
     @property
@@ -247,6 +288,7 @@ class MasksDocument:
             "mode": self.mode,
             "prompts": self.prompts,
             "amg": self.amg,
+            "tiling": self.tiling,
             "mask_count": self.mask_count,
             "masks": [
                 {"index": i, "png": uri, **mask.to_json()}
@@ -282,6 +324,7 @@ class MasksDocument:
             note=raw.get("note"),
             predictor_timings_ms=dict(raw.get("predictor_timings_ms") or {}),
             timings_ms=dict(raw.get("timings_ms") or {}),
+            tiling=tiling_record(raw.get("tiling")),
             created=str(raw.get("created") or ""),
         )
 
@@ -317,7 +360,8 @@ class ManifestLine:
     """One image of a batch in ``manifest.jsonl``. ``status``: ``succeeded`` or ``failed``;
     ``resumed``: an earlier run had written its record; ``outputs``: the masks document's outputs, or
     ``{"error": uri}`` when ``error.json`` was written (none for a transient failure, which the next
-    run retries); ``timings_ms``: this image's stages plus ``finished`` (a wall-clock timestamp, s)."""
+    run retries); ``timings_ms``: this image's stages plus ``finished`` (a wall-clock timestamp, s);
+    ``tiling``: the masks document's, for a tiled image."""
 
     input: str
     file: str
@@ -330,6 +374,7 @@ class ManifestLine:
     outputs: dict[str, Any]
     error: ErrorInfo | None
     timings_ms: dict[str, float]
+    tiling: TilingRecord | None = None
 
     @property
     def mean_score(self) -> float | None:
@@ -351,6 +396,7 @@ class ManifestLine:
             outputs=dict(doc.outputs),
             error=None,
             timings_ms=dict(timings_ms),
+            tiling=doc.tiling,
         )
 
     @classmethod
@@ -394,6 +440,7 @@ class ManifestLine:
             "outputs": self.outputs,
             "error": self.error,
             "timings_ms": self.timings_ms,
+            "tiling": self.tiling,
         }
 
     @classmethod
@@ -411,6 +458,7 @@ class ManifestLine:
             outputs=dict(raw.get("outputs") or {}),
             error=ErrorInfo(code=str(error["code"]), message=str(error["message"])) if error else None,
             timings_ms=dict(raw.get("timings_ms") or {}),
+            tiling=tiling_record(raw.get("tiling")),
         )
 
 
@@ -435,6 +483,28 @@ def _prompts_record(raw: Any) -> PromptsRecord | None:
     if raw.get("multimask") is not None:
         record["multimask"] = bool(raw["multimask"])
     return record
+
+
+def _polygons(raw: Any) -> Polygons | None:
+    if raw is None:
+        return None
+    return Polygons(
+        outer=[[float(c) for c in ring] for ring in raw["outer"]],
+        holes=[[float(c) for c in ring] for ring in raw["holes"]],
+        tolerance_px=float(raw["tolerance_px"]),
+    )
+
+
+def tiling_record(raw: Any) -> TilingRecord | None:
+    """A ``tiling`` entry from JSON (numbers back to ints), or None."""
+    if raw is None:
+        return None
+    return TilingRecord(
+        tile=int(raw["tile"]),
+        overlap=int(raw["overlap"]),
+        tiles=int(raw["tiles"]),
+        grid=[int(raw["grid"][0]), int(raw["grid"][1])],
+    )
 
 
 def masks_of(records: Sequence[Mapping[str, Any]]) -> list[MaskRecord]:

@@ -29,11 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from samdrop.documents import ErrorRecord, MaskOutputs, MasksDocument, Prediction
+from samdrop.documents import ErrorRecord, MaskOutputs, MasksDocument, Prediction, TilingRecord
 from samdrop.errors import PermanentError, SamdropError
 from samdrop.layout import OutputPaths, input_generation, json_record, write_output
 from samdrop.masks import mask_to_png, overlay_jpeg, rle_to_mask
 from samdrop.storage import ObjectInfo, ObjectStore
+from samdrop.tiles import tile_boxes
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ def write_masks(
     note = RANDOM_WEIGHTS_NOTE if prediction.random_weights else None
     previews = _write_mask_pngs(store, paths, listing, prediction, generation, threads)
     preview_image = _resize_image(image, preview_size(width, height))
+    if prediction.tiling is not None and prediction.mode == "automatic":
+        preview_image = draw_tile_grid(preview_image, prediction.tiling, width, height)
     overlay = overlay_jpeg(preview_image, previews, max_side=None, note=note)
     write_output(
         store,
@@ -152,6 +155,7 @@ def write_masks(
         mode=prediction.mode,
         prompts=prediction.prompts,
         amg=prediction.amg,
+        tiling=prediction.tiling,
         masks=prediction.masks,
         model=prediction.model,
         note=note,
@@ -272,6 +276,18 @@ def _write_mask_pngs(
         return [write_one(index) for index in range(count)]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="samdrop-write") as pool:
         return list(pool.map(write_one, range(count)))
+
+
+def draw_tile_grid(preview: np.ndarray, tiling: TilingRecord, width: int, height: int) -> np.ndarray:
+    """The preview with the tile grid drawn in (1-px white lines at each tile's edges)."""
+    out = preview.copy()
+    scale_x, scale_y = preview.shape[1] / width, preview.shape[0] / height
+    for x0, y0, x1, y1 in tile_boxes(width, height, tiling["tile"], tiling["overlap"]):
+        left, right = round(x0 * scale_x), min(preview.shape[1] - 1, round(x1 * scale_x) - 1)
+        top, bottom = round(y0 * scale_y), min(preview.shape[0] - 1, round(y1 * scale_y) - 1)
+        out[top : bottom + 1, [left, right]] = 255
+        out[[top, bottom], left : right + 1] = 255
+    return out
 
 
 def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -2,9 +2,15 @@
 metadata of a single upload, and one entry of a batch's ``prompts.json`` all share this shape::
 
     {"points": [[x, y], ...], "labels": [1|0, ...], "boxes": [[x0, y0, x1, y1], ...],
-     "multimask": bool, "amg": {automatic-mask parameters}}
+     "multimask": bool, "amg": {automatic-mask parameters},
+     "label": "car" | ["car", "tree", ...], "outputs": ["polygons"],
+     "tiling": true | false | {"tile": 1024, "overlap": 128}}
 
 Coordinates are pixels of the image as displayed. ``labels`` default to 1 (foreground) per point.
+``label`` names what the prompts mark (one name for all, or one per box / for the point group); it
+flows into ``masks.json``, COCO categories and YOLO classes. ``outputs: ["polygons"]`` adds COCO
+polygons to every mask record. ``tiling`` cuts a large image into overlapping tiles and stitches
+the masks back (``true``: the server's default tile and overlap; ``false``: never, whatever its size).
 Whether the prompts fit inside the image is the predictor's check (it knows the size).
 """
 
@@ -17,7 +23,9 @@ from samdrop.budgets import DEFAULT_MAX_JSON_DEPTH, loads_limited
 from samdrop.errors import InvalidPrompt
 
 PROMPTS_METADATA_KEY = "samdrop-prompts"
-PROMPT_KEYS = ("points", "labels", "boxes", "multimask", "amg")
+PROMPT_KEYS = ("points", "labels", "boxes", "multimask", "amg", "label", "outputs", "tiling")
+MAX_TILE = 4096
+MASK_OUTPUTS = ("polygons",)
 EXAMPLE = 'example: {"points": [[120, 80]], "labels": [1]} or {"boxes": [[10, 10, 200, 150]]}'
 
 
@@ -70,7 +78,42 @@ def check_prompts(value: Any, *, where: str) -> dict[str, Any] | None:
         if not isinstance(value["amg"], dict):
             raise InvalidPrompt(f"{where}.amg must be an object of automatic-mask parameters")
         prompts["amg"] = value["amg"]
+    if "label" in value:
+        prompts["label"] = check_label(value["label"], where=f"{where}.label", prompts=len(boxes) or 1)
+    if "outputs" in value:
+        outputs = value["outputs"]
+        if not isinstance(outputs, list) or any(o not in MASK_OUTPUTS for o in outputs):
+            raise InvalidPrompt(f"{where}.outputs must be a list of {list(MASK_OUTPUTS)}")
+        prompts["outputs"] = outputs
+    if "tiling" in value:
+        prompts["tiling"] = check_tiling(value["tiling"], where=f"{where}.tiling")
     return prompts or None
+
+
+def check_tiling(value: Any, *, where: str) -> bool | dict[str, int]:
+    """``true``, ``false`` or ``{"tile": px, "overlap": px}`` (either key may be left to the default)."""
+    if isinstance(value, bool):
+        return value
+    example = '{"tile": 1024, "overlap": 128}'
+    if not isinstance(value, dict) or set(value) - {"tile", "overlap"}:
+        raise InvalidPrompt(f"{where} must be true, false or {example}")
+    for key, low in (("tile", 64), ("overlap", 0)):
+        number = value.get(key, low)
+        if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= MAX_TILE:
+            raise InvalidPrompt(f"{where}.{key} must be an integer within {low}..{MAX_TILE} px")
+    if "tile" in value and 2 * value.get("overlap", 0) >= value["tile"]:
+        raise InvalidPrompt(f"{where}: the overlap must be under half the tile ({example})")
+    return {key: int(number) for key, number in value.items()}
+
+
+def check_label(value: Any, *, where: str, prompts: int) -> list[str]:
+    """A prompts entry's ``label`` as a list: one name for every prompt, or one per prompt."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise InvalidPrompt(f'{where} must be a name ("car") or a list of names, one per box')
+    if len(names) not in (1, prompts):
+        raise InvalidPrompt(f"{where} has {len(names)} names for {prompts} prompts: give one, or one per box")
+    return list(names)
 
 
 def _rows(value: Any, width: int, name: str) -> list[list[float]]:

@@ -201,6 +201,16 @@ class Settings:
         _auto_int,
     )
     max_masks: int = _env("SAMDROP_MAX_MASKS", 256, "cap on masks returned per image", int)
+    tile_above_pixels: int = _env(
+        "SAMDROP_TILE_ABOVE_PIXELS",
+        0,
+        "tile (and stitch) images with more pixels than this even when not asked; 0: only when asked",
+        int,
+    )
+    tile_size: int = _env(
+        "SAMDROP_TILE_SIZE", 1024, "default tile side, px, when tiling is asked with true", int
+    )
+    tile_overlap: int = _env("SAMDROP_TILE_OVERLAP", 128, "default overlap of neighbouring tiles, px", int)
     cache_dir: Path = _env(
         "SAMDROP_CACHE_DIR", Path.home() / ".cache" / "samdrop", "checkpoint download cache", Path
     )
@@ -280,6 +290,13 @@ class Settings:
             "max_json_depth",
             "max_object_name_bytes",
         )
+        if self.tile_above_pixels < 0:
+            yield f"SAMDROP_TILE_ABOVE_PIXELS must be 0 (off) or a pixel count, got {self.tile_above_pixels}"
+        if not 0 <= self.tile_overlap < self.tile_size // 2 or self.tile_size < 64:
+            yield (
+                f"SAMDROP_TILE_SIZE={self.tile_size} / SAMDROP_TILE_OVERLAP={self.tile_overlap}: the tile "
+                "must be at least 64 px and the overlap under half of it"
+            )
         if self.amg_points_per_side is not None and not 1 <= self.amg_points_per_side <= 128:
             yield f"SAMDROP_AMG_POINTS_PER_SIDE must be auto or within 1..128, got {self.amg_points_per_side}"
         for choice, allowed in (("precision", PRECISIONS), ("compile", COMPILE_CHOICES)):

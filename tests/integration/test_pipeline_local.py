@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 from kfp.dsl import PipelineTaskFinalStatus
 from PIL import Image
+from pycocotools.coco import COCO
 
 from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
 from pipeline import components
+from pipeline.exports import yolo_label_name
 from pipeline.listing import BatchOptions, build_plan, parse_prompts_file
 from pipeline.paths import BatchPaths
 from pipeline.shard import ShardWorker
@@ -31,7 +33,7 @@ from predictor.engine import SamEngine
 from predictor.instances import parse_amg
 from samdrop.storage import GcsStore
 
-from .local_stack_support import stack_settings
+from .local_stack_support import stack_settings, until
 
 pytestmark = pytest.mark.integration
 
@@ -173,7 +175,28 @@ def _pre_run_first_shard(stack: Stack, batch_id: str) -> list[str]:
     return sorted(statuses)
 
 
-def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack):
+def _check_exports(stack: Stack, folder: str, manifest: list[dict], message: dict, tmp_path: Path) -> None:
+    """annotations.coco.json loads with pycocotools: one image per succeeded input, one annotation per
+    mask of the manifest, each decoding to its image's size; YOLO labels for every such image."""
+    coco_file = tmp_path / "annotations.coco.json"
+    coco_file.write_bytes(stack.bucket.blob(folder + "annotations.coco.json").download_as_bytes())
+    coco = COCO(str(coco_file))
+    succeeded = {line["file"]: line for line in manifest if line["status"] == "succeeded"}
+    assert sorted(image["file_name"] for image in coco.dataset["images"]) == sorted(succeeded)
+    assert len(coco.getAnnIds()) == sum(line["mask_count"] for line in succeeded.values())
+    for image in coco.dataset["images"]:
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]]))
+        assert len(anns) == succeeded[image["file_name"]]["mask_count"]
+        for ann in anns:
+            assert coco.annToMask(ann).shape == (image["height"], image["width"])
+    assert message["outputs"]["coco"] == f"gs://{stack.settings.bucket}/{folder}annotations.coco.json"
+    assert message["outputs"]["yolo"] == f"gs://{stack.settings.bucket}/{folder}yolo/data.yaml"
+    labels = set(stack.names(folder + "yolo/"))
+    expected = {folder + yolo_label_name(file) for file in succeeded} | {folder + "yolo/data.yaml"}
+    assert labels == expected
+
+
+def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack, tmp_path: Path):
     stack, batch = pipeline_stack, "bulk-a"
     files = _upload_batch(stack, batch)
     pre_run = _pre_run_first_shard(stack, batch)
@@ -182,7 +205,8 @@ def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack):
     assert len(before) == SHARD_SIZE
 
     started = time.monotonic()
-    stack.put(f"batches/{batch}/_READY", json.dumps({"amg": AMG}).encode(), "application/json")
+    ready = {"amg": AMG, "outputs": ["yolo"]}
+    stack.put(f"batches/{batch}/_READY", json.dumps(ready).encode(), "application/json")
     (message,) = stack.completions.wait(batch, RUN_TIMEOUT_S)
     elapsed = time.monotonic() - started
 
@@ -230,10 +254,13 @@ def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack):
     assert "data:image/jpeg;base64," in outputs[folder + "report.html"].download_as_text()
     summary = stack.json(folder + "summary.json")
     assert summary["resumed"] == SHARD_SIZE and summary["shards"] == 4
+    _check_exports(stack, folder, manifest, message, tmp_path)
     print(f"pipeline run for 30 images took {elapsed:.1f}s")
 
     # A second _READY upload finds the claim: nothing starts, nothing is published again.
-    completion = outputs[folder + "completion.json"].generation
+    # completion.json is written just after the message is published: wait for it, not for the listing.
+    record = until(lambda: stack.names(folder).get(folder + "completion.json"), 30, "completion.json")
+    completion = record.generation
     stack.put(f"batches/{batch}/_READY", b"", "application/json")
     deadline = time.monotonic() + 20
     while "batch_already_claimed" not in stack.function_log() and time.monotonic() < deadline:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from pipeline.paths import PROMPTS_FILE, READY, BatchPaths
 from predictor.instances import parse_amg, parse_prompts
+from samdrop.budgets import loads_limited
 from samdrop.errors import ErrorInfo, InputNotFound, InvalidPrompt, InvalidRequest, PermanentError
 from samdrop.images import is_image_object
 from samdrop.layout import input_generation, json_record, write_output
@@ -105,7 +106,7 @@ def parse_ready(body: bytes, *, default_shard_size: int, where: str = READY) -> 
     if not text:
         return BatchOptions(shard_size=default_shard_size)
     try:
-        raw = json.loads(text)
+        raw = loads_limited(text)  # nesting beyond SAMDROP_MAX_JSON_DEPTH's default is refused too
     except ValueError as exc:
         raise InvalidRequest(
             f"{where} is not valid JSON ({exc}); leave it empty or use {READY_EXAMPLE}"
@@ -154,7 +155,7 @@ def parse_prompts_file(data: bytes, *, where: str) -> dict[str, dict[str, Any] |
     earns. Raises ``InvalidRequest`` when the file as a whole is malformed.
     """
     try:
-        raw = json.loads(data.decode("utf-8"))
+        raw = loads_limited(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidRequest(f"{where} is not valid JSON ({exc}); fix it and upload _READY again") from None
     if not isinstance(raw, dict):

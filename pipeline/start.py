@@ -74,23 +74,14 @@ def start_batch(
     generation = int(request.generation)
     plan, started = None, time.perf_counter()
     if isinstance(store, _Tree):
-        try:
-            plan = plan_batch(
-                paths,
-                generation,
-                store,
-                default_shard_size=settings.shard_size,
-                workers=settings.pipeline_parallelism,
-            )
-        except RecursionError:  # json.loads on a _READY body or prompts.json nested thousands deep
-            message = failed_completion(
-                paths,
-                "invalid_request",
-                f"{paths.input_uri}: the _READY body or the prompts file nests JSON too deeply to "
-                "read: fix it and upload _READY again",
-            )
-            publish_completion(publisher, settings.completions_topic, message)
-            return "batch_rejected"
+        # A malformed _READY body or prompts file (JSON nested too deeply included) is plan.error.
+        plan = plan_batch(
+            paths,
+            generation,
+            store,
+            default_shard_size=settings.shard_size,
+            workers=settings.pipeline_parallelism,
+        )
         if plan.error is not None:
             message = failed_completion(paths, plan.error["code"], plan.error["message"])
             publish_completion(publisher, settings.completions_topic, message)

@@ -110,7 +110,10 @@ def test_a_prompts_file_nested_thousands_deep_rejects_the_batch_once():
     outcome = start_batch(request, settings=SETTINGS, store=store, publisher=publisher, launch=launch)
     assert outcome == "batch_rejected" and launch.calls == []
     ((_, message, _),) = publisher.messages
-    assert message["error"]["code"] == "invalid_request" and "too deeply" in message["error"]["message"]
+    assert (
+        message["error"]["code"] == "invalid_request"
+        and "exceeds SAMDROP_MAX_JSON_DEPTH=32" in message["error"]["message"]
+    )
 
 
 def test_a_failed_launch_releases_the_claim_for_redelivery():

@@ -34,6 +34,7 @@ from predictor.instances import Prompts, check_prompts_fit, parse_amg, parse_pro
 from predictor.polygons import with_exports
 from predictor.tiling import Tiling, resolve_tiling, run_jobs
 from samdrop import outputs
+from samdrop.budgets import check_object_name
 from samdrop.documents import (
     ErrorRecord,
     JsonObject,
@@ -68,6 +69,7 @@ class Loaded:
     line: ManifestLine | None = None
     error: SamdropError | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    unnamed: bool = False  # its outputs' names would exceed Cloud Storage's limit: no error.json
 
 
 @dataclass
@@ -146,6 +148,14 @@ class ShardWorker:
 
     def _load(self, item: PlanItem, order: int) -> Loaded:
         loaded = Loaded(item, output_paths(self.settings, item.name), order)
+        settings = self.settings
+        try:  # before any work, as for a single upload
+            check_object_name(
+                outputs.longest_name(loaded.out, settings.max_masks), limit=settings.max_object_name_bytes
+            )
+        except PermanentError as exc:
+            loaded.error, loaded.unnamed = exc, True
+            return loaded
         t0 = self.clock()
         try:
             loaded.listing = self.store.list(loaded.out.bucket, loaded.out.folder)
@@ -295,7 +305,7 @@ class ShardWorker:
         if error is None:
             known = item.error or ErrorInfo(code="internal", message="no result was produced")
             error = error_from_code(known["code"], known["message"])
-        if not error.permanent:
+        if not error.permanent or loaded.unnamed:
             return self._failed_now(loaded, error.to_json(), error_uri=None)
         started = self.clock()
         record = outputs.error_record(error, self._uri(item), item.generation)

@@ -157,3 +157,16 @@ def test_lines_keep_plan_order_whatever_the_batching(fast_engine, batch_size):
     finally:
         fast_engine.batch_size = previous
     assert [line["file"] for line in result.lines] == names
+
+
+def test_a_name_too_long_for_its_outputs_fails_before_any_read_and_writes_nothing(fast_engine):
+    store = TreeStore()
+    long_name = "n" * 995 + ".png"  # the input fits Cloud Storage's 1024 bytes; its outputs would not
+    items = _items(store, {long_name: png(seed=1), "b.png": png(seed=2)})
+    store.faults[("read", f"batches/b1/{long_name}")] = AssertionError("read before the name check")
+    result = _worker(store, fast_engine).run(items)
+    assert [line["status"] for line in result.lines] == ["failed", "succeeded"]
+    error = result.lines[0]["error"]
+    assert error["code"] == "invalid_request" and "SAMDROP_MAX_OBJECT_NAME_BYTES=1024" in error["message"]
+    assert result.lines[0]["outputs"] == {}
+    assert not any(name.startswith(f"results/batches/b1/{long_name}") for name in store.names())

@@ -31,11 +31,22 @@ class PlannedUpload:
     object_name: str
 
 
+# Cloud Storage keeps at most 8 KiB of custom metadata per object; the local stack's fake-gcs-server
+# (filesystem backend: ext4 extended attributes) about 3.8 KB. Prompts travel as metadata.
+MAX_PROMPTS_METADATA_BYTES = 3500
+
+
 def parse_prompts(text: str) -> dict[str, Any]:
     """Check ``--prompts`` JSON (shape in :mod:`samdrop.prompts`) and return it normalised."""
     prompts = parse_prompts_json(text, where="--prompts")
     if prompts is None:
         raise InvalidPrompt('--prompts must not be empty: e.g. {"points": [[x, y]], "labels": [1]}')
+    size = len(json.dumps(prompts, separators=(",", ":")).encode())
+    if size > MAX_PROMPTS_METADATA_BYTES:
+        raise InvalidPrompt(
+            f"--prompts is {size} bytes as object metadata, over the {MAX_PROMPTS_METADATA_BYTES} bytes "
+            "every bucket (the local stack's included) stores: use fewer prompts, or a batch's prompts.json"
+        )
     return prompts
 
 

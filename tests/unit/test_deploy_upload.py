@@ -74,3 +74,11 @@ def test_format_message_prints_the_body_or_wraps_it():
         "data": "\ufffdnot json",
         "attributes": {"a": "b"},
     }
+
+
+def test_prompts_too_large_for_object_metadata_are_refused_before_upload():
+    boxes = [[1000.5, 1000.5, 2000.5, 2000.5]] * 64  # within SAMDROP_MAX_PROMPTS, ~2.3 KB
+    assert len(parse_prompts(json.dumps({"boxes": boxes}))["boxes"]) == 64
+    points = [[1000.25, 2000.25]] * 200
+    with pytest.raises(InvalidPrompt, match="bytes as object metadata"):
+        parse_prompts(json.dumps({"points": points, "labels": [1] * 200}))

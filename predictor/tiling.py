@@ -373,22 +373,23 @@ def crop_to_rle(
 ) -> Rle:
     """COCO RLE of a ``height``x``width`` mask that is ``crop`` (``h x w bool``) at ``(x0, y0)`` and
     empty elsewhere, without building the full mask: ``block`` columns at a time (COCO RLE runs
-    down the columns), so encoding needs ``height x block`` bytes whatever the mask's width."""
+    down the columns), so encoding needs ``height x block`` bytes plus 8 bytes per run."""
     h, w = crop.shape
     total = height * width
-    changes: list[int] = []  # flat (column-major) indexes where the value flips
+    changes: list[np.ndarray] = []  # flat (column-major) indexes where the value flips
     value, position = 0, height * x0
     for c0 in range(0, w if h else 0, block):
         strip = np.zeros((height, min(block, w - c0)), dtype=np.uint8, order="F")
         strip[y0 : y0 + h] = crop[:, c0 : c0 + block]
         flat = strip.ravel(order="F")  # a view: the strip is column-major
         if flat[0] != value:
-            changes.append(position)
-        changes.extend((np.flatnonzero(flat[1:] != flat[:-1]) + 1 + position).tolist())
+            changes.append(np.array([position], dtype=np.int64))
+        changes.append(np.flatnonzero(flat[1:] != flat[:-1]).astype(np.int64) + 1 + position)
         value, position = int(flat[-1]), position + flat.size
     if value and position < total:
-        changes.append(position)
-    runs = np.diff(np.array([0, *changes, total], dtype=np.int64)).tolist()
+        changes.append(np.array([position], dtype=np.int64))
+    bounds = np.concatenate([np.zeros(1, np.int64), *changes, np.array([total], np.int64)])
+    runs = np.diff(bounds).astype(np.uint32)
     encoded = mask_utils.frPyObjects({"counts": runs, "size": [height, width]}, height, width)
     return Rle(size=[height, width], counts=encoded["counts"].decode("ascii"))
 

@@ -261,8 +261,12 @@ def segment_tiles(engine: Engine, job: Job, tiling: Tiling) -> MaskSet:
             encoder_batch = max(encoder_batch, result.encoder_batch)
     started = time.perf_counter()
     masks = stitcher.masks()
-    if job.amg.get("max_masks"):  # a cap per image, as on an image run whole (each tile had it too)
-        masks = masks[: int(job.amg["max_masks"])]
+    # A cap per image, as on an image run whole (each tile had it too): the request's, within the
+    # engine's SAMDROP_MAX_MASKS.
+    cap = getattr(engine, "max_masks", None)
+    asked = int(job.amg.get("max_masks") or 0) or cap
+    if asked:
+        masks = masks[: min(asked, cap or asked)]
     timings["stitch"] = round((time.perf_counter() - started) * 1000, 2)
     return MaskSet(
         masks,

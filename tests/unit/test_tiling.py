@@ -168,6 +168,15 @@ def test_an_object_across_four_tiles_comes_out_as_one_mask_equal_to_it():
     assert (rle_to_mask(other["segmentation"]) == small).all() and other["tiles"] == [0]
 
 
+def test_stitched_masks_are_capped_by_the_engine_and_the_request():
+    image, _, _ = _scene(1800, 1800)  # two objects
+    engine = ObjectPixels()
+    engine.max_masks = 1  # type: ignore[attr-defined]  # SAMDROP_MAX_MASKS of the engine
+    assert len(segment_tiles(engine, Job(image, None, {}), Tiling(1024, 128)).masks) == 1
+    engine.max_masks = 5  # type: ignore[attr-defined]
+    assert len(segment_tiles(engine, Job(image, None, {"max_masks": 1}), Tiling(1024, 128)).masks) == 1
+
+
 def test_an_object_inside_an_overlap_is_not_left_twice():
     image = np.full((500, 1000, 3), 40, dtype=np.uint8)
     obj = np.zeros((500, 1000), dtype=bool)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -251,31 +251,18 @@ def segment_tiles(engine: Engine, job: Job, tiling: Tiling) -> MaskSet:
     height, width = job.image.shape[:2]
     grid = tile_grid(width, height, tiling)
     stitcher = Stitcher(grid, width, height)
-    timings: dict[str, float] = {}
-    encoder_batch = 0
-    for batch in _chunks(grid.tiles, max(1, engine.batch_size)):
-        crops = [Job(_crop(job.image, tile), None, job.amg) for tile in batch]
-        for tile, result in zip(batch, engine.run(crops), strict=True):
-            stitcher.add(tile, result.masks)
-            _add_timings(timings, result.timings_ms)
-            encoder_batch = max(encoder_batch, result.encoder_batch)
+    runs = _Runs(engine)
+    for tile, result in runs.each(grid.tiles, lambda tile: Job(_crop(job.image, tile), None, job.amg)):
+        stitcher.add(tile, result.masks)
     started = time.perf_counter()
     masks = stitcher.masks()
     # A cap per image, as on an image run whole (each tile had it too): the request's, within the
     # engine's SAMDROP_MAX_MASKS.
-    cap = getattr(engine, "max_masks", None)
-    asked = int(job.amg.get("max_masks") or 0) or cap
-    if asked:
-        masks = masks[: min(asked, cap or asked)]
-    timings["stitch"] = round((time.perf_counter() - started) * 1000, 2)
-    return MaskSet(
-        masks,
-        width,
-        height,
-        timings_ms=timings,
-        encoder_batch=encoder_batch,
-        tiling=_record(tiling, len(grid.tiles), [grid.columns, grid.rows]),
-    )
+    caps = [int(cap) for cap in (job.amg.get("max_masks"), getattr(engine, "max_masks", None)) if cap]
+    if caps:
+        masks = masks[: min(caps)]
+    runs.timings_ms["stitch"] = round((time.perf_counter() - started) * 1000, 2)
+    return runs.result(masks, width, height, _record(tiling, len(grid.tiles), [grid.columns, grid.rows]))
 
 
 # -- prompts, each in its own window ----------------------------------------------------------
@@ -313,23 +300,10 @@ def segment_windows(engine: Engine, job: Job, tiling: Tiling) -> MaskSet:
     height, width = job.image.shape[:2]
     windows = prompt_windows(prompts, width, height, tiling)
     masks: list[dict[str, Any]] = []
-    timings: dict[str, float] = {}
-    encoder_batch = 0
-    for batch in _chunks(windows, max(1, engine.batch_size)):
-        jobs = [Job(_crop(job.image, window), _shifted(prompts, window)) for window in batch]
-        for window, result in zip(batch, engine.run(jobs), strict=True):
-            _add_timings(timings, result.timings_ms)
-            encoder_batch = max(encoder_batch, result.encoder_batch)
-            for record in result.masks:
-                masks.append(_placed(record, window, width, height))
-    return MaskSet(
-        masks,
-        width,
-        height,
-        timings_ms=timings,
-        encoder_batch=encoder_batch,
-        tiling=_record(tiling, len(windows), [len(windows), 1]),
-    )
+    runs = _Runs(engine)
+    for window, result in runs.each(windows, lambda w: Job(_crop(job.image, w), _shifted(prompts, w))):
+        masks += [_placed(record, window, width, height) for record in result.masks]
+    return runs.result(masks, width, height, _record(tiling, len(windows), [len(windows), 1]))
 
 
 def _shifted(prompts: Prompts, window: Tile) -> Prompts:
@@ -434,14 +408,29 @@ def _crop(image: np.ndarray, tile: Tile) -> np.ndarray:
     return np.ascontiguousarray(image[tile.y0 : tile.y1, tile.x0 : tile.x1])
 
 
-def _chunks(items: Sequence[Tile], size: int) -> Iterator[Sequence[Tile]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+@dataclass
+class _Runs:
+    """Runs one job per tile (or window) through ``engine``, ``batch_size`` at a time, summing the
+    stage timings and keeping the largest encoder pass, for the one ``MaskSet`` they make."""
 
+    engine: Engine
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    encoder_batch: int = 0
 
-def _add_timings(total: dict[str, float], timings: Mapping[str, float]) -> None:
-    for key, value in timings.items():
-        total[key] = round(total.get(key, 0.0) + value, 2)
+    def each(self, tiles: Sequence[Tile], job_for: Callable[[Tile], Job]) -> Iterator[tuple[Tile, MaskSet]]:
+        size = max(1, self.engine.batch_size)
+        for start in range(0, len(tiles), size):
+            batch = tiles[start : start + size]
+            for tile, result in zip(batch, self.engine.run([job_for(t) for t in batch]), strict=True):
+                for key, value in result.timings_ms.items():
+                    self.timings_ms[key] = round(self.timings_ms.get(key, 0.0) + value, 2)
+                self.encoder_batch = max(self.encoder_batch, result.encoder_batch)
+                yield tile, result
+
+    def result(self, masks: list[dict[str, Any]], width: int, height: int, tiling: TilingRecord) -> MaskSet:
+        return MaskSet(
+            masks, width, height, timings_ms=self.timings_ms, encoder_batch=self.encoder_batch, tiling=tiling
+        )
 
 
 def _record(tiling: Tiling, tiles: int, grid: list[int]) -> TilingRecord:

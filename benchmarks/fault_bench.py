@@ -25,11 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.burst_bench import box_for, distinct_images, write_summary  # noqa: E402
 from deploy.drill import outage_drill  # noqa: E402
-from deploy.local import LocalStack, find_free_port  # noqa: E402
+from deploy.local import LocalStack, free_ports  # noqa: E402
 from predictor.hardware import cpu_name  # noqa: E402
 from samdrop.settings import Settings  # noqa: E402
-
-PORTS = ("gcs_port", "pubsub_port", "predictor_port", "function_port", "bridge_port")
 
 
 def main() -> None:
@@ -47,7 +45,7 @@ def main() -> None:
     from PIL import Image
 
     with tempfile.TemporaryDirectory() as workdir:
-        ports = {name: find_free_port() for name in PORTS}
+        ports = free_ports()
         settings = Settings.from_env(
             {"SAMDROP_MODEL_TYPE": "tiny", **os.environ}, state_dir=Path(workdir) / "state", **ports
         )

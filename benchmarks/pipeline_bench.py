@@ -38,7 +38,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploy.local import LocalStack, emulator_storage_client, find_free_port, pubsub_clients  # noqa: E402
+from deploy.local import LocalStack, emulator_storage_client, free_ports, pubsub_clients  # noqa: E402
 from pipeline.compile import compile_pipeline  # noqa: E402
 from pipeline.plots import line_chart  # noqa: E402
 from predictor.engine import Job, SamEngine  # noqa: E402
@@ -176,10 +176,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="samdrop-pipeline-bench-"))
     template = compile_pipeline(work / "pipeline.yaml", parallelism=args.parallelism)
-    ports = {
-        name: find_free_port()
-        for name in ("gcs_port", "pubsub_port", "predictor_port", "function_port", "bridge_port")
-    }
+    ports = free_ports()
     settings = Settings.from_env(
         {},
         state_dir=work / "state",

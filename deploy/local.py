@@ -37,6 +37,14 @@ HOST = "127.0.0.1"
 STATE_FILE = "stack.json"
 FAKE_GCS_PLACEHOLDER = "<fake-gcs-server>"
 READY_TIMEOUT_S = {"pubsub": 60.0, "gcs": 20.0, "predictor": 180.0, "function": 60.0, "bridge": 30.0}
+# The ``Settings`` field holding each server's port.
+PORT_SETTINGS = {
+    "pubsub": "pubsub_port",
+    "gcs": "gcs_port",
+    "predictor": "predictor_port",
+    "function": "function_port",
+    "bridge": "bridge_port",
+}
 GCS_DIR = "gcs"  # fake-gcs-server's filesystem backend root, under the state dir
 # Variables `local env` prints; GOOGLE_CLOUD_PROJECT lets `storage.Client()` run without arguments.
 CLIENT_ENV_KEYS = (
@@ -147,6 +155,12 @@ def pubsub_emulator_problems(which: Which = shutil.which) -> list[str]:
             "(apt-get install default-jre-headless)"
         )
     return problems
+
+
+def free_ports() -> dict[str, int]:
+    """A free port for every server, as ``Settings`` overrides: stacks started side by side (tests,
+    benchmarks) never collide."""
+    return {field: find_free_port() for field in PORT_SETTINGS.values()}
 
 
 def find_free_port() -> int:
@@ -503,10 +517,4 @@ def _flags(*pairs: tuple[str, str], joiner: str | None = None) -> list[str]:
 
 
 def _port_var(name: str) -> str:
-    return {
-        "pubsub": "SAMDROP_PUBSUB_PORT",
-        "gcs": "SAMDROP_GCS_PORT",
-        "predictor": "SAMDROP_PREDICTOR_PORT",
-        "function": "SAMDROP_FUNCTION_PORT",
-        "bridge": "SAMDROP_BRIDGE_PORT",
-    }[name]
+    return "SAMDROP_" + PORT_SETTINGS[name].upper()

@@ -10,21 +10,13 @@ import sys
 import pytest
 from PIL import Image
 
-from deploy.local import find_free_port, port_in_use
+from deploy.local import free_ports, port_in_use
 
 pytestmark = pytest.mark.e2e
 
 
 def test_demo_runs_the_whole_story_and_cleans_up(tmp_path):
-    ports = {
-        name: str(find_free_port())
-        for name in (
-            "SAMDROP_GCS_PORT",
-            "SAMDROP_PUBSUB_PORT",
-            "SAMDROP_PREDICTOR_PORT",
-            "SAMDROP_FUNCTION_PORT",
-        )
-    }
+    ports = {f"SAMDROP_{name.upper()}": str(port) for name, port in free_ports().items()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAMDROP_") and "EMULATOR_HOST" not in k}
     env.update(ports, SAMDROP_STATE_DIR=str(tmp_path / "state"), SAMDROP_CACHE_DIR=str(tmp_path / "cache"))
     out = tmp_path / "demo"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.local import LocalStack, find_free_port
+from deploy.local import LocalStack, free_ports
 from samdrop.settings import Settings
 
 RECORDER = Path(__file__).resolve().parent / "recorder_function" / "main.py"
@@ -27,10 +27,7 @@ class RunningStack:
 
 def stack_settings(state_dir: Path, **overrides) -> Settings:
     """Settings on free ports; quick retries so the dead-letter path runs in seconds."""
-    ports = {
-        name: find_free_port()
-        for name in ("gcs_port", "pubsub_port", "predictor_port", "function_port", "bridge_port")
-    }
+    ports = free_ports()
     values = dict(
         state_dir=state_dir,
         retry_min_backoff_s=1.0,

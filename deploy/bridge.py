@@ -33,7 +33,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -338,7 +338,7 @@ def policy_from_settings(settings: Settings, function_url: str) -> DeliveryPolic
     )
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+def main(environ: Mapping[str, str] | None = None) -> int:
     import os
 
     from deploy.local import HOST, pubsub_clients

@@ -22,7 +22,7 @@ PALETTE = np.array(
         (213, 94, 0), (204, 121, 167), (31, 119, 180), (255, 127, 14), (44, 160, 44),
         (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127),
     ],
-    dtype=np.float32,
+    dtype=np.uint16,
 )  # fmt: skip
 
 
@@ -49,7 +49,8 @@ def mask_to_png(mask: np.ndarray) -> bytes:
     """PNG bytes of an ``HxW bool`` mask, mode ``L`` with 0 for background and 255 for the mask."""
     image = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L")
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False, compress_level=6)
+    # Level 1: about as small as 6 for smooth masks, 4x faster for speckled ones (measured).
+    image.save(buffer, format="PNG", optimize=False, compress_level=1)
     return buffer.getvalue()
 
 
@@ -81,15 +82,20 @@ def render_overlay(
     so small ones stay visible. ``max_side`` shrinks the preview; ``note`` is written in the corner
     (used to say when the masks come from random weights).
     """
-    canvas = image.astype(np.float32)
+    canvas = image.copy()
     order = sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))
+    weight = round(alpha * 256)
     for rank, index in enumerate(order):
-        mask = masks[index]
         colour = PALETTE[rank % len(PALETTE)]
-        canvas[mask] = canvas[mask] * (1 - alpha) + colour * alpha
-        edge = mask & ~_erode(mask)
-        canvas[edge] = colour
-    result = Image.fromarray(canvas.clip(0, 255).astype(np.uint8), mode="RGB")
+        window = _bounds(masks[index])
+        if window is None:
+            continue
+        mask, region = masks[index][window], canvas[window]
+        # Integer blend over the mask's bounding box only (a preview: rounding by at most 1 level).
+        tinted = (region.astype(np.uint16) * (256 - weight) + colour * weight) >> 8
+        np.copyto(region, tinted.astype(np.uint8), where=mask[:, :, None])
+        np.copyto(region, colour.astype(np.uint8), where=(mask & ~_erode(mask))[:, :, None])
+    result = Image.fromarray(canvas, mode="RGB")
     if max_side and max(result.size) > max_side:
         result.thumbnail((max_side, max_side))
     if note:
@@ -107,6 +113,19 @@ def overlay_jpeg(image: np.ndarray, masks: Sequence[np.ndarray], **kwargs: Any) 
     buffer = io.BytesIO()
     render_overlay(image, masks, **kwargs).save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
+
+
+def _bounds(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """The mask's bounding box grown by one pixel (within the image), so that :func:`_erode` sees
+    the same neighbours as on the whole mask; None when the mask is empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return None
+    height, width = mask.shape
+    return (
+        slice(max(rows[0] - 1, 0), min(rows[-1] + 2, height)),
+        slice(max(cols[0] - 1, 0), min(cols[-1] + 2, width)),
+    )
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:

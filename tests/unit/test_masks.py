@@ -68,3 +68,22 @@ def test_overlay_tints_mask_pixels_only():
 def test_overlay_shrinks_large_images():
     image = np.zeros((300, 2000, 3), np.uint8)
     assert max(m.render_overlay(image, [], max_side=500).size) == 500
+
+
+def test_overlay_matches_a_plain_float_blend_exactly() -> None:
+    """The bounding-box integer blend paints the same pixels as blending the whole image in float
+    (masks at the image's edges, overlapping, speckled and empty included)."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    masks = [rng.random((61, 83)) > 0.5, np.zeros((61, 83), bool), np.zeros((61, 83), bool)]
+    masks[1][0:20, 60:83] = True
+    masks[2][30:61, 0:25] = True
+    masks.append(np.zeros((61, 83), bool))
+    expected = image.astype(np.float32)
+    order = sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))
+    for rank, index in enumerate(order):
+        mask, colour = masks[index], m.PALETTE[rank % len(m.PALETTE)].astype(np.float32)
+        expected[mask] = expected[mask] * 0.5 + colour * 0.5
+        expected[mask & ~m._erode(mask)] = colour
+    overlay = np.asarray(m.render_overlay(image, masks, max_side=None))
+    np.testing.assert_array_equal(overlay, expected.astype(np.uint8))

@@ -30,6 +30,7 @@ from samdrop.errors import (
     retry_rule,
 )
 from samdrop.settings import Settings
+from samdrop.storage import skip_environment_lookups
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 CONFIG_STATUS = frozenset({401, 403, 404})
@@ -73,7 +74,10 @@ class HttpEndpoint:
         parsed = urllib.parse.urlsplit(url)
         self.url = url.rstrip("/") + "/predict" if parsed.path in ("", "/") else url
         self._timeout = timeout_s
-        self._session = session or requests.Session()
+        if session is None:
+            session = requests.Session()
+            skip_environment_lookups(session)
+        self._session = session
 
     def predict(self, instances: list[dict[str, Any]], parameters: dict[str, Any]) -> list[Any]:
         body = {"instances": instances, "parameters": parameters}

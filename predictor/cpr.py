@@ -40,6 +40,7 @@ from samdrop.errors import (
 from samdrop.images import decode_image
 from samdrop.masks import mask_to_png, rle_to_mask
 from samdrop.settings import Settings
+from samdrop.storage import skip_environment_lookups
 
 log = logging.getLogger(__name__)
 # (gs:// URI, generation or None for the live object) -> the object's bytes.
@@ -274,6 +275,7 @@ def gcs_reader(project: str | None, *, max_bytes: int) -> ReadObject:
         client = storage.Client(project=project)
     except Exception as exc:  # no credentials, no project: the server's setup, not the input
         raise ConfigError(f"the predictor cannot reach Cloud Storage to read gcs_uri images: {exc}") from None
+    skip_environment_lookups(client._http)
 
     def read(uri: str, generation: int | None) -> bytes:
         bucket, _, name = uri.removeprefix("gs://").partition("/")

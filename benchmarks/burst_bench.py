@@ -8,7 +8,13 @@ shows whether concurrent requests really were grouped. Then the bare engine (``S
 over the same decoded images and prompts, ``SAMDROP_BATCH_SIZE`` at a time, in this process, with the
 stack stopped) gives the ceiling. Writes ``benchmarks/results/burst-local.json``.
 
+``--split-cores`` gives the model the same cores in both runs and nothing else: the predictor (and
+later the bare engine) on the first half of this process's CPUs, the emulators, function, bridge
+and this script on the rest. In Google Cloud, storage, Pub/Sub and the function never share the
+endpoint's cores; this asks whether the event path keeps the model as busy as a bare loop does.
+
     python benchmarks/burst_bench.py --images 100
+    python benchmarks/burst_bench.py --split-cores --out benchmarks/results/burst-local-split.json
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deploy.demo import await_completions, running_stack, sample_image, upload_file  # noqa: E402
-from deploy.local import emulator_storage_client, pubsub_clients  # noqa: E402
+from deploy.local import LocalStack, emulator_storage_client, pubsub_clients  # noqa: E402
 from predictor.engine import Job, SamEngine  # noqa: E402
 from predictor.hardware import cpu_name  # noqa: E402
 from predictor.instances import parse_prompts  # noqa: E402
@@ -56,8 +62,13 @@ def box_for(image: np.ndarray) -> list[float]:
     return [width * 0.2, height * 0.2, width * 0.8, height * 0.8]
 
 
-def burst(settings: Settings, files: list[Path], images: list[np.ndarray]) -> dict[str, Any]:
+def burst(
+    settings: Settings, files: list[Path], images: list[np.ndarray], model_cores: set[int] | None
+) -> dict[str, Any]:
     with running_stack(settings, keep_running=False, say=print) as stack:
+        if model_cores is not None:
+            predictor = next(s for s in stack.status() if s.name == "predictor")
+            pin_group(predictor.pid, model_cores)
         env = stack.client_env()
         client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
         publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
@@ -98,7 +109,12 @@ def burst(settings: Settings, files: list[Path], images: list[np.ndarray]) -> di
     }
 
 
-def bare_engine(settings: Settings, images: list[np.ndarray]) -> dict[str, Any]:
+def bare_engine(settings: Settings, images: list[np.ndarray], model_cores: set[int] | None) -> dict[str, Any]:
+    if model_cores is not None:
+        import torch
+
+        pin_tasks(os.getpid(), model_cores)
+        torch.set_num_threads(len(model_cores))
     engine = SamEngine.from_settings(settings)
     jobs = [Job(image, parse_prompts(None, None, [box_for(image)])) for image in images]
     engine.run(jobs[: settings.batch_size])  # warm-up
@@ -110,16 +126,50 @@ def bare_engine(settings: Settings, images: list[np.ndarray]) -> dict[str, Any]:
     return {"elapsed_s": round(elapsed, 2), "images_per_s": round(len(jobs) / elapsed, 3)}
 
 
+def split_cores() -> tuple[set[int], set[int]]:
+    """(model cores, service cores): the first half of this process's CPUs, and the rest."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("--split-cores needs at least 2 CPUs")
+    half = len(cores) // 2
+    return set(cores[:half]), set(cores[half:])
+
+
+def pin_tasks(pid: int, cores: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cores`` (sched_setaffinity on a pid moves one thread only)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cores)
+
+
+def pin_group(pgid: int, cores: set[int]) -> None:
+    """Every thread of every process in group ``pgid`` onto ``cores``."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    pin_tasks(int(entry.name), cores)
+            except (ProcessLookupError, FileNotFoundError):
+                continue
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--split-cores", action="store_true", help="model and services on separate cores")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "burst-local.json")
     options = parser.parse_args()
     from PIL import Image
 
+    model_cores: set[int] | None = None
+    if options.split_cores:
+        model_cores, service_cores = split_cores()
+        os.sched_setaffinity(0, service_cores)  # the stack's servers inherit this
+        os.environ["OMP_NUM_THREADS"] = str(len(model_cores))  # the predictor's torch threads
     settings = Settings.from_env({"SAMDROP_MODEL_TYPE": "tiny", **os.environ})  # SAM code paths by default
+    if model_cores is not None and LocalStack(settings).status():
+        raise SystemExit("--split-cores starts its own stack: `samdrop local down` first")
     images = distinct_images(options.images)
     with tempfile.TemporaryDirectory() as workdir:
         files = []
@@ -129,14 +179,15 @@ def main() -> None:
             files.append(path)
         # What the stack sees: the JPEGs as decoded, not the arrays before compression.
         decoded = [np.asarray(Image.open(path).convert("RGB")) for path in files]
-        stack = burst(settings, files, images)
-    bare = bare_engine(settings, decoded)
+        stack = burst(settings, files, images, model_cores)
+    bare = bare_engine(settings, decoded, model_cores)
     summary = {
         "cpu": cpu_name(),
         "model_type": settings.model_type,
         "batch_size": settings.batch_size,
         "batch_window_ms": settings.batch_window_ms,
         "images": options.images,
+        "model_cores": sorted(model_cores) if model_cores else "shared",
         "stack": stack,
         "bare_engine": bare,
         "stack_over_bare": round(stack["images_per_s"] / bare["images_per_s"], 3),

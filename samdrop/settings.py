@@ -19,6 +19,7 @@ from samdrop.errors import ConfigError
 MODEL_TYPES = ("tiny", "vit_b", "vit_l", "vit_h", "classic", "auto")
 SAM_TYPES = ("vit_h", "vit_l", "vit_b")  # Meta's checkpoints, largest first
 DEVICES = ("auto", "cpu", "cuda")
+RESULTS_SUFFIX = "-results"  # the default results bucket is <upload bucket>-results
 PIPELINE_RUNNERS = ("local", "vertex", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -64,7 +65,10 @@ class Settings:
     region: str = _env("SAMDROP_REGION", "us-central1", "region for Vertex AI and the function")
     bucket: str = _env("SAMDROP_BUCKET", "samdrop-local", "bucket users upload into")
     results_bucket: str | None = _env(
-        "SAMDROP_RESULTS_BUCKET", None, "bucket for outputs (default: the upload bucket)", _optional
+        "SAMDROP_RESULTS_BUCKET",
+        None,
+        "bucket for outputs (default: <bucket>-results, as `samdrop deploy` makes; may be the upload bucket)",
+        _optional,
     )
     incoming_prefix: str = _env("SAMDROP_INCOMING_PREFIX", "incoming/", "single uploads", _prefix)
     batches_prefix: str = _env("SAMDROP_BATCHES_PREFIX", "batches/", "bulk drops", _prefix)
@@ -272,6 +276,11 @@ class Settings:
             value = getattr(self, name)
             if value is not None and not _BUCKET_NAME.match(value):
                 yield f"{_env_name(name)}={value!r} is not a valid bucket name (3-63 of a-z 0-9 . _ -)"
+        if self.results_bucket is None and not _BUCKET_NAME.match(self.output_bucket):
+            yield (
+                f"the default results bucket {self.output_bucket!r} (SAMDROP_BUCKET + {RESULTS_SUFFIX!r}) is "
+                "not a valid bucket name: set SAMDROP_RESULTS_BUCKET"
+            )
         positive = (
             "batch_size",
             "delivery_concurrency",
@@ -359,7 +368,9 @@ class Settings:
 
     @property
     def output_bucket(self) -> str:
-        return self.results_bucket or self.bucket
+        """Where outputs go: ``SAMDROP_RESULTS_BUCKET``, else ``<bucket>-results``. A bucket of its
+        own keeps output writes from notifying the uploads topic, locally as in Google Cloud."""
+        return self.results_bucket or self.bucket + RESULTS_SUFFIX
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from samdrop.errors import ConfigError
-from samdrop.settings import MODEL_TYPES
+from samdrop.settings import MODEL_TYPES, RESULTS_SUFFIX
 
 # The GPU decides the machine: Vertex AI accepts each accelerator on one machine family only.
 GPU_MACHINE_TYPES = {
@@ -32,7 +32,6 @@ CONFIG_LABEL = "samdrop_config"  # label holding a digest of what deploy asked f
 # in the results bucket, which only samdrop's own accounts write (docs/operations.md "Trust zones").
 PIPELINE_TEMPLATE_OBJECT = "templates/samdrop_pipeline.yaml"
 PIPELINE_ROOT_PREFIX = "pipeline-root/"
-RESULTS_SUFFIX = "-results"
 PIPELINES_SUFFIX = "-pipelines"
 
 

@@ -119,7 +119,7 @@ class EventStack:
         folder = f"{self.settings.results_prefix}{object_name}/"
         return {
             b.name.removeprefix(folder): b
-            for b in self.storage.list_blobs(self.settings.bucket, prefix=folder)
+            for b in self.storage.list_blobs(self.settings.output_bucket, prefix=folder)
         }
 
 
@@ -178,7 +178,8 @@ def test_upload_with_prompts_gets_masks_metadata_overlay_and_a_success(events):
     outputs = events.results(name)
     pngs = sorted(n for n in outputs if n.startswith("mask_"))
     assert len(pngs) == message["mask_count"] >= 2
-    assert message["outputs"]["masks"] == [f"gs://{events.settings.bucket}/{outputs[n].name}" for n in pngs]
+    results = events.settings.output_bucket
+    assert message["outputs"]["masks"] == [f"gs://{results}/{outputs[n].name}" for n in pngs]
     for png in pngs:
         mask = Image.open(io.BytesIO(outputs[png].download_as_bytes()))
         assert mask.size == (160, 120) and mask.mode in ("1", "L")

@@ -71,7 +71,7 @@ class Stack:
 
     def outputs(self, name: str) -> dict[str, bytes]:
         folder = f"{self.settings.results_prefix}{name}/"
-        blobs = self.storage.list_blobs(self.settings.bucket, prefix=folder)
+        blobs = self.storage.list_blobs(self.settings.output_bucket, prefix=folder)
         return {b.name.removeprefix(folder): b.download_as_bytes() for b in blobs}
 
 

@@ -125,7 +125,7 @@ def test_sweep_after_deleting_five_results_redrives_exactly_those_five(full_stac
         lost = uploads[:5]
         for upload in lost:  # as if someone cleaned up by hand
             folder = f"{settings.results_prefix}{upload.uri.split('/', 3)[3]}/"
-            for blob in client.list_blobs(settings.bucket, prefix=folder):
+            for blob in client.list_blobs(settings.output_bucket, prefix=folder):
                 blob.delete()
 
         swept = _samdrop(settings, "sweep", "--prefix", "incoming/sweep/")
@@ -146,7 +146,7 @@ def test_sweep_after_deleting_five_results_redrives_exactly_those_five(full_stac
     for upload in lost:
         assert [body["status"] for _, body in grouped[(upload.uri, upload.generation)]] == ["succeeded"] * 2
         folder = f"{settings.results_prefix}{upload.uri.split('/', 3)[3]}/"
-        assert client.bucket(settings.bucket).get_blob(folder + "masks.json") is not None
+        assert client.bucket(settings.output_bucket).get_blob(folder + "masks.json") is not None
 
 
 def _batch_image(seed: int) -> bytes:

@@ -80,6 +80,7 @@ class Stack:
         self.env = env
         self.client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
         self.bucket = self.client.bucket(settings.bucket)
+        self.results = self.client.bucket(settings.output_bucket)
         self.store = GcsStore(self.client)
         _, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
         path = subscriber.subscription_path(settings.project, settings.completions_subscription)
@@ -91,10 +92,11 @@ class Stack:
         return int(blob.generation)
 
     def names(self, prefix: str) -> dict[str, Any]:
-        return {blob.name: blob for blob in self.client.list_blobs(self.settings.bucket, prefix=prefix)}
+        blobs = self.client.list_blobs(self.settings.output_bucket, prefix=prefix)
+        return {blob.name: blob for blob in blobs}
 
     def json(self, name: str) -> Any:
-        return json.loads(self.bucket.blob(name).download_as_bytes())
+        return json.loads(self.results.blob(name).download_as_bytes())
 
     def function_log(self) -> str:
         return (self.settings.state_dir / "logs" / "function.log").read_text(errors="replace")
@@ -179,7 +181,7 @@ def _check_exports(stack: Stack, folder: str, manifest: list[dict], message: dic
     """annotations.coco.json loads with pycocotools: one image per succeeded input, one annotation per
     mask of the manifest, each decoding to its image's size; YOLO labels for every such image."""
     coco_file = tmp_path / "annotations.coco.json"
-    coco_file.write_bytes(stack.bucket.blob(folder + "annotations.coco.json").download_as_bytes())
+    coco_file.write_bytes(stack.results.blob(folder + "annotations.coco.json").download_as_bytes())
     coco = COCO(str(coco_file))
     succeeded = {line["file"]: line for line in manifest if line["status"] == "succeeded"}
     assert sorted(image["file_name"] for image in coco.dataset["images"]) == sorted(succeeded)
@@ -189,8 +191,8 @@ def _check_exports(stack: Stack, folder: str, manifest: list[dict], message: dic
         assert len(anns) == succeeded[image["file_name"]]["mask_count"]
         for ann in anns:
             assert coco.annToMask(ann).shape == (image["height"], image["width"])
-    assert message["outputs"]["coco"] == f"gs://{stack.settings.bucket}/{folder}annotations.coco.json"
-    assert message["outputs"]["yolo"] == f"gs://{stack.settings.bucket}/{folder}yolo/data.yaml"
+    assert message["outputs"]["coco"] == f"gs://{stack.settings.output_bucket}/{folder}annotations.coco.json"
+    assert message["outputs"]["yolo"] == f"gs://{stack.settings.output_bucket}/{folder}yolo/data.yaml"
     labels = set(stack.names(folder + "yolo/"))
     expected = {folder + yolo_label_name(file) for file in succeeded} | {folder + "yolo/data.yaml"}
     assert labels == expected
@@ -228,7 +230,7 @@ def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack, tmp_pat
 
     manifest = [
         json.loads(line)
-        for line in stack.bucket.blob(folder + "manifest.jsonl").download_as_text().splitlines()
+        for line in stack.results.blob(folder + "manifest.jsonl").download_as_text().splitlines()
     ]
     assert len(manifest) == 30
     assert sorted(line["file"] for line in manifest) == sorted(files)
@@ -330,6 +332,7 @@ def test_components_through_python_func(pipeline_stack: Stack, monkeypatch: pyte
     bucket = stack.client.create_bucket("samdrop-direct")
     config = {
         "SAMDROP_BUCKET": bucket.name,
+        "SAMDROP_RESULTS_BUCKET": bucket.name,  # outputs beside the inputs: a supported layout too
         "SAMDROP_PROJECT": stack.settings.project,
         "SAMDROP_SHARD_SIZE": "2",
         "SAMDROP_COMPILE": "off",

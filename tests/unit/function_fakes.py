@@ -28,6 +28,7 @@ from samdrop.storage import ObjectInfo, WriteConflict
 
 EVENTS = Path(__file__).resolve().parents[1] / "data" / "events"
 BUCKET = "samdrop-local"
+RESULTS = "samdrop-local-results"  # where outputs go by default (SAMDROP_BUCKET + "-results")
 
 
 def load_event(name: str) -> dict[str, Any]:
@@ -133,7 +134,7 @@ class FakeStore:
     def names(self, prefix: str = "") -> builtins.list[str]:
         return sorted(name for (_, name) in self.objects if name.startswith(prefix))
 
-    def json(self, name: str, bucket: str = BUCKET) -> Any:
+    def json(self, name: str, bucket: str = RESULTS) -> Any:
         return json.loads(self.objects[(bucket, name)].data)
 
 

@@ -10,9 +10,9 @@ from PIL import Image
 
 from samdrop.storage import ObjectInfo
 
-from .function_fakes import BUCKET, FakeStore
+from .function_fakes import BUCKET, RESULTS, FakeStore
 
-__all__ = ["BUCKET", "TreeStore", "png"]
+__all__ = ["BUCKET", "RESULTS", "TreeStore", "png"]
 
 
 @dataclass

@@ -22,7 +22,7 @@ from samdrop.masks import mask_box, mask_to_rle
 from samdrop.prompts import check_prompts
 from samdrop.settings import Settings
 
-from .pipeline_fakes import BUCKET, TreeStore, png
+from .pipeline_fakes import BUCKET, RESULTS, TreeStore, png
 
 SETTINGS = Settings.from_env({"SAMDROP_BUCKET": BUCKET}, io_threads=2)
 
@@ -108,10 +108,10 @@ def test_a_batch_writes_a_coco_file_and_yolo_labels(fast_engine, tmp_path: Path)
     shard_step(ctx, "b1", BUCKET, 0, engine_factory=lambda s: fast_engine)
     summary, _, _ = aggregate_step(ctx, "b1", BUCKET)
     assert summary["succeeded"] == 3
-    manifest = [json.loads(line) for line in store.objects[(BUCKET, paths.manifest)].data.splitlines()]
+    manifest = [json.loads(line) for line in store.objects[(RESULTS, paths.manifest)].data.splitlines()]
 
     coco_file = tmp_path / "annotations.coco.json"
-    coco_file.write_bytes(store.objects[(BUCKET, "results/batches/b1/annotations.coco.json")].data)
+    coco_file.write_bytes(store.objects[(RESULTS, "results/batches/b1/annotations.coco.json")].data)
     coco = COCO(str(coco_file))
     assert sorted(img["file_name"] for img in coco.dataset["images"]) == ["a.png", "c.png", "sub/b.png"]
     assert len(coco.getAnnIds()) == sum(line["mask_count"] for line in manifest) > 0
@@ -134,7 +134,7 @@ def test_a_batch_writes_a_coco_file_and_yolo_labels(fast_engine, tmp_path: Path)
 
         # YOLO labels parse back to the masks.json polygons, within the tolerance.
         classes = [name for _, name in sorted(names.items())]
-        text = store.objects[(BUCKET, paths.report(yolo_label_name(image["file_name"])))].data.decode()
+        text = store.objects[(RESULTS, paths.report(yolo_label_name(image["file_name"])))].data.decode()
         lines = text.splitlines()
         expected = [
             (classes.index(record.get("label", "object")), ring)
@@ -146,9 +146,9 @@ def test_a_batch_writes_a_coco_file_and_yolo_labels(fast_engine, tmp_path: Path)
             parsed_cls, parsed = parse_yolo_line(line, doc["width"], doc["height"])
             assert parsed_cls == cls and len(parsed) == len(ring)
             assert np.abs(np.array(parsed) - np.array(ring)).max() <= POLYGON_TOLERANCE_PX
-    data_yaml = store.objects[(BUCKET, "results/batches/b1/yolo/data.yaml")].data.decode()
+    data_yaml = store.objects[(RESULTS, "results/batches/b1/yolo/data.yaml")].data.decode()
     assert "nc: 3" in data_yaml and '0: "car"' in data_yaml
-    assert summary["exports"]["coco"] == "gs://samdrop-local/results/batches/b1/annotations.coco.json"
+    assert summary["exports"]["coco"] == "gs://samdrop-local-results/results/batches/b1/annotations.coco.json"
 
 
 def test_without_yolo_only_the_coco_file_is_written(fast_engine):

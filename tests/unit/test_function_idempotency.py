@@ -9,6 +9,7 @@ from samdrop.outputs import Step, decide
 from samdrop.storage import ObjectInfo, WriteConflict
 from tests.unit.function_fakes import (
     BUCKET,
+    RESULTS,
     Crash,
     FakeEndpoint,
     FakePublisher,
@@ -72,11 +73,11 @@ def test_first_delivery_writes_everything_and_publishes_once():
     assert doc["mask_count"] == 3 and doc["mode"] == "automatic"
     assert "meaningless" in doc["note"]
     for i, mask in enumerate(default_masks()):
-        assert (png_to_mask(store.objects[(BUCKET, f"{FOLDER}mask_{i:03d}.png")].data) == mask).all()
+        assert (png_to_mask(store.objects[(RESULTS, f"{FOLDER}mask_{i:03d}.png")].data) == mask).all()
     [(topic, body, attributes)] = publisher.messages
     assert topic == "samdrop-completions"
     assert attributes == {"kind": "image", "status": "succeeded"}
-    assert body["outputs"]["metadata"] == f"gs://{BUCKET}/{FOLDER}masks.json"
+    assert body["outputs"]["metadata"] == f"gs://{RESULTS}/{FOLDER}masks.json"
     assert body["model"] == "tiny" and body["mask_count"] == 3
     assert body["timings_ms"]["model"] == 12.5 and body["timings_ms"]["total"] >= 0
     assert store.json(FOLDER + "completion.json")["generation"] == event.generation

@@ -26,7 +26,7 @@ from predictor.engine import SamEngine
 from samdrop import budgets
 from samdrop.errors import InvalidRequest, SamdropError
 from samdrop.settings import Settings
-from tests.unit.function_fakes import BUCKET, FakePublisher, FakeStore, Ticker, jpeg
+from tests.unit.function_fakes import BUCKET, RESULTS, FakePublisher, FakeStore, Ticker, jpeg
 
 on_upload: Callable[..., None] = main.on_upload
 NAME = "incoming/cat.jpg"
@@ -342,7 +342,7 @@ def test_each_hostile_input_gets_exactly_one_clear_completion(row: Row, engine, 
         errors = [n for n in world.store.names("results/") if n.endswith("/error.json")]
         assert len(errors) == (1 if row.record else 0)
         if row.record:
-            assert body["outputs"] == {"error": f"gs://{BUCKET}/{errors[0]}"}
+            assert body["outputs"] == {"error": f"gs://{RESULTS}/{errors[0]}"}
             assert world.store.json(errors[0])["code"] == row.code
     assert bool(world.endpoint.calls) == row.reaches_endpoint
 

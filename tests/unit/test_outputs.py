@@ -24,7 +24,7 @@ from samdrop.outputs import PREVIEW_SIDE, Step, decide, preview_size, written_na
 from samdrop.prompts import PROMPTS_METADATA_KEY
 from tests.helpers import json_shape
 
-from .function_fakes import BUCKET, FakePublisher, settings
+from .function_fakes import BUCKET, RESULTS, FakePublisher, settings
 from .pipeline_fakes import TreeStore, png
 
 SETTINGS = settings(amg_points_per_side=4)  # SAM's 32x32 grid takes minutes per image with tiny on CPU
@@ -106,9 +106,9 @@ def test_single_upload_and_batch_write_the_same_masks_json(fast_engine, prompts)
 def test_decide_sees_the_record_of_a_completed_generation():
     store = TreeStore()
     paths = output_paths(SETTINGS, "incoming/x.png")
-    store.put(BUCKET, paths.masks_json, b"{}", content_type="application/json", **tag(7))
-    store.put(BUCKET, paths.completion, b"{}", content_type="application/json", **tag(7))
-    decision = decide(store.list(BUCKET, paths.folder), paths, 7)
+    store.put(RESULTS, paths.masks_json, b"{}", content_type="application/json", **tag(7))
+    store.put(RESULTS, paths.completion, b"{}", content_type="application/json", **tag(7))
+    decision = decide(store.list(RESULTS, paths.folder), paths, 7)
     assert decision.step is Step.COMPLETED and decision.record is not None
     assert decision.record.name == paths.masks_json
 

@@ -16,7 +16,7 @@ from pipeline.steps import Context, aggregate_step, publish_step, shard_step
 from samdrop.settings import Settings
 
 from .function_fakes import FakePublisher
-from .pipeline_fakes import BUCKET, TreeStore, png
+from .pipeline_fakes import BUCKET, RESULTS, TreeStore, png
 
 SETTINGS = Settings.from_env({"SAMDROP_BUCKET": BUCKET}, io_threads=2)
 PLAN = {"batch_id": "b1", "input": "gs://b/batches/b1/", "images": 3, "marker_generation": "9"}
@@ -124,14 +124,14 @@ def test_aggregate_fills_in_shards_that_never_reported_and_publish_sends_once(fa
     assert report["images"] == 2 and report["succeeded"] == 2
     summary, markdown, page = aggregate_step(ctx, "b1", BUCKET)
     assert (summary["status"], summary["succeeded"], summary["failed"]) == ("partial", 2, 1)
-    manifest = store.objects[(BUCKET, paths.manifest)].data.decode().splitlines()
+    manifest = store.objects[(RESULTS, paths.manifest)].data.decode().splitlines()
     assert json.loads(manifest[2])["error"]["code"] == "not_processed"
     assert "# Batch b1: partial" in markdown and "<html>" in page
     assert "tiny model with random weights" in markdown
 
     body = publish_step(ctx, "b1", BUCKET, marker)
     assert body["status"] == "partial" and body["images"] == 3 and body["failed"] == 1
-    assert body["outputs"]["manifest"] == "gs://samdrop-local/results/batches/b1/manifest.jsonl"
+    assert body["outputs"]["manifest"] == "gs://samdrop-local-results/results/batches/b1/manifest.jsonl"
     assert publish_step(ctx, "b1", BUCKET, marker) == body
     assert len(publisher.messages) == 1
     (_, _, attributes) = publisher.messages[0]

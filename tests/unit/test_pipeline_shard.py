@@ -14,7 +14,7 @@ from samdrop.layout import GENERATION_KEY
 from samdrop.masks import png_to_mask, rle_to_mask
 from samdrop.settings import Settings
 
-from .pipeline_fakes import BUCKET, TreeStore, png
+from .pipeline_fakes import BUCKET, RESULTS, TreeStore, png
 
 SETTINGS = Settings.from_env({"SAMDROP_BUCKET": BUCKET}, io_threads=3)
 PATHS = BatchPaths.of(SETTINGS, "b1")
@@ -63,17 +63,19 @@ def test_a_shard_writes_masks_overlay_and_records_errors(fast_engine):
     assert doc["generation"] == str(items[2].generation) and doc["mask_count"] == 3 == len(doc["masks"])
     assert doc["model"]["random_weights"] and "RANDOM WEIGHTS" in doc["note"]
     first = doc["masks"][0]
-    png_mask = png_to_mask(store.objects[(BUCKET, "results/batches/b1/b.png/mask_000.png")].data)
+    png_mask = png_to_mask(store.objects[(RESULTS, "results/batches/b1/b.png/mask_000.png")].data)
     assert png_mask.shape == (120, 80) and (png_mask == rle_to_mask(first["segmentation"])).all()
-    assert first["png"] == "gs://samdrop-local/results/batches/b1/b.png/mask_000.png"
-    overlay = store.objects[(BUCKET, "results/batches/b1/b.png/overlay.jpg")]
+    assert first["png"] == "gs://samdrop-local-results/results/batches/b1/b.png/mask_000.png"
+    overlay = store.objects[(RESULTS, "results/batches/b1/b.png/overlay.jpg")]
     assert overlay.metadata == {GENERATION_KEY: str(items[2].generation)}
     line = result.lines[2]
     assert line["mask_count"] == 3 and len(line["scores"]) == 3 and line["outputs"] == doc["outputs"]
 
     error = store.json("results/batches/b1/bad.png/error.json")
     assert error["code"] == "invalid_image" and error["input"] == "gs://samdrop-local/batches/b1/bad.png"
-    assert result.lines[1]["outputs"] == {"error": "gs://samdrop-local/results/batches/b1/bad.png/error.json"}
+    assert result.lines[1]["outputs"] == {
+        "error": "gs://samdrop-local-results/results/batches/b1/bad.png/error.json"
+    }
     # masks.json is written last: after every PNG and the overlay of its image.
     writes = store.writes()
     b_writes = [name for name in writes if name.startswith("results/batches/b1/b.png/")]
@@ -100,7 +102,7 @@ def test_a_new_input_generation_replaces_older_outputs(fast_engine):
     store = TreeStore()
     (old,) = _items(store, {"a.png": png(seed=1)})
     _worker(store, fast_engine).run([old])
-    store.put(BUCKET, "results/batches/b1/a.png/mask_007.png", b"x", **{GENERATION_KEY: str(old.generation)})
+    store.put(RESULTS, "results/batches/b1/a.png/mask_007.png", b"x", **{GENERATION_KEY: str(old.generation)})
     (new,) = _items(store, {"a.png": png(seed=5)})
     (line,) = _worker(store, fast_engine).run([new]).lines
     assert line["status"] == "succeeded" and not line["resumed"]

@@ -24,7 +24,7 @@ from samdrop.errors import ConfigError, TransientError
 from samdrop.settings import Settings
 
 from .function_fakes import FakePublisher
-from .pipeline_fakes import BUCKET, TreeStore, png
+from .pipeline_fakes import BUCKET, RESULTS, TreeStore, png
 
 SETTINGS = Settings.from_env({"SAMDROP_BUCKET": BUCKET})
 VERTEX = SETTINGS.replace(
@@ -202,8 +202,8 @@ def test_status_follows_the_files_a_batch_writes():
     # The function plans the batch once, when it claims it; the pipeline reuses that plan.
     started = status_of(paths, store, store)
     assert started["state"] == "running" and started["shards_done"] == 0
-    store.put(BUCKET, paths.plan, json.dumps({"images": 2, "shards": 1, "warnings": []}).encode())
-    store.put(BUCKET, "results/batches/b1/0.png/masks.json", b"{}")
+    store.put(RESULTS, paths.plan, json.dumps({"images": 2, "shards": 1, "warnings": []}).encode())
+    store.put(RESULTS, "results/batches/b1/0.png/masks.json", b"{}")
     running = status_of(paths, store, store)
     assert (running["state"], running["images"], running["shards_done"], running["images_done"]) == (
         "running",
@@ -211,5 +211,5 @@ def test_status_follows_the_files_a_batch_writes():
         0,
         1,
     )
-    store.put(BUCKET, paths.completion, json.dumps({"status": "succeeded"}).encode())
+    store.put(RESULTS, paths.completion, json.dumps({"status": "succeeded"}).encode())
     assert status_of(paths, store, store)["state"] == "succeeded"

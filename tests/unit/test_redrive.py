@@ -58,7 +58,7 @@ class FakeStorage:
         self.objects[(bucket, name)] = blob
         return blob
 
-    def complete(self, input_name: str, generation: int, bucket: str = "uploads-b") -> None:
+    def complete(self, input_name: str, generation: int, bucket: str = "uploads-b-results") -> None:
         self.put(
             bucket, f"results/{input_name}/completion.json", 7, metadata={GENERATION_KEY: str(generation)}
         )
@@ -244,7 +244,7 @@ def test_sweep_reads_completions_from_the_results_bucket_and_honours_prefix():
     storage.put("uploads-b", "incoming/a/2.jpg", 2)
     storage.put("uploads-b", "incoming/b/3.jpg", 3)
     storage.complete("incoming/a/1.jpg", 1, bucket="results-b")
-    storage.complete("incoming/a/2.jpg", 2, bucket="uploads-b")  # the wrong bucket: not a record
+    storage.complete("incoming/a/2.jpg", 2, bucket="uploads-b")  # the upload bucket: not a record
     report = sweep(storage, publisher, settings, prefix="incoming/a/", emit=lambda _: None)
     assert report.sent == [("incoming/a/2.jpg", 2)]
     assert storage.listed == [("results-b", "results/incoming/a/"), ("uploads-b", "incoming/a/")]

@@ -11,7 +11,7 @@ from samdrop.settings import Settings
 def test_defaults_need_no_environment():
     settings = Settings.from_env({})
     assert settings.model_type == "auto"
-    assert settings.output_bucket == settings.bucket
+    assert settings.output_bucket == settings.bucket + "-results"  # as deploy makes it
     assert settings.incoming_prefix == "incoming/"
 
 
@@ -30,6 +30,17 @@ def test_values_are_parsed_from_the_mapping():
     assert settings.results_prefix == "out/"
     assert settings.cache_dir == Path("/tmp/x")
     assert settings.output_bucket == "other-bucket"
+
+
+def test_results_may_share_the_upload_bucket_and_a_long_bucket_needs_its_own():
+    same = Settings.from_env({"SAMDROP_BUCKET": "b-uploads", "SAMDROP_RESULTS_BUCKET": "b-uploads"})
+    assert same.output_bucket == same.bucket
+    with pytest.raises(ConfigError, match=r"default results bucket .* SAMDROP_RESULTS_BUCKET"):
+        Settings.from_env({"SAMDROP_BUCKET": "b" * 60})
+    assert (
+        Settings.from_env({"SAMDROP_BUCKET": "b" * 60, "SAMDROP_RESULTS_BUCKET": "res"}).output_bucket
+        == "res"
+    )
 
 
 def test_settings_are_frozen():

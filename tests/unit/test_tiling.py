@@ -38,7 +38,7 @@ from samdrop.prompts import check_prompts
 from samdrop.settings import Settings
 from tests.helpers import encode
 
-from .pipeline_fakes import BUCKET, TreeStore
+from .pipeline_fakes import BUCKET, RESULTS, TreeStore
 
 SETTINGS = Settings.from_env({"SAMDROP_BUCKET": BUCKET}, io_threads=2)
 
@@ -246,7 +246,7 @@ def test_a_batch_shard_records_the_tiling_in_masks_json(fast_engine):
     )
     (line,) = worker.run([PlanItem("batches/b1/big.png", generation, None)]).lines
     assert line["status"] == "succeeded"
-    doc = json.loads(store.objects[(BUCKET, "results/batches/b1/big.png/masks.json")].data)
+    doc = json.loads(store.objects[(RESULTS, "results/batches/b1/big.png/masks.json")].data)
     assert doc["tiling"] == {"tile": 96, "overlap": 24, "tiles": 4, "grid": [2, 2]}
     assert doc["mask_count"] > 0 and all(m["segmentation"]["size"] == [130, 160] for m in doc["masks"])
     assert all(set(m["tiles"]) <= {0, 1, 2, 3} for m in doc["masks"])
@@ -265,7 +265,7 @@ def test_the_overlay_of_a_tiled_image_shows_its_tile_grid():
         store, paths, {}, image=image, prediction=prediction, input_uri="gs://b/x", generation=7
     )
     assert doc.tiling == tiling and doc.to_json()["tiling"] == tiling
-    with Image.open(io.BytesIO(store.objects[(BUCKET, paths.overlay)].data)) as jpeg:
+    with Image.open(io.BytesIO(store.objects[(RESULTS, paths.overlay)].data)) as jpeg:
         overlay = np.asarray(jpeg.convert("L")).astype(int)
     # White lines along the tiles' edges: x = 0, 95 (first column), 64, 159 (second); y = 0, 95, 34, 129.
     for x in (0, 64, 95, 159):

@@ -45,7 +45,10 @@ def skip_environment_lookups(
     """
     if not isinstance(session, requests.Session):
         return False
-    home = Path.home() if home is None else home
+    try:
+        home = Path.home() if home is None else home
+    except RuntimeError:  # no home directory to look in: leave requests to decide per call
+        return False
     if any(k.lower().endswith("_proxy") or k.upper() in _REQUESTS_VARIABLES for k in environ):
         return False
     if (home / ".netrc").exists() or (home / "_netrc").exists():

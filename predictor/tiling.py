@@ -31,7 +31,7 @@ from pycocotools import mask as mask_utils
 from predictor.engine import Job, MaskSet
 from predictor.instances import Prompts
 from samdrop.documents import Rle, TilingRecord
-from samdrop.masks import rle_to_mask
+from samdrop.masks import mask_bounds, rle_to_mask
 from samdrop.settings import Settings
 from samdrop.tiles import tile_boxes, tile_starts
 
@@ -335,15 +335,6 @@ def _placed(record: Mapping[str, Any], window: Tile, width: int, height: int) ->
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def mask_bounds(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Tight ``(x0, y0, x1, y1)`` of an ``HxW bool`` mask, ``x1``/``y1`` exclusive; None when empty
-    (row and column projections: no ``nonzero`` index arrays of 16 bytes per mask pixel)."""
-    columns, rows = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
-    if len(columns) == 0:
-        return None
-    return int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1
 
 
 def crop_to_rle(

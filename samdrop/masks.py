@@ -60,12 +60,22 @@ def png_to_mask(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("L")) > 0
 
 
+def mask_bounds(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Tight ``(x0, y0, x1, y1)`` of an ``HxW bool`` mask, ``x1``/``y1`` exclusive; None when empty
+    (row and column projections: no ``nonzero`` index arrays of 16 bytes per mask pixel)."""
+    columns, rows = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
+    if len(columns) == 0:
+        return None
+    return int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1
+
+
 def mask_box(mask: np.ndarray) -> list[int]:
     """Tight box of a mask, ``[x0, y0, x1, y1]`` in pixels (x1/y1 inclusive); zeros when empty."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    bounds = mask_bounds(mask)
+    if bounds is None:
         return [0, 0, 0, 0]
-    return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+    x0, y0, x1, y1 = bounds
+    return [x0, y0, x1 - 1, y1 - 1]
 
 
 def render_overlay(
@@ -87,7 +97,7 @@ def render_overlay(
     weight = round(alpha * 256)
     for rank, index in enumerate(order):
         colour = PALETTE[rank % len(PALETTE)]
-        window = _bounds(masks[index])
+        window = _window(masks[index])
         if window is None:
             continue
         mask, region = masks[index][window], canvas[window]
@@ -115,17 +125,15 @@ def overlay_jpeg(image: np.ndarray, masks: Sequence[np.ndarray], **kwargs: Any) 
     return buffer.getvalue()
 
 
-def _bounds(mask: np.ndarray) -> tuple[slice, slice] | None:
-    """The mask's bounding box grown by one pixel (within the image), so that :func:`_erode` sees
-    the same neighbours as on the whole mask; None when the mask is empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if len(rows) == 0:
+def _window(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """:func:`mask_bounds` grown by one pixel (within the image), so that :func:`_erode` sees the
+    same neighbours as on the whole mask; None when the mask is empty."""
+    bounds = mask_bounds(mask)
+    if bounds is None:
         return None
+    x0, y0, x1, y1 = bounds
     height, width = mask.shape
-    return (
-        slice(max(rows[0] - 1, 0), min(rows[-1] + 2, height)),
-        slice(max(cols[0] - 1, 0), min(cols[-1] + 2, width)),
-    )
+    return slice(max(y0 - 1, 0), min(y1 + 1, height)), slice(max(x0 - 1, 0), min(x1 + 1, width))
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:

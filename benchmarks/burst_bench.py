@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from deploy.demo import await_completions, running_stack, sample_image, upload_file  # noqa: E402
 from deploy.local import LocalStack, emulator_storage_client, pubsub_clients  # noqa: E402
+from deploy.processes import live_members  # noqa: E402
 from predictor.engine import Job, SamEngine  # noqa: E402
 from predictor.hardware import cpu_name  # noqa: E402
 from predictor.instances import parse_prompts  # noqa: E402
@@ -143,13 +144,8 @@ def pin_tasks(pid: int, cores: set[int]) -> None:
 
 def pin_group(pgid: int, cores: set[int]) -> None:
     """Every thread of every process in group ``pgid`` onto ``cores``."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == pgid:
-                    pin_tasks(int(entry.name), cores)
-            except (ProcessLookupError, FileNotFoundError):
-                continue
+    for pid in live_members(pgid):
+        pin_tasks(pid, cores)
 
 
 def main() -> None:

@@ -168,7 +168,7 @@ def is_running(record: ProcessRecord) -> bool:
     """True when the recorded process group still has a live member that we started."""
     if record.start_ticks is not None and start_ticks(record.pid) not in (None, record.start_ticks):
         return False  # the pid now belongs to another program; its group is not ours
-    return bool(_live_members(record.pgid))
+    return bool(live_members(record.pgid))
 
 
 def stop(records: Sequence[ProcessRecord], *, grace_s: float = 8.0) -> list[str]:
@@ -179,11 +179,11 @@ def stop(records: Sequence[ProcessRecord], *, grace_s: float = 8.0) -> list[str]
     killed = []
     if not _wait_gone(targets, grace_s):
         for record in targets:
-            if _live_members(record.pgid):
+            if live_members(record.pgid):
                 killed.append(record.name)
                 _signal_group(record.pgid, signal.SIGKILL)
         if not _wait_gone(targets, 5.0):
-            left = ", ".join(f"{r.name} (pgid {r.pgid})" for r in targets if _live_members(r.pgid))
+            left = ", ".join(f"{r.name} (pgid {r.pgid})" for r in targets if live_members(r.pgid))
             raise LocalStackError(f"could not stop {left}")
     return killed
 
@@ -201,7 +201,7 @@ def _wait_gone(records: Sequence[ProcessRecord], timeout_s: float) -> bool:
     while True:
         for record in records:
             _reap(record.pid)
-        if not any(_live_members(r.pgid) for r in records):
+        if not any(live_members(r.pgid) for r in records):
             for record in records:  # a leader that just exited is still a zombie until reaped
                 _reap(record.pid)
             return True
@@ -221,7 +221,7 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _live_members(pgid: int) -> list[int]:
+def live_members(pgid: int) -> list[int]:
     """Pids in group ``pgid`` that are not zombies (a zombie holds its pid but runs nothing)."""
     proc = Path("/proc")
     if not proc.is_dir():  # not Linux: a signal 0 says whether any member exists

@@ -204,7 +204,7 @@ def test_down_from_another_process_leaves_nothing_behind(tmp_path):
     assert state is not None
     assert [r.name for r in state.processes] == ["pubsub", "gcs", "function", "bridge"]
     # gcloud runs java, functions-framework runs gunicorn workers: groups have several members.
-    members = {r.name: processes._live_members(r.pgid) for r in state.processes}
+    members = {r.name: processes.live_members(r.pgid) for r in state.processes}
     assert len(members["pubsub"]) >= 2 and len(members["function"]) >= 2
 
     stopped = subprocess.run(
@@ -213,6 +213,6 @@ def test_down_from_another_process_leaves_nothing_behind(tmp_path):
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped bridge, function, gcs, pubsub" in stopped.stdout
     for record in state.processes:
-        assert processes._live_members(record.pgid) == [], record.name
+        assert processes.live_members(record.pgid) == [], record.name
         assert not port_in_use(record.port), record.name
     assert not LocalStack(settings).state_path.exists()

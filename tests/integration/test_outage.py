@@ -176,7 +176,7 @@ def test_down_during_a_batch_stops_its_workers_and_a_restart_keeps_the_objects(f
     def running_worker_with_tasks() -> list[processes.ProcessRecord]:
         records = processes.worker_records(workers_dir)
         # The worker has started kfp tasks: its process group has more than the worker itself.
-        return [r for r in records if len(processes._live_members(r.pgid)) >= 2]
+        return [r for r in records if len(processes.live_members(r.pgid)) >= 2]
 
     (worker,) = until(running_worker_with_tasks, 120, "a batch worker running its kfp tasks")
     stack_state = processes.load_state(full_stack.state_path)
@@ -186,7 +186,7 @@ def test_down_during_a_batch_stops_its_workers_and_a_restart_keeps_the_objects(f
     assert down.returncode == 0, down.stderr
     assert f"batch worker {worker.pid}" in down.stdout
     for record in [worker, *stack_state.processes]:
-        assert processes._live_members(record.pgid) == [], record.name
+        assert processes.live_members(record.pgid) == [], record.name
     assert list(workers_dir.glob("*.json")) == []
 
     up = _samdrop(settings, "local", "up")

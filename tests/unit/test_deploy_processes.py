@@ -49,10 +49,10 @@ def test_stop_ends_the_whole_group(tmp_path):
     while "ready" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.2)
-    assert len(processes._live_members(record.pgid)) == 2
+    assert len(processes.live_members(record.pgid)) == 2
     assert processes.is_running(record)
     assert processes.stop([record], grace_s=5) == []
-    assert processes._live_members(record.pgid) == []
+    assert processes.live_members(record.pgid) == []
     assert not processes.is_running(record)
     assert proc.poll() is not None
 

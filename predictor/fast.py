@@ -38,8 +38,11 @@ def _sdpa_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
         rel_h_table = get_rel_pos(height, height, self.rel_pos_h)
         rel_w_table = get_rel_pos(width, width, self.rel_pos_w)
         r_q = q.reshape(batch * heads, height, width, -1)
-        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rel_h_table)
-        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rel_w_table)
+        # einsum returns permuted views; the sum below takes its layout from them and would come out
+        # strided, costing a second full pass (a copy of the bias) in the reshape. Contiguous
+        # inputs give a contiguous bias directly: the same numbers, about half the time.
+        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rel_h_table).contiguous()
+        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rel_w_table).contiguous()
         bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(
             batch, heads, height * width, height * width
         )

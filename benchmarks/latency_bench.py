@@ -1,8 +1,8 @@
 """Upload → completion message latency on the local stack, one image at a time. Not a test.
 
-Starts the local stack (or reuses a running one), uploads N scikit-image photos one after another
-(each with a box prompt, as a user would; the next upload waits for the previous completion, so
-the figure is latency, not queueing), and splits each latency using the completion's timings:
+Starts a local stack of its own (empty buckets, free ports), uploads N scikit-image photos one
+after another (each with a box prompt, as a user would; the next upload waits for the previous
+completion, so the figure is latency, not queueing), and splits each latency using the completion's timings:
 
 - ``model_ms``: the predictor's own work (decode + encoder + decoder), from ``timings_ms.model``;
 - ``function_ms``: the function's whole handling (read, endpoint call, PNG/overlay/JSON writes);
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deploy.demo import await_completions, running_stack, sample_image, upload_file  # noqa: E402
-from deploy.local import emulator_storage_client, pubsub_clients  # noqa: E402
+from deploy.local import emulator_storage_client, free_ports, pubsub_clients  # noqa: E402
 from samdrop.settings import Settings  # noqa: E402
 
 PHOTOS = (
@@ -63,53 +63,54 @@ def main() -> None:
 
     from PIL import Image
 
-    settings = Settings.from_env({"SAMDROP_MODEL_TYPE": "tiny", **os.environ})  # SAM code paths by default
     rows: list[dict[str, Any]] = []
-    with (
-        tempfile.TemporaryDirectory() as workdir,
-        running_stack(settings, keep_running=False, say=print) as stack,
-    ):
-        env = stack.client_env()
-        client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
-        publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
-        publisher.transport.close()
-        subscription = subscriber.subscription_path(settings.project, settings.completions_subscription)
-        run = time.strftime("%H%M%S")
-        for index in range(options.images):
-            name = PHOTOS[index % len(PHOTOS)]
-            image = sample_image(name)
-            if index >= len(PHOTOS):  # a different image, so the predictor's embedding cache cannot help
-                image = image[:, ::-1]
-            path = Path(workdir) / f"{index:03d}-{name}.jpg"
-            Image.fromarray(image).convert("RGB").save(path, quality=92)
-            height, width = image.shape[:2]
-            box = [width * 0.2, height * 0.2, width * 0.8, height * 0.8]
-            upload = upload_file(
-                client,
-                settings.bucket,
-                path,
-                f"{settings.incoming_prefix}latency-{run}/{path.name}",
-                {"boxes": [box]},
-            )
-            await_completions(subscriber, subscription, [upload], timeout_s=300)
-            message = upload.completion or {}
-            timings = message.get("timings_ms") or {}
-            assert upload.latency_s is not None, f"no completion for {upload.uri}"
-            latency_ms = upload.latency_s * 1000
-            rows.append(
-                {
-                    "image": path.name,
-                    "pixels": width * height,
-                    "status": message.get("status"),
-                    "latency_ms": round(latency_ms, 1),
-                    "function_ms": timings.get("total"),
-                    "endpoint_ms": timings.get("endpoint"),
-                    "model_ms": timings.get("model"),
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
-        subscriber.close()
-        client.close()
+    with tempfile.TemporaryDirectory() as workdir:
+        # A stack of its own, as in burst_bench.py: empty buckets, free ports.
+        settings = Settings.from_env(
+            {"SAMDROP_MODEL_TYPE": "tiny", **os.environ}, state_dir=Path(workdir) / "state", **free_ports()
+        )
+        with running_stack(settings, keep_running=False, say=print) as stack:
+            env = stack.client_env()
+            client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
+            publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
+            publisher.transport.close()
+            subscription = subscriber.subscription_path(settings.project, settings.completions_subscription)
+            run = time.strftime("%H%M%S")
+            for index in range(options.images):
+                name = PHOTOS[index % len(PHOTOS)]
+                image = sample_image(name)
+                if index >= len(PHOTOS):  # a different image, so the predictor's embedding cache cannot help
+                    image = image[:, ::-1]
+                path = Path(workdir) / f"{index:03d}-{name}.jpg"
+                Image.fromarray(image).convert("RGB").save(path, quality=92)
+                height, width = image.shape[:2]
+                box = [width * 0.2, height * 0.2, width * 0.8, height * 0.8]
+                upload = upload_file(
+                    client,
+                    settings.bucket,
+                    path,
+                    f"{settings.incoming_prefix}latency-{run}/{path.name}",
+                    {"boxes": [box]},
+                )
+                await_completions(subscriber, subscription, [upload], timeout_s=300)
+                message = upload.completion or {}
+                timings = message.get("timings_ms") or {}
+                assert upload.latency_s is not None, f"no completion for {upload.uri}"
+                latency_ms = upload.latency_s * 1000
+                rows.append(
+                    {
+                        "image": path.name,
+                        "pixels": width * height,
+                        "status": message.get("status"),
+                        "latency_ms": round(latency_ms, 1),
+                        "function_ms": timings.get("total"),
+                        "endpoint_ms": timings.get("endpoint"),
+                        "model_ms": timings.get("model"),
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+            subscriber.close()
+            client.close()
 
     latencies = [r["latency_ms"] for r in rows]
     model = [r["model_ms"] for r in rows if r["model_ms"] is not None]

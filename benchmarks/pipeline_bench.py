@@ -210,7 +210,7 @@ def main() -> int:
             before = bare_engine(settings, images, prompts)
             pipeline = run_pipeline(env, settings, client, images)
             after = bare_engine(settings, images, prompts)
-            engine = {key: (before[key] + after[key]) / 2 for key in before}
+            engine: dict[str, Any] = {key: (before[key] + after[key]) / 2 for key in before}
             engine["wall_s_runs"] = [before["wall_s"], after["wall_s"]]
             split = pipeline["summary"]["timings_ms"]
             steady_s = (split["wall"] - split["load_model"]) / 1000.0

@@ -13,9 +13,7 @@ stitched masks, one per object. White lines: the tile grid.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,36 +21,14 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from predictor.engine import Job, MaskSet  # noqa: E402
+from predictor.engine import Job  # noqa: E402
 from predictor.tiling import Tiling, segment_tiles, tile_grid  # noqa: E402
-from samdrop.masks import mask_box, mask_to_rle, render_overlay, rle_to_mask  # noqa: E402
+from samdrop.masks import render_overlay, rle_to_mask  # noqa: E402
 from samdrop.outputs import draw_tile_grid  # noqa: E402
+from tests.scenes import ObjectPixels  # noqa: E402
 
 SIDE = 1800
 TILING = Tiling(1024, 128)
-
-
-class ObjectPixels:
-    """Each image's masks: one per object (red channel 255, object id in the green channel)."""
-
-    batch_size = 4
-
-    def __init__(self) -> None:
-        self.pieces: list[np.ndarray] = []
-
-    def run(self, jobs: Sequence[Job]) -> list[MaskSet]:
-        out = []
-        for job in jobs:
-            image = job.image
-            masks: list[dict[str, Any]] = []
-            for ident in sorted(set(np.unique(image[..., 1][image[..., 0] == 255]))):
-                mask = (image[..., 0] == 255) & (image[..., 1] == ident)
-                masks.append(
-                    {"segmentation": mask_to_rle(mask), "score": 0.9, "stability_score": 0.9,
-                     "box": mask_box(mask), "area": int(mask.sum()), "point_coords": []}
-                )  # fmt: skip
-            out.append(MaskSet(masks, image.shape[1], image.shape[0]))
-        return out
 
 
 def scene() -> np.ndarray:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from pipeline.paths import BatchPaths
 from pipeline.report import build_report, summarize
 from pipeline.shard import ShardWorker
 from predictor.cpr import SamRoutine
-from predictor.engine import Job, MaskSet
+from predictor.engine import Job
 from predictor.instances import parse_prompts
 from predictor.tiling import (
     Tiling,
@@ -37,61 +35,11 @@ from samdrop.outputs import write_masks
 from samdrop.prompts import check_prompts
 from samdrop.settings import Settings
 from tests.helpers import encode
+from tests.scenes import ObjectPixels
 
 from .pipeline_fakes import BUCKET, RESULTS, TreeStore
 
 SETTINGS = Settings.from_env({"SAMDROP_BUCKET": BUCKET}, io_threads=2)
-
-
-class ObjectPixels:
-    """A stand-in mask source: in each image it is given, the mask is the pixels whose red channel is
-    255 (the true objects), split into one mask per object id in the green channel; a box prompt
-    keeps the part inside its box."""
-
-    model_type = "fake"
-    description: dict[str, Any] = {"type": "fake"}  # noqa: RUF012
-    auto_points_per_side = 4
-
-    def __init__(self, batch_size: int = 3) -> None:
-        self.batch_size = batch_size
-        self.shapes: list[tuple[int, int]] = []
-
-    def run(self, jobs: Sequence[Job]) -> list[MaskSet]:
-        results = []
-        for job in jobs:
-            image = job.image
-            self.shapes.append(image.shape[:2])
-            masks = []
-            for ident in sorted(set(np.unique(image[..., 1][image[..., 0] == 255]))):
-                mask = (image[..., 0] == 255) & (image[..., 1] == ident)
-                if job.prompts is not None and job.prompts.boxes is not None:
-                    x0, y0, x1, y1 = (int(v) for v in job.prompts.boxes[0])
-                    inside = np.zeros_like(mask)
-                    inside[y0 : y1 + 1, x0 : x1 + 1] = True
-                    mask &= inside
-                if mask.any():
-                    masks.append(
-                        {
-                            "segmentation": mask_to_rle(mask),
-                            "score": 0.9,
-                            "stability_score": 0.95,
-                            "box": mask_box(mask),
-                            "area": int(mask.sum()),
-                            **(
-                                {"prompt_index": 0}
-                                if job.prompts is not None
-                                else {"point_coords": [[1.0, 2.0]]}
-                            ),
-                        }
-                    )
-            results.append(MaskSet(masks, image.shape[1], image.shape[0], timings_ms={"decoder": 1.0}))
-        return results
-
-    def embed(self, images: Sequence[np.ndarray]) -> Sequence[Any]:
-        return []
-
-    def clear_cache(self) -> None:
-        pass
 
 
 def _scene(width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

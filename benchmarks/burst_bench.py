@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deploy.demo import await_completions, running_stack, sample_image, upload_file  # noqa: E402
-from deploy.local import emulator_storage_client, free_ports, pubsub_clients  # noqa: E402
+from deploy.local import LocalStack, emulator_storage_client, free_ports, pubsub_clients  # noqa: E402
 from deploy.processes import live_members  # noqa: E402
 from predictor.engine import Job, SamEngine  # noqa: E402
 from predictor.hardware import cpu_name  # noqa: E402
@@ -71,11 +71,7 @@ def burst(
         if model_cores is not None:
             predictor = next(s for s in stack.status() if s.name == "predictor")
             pin_group(predictor.pid, model_cores)
-        env = stack.client_env()
-        client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
-        publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
-        publisher.transport.close()
-        subscription = subscriber.subscription_path(settings.project, settings.completions_subscription)
+        client, subscriber, subscription = completion_clients(stack, settings)
         run = time.strftime("%H%M%S")
         started = time.monotonic()
 
@@ -109,6 +105,29 @@ def burst(
         "statuses": dict(statuses),
         "images_by_encoder_batch": {str(k): v for k, v in sorted(batches.items())},
     }
+
+
+def own_stack_settings(workdir: Path) -> Settings:
+    """Settings for a stack of its own under ``workdir`` (``tiny`` unless ``SAMDROP_MODEL_TYPE`` says
+    otherwise): empty buckets and free ports, so a running `samdrop local up` is left alone.
+    fake-gcs-server lists a folder in time proportional to the whole bucket (54 ms per listing with
+    7,700 old results stored, 1 ms empty), and the function lists once per upload."""
+    return Settings.from_env(
+        {"SAMDROP_MODEL_TYPE": "tiny", **os.environ}, state_dir=workdir / "state", **free_ports()
+    )
+
+
+def completion_clients(stack: LocalStack, settings: Settings) -> tuple[Any, Any, str]:
+    """(storage client, subscriber, completions subscription path) for a benchmark's uploads."""
+    env = stack.client_env()
+    client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
+    publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
+    publisher.transport.close()
+    return (
+        client,
+        subscriber,
+        subscriber.subscription_path(settings.project, settings.completions_subscription),
+    )
 
 
 def bare_engine(settings: Settings, images: list[np.ndarray], model_cores: set[int] | None) -> dict[str, Any]:
@@ -166,12 +185,7 @@ def main() -> None:
         os.environ["OMP_NUM_THREADS"] = str(len(model_cores))  # the predictor's torch threads
     images = distinct_images(options.images)
     with tempfile.TemporaryDirectory() as workdir:
-        # A stack of its own: empty buckets and free ports (a running `samdrop local up` is left
-        # alone). fake-gcs-server lists a folder in time proportional to the whole bucket: 54 ms per
-        # listing with 7,700 old results stored, 1 ms empty, and the function lists once per upload.
-        settings = Settings.from_env(
-            {"SAMDROP_MODEL_TYPE": "tiny", **os.environ}, state_dir=Path(workdir) / "state", **free_ports()
-        )
+        settings = own_stack_settings(Path(workdir))
         files = []
         for index, image in enumerate(images):
             path = Path(workdir) / f"{index:04d}.jpg"

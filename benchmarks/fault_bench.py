@@ -23,11 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.burst_bench import box_for, distinct_images, write_summary  # noqa: E402
+from benchmarks.burst_bench import box_for, distinct_images, own_stack_settings, write_summary  # noqa: E402
 from deploy.drill import outage_drill  # noqa: E402
-from deploy.local import LocalStack, free_ports  # noqa: E402
+from deploy.local import LocalStack  # noqa: E402
 from predictor.hardware import cpu_name  # noqa: E402
-from samdrop.settings import Settings  # noqa: E402
 
 
 def main() -> None:
@@ -45,10 +44,7 @@ def main() -> None:
     from PIL import Image
 
     with tempfile.TemporaryDirectory() as workdir:
-        ports = free_ports()
-        settings = Settings.from_env(
-            {"SAMDROP_MODEL_TYPE": "tiny", **os.environ}, state_dir=Path(workdir) / "state", **ports
-        )
+        settings = own_stack_settings(Path(workdir))
         images = distinct_images(options.uploads)
         files = []
         for index, image in enumerate(images):

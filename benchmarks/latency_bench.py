@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -26,9 +25,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.burst_bench import completion_clients, own_stack_settings  # noqa: E402
 from deploy.demo import await_completions, running_stack, sample_image, upload_file  # noqa: E402
-from deploy.local import emulator_storage_client, free_ports, pubsub_clients  # noqa: E402
-from samdrop.settings import Settings  # noqa: E402
 
 PHOTOS = (
     "astronaut",
@@ -65,16 +63,9 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as workdir:
-        # A stack of its own, as in burst_bench.py: empty buckets, free ports.
-        settings = Settings.from_env(
-            {"SAMDROP_MODEL_TYPE": "tiny", **os.environ}, state_dir=Path(workdir) / "state", **free_ports()
-        )
+        settings = own_stack_settings(Path(workdir))
         with running_stack(settings, keep_running=False, say=print) as stack:
-            env = stack.client_env()
-            client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
-            publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
-            publisher.transport.close()
-            subscription = subscriber.subscription_path(settings.project, settings.completions_subscription)
+            client, subscriber, subscription = completion_clients(stack, settings)
             run = time.strftime("%H%M%S")
             for index in range(options.images):
                 name = PHOTOS[index % len(PHOTOS)]

@@ -77,11 +77,14 @@ def pull_subscription(e: Emulators, name: str, topic: str) -> str:
     return path
 
 
-def drain(e: Emulators, subscription: str, quiet_s: float = 2.0) -> list[Any]:
-    """Every message on ``subscription`` (acked), once ``quiet_s`` passed without a new one."""
+def drain(e: Emulators, subscription: str, quiet_s: float = 2.0, *, expect: int = 0) -> list[Any]:
+    """Every message on ``subscription`` (acked): at least ``expect`` (waiting up to a minute: a
+    notification can take seconds on a loaded machine), then until ``quiet_s`` pass without a new
+    one, so extra messages show up too."""
     messages: list[Any] = []
     last = time.monotonic()
-    while time.monotonic() - last < quiet_s:
+    deadline = last + 60.0
+    while (len(messages) < expect and time.monotonic() < deadline) or time.monotonic() - last < quiet_s:
         response = e.subscriber.pull(
             request={"subscription": subscription, "max_messages": 100, "return_immediately": True},
             timeout=10,
@@ -136,9 +139,10 @@ def test_a_swept_message_reads_like_the_bucket_notification_it_stands_for(emulat
     uploads = pull_subscription(e, "redrive-uploads-compare", e.settings.uploads_topic)
     prompts = '{"boxes":[[0,0,1,1]]}'
     generation = upload(e, "incoming/compare/cat.png", {"samdrop-prompts": prompts})
-    (real,) = [m for m in drain(e, notifications) if m.attributes["objectId"] == "incoming/compare/cat.png"]
+    arrived = drain(e, notifications, expect=1)
+    (real,) = [m for m in arrived if m.attributes["objectId"] == "incoming/compare/cat.png"]
     redrive.sweep(e.storage, e.publisher, e.settings, prefix="incoming/compare/", emit=lambda _: None)
-    (swept,) = drain(e, uploads)
+    (swept,) = drain(e, uploads, expect=1)
     # type, bucket, name, generation, content type, size: all but the message's own id
     assert dataclasses.replace(as_event(swept), message_id=None) == dataclasses.replace(
         as_event(real), message_id=None
@@ -183,7 +187,7 @@ def test_sweep_after_deleting_five_results_sends_exactly_those_five(emulators):
 
     assert sorted(report.sent) == sorted((name, inputs[name]) for name in lost)
     assert lines[-1] == "sweep: sent 5, already completed 5, not an input the function segments 1"
-    received = drain(e, uploads)
+    received = drain(e, uploads, expect=5)
     events = [as_event(m) for m in received]
     assert sorted((ev.name, int(ev.generation)) for ev in events) == sorted((n, inputs[n]) for n in lost)
     assert {ev.bucket for ev in events} == {e.settings.bucket}
@@ -200,7 +204,7 @@ def test_sweep_after_deleting_five_results_sends_exactly_those_five(emulators):
     replaced = upload(e, "incoming/sweep/photo-9.png")
     again = redrive.sweep(e.storage, e.publisher, e.settings, prefix="incoming/sweep/", emit=lambda _: None)
     assert again.sent == [("incoming/sweep/photo-9.png", replaced)]
-    (message,) = drain(e, uploads)
+    (message,) = drain(e, uploads, expect=1)
     assert message.attributes["objectGeneration"] == str(replaced)
     assert json.loads(message.data)["generation"] == str(replaced)
 
@@ -232,6 +236,6 @@ def test_redrive_moves_dead_letters_back_and_leaves_the_subscription_empty(emula
     assert len(rest.sent) == 4 and not set(first.sent) & set(rest.sent)
     assert lines[-1] == "redrive: moved 4 dead letter(s) back onto the uploads topic"
 
-    moved = drain(e, uploads)
+    moved = drain(e, uploads, expect=6)
     assert {m.attributes["objectId"]: (m.data, dict(m.attributes)) for m in moved} == sent
     assert drain(e, dead, quiet_s=1.0) == [], "every dead letter was acked after its publish"

@@ -2,7 +2,8 @@
 
 Starts a local stack of its own (empty buckets, free ports), uploads N scikit-image photos one
 after another (each with a box prompt, as a user would; the next upload waits for the previous
-completion, so the figure is latency, not queueing), and splits each latency using the completion's timings:
+completion, so the figure is latency, not queueing), and splits each latency using the
+completion's timings:
 
 - ``model_ms``: the predictor's own work (decode + encoder + decoder), from ``timings_ms.model``;
 - ``function_ms``: the function's whole handling (read, endpoint call, PNG/overlay/JSON writes);

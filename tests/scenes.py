@@ -1,7 +1,8 @@
 """Synthetic scenes with known objects: solid shapes on a textured background.
 
 Each object's ground-truth mask is drawn with the same call as its pixels, so a segmentation can be
-scored against it (IoU) in the coordinates of the image as displayed.
+scored against it (IoU) in the coordinates of the image as displayed. ``ObjectPixels`` is a stand-in
+engine whose masks are such known objects, marked in the image's own pixels.
 """
 
 from __future__ import annotations

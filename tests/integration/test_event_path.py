@@ -102,12 +102,23 @@ class EventStack:
         uri, generation = f"gs://{blob.bucket.name}/{blob.name}", str(blob.generation)
         return [c for c in self.completions if c["input"] == uri and c["generation"] == generation]
 
-    def await_completion(self, blob: Blob, timeout_s: float = 90) -> dict[str, Any]:
+    def await_completion(self, blob: Blob, timeout_s: float = 90, recorded: bool = True) -> dict[str, Any]:
+        """The completion message for ``blob``, once the function has finished with it.
+
+        The function publishes first and records the message in ``completion.json`` just after
+        (design.md, idempotency): with ``recorded`` this also waits for that record, so a test that
+        lists the results folder sees the function's last write. ``recorded=False`` is for inputs
+        whose results cannot be written at all (names over Cloud Storage's limit)."""
+
         def arrived() -> list[dict[str, Any]]:
             self.pull_completions()
             return self.completions_for(blob)
 
-        return until(arrived, timeout_s, f"completion for {blob.name}")[0]
+        message = until(arrived, timeout_s, f"completion for {blob.name}")[0]
+        if recorded:
+            record = f"completion.json for {blob.name}"
+            until(lambda: "completion.json" in self.results(blob.name), 30, record)
+        return message
 
     def function_log(self, object_name: str) -> list[dict[str, Any]]:
         """The function's structured log lines about ``object_name``."""

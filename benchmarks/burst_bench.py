@@ -42,6 +42,7 @@ from deploy.processes import live_members  # noqa: E402
 from predictor.engine import Job, SamEngine  # noqa: E402
 from predictor.hardware import cpu_name  # noqa: E402
 from predictor.instances import parse_prompts  # noqa: E402
+from samdrop.pidfile import stat_fields  # noqa: E402
 from samdrop.settings import Settings  # noqa: E402
 
 # Eight different photos (skimage's `cat` is `chelsea` again: it gave cache hits, not encoder work).
@@ -73,6 +74,7 @@ def burst(
             pin_group(predictor.pid, model_cores)
         client, subscriber, subscription = completion_clients(stack, settings)
         run = time.strftime("%H%M%S")
+        cpu_before = stack_cpu_s(stack)
         started = time.monotonic()
 
         def upload(item: tuple[Path, np.ndarray]) -> Any:
@@ -85,6 +87,7 @@ def burst(
         uploaded_s = time.monotonic() - started
         await_completions(subscriber, subscription, uploads, timeout_s=1800)
         elapsed = max(u.uploaded_at + (u.latency_s or 0) for u in uploads) - started
+        cpu_after = stack_cpu_s(stack)
         batches: collections.Counter[int] = collections.Counter()
         statuses: collections.Counter[str] = collections.Counter()
         for item in uploads:
@@ -104,7 +107,23 @@ def burst(
         "images_per_s": round(len(files) / elapsed, 3),
         "statuses": dict(statuses),
         "images_by_encoder_batch": {str(k): v for k, v in sorted(batches.items())},
+        # CPU seconds each part used from the first upload to the last completion ("benchmark":
+        # this script's uploads and completion pulls).
+        "cpu_s": {name: round(cpu_after[name] - cpu_before[name], 2) for name in cpu_before},
     }
+
+
+def stack_cpu_s(stack: LocalStack) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each service's process group, and this process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {s.name: sum(_cpu_ticks(pid) for pid in live_members(s.pid)) / tick for s in stack.status()}
+    times = os.times()
+    return {**used, "benchmark": times.user + times.system}
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = stat_fields(pid)  # utime and stime are the 12th and 13th after the command name
+    return int(fields[11]) + int(fields[12]) if fields is not None else 0
 
 
 def own_stack_settings(workdir: Path) -> Settings:
@@ -140,11 +159,15 @@ def bare_engine(settings: Settings, images: list[np.ndarray], model_cores: set[i
     jobs = [Job(image, parse_prompts(None, None, [box_for(image)])) for image in images]
     engine.run(jobs[: settings.batch_size])  # warm-up
     engine.clear_cache()
-    started = time.perf_counter()
+    cpu, started = time.process_time(), time.perf_counter()
     for start in range(0, len(jobs), settings.batch_size):
         engine.run(jobs[start : start + settings.batch_size])
     elapsed = time.perf_counter() - started
-    return {"elapsed_s": round(elapsed, 2), "images_per_s": round(len(jobs) / elapsed, 3)}
+    return {
+        "elapsed_s": round(elapsed, 2),
+        "images_per_s": round(len(jobs) / elapsed, 3),
+        "cpu_s": round(time.process_time() - cpu, 2),
+    }
 
 
 def split_cores() -> tuple[set[int], set[int]]:

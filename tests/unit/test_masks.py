@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from samdrop import masks as m
 
@@ -87,3 +87,20 @@ def test_overlay_matches_a_plain_float_blend_exactly() -> None:
         expected[mask & ~m._erode(mask)] = colour
     overlay = np.asarray(m.render_overlay(image, masks, max_side=None))
     np.testing.assert_array_equal(overlay, expected.astype(np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(120, 400), (12, 30)])  # the note whole, and clipped by a small image
+def test_overlay_note_is_the_text_drawn_on_a_black_box(shape: tuple[int, int]) -> None:
+    """The note is pasted from a patch rendered once per text: the same pixels as drawing it
+    straight onto each overlay, and nothing outside its box changes."""
+    image = np.random.default_rng(2).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    note = "RANDOM WEIGHTS: masks are not meaningful"
+    expected = Image.fromarray(image)
+    draw = ImageDraw.Draw(expected)
+    box = draw.textbbox((4, 4), note)
+    draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=(0, 0, 0))
+    draw.text((4, 4), note, fill=(255, 255, 0))
+    for _ in range(2):  # drawn, then from the cache
+        overlay = np.asarray(m.render_overlay(image, [], max_side=None, note=note))
+        np.testing.assert_array_equal(overlay, np.asarray(expected))
+    assert (overlay[box[3] + 4 :] == image[box[3] + 4 :]).all()

@@ -23,7 +23,7 @@ from google.cloud.aiplatform.prediction.predictor import Predictor
 
 from predictor.backends import Engine, load_engine
 from predictor.engine import Job, MaskSet
-from predictor.instances import Instance, check_prompts_fit, parse_instance
+from predictor.instances import Instance, check_logits_possible, check_prompts_fit, parse_instance
 from predictor.polygons import with_exports
 from predictor.tiling import resolve_tiling, run_jobs
 from samdrop import budgets
@@ -145,6 +145,10 @@ class SamRoutine(Predictor):
             )
             if instance.prompts is not None:
                 check_prompts_fit(instance.prompts, slot.image.shape[1], slot.image.shape[0])
+            if instance.return_logits and resolve_tiling(instance.tiling, width, height, self.settings):
+                above = self.settings.tile_above_pixels
+                why = f"{width}x{height} is over SAMDROP_TILE_ABOVE_PIXELS={above}"
+                check_logits_possible(True, tiled=True, why_tiled=why)
         except SamdropError as exc:
             slot.error = exc
         except Exception as exc:  # an unexpected read failure stays in this slot; a retry may pass

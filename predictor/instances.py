@@ -138,6 +138,8 @@ def parse_instance(raw: Any, parameters: dict[str, Any] | None = None) -> Instan
     tiling = raw.get("tiling", params.get("tiling"))
     if tiling is not None:
         tiling = check_tiling(tiling, where="tiling")
+    if return_logits:
+        check_logits_possible(prompts is not None, tiled=tiling not in (None, False))
     return Instance(
         file_path,
         gcs_uri,
@@ -254,6 +256,19 @@ def _image_source(raw: dict[str, Any]) -> tuple[str | None, bytes | None]:
         return None, base64.b64decode(image, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest("image is not valid base64") from None
+
+
+def check_logits_possible(prompted: bool, *, tiled: bool, why_tiled: str = '"tiling" asks for it') -> None:
+    """``return_logits`` is SAM's low-resolution logits per prompt, in the model's frame of the whole
+    image: automatic masks have no prompts, and a tiled image has no one frame (each prompt runs on
+    a window of its own). Refused rather than answered without them."""
+    if not prompted:
+        raise InvalidRequest("return_logits needs prompts (points or boxes): automatic masks have no logits")
+    if tiled:
+        raise InvalidRequest(
+            f"return_logits is not available for a tiled image ({why_tiled}): "
+            'send "tiling": false with it, or leave return_logits out'
+        )
 
 
 def _generation(value: Any, gcs_uri: str | None) -> int | None:

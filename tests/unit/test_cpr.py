@@ -171,3 +171,16 @@ def test_timings_split_model_from_reading(routine):
     stages = timings["encoder"] + timings["decoder"] + timings["postprocess"]
     assert timings["model"] == pytest.approx(stages, abs=0.05)
     assert timings["total"] == pytest.approx(timings["model"] + timings["read_decode"], abs=0.05)
+
+
+def test_logits_for_an_image_the_size_rule_would_tile_are_refused_before_the_model(routine, monkeypatch):
+    """return_logits has no one frame on a tiled image: over SAMDROP_TILE_ABOVE_PIXELS it is a clear
+    error for that instance (its neighbour still runs), and "tiling": false gets the logits."""
+    monkeypatch.setattr(routine, "settings", routine.settings.replace(tile_above_pixels=100_000))
+    box = {"gcs_uri": "gs://b/incoming/coffee.jpg", "boxes": [[10, 10, 300, 300]], "return_logits": True}
+    refused, plain, whole = call(routine, {"instances": [box, {**box, "return_logits": False},
+                                                          {**box, "tiling": False}]})  # fmt: skip
+    assert refused["error"]["code"] == "invalid_request"
+    assert "SAMDROP_TILE_ABOVE_PIXELS=100000" in refused["error"]["message"]
+    assert plain["tiling"] is not None and "logits" not in plain
+    assert whole["tiling"] is None and whole["logits"][0]["shape"] == [256, 256]

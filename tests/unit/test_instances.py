@@ -68,6 +68,12 @@ def test_legacy_shape_is_accepted():
         ({"gcs_uri": URI, "amg": {"pred_iou_thresh": 3}}, InvalidRequest, "within \\[0, 1\\]"),
         ({"gcs_uri": URI, "amg": {"points_per_side": 0}}, InvalidRequest, "1..128"),
         ("just a string", InvalidRequest, "JSON object"),
+        ({"gcs_uri": URI, "return_logits": True}, InvalidRequest, "needs prompts"),
+        (
+            {"gcs_uri": URI, "boxes": [[0, 0, 5, 5]], "return_logits": True, "tiling": True},
+            InvalidRequest,
+            "tiled image",
+        ),
     ],
 )
 def test_bad_instances_say_what_to_fix(raw, error, text):

@@ -23,9 +23,9 @@ from google.cloud.aiplatform.prediction.predictor import Predictor
 
 from predictor.backends import Engine, load_engine
 from predictor.engine import Job, MaskSet
-from predictor.instances import Instance, check_logits_possible, check_prompts_fit, parse_instance
+from predictor.instances import Instance, check_prompts_fit, parse_instance, tiled_logits_refused
 from predictor.polygons import with_exports
-from predictor.tiling import resolve_tiling, run_jobs
+from predictor.tiling import Tiling, resolve_tiling, run_jobs
 from samdrop import budgets
 from samdrop.documents import FailedPrediction, Prediction, Rle, masks_of
 from samdrop.errors import (
@@ -55,6 +55,7 @@ class Slot:
     file_path: str | None = None
     instance: Instance | None = None
     image: np.ndarray | None = None
+    tiling: Tiling | None = None  # how the image runs (resolved once it is decoded); None: whole
     result: MaskSet | None = None
     error: SamdropError | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -145,10 +146,10 @@ class SamRoutine(Predictor):
             )
             if instance.prompts is not None:
                 check_prompts_fit(instance.prompts, slot.image.shape[1], slot.image.shape[0])
-            if instance.return_logits and resolve_tiling(instance.tiling, width, height, self.settings):
+            slot.tiling = resolve_tiling(instance.tiling, width, height, self.settings)
+            if instance.return_logits and slot.tiling is not None:
                 above = self.settings.tile_above_pixels
-                why = f"{width}x{height} is over SAMDROP_TILE_ABOVE_PIXELS={above}"
-                check_logits_possible(True, tiled=True, why_tiled=why)
+                raise tiled_logits_refused(f"{width}x{height} is over SAMDROP_TILE_ABOVE_PIXELS={above}")
         except SamdropError as exc:
             slot.error = exc
         except Exception as exc:  # an unexpected read failure stays in this slot; a retry may pass
@@ -168,11 +169,7 @@ class SamRoutine(Predictor):
         ready = [s for s in instances if s.error is None and s.image is not None and s.instance is not None]
         if not ready:
             return instances
-        assert self.settings is not None
-        tilings = [
-            resolve_tiling(s.instance.tiling, s.image.shape[1], s.image.shape[0], self.settings)  # type: ignore[union-attr]
-            for s in ready
-        ]
+        tilings = [s.tiling for s in ready]
         try:
             results = run_jobs(self.engine, [_job(s) for s in ready], tilings)
         except Exception as exc:

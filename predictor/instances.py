@@ -138,8 +138,10 @@ def parse_instance(raw: Any, parameters: dict[str, Any] | None = None) -> Instan
     tiling = raw.get("tiling", params.get("tiling"))
     if tiling is not None:
         tiling = check_tiling(tiling, where="tiling")
-    if return_logits:
-        check_logits_possible(prompts is not None, tiled=tiling not in (None, False))
+    if return_logits and prompts is None:
+        raise InvalidRequest("return_logits needs prompts (points or boxes): automatic masks have no logits")
+    if return_logits and tiling not in (None, False):
+        raise tiled_logits_refused('"tiling" asks for it')
     return Instance(
         file_path,
         gcs_uri,
@@ -258,17 +260,14 @@ def _image_source(raw: dict[str, Any]) -> tuple[str | None, bytes | None]:
         raise InvalidRequest("image is not valid base64") from None
 
 
-def check_logits_possible(prompted: bool, *, tiled: bool, why_tiled: str = '"tiling" asks for it') -> None:
-    """``return_logits`` is SAM's low-resolution logits per prompt, in the model's frame of the whole
-    image: automatic masks have no prompts, and a tiled image has no one frame (each prompt runs on
-    a window of its own). Refused rather than answered without them."""
-    if not prompted:
-        raise InvalidRequest("return_logits needs prompts (points or boxes): automatic masks have no logits")
-    if tiled:
-        raise InvalidRequest(
-            f"return_logits is not available for a tiled image ({why_tiled}): "
-            'send "tiling": false with it, or leave return_logits out'
-        )
+def tiled_logits_refused(why: str) -> InvalidRequest:
+    """The error for ``return_logits`` on a tiled image (``why`` it is tiled): the logits are SAM's
+    per prompt in the model's frame of the whole image, and a tiled image has no one frame (each
+    prompt runs on a window of its own). Refused rather than answered without them."""
+    return InvalidRequest(
+        f"return_logits is not available for a tiled image ({why}): "
+        'send "tiling": false with it, or leave return_logits out'
+    )
 
 
 def _generation(value: Any, gcs_uri: str | None) -> int | None:

@@ -36,8 +36,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploy.demo import await_completions, running_stack, sample_image, upload_file  # noqa: E402
-from deploy.local import LocalStack, emulator_storage_client, free_ports, pubsub_clients  # noqa: E402
+from deploy.demo import (  # noqa: E402
+    await_completions,
+    completion_clients,
+    running_stack,
+    sample_image,
+    upload_file,
+)
+from deploy.local import LocalStack, free_ports  # noqa: E402
 from deploy.processes import live_members  # noqa: E402
 from predictor.engine import Job, SamEngine  # noqa: E402
 from predictor.hardware import cpu_name  # noqa: E402
@@ -133,19 +139,6 @@ def own_stack_settings(workdir: Path) -> Settings:
     7,700 old results stored, 1 ms empty), and the function lists once per upload."""
     return Settings.from_env(
         {"SAMDROP_MODEL_TYPE": "tiny", **os.environ}, state_dir=workdir / "state", **free_ports()
-    )
-
-
-def completion_clients(stack: LocalStack, settings: Settings) -> tuple[Any, Any, str]:
-    """(storage client, subscriber, completions subscription path) for a benchmark's uploads."""
-    env = stack.client_env()
-    client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
-    publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
-    publisher.transport.close()
-    return (
-        client,
-        subscriber,
-        subscriber.subscription_path(settings.project, settings.completions_subscription),
     )
 
 

@@ -26,8 +26,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.burst_bench import completion_clients, own_stack_settings  # noqa: E402
-from deploy.demo import await_completions, running_stack, sample_image, upload_file  # noqa: E402
+from benchmarks.burst_bench import own_stack_settings  # noqa: E402
+from deploy.demo import (  # noqa: E402
+    await_completions,
+    completion_clients,
+    running_stack,
+    sample_image,
+    upload_file,
+)
 
 PHOTOS = (
     "astronaut",

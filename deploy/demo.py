@@ -265,16 +265,10 @@ def run_demo(
     progress: Callable[[int, int, float], None] | None = None,
 ) -> DemoResult:
     """Run the demo; the result says what arrived. Raises ``SamdropError`` when set-up fails."""
-
-    from deploy.local import emulator_storage_client, pubsub_clients
-
     files = write_samples(samples, out_dir / "inputs")
     result = DemoResult()
     with running_stack(settings, keep_running=keep_running, say=say) as stack:
-        env = stack.client_env()
-        client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
-        publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
-        publisher.transport.close()
+        client, subscriber, subscription = completion_clients(stack, settings)
         try:
             say(
                 f"uploading {len(files)} photos to gs://{settings.bucket}/{settings.incoming_prefix}{DEMO_FOLDER}"
@@ -284,7 +278,6 @@ def run_demo(
                 result.uploads.append(upload_file(client, settings.bucket, path, name, sample.prompts))
                 mode = "automatic masks" if not sample.prompts or "amg" in sample.prompts else "prompts"
                 say(f"  {result.uploads[-1].uri}  ({mode})")
-            subscription = subscriber.subscription_path(settings.project, settings.completions_subscription)
             await_completions(
                 subscriber,
                 subscription,
@@ -299,6 +292,24 @@ def run_demo(
         _report(result, settings, stack, out_dir, say)
     (out_dir / "summary.json").write_text(json.dumps(result.summary(), indent=1) + "\n")
     return result
+
+
+def completion_clients(
+    stack: LocalStack, settings: Settings
+) -> tuple[storage.Client, pubsub_v1.SubscriberClient, str]:
+    """(storage client, subscriber, completions subscription path) bound to ``stack``'s emulators:
+    what uploads and then waits for completions (the demo, the benchmarks). Close the first two."""
+    from deploy.local import emulator_storage_client, pubsub_clients
+
+    env = stack.client_env()
+    client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
+    publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
+    publisher.transport.close()
+    return (
+        client,
+        subscriber,
+        subscriber.subscription_path(settings.project, settings.completions_subscription),
+    )
 
 
 def _report(

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.listing import parse_prompts_file
 from pipeline.paths import PROMPTS_FILE, READY, BatchPaths
-from samdrop.errors import InputNotFound, InvalidRequest
+from samdrop.errors import InputNotFound, InvalidRequest, PermanentError
 from samdrop.images import is_image_name
+from samdrop.prompts import check_amg
 from samdrop.settings import Settings
 
 BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -82,6 +84,7 @@ def ready_body(amg: str | None, shard_size: int | None) -> bytes:
             body["amg"] = json.loads(amg)
         except ValueError as exc:
             raise InvalidRequest(f"--amg is not JSON ({exc})") from None
+        check_amg(body["amg"], where="--amg")  # the check the batch's listing step makes, before any upload
     if shard_size is not None:
         body["shard_size"] = shard_size
     return json.dumps(body).encode("utf-8") if body else b""
@@ -118,7 +121,18 @@ def plan_batch_upload(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates or prefix + READY in names:
         raise InvalidRequest(f"two files would land on the same object {duplicates or [READY]}: rename one")
+    for item in planned:
+        if item.object_name == prefix + PROMPTS_FILE:
+            check_prompts_file(item.source)
     return planned
+
+
+def check_prompts_file(path: Path) -> None:
+    """Refuse a prompts file the batch would refuse, or with an entry it would fail, before any
+    upload: the listing step's own check (:func:`pipeline.listing.parse_prompts_file`)."""
+    for entry in parse_prompts_file(path.read_bytes(), where=str(path)).values():
+        if isinstance(entry, PermanentError):
+            raise entry
 
 
 def upload_batch(

@@ -39,6 +39,7 @@ from samdrop.errors import (
 )
 from samdrop.images import decode_image
 from samdrop.masks import mask_to_png, rle_to_mask
+from samdrop.prompts import check_budget
 from samdrop.settings import Settings
 from samdrop.storage import skip_environment_lookups
 
@@ -119,7 +120,7 @@ class SamRoutine(Predictor):
             if isinstance(raw, dict) and isinstance(raw.get("file_path"), str):
                 slot.file_path = raw["file_path"]
             try:
-                slot.instance = parse_instance(raw, parameters)
+                slot.instance = parse_instance(raw, parameters, where=f"instances[{slot.index}]")
                 check_budgets(slot.instance, self.settings)
             except SamdropError as exc:
                 slot.error = exc
@@ -232,16 +233,7 @@ class SamRoutine(Predictor):
 def check_budgets(instance: Instance, settings: Settings) -> None:
     """Refuse an instance over a budget before its image is read (:mod:`samdrop.budgets`)."""
     prompts = instance.prompts
-    if prompts is not None:
-        budgets.check_prompts(
-            len(prompts.boxes) if prompts.boxes is not None else 0,
-            len(prompts.points) if prompts.points is not None else 0,
-            prompts.wants_multimask,
-            max_prompts=settings.max_prompts,
-            max_masks=settings.max_masks,
-        )
-    else:
-        budgets.check_auto_points(instance.amg, limit=settings.max_auto_points)
+    check_budget(prompts.to_json() if prompts is not None else {"amg": instance.amg}, settings)
 
 
 def _job(slot: Slot) -> Job:

@@ -19,7 +19,7 @@ from functions.prompts import build_instance, prompts_from_metadata
 from samdrop import outputs
 from samdrop.budgets import check_image_shape, check_input_bytes, check_object_name
 from samdrop.documents import ErrorRecord, MasksDocument
-from samdrop.errors import ConfigError, InputNotFound, PermanentError, TransientError, public_error
+from samdrop.errors import ConfigError, InputNotFound, TransientError, as_samdrop_error
 from samdrop.images import decode_image
 from samdrop.layout import OutputPaths, json_record, output_paths, write_output
 from samdrop.logs import fields as log_fields
@@ -81,7 +81,15 @@ def segment_upload(
     except WriteConflict as exc:
         return _after_conflict(exc, paths, generation, store)
     except Exception as exc:
-        record = outputs.error_record(_as_permanent(exc, event), event.uri, generation)
+        error = as_samdrop_error(
+            exc,
+            where=f"segmenting {event.uri}",
+            log=log,
+            extra=log_fields(object=event.uri, generation=event.generation),
+        )
+        if not error.permanent:  # an I/O failure the storage or endpoint client did not translate
+            raise error from exc
+        record = outputs.error_record(error, event.uri, generation)
         try:
             outputs.write_record(store, paths, listing, record)
         except WriteConflict as conflict:
@@ -227,15 +235,3 @@ def _after_conflict(exc: WriteConflict, paths: OutputPaths, generation: int, sto
     raise TransientError(
         f"another delivery is writing outputs of this generation ({exc.message}); retrying later"
     ) from exc
-
-
-def _as_permanent(exc: Exception, event: UploadEvent) -> PermanentError:
-    if isinstance(exc, PermanentError):
-        return exc
-    # A bug here must not become a crash loop: record it for the user, keep the trace in the log.
-    log.error(
-        "unexpected error while segmenting; recorded as a permanent failure",
-        exc_info=exc,
-        extra=log_fields(object=event.uri, generation=event.generation, error=f"{type(exc).__name__}: {exc}"),
-    )
-    return PermanentError(public_error(exc)["message"], code="internal")

@@ -28,7 +28,6 @@ from samdrop.settings import Settings
 
 BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 UPLOAD_THREADS = 8
-TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -144,7 +143,7 @@ def upload_batch(
     """
     paths = BatchPaths.of(settings, batch_id)
     bucket = client.bucket(settings.bucket)
-    if client.lookup_bucket(settings.bucket, timeout=TIMEOUT_S) is None:
+    if client.lookup_bucket(settings.bucket, timeout=settings.request_timeout_s) is None:
         raise InputNotFound(
             f"bucket {settings.bucket} does not exist: run `samdrop local up` or set SAMDROP_BUCKET"
         )
@@ -152,14 +151,17 @@ def upload_batch(
     def put(item: PlannedFile) -> str:
         content_type = mimetypes.guess_type(item.source.name)[0] or "application/octet-stream"
         bucket.blob(item.object_name).upload_from_filename(
-            str(item.source), content_type=content_type, if_generation_match=0, timeout=TIMEOUT_S
+            str(item.source),
+            content_type=content_type,
+            if_generation_match=0,
+            timeout=settings.request_timeout_s,
         )
         return f"gs://{settings.bucket}/{item.object_name}"
 
     with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="samdrop-upload") as pool:
         uris = list(pool.map(put, planned))
     bucket.blob(paths.marker).upload_from_string(
-        ready, content_type="application/json", if_generation_match=0, timeout=TIMEOUT_S
+        ready, content_type="application/json", if_generation_match=0, timeout=settings.request_timeout_s
     )
     return [*uris, paths.input(paths.marker)]
 
@@ -172,7 +174,7 @@ def status_command(
     from samdrop.storage import GcsStore
 
     paths = BatchPaths.of(settings, batch_id)
-    store = GcsStore(_storage_client(settings))
+    store = GcsStore(_storage_client(settings), timeout_s=settings.request_timeout_s)
 
     def look() -> dict[str, Any]:
         return status_of(paths, store, store)
@@ -253,7 +255,7 @@ def run_command(settings: Settings, batch_id: str) -> int:
     from samdrop.storage import GcsStore
 
     paths = BatchPaths.of(settings, batch_id)
-    store = GcsStore(_storage_client(settings))
+    store = GcsStore(_storage_client(settings), timeout_s=settings.request_timeout_s)
     info = store.stat(paths.output_bucket, paths.claim)
     if info is None:
         raise InputNotFound(f"batch {batch_id} was never started ({paths.uri(paths.claim)} is missing)")

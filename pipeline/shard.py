@@ -43,7 +43,14 @@ from samdrop.documents import (
     Prediction,
     masks_of,
 )
-from samdrop.errors import ErrorInfo, PermanentError, SamdropError, TransientError, error_from_code
+from samdrop.errors import (
+    ErrorInfo,
+    PermanentError,
+    SamdropError,
+    TransientError,
+    as_samdrop_error,
+    error_from_code,
+)
 from samdrop.images import decode_image
 from samdrop.layout import OutputPaths, output_paths
 from samdrop.outputs import Step
@@ -390,9 +397,8 @@ def _throttle(futures: list[Future[Any]], *, limit: int) -> None:
         future.result()
 
 
-def _internal(exc: Exception, uri: str) -> PermanentError:
-    log.error("unexpected error on %s; recorded as a permanent failure\n%s", uri, traceback.format_exc())
-    return PermanentError(f"internal error on {uri} ({type(exc).__name__}: {exc})", code="internal")
+def _internal(exc: Exception, uri: str) -> SamdropError:
+    return as_samdrop_error(exc, where=f"processing {uri}", log=log)
 
 
 def _engine_failed(uri: str) -> PermanentError:

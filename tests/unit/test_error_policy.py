@@ -145,3 +145,33 @@ def test_the_predictors_gcs_reader_goes_through_the_one_store(monkeypatch):
     read = cpr.gcs_reader(Settings.from_env({}))
     with pytest.raises(ConfigError, match="access denied"):
         read("gs://b/a.png", None)
+
+
+def test_one_request_timeout_setting_reaches_the_store_and_writes_retry_only_with_a_precondition(
+    monkeypatch,
+):
+    from google.cloud.storage.retry import ConditionalRetryPolicy
+
+    from functions.main import build_deps
+    from samdrop.storage import write_retry
+
+    settings = Settings.from_env({"SAMDROP_REQUEST_TIMEOUT_S": "7.5"})
+    assert settings.request_timeout_s == 7.5
+    with pytest.raises(ConfigError, match="SAMDROP_REQUEST_TIMEOUT_S"):
+        Settings.from_env({"SAMDROP_REQUEST_TIMEOUT_S": "0"})
+    policy = write_retry(7.5)
+    assert isinstance(policy, ConditionalRetryPolicy)
+    assert policy.get_retry_policy_if_conditions_met(query_params={}) is None  # no precondition: once
+    retry = policy.get_retry_policy_if_conditions_met(query_params={"ifGenerationMatch": 0})
+    assert retry is not None and retry.timeout == 7.5
+
+    class AnyClient:
+        _http = None
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    monkeypatch.setattr("google.cloud.storage.Client", AnyClient)
+    monkeypatch.setattr("google.cloud.pubsub_v1.PublisherClient", AnyClient)
+    deps = build_deps({"SAMDROP_REQUEST_TIMEOUT_S": "7.5", "SAMDROP_PIPELINE_RUNNER": "none"})
+    assert deps.store._timeout == 7.5 and deps.publisher._timeout == 7.5  # type: ignore[attr-defined]

@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
+
 if TYPE_CHECKING:
     from google.cloud import pubsub_v1
     from google.pubsub_v1 import types as pubsub_types
@@ -48,7 +50,6 @@ log = logging.getLogger(__name__)
 
 ACK_STATUSES = frozenset({102, 200, 201, 202, 204})  # what Pub/Sub push counts as success
 IDLE_WAIT_S = 0.25  # a worker that found nothing to do waits this long before pulling again
-CALL_TIMEOUT_S = 30.0  # pull, ack, modify-ack-deadline and dead-letter publish calls
 
 Post = Callable[[str, bytes, float], int]  # (url, body, timeout) -> HTTP status; raises OSError
 Publish = Callable[[str, bytes, dict[str, str]], None]  # (topic path, data, attributes)
@@ -184,7 +185,7 @@ class Bridge:
                     "max_messages": 1,
                     "return_immediately": True,  # a long poll would leave due retries waiting
                 },
-                timeout=CALL_TIMEOUT_S,
+                timeout=DEFAULT_REQUEST_TIMEOUT_S,
             )
         except Exception as exc:  # the emulator restarting: pull again shortly
             self._count(pull_errors=1)
@@ -278,7 +279,7 @@ class Bridge:
         try:
             self.subscriber.acknowledge(
                 request={"subscription": self.policy.subscription, "ack_ids": [ack_id]},
-                timeout=CALL_TIMEOUT_S,
+                timeout=DEFAULT_REQUEST_TIMEOUT_S,
             )
         except Exception as exc:  # the ack deadline runs out and Pub/Sub delivers it again
             log.warning("ack failed: %s", exc)
@@ -291,7 +292,7 @@ class Bridge:
                     "ack_ids": ack_ids,
                     "ack_deadline_seconds": seconds,
                 },
-                timeout=CALL_TIMEOUT_S,
+                timeout=DEFAULT_REQUEST_TIMEOUT_S,
             )
         except Exception as exc:
             log.warning("extending %d leases failed: %s", len(ack_ids), exc)
@@ -350,7 +351,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
 
     def publish(topic: str, data: bytes, attributes: dict[str, str]) -> None:
-        publisher.publish(topic, data, **attributes).result(timeout=CALL_TIMEOUT_S)  # type: ignore[arg-type]
+        publisher.publish(topic, data, **attributes).result(timeout=DEFAULT_REQUEST_TIMEOUT_S)  # type: ignore[arg-type]
 
     policy = policy_from_settings(settings, f"http://{HOST}:{settings.function_port}")
     bridge = Bridge(subscriber, policy, publish=publish)

@@ -21,7 +21,7 @@ from google.api_core import exceptions as gexc
 
 from samdrop.errors import ConfigError, SamdropError
 from samdrop.prompts import PROMPTS_METADATA_KEY
-from samdrop.settings import Settings
+from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S, Settings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from deploy.local import LocalStack
 
 DEMO_FOLDER = "demo/"  # under the incoming prefix
-TIMEOUT_S = 60.0
 RANDOM_WEIGHTS_WARNING = (
     "The 'tiny' model has RANDOM WEIGHTS: the pipeline above is real, the masks are meaningless.\n"
     "For real masks: samdrop models pull vit_b && samdrop demo (or SAMDROP_MODEL_TYPE=classic, no weights)"
@@ -140,7 +139,7 @@ def upload_file(
     blob = client.bucket(bucket).blob(object_name)
     if prompts:
         blob.metadata = {PROMPTS_METADATA_KEY: json.dumps(prompts, separators=(",", ":"))}
-    blob.upload_from_filename(str(path), content_type="image/jpeg", timeout=TIMEOUT_S)
+    blob.upload_from_filename(str(path), content_type="image/jpeg", timeout=DEFAULT_REQUEST_TIMEOUT_S)
     return Upload(path.stem, f"gs://{bucket}/{object_name}", str(blob.generation), time.monotonic())
 
 
@@ -180,7 +179,9 @@ def await_completions(
                 upload.completion, upload.latency_s = body, received_at - upload.uploaded_at
                 mine.append(received.ack_id)
         if mine:
-            subscriber.acknowledge(request={"subscription": subscription, "ack_ids": mine}, timeout=TIMEOUT_S)
+            subscriber.acknowledge(
+                request={"subscription": subscription, "ack_ids": mine}, timeout=DEFAULT_REQUEST_TIMEOUT_S
+            )
         progress(len(uploads) - len(waiting), len(uploads), received_at - started)
 
 
@@ -194,7 +195,9 @@ def save_overlays(client: storage.Client, uploads: Sequence[Upload], folder: Pat
         if not overlay:
             continue
         path = folder / f"{upload.name}.overlay.jpg"
-        gcs.Blob.from_uri(overlay, client=client).download_to_filename(str(path), timeout=TIMEOUT_S)
+        gcs.Blob.from_uri(overlay, client=client).download_to_filename(
+            str(path), timeout=DEFAULT_REQUEST_TIMEOUT_S
+        )
         saved.append(path)
     return saved
 

@@ -20,6 +20,7 @@ from deploy import processes
 from deploy.demo import Upload, upload_file
 from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
 from deploy.processes import LocalStackError
+from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
 
 PULL_TIMEOUT_S = 5.0
 
@@ -92,7 +93,9 @@ class CompletionLog:
                     except ValueError:
                         continue
             ack_ids = [m.ack_id for m in response.received_messages]
-            self.subscriber.acknowledge(request={"subscription": self.path, "ack_ids": ack_ids}, timeout=30)
+            self.subscriber.acknowledge(
+                request={"subscription": self.path, "ack_ids": ack_ids}, timeout=DEFAULT_REQUEST_TIMEOUT_S
+            )
 
 
 def kill(stack: LocalStack, name: str) -> processes.ProcessRecord:
@@ -190,7 +193,7 @@ def count_dead_letters(stack: LocalStack) -> int:
         if seen:  # hand them straight back
             subscriber.modify_ack_deadline(
                 request={"subscription": path, "ack_ids": list(seen.values()), "ack_deadline_seconds": 0},
-                timeout=30,
+                timeout=DEFAULT_REQUEST_TIMEOUT_S,
             )
     finally:
         subscriber.close()

@@ -29,12 +29,11 @@ from google.api_core import exceptions as gexc
 from samdrop.errors import InvalidRequest
 from samdrop.images import is_image_object
 from samdrop.layout import input_generation, output_paths
-from samdrop.settings import Settings
+from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S, Settings
 
 if TYPE_CHECKING:
     from google.cloud import pubsub_v1, storage
 
-TIMEOUT_S = 60.0  # each storage or Pub/Sub call
 PULL_WAIT_S = 10.0  # an empty pull of the dead-letter subscription ends the redrive
 PULL_BATCH = 100
 PUBLISH_BATCH = 100  # publishes in flight before sweep waits for them
@@ -142,7 +141,9 @@ def completion_generations(storage_client: storage.Client, settings: Settings, p
     # output_paths(settings, name).folder is results/<name>/: every one of them starts with this
     folder = settings.results_prefix + prefix
     completions: dict[str, int] = {}
-    for blob in storage_client.list_blobs(settings.output_bucket, prefix=folder, timeout=TIMEOUT_S):
+    for blob in storage_client.list_blobs(
+        settings.output_bucket, prefix=folder, timeout=settings.request_timeout_s
+    ):
         if blob.name.endswith("/completion.json"):
             generation = input_generation(blob.metadata)
             if generation is not None:
@@ -170,10 +171,10 @@ def sweep(
 
     def wait_for_publishes() -> None:
         for where, why, future in in_flight:
-            emit(f"sent       {where}  message {future.result(timeout=TIMEOUT_S)}  ({why})")
+            emit(f"sent       {where}  message {future.result(timeout=DEFAULT_REQUEST_TIMEOUT_S)}  ({why})")
         in_flight.clear()
 
-    for blob in storage_client.list_blobs(settings.bucket, prefix=prefix, timeout=TIMEOUT_S):
+    for blob in storage_client.list_blobs(settings.bucket, prefix=prefix, timeout=settings.request_timeout_s):
         name, generation = blob.name, int(blob.generation)
         where = f"gs://{settings.bucket}/{name}#{generation}"
         if name.endswith("/") or name.startswith(settings.results_prefix):
@@ -270,7 +271,7 @@ def _republish(
     failed: Exception | None = None
     for index, (r, future) in enumerate(futures):
         try:
-            message_id = future.result(timeout=TIMEOUT_S)
+            message_id = future.result(timeout=DEFAULT_REQUEST_TIMEOUT_S)
         except Exception as exc:  # released below, so the dead letter stays for the next run
             failed = exc
             _release(subscriber, subscription, [f[0].ack_id for f in futures[index:]])
@@ -296,7 +297,9 @@ def _pull(subscriber: pubsub_v1.SubscriberClient, subscription: str, wanted: int
 def _ack(subscriber: pubsub_v1.SubscriberClient, subscription: str, ack_ids: Iterable[str]) -> None:
     ids = list(ack_ids)
     if ids:
-        subscriber.acknowledge(request={"subscription": subscription, "ack_ids": ids}, timeout=TIMEOUT_S)
+        subscriber.acknowledge(
+            request={"subscription": subscription, "ack_ids": ids}, timeout=DEFAULT_REQUEST_TIMEOUT_S
+        )
 
 
 def _release(subscriber: pubsub_v1.SubscriberClient, subscription: str, ack_ids: Iterable[str]) -> None:
@@ -305,7 +308,7 @@ def _release(subscriber: pubsub_v1.SubscriberClient, subscription: str, ack_ids:
     if ids:
         subscriber.modify_ack_deadline(
             request={"subscription": subscription, "ack_ids": ids, "ack_deadline_seconds": 0},
-            timeout=TIMEOUT_S,
+            timeout=DEFAULT_REQUEST_TIMEOUT_S,
         )
 
 

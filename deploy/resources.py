@@ -16,10 +16,10 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from google.pubsub_v1 import types as pubsub_types
 
 from samdrop.errors import ConfigError
-from samdrop.settings import Settings
+from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S, Settings
 
 Outcome = Literal["created", "updated", "unchanged"]
-TIMEOUT_S = 30.0  # per admin call; the emulators answer in milliseconds, Google in well under this.
+TIMEOUT_S = DEFAULT_REQUEST_TIMEOUT_S  # per admin call (deploy/gcp reuses it)
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,10 @@ from google.api_core import exceptions as gexc
 from samdrop.errors import InputNotFound, InvalidImage, InvalidPrompt, InvalidRequest
 from samdrop.images import is_image_name
 from samdrop.prompts import PROMPTS_METADATA_KEY, parse_prompts_json
+from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
 
 if TYPE_CHECKING:
     from google.cloud import pubsub_v1, storage
-
-TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ def upload(
 ) -> Iterator[str]:
     """Upload each planned file (prompts in custom metadata); yields ``gs://`` URIs as they finish."""
     target = client.bucket(bucket)
-    if client.lookup_bucket(bucket, timeout=TIMEOUT_S) is None:
+    if client.lookup_bucket(bucket, timeout=DEFAULT_REQUEST_TIMEOUT_S) is None:
         raise InputNotFound(f"bucket {bucket} does not exist: run `samdrop local up` or set SAMDROP_BUCKET")
     for item in planned:
         blob = target.blob(item.object_name)
@@ -90,7 +89,9 @@ def upload(
             # The prompts travel atomically with the object: the finalize event carries them.
             blob.metadata = {PROMPTS_METADATA_KEY: json.dumps(prompts, separators=(",", ":"))}
         content_type = mimetypes.guess_type(item.source.name)[0] or "application/octet-stream"
-        blob.upload_from_filename(str(item.source), content_type=content_type, timeout=TIMEOUT_S)
+        blob.upload_from_filename(
+            str(item.source), content_type=content_type, timeout=DEFAULT_REQUEST_TIMEOUT_S
+        )
         yield f"gs://{bucket}/{item.object_name}"
 
 
@@ -129,7 +130,7 @@ def watch(
                     "subscription": subscription,
                     "ack_ids": [m.ack_id for m in response.received_messages],
                 },
-                timeout=TIMEOUT_S,
+                timeout=DEFAULT_REQUEST_TIMEOUT_S,
             )
             seen += len(response.received_messages)
     return seen

@@ -21,7 +21,14 @@ from functions.routing import Action, route
 from functions.segment import segment_upload
 from pipeline.completion import failed_completion
 from pipeline.paths import BatchPaths
-from samdrop.errors import ConfigError, ErrorInfo, SamdropError, TransientError, public_error
+from samdrop.errors import (
+    ConfigError,
+    ErrorInfo,
+    SamdropError,
+    TransientError,
+    as_samdrop_error,
+    public_error,
+)
 from samdrop.logs import fields as log_fields
 from samdrop.messages import CompletionMessage, Publisher, publish_completion
 from samdrop.settings import Settings
@@ -119,12 +126,15 @@ def handle_upload(event: UploadEvent, deps: Deps) -> str:
         )
         raise
     except Exception as exc:
-        if isinstance(exc, SamdropError) and not exc.permanent:  # e.g. a write conflict: look again later
-            log.warning("%s, Pub/Sub will redeliver", exc.message, extra=log_fields(outcome="retry", **about))
-            raise
+        error = as_samdrop_error(exc, where=f"handling {event.uri}", log=log, extra=log_fields(**about))
+        if not error.permanent:  # e.g. a write conflict or a network failure: look again later
+            log.warning(
+                "%s, Pub/Sub will redeliver", error.message, extra=log_fields(outcome="retry", **about)
+            )
+            raise error from exc
         # Permanent, and not recorded where it happened (outputs that cannot be written, a bug):
         # one failed completion, then acknowledge. Retrying would meet the same problem again.
-        return _fail_unrecorded(event, decision.batch_id, exc, deps, about)
+        return _fail_unrecorded(event, decision.batch_id, error, deps, about)
     timings = {**result.timings_ms, "handler": _ms(deps.clock() - started)}
     level = logging.WARNING if result.outcome == "failed" else logging.INFO
     log.log(

@@ -44,8 +44,8 @@ def build_deps(env: Any) -> Deps:
     settings = Settings.from_env(env)
     return Deps(
         settings=settings,
-        store=GcsStore(StorageClient(project=settings.project)),
-        publisher=PubsubPublisher(PublisherClient(), settings.project),
+        store=GcsStore(StorageClient(project=settings.project), timeout_s=settings.request_timeout_s),
+        publisher=PubsubPublisher(PublisherClient(), settings.project, timeout_s=settings.request_timeout_s),
         endpoint=make_endpoint(settings) if settings.endpoint else None,
         start_batch=pipelines_not_configured if settings.pipeline_runner == "none" else starter_for(settings),
     )

@@ -11,21 +11,21 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from functions.endpoint import Endpoint
 from functions.events import UploadEvent
 from functions.prediction import parse_prediction
 from functions.prompts import build_instance, prompts_from_metadata
-from samdrop import budgets, outputs
+from samdrop import outputs
 from samdrop.budgets import check_image_shape, check_input_bytes, check_object_name
 from samdrop.documents import ErrorRecord, MasksDocument
-from samdrop.errors import ConfigError, InputNotFound, PermanentError, TransientError, public_error
+from samdrop.errors import ConfigError, InputNotFound, TransientError, as_samdrop_error
 from samdrop.images import decode_image
 from samdrop.layout import OutputPaths, json_record, output_paths, write_output
 from samdrop.logs import fields as log_fields
 from samdrop.messages import CompletionMessage, Publisher, publish_completion
 from samdrop.outputs import Decision, Listing, Record, Step
+from samdrop.prompts import check_budget
 from samdrop.settings import Settings
 from samdrop.storage import ObjectStore, WriteConflict
 
@@ -81,7 +81,15 @@ def segment_upload(
     except WriteConflict as exc:
         return _after_conflict(exc, paths, generation, store)
     except Exception as exc:
-        record = outputs.error_record(_as_permanent(exc, event), event.uri, generation)
+        error = as_samdrop_error(
+            exc,
+            where=f"segmenting {event.uri}",
+            log=log,
+            extra=log_fields(object=event.uri, generation=event.generation),
+        )
+        if not error.permanent:  # an I/O failure the storage or endpoint client did not translate
+            raise error from exc
+        record = outputs.error_record(error, event.uri, generation)
         try:
             outputs.write_record(store, paths, listing, record)
         except WriteConflict as conflict:
@@ -141,7 +149,7 @@ def _segment_and_write(
     # Budgets first: nothing is downloaded or sent to the endpoint for an input over a limit.
     check_input_bytes(size, limit=settings.max_input_bytes, name=event.uri)
     prompts = prompts_from_metadata(metadata, max_json_depth=settings.max_json_depth)
-    check_prompt_budget(prompts, settings)
+    check_budget(prompts, settings)
     data = store.read(event.bucket, event.name, generation=generation)
     image = decode_image(data, max_pixels=settings.max_image_pixels, name=event.uri)
     height, width = image.shape[:2]
@@ -227,29 +235,3 @@ def _after_conflict(exc: WriteConflict, paths: OutputPaths, generation: int, sto
     raise TransientError(
         f"another delivery is writing outputs of this generation ({exc.message}); retrying later"
     ) from exc
-
-
-def check_prompt_budget(prompts: Mapping[str, Any] | None, settings: Settings) -> None:
-    """Refuse prompts over ``SAMDROP_MAX_PROMPTS`` / ``SAMDROP_MAX_MASKS`` and automatic-mask
-    parameters over ``SAMDROP_MAX_AUTO_POINTS`` before the image is read."""
-    prompts = prompts or {}
-    boxes, points = len(prompts.get("boxes") or []), len(prompts.get("points") or [])
-    if boxes or points:
-        multimask = prompts.get("multimask", not boxes)
-        budgets.check_prompts(
-            boxes, points, bool(multimask), max_prompts=settings.max_prompts, max_masks=settings.max_masks
-        )
-    elif isinstance(prompts.get("amg"), Mapping):
-        budgets.check_auto_points(dict(prompts["amg"]), limit=settings.max_auto_points)
-
-
-def _as_permanent(exc: Exception, event: UploadEvent) -> PermanentError:
-    if isinstance(exc, PermanentError):
-        return exc
-    # A bug here must not become a crash loop: record it for the user, keep the trace in the log.
-    log.error(
-        "unexpected error while segmenting; recorded as a permanent failure",
-        exc_info=exc,
-        extra=log_fields(object=event.uri, generation=event.generation, error=f"{type(exc).__name__}: {exc}"),
-    )
-    return PermanentError(public_error(exc)["message"], code="internal")

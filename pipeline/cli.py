@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.listing import parse_prompts_file
 from pipeline.paths import PROMPTS_FILE, READY, BatchPaths
-from samdrop.errors import InputNotFound, InvalidRequest
+from samdrop.errors import InputNotFound, InvalidRequest, PermanentError
 from samdrop.images import is_image_name
+from samdrop.prompts import check_amg
 from samdrop.settings import Settings
 
 BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 UPLOAD_THREADS = 8
-TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def ready_body(amg: str | None, shard_size: int | None) -> bytes:
             body["amg"] = json.loads(amg)
         except ValueError as exc:
             raise InvalidRequest(f"--amg is not JSON ({exc})") from None
+        check_amg(body["amg"], where="--amg")  # the check the batch's listing step makes, before any upload
     if shard_size is not None:
         body["shard_size"] = shard_size
     return json.dumps(body).encode("utf-8") if body else b""
@@ -118,7 +120,18 @@ def plan_batch_upload(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates or prefix + READY in names:
         raise InvalidRequest(f"two files would land on the same object {duplicates or [READY]}: rename one")
+    for item in planned:
+        if item.object_name == prefix + PROMPTS_FILE:
+            check_prompts_file(item.source)
     return planned
+
+
+def check_prompts_file(path: Path) -> None:
+    """Refuse a prompts file the batch would refuse, or with an entry it would fail, before any
+    upload: the listing step's own check (:func:`pipeline.listing.parse_prompts_file`)."""
+    for entry in parse_prompts_file(path.read_bytes(), where=str(path)).values():
+        if isinstance(entry, PermanentError):
+            raise entry
 
 
 def upload_batch(
@@ -130,7 +143,7 @@ def upload_batch(
     """
     paths = BatchPaths.of(settings, batch_id)
     bucket = client.bucket(settings.bucket)
-    if client.lookup_bucket(settings.bucket, timeout=TIMEOUT_S) is None:
+    if client.lookup_bucket(settings.bucket, timeout=settings.request_timeout_s) is None:
         raise InputNotFound(
             f"bucket {settings.bucket} does not exist: run `samdrop local up` or set SAMDROP_BUCKET"
         )
@@ -138,14 +151,17 @@ def upload_batch(
     def put(item: PlannedFile) -> str:
         content_type = mimetypes.guess_type(item.source.name)[0] or "application/octet-stream"
         bucket.blob(item.object_name).upload_from_filename(
-            str(item.source), content_type=content_type, if_generation_match=0, timeout=TIMEOUT_S
+            str(item.source),
+            content_type=content_type,
+            if_generation_match=0,
+            timeout=settings.request_timeout_s,
         )
         return f"gs://{settings.bucket}/{item.object_name}"
 
     with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="samdrop-upload") as pool:
         uris = list(pool.map(put, planned))
     bucket.blob(paths.marker).upload_from_string(
-        ready, content_type="application/json", if_generation_match=0, timeout=TIMEOUT_S
+        ready, content_type="application/json", if_generation_match=0, timeout=settings.request_timeout_s
     )
     return [*uris, paths.input(paths.marker)]
 
@@ -158,7 +174,7 @@ def status_command(
     from samdrop.storage import GcsStore
 
     paths = BatchPaths.of(settings, batch_id)
-    store = GcsStore(_storage_client(settings))
+    store = GcsStore(_storage_client(settings), timeout_s=settings.request_timeout_s)
 
     def look() -> dict[str, Any]:
         return status_of(paths, store, store)
@@ -239,7 +255,7 @@ def run_command(settings: Settings, batch_id: str) -> int:
     from samdrop.storage import GcsStore
 
     paths = BatchPaths.of(settings, batch_id)
-    store = GcsStore(_storage_client(settings))
+    store = GcsStore(_storage_client(settings), timeout_s=settings.request_timeout_s)
     info = store.stat(paths.output_bucket, paths.claim)
     if info is None:
         raise InputNotFound(f"batch {batch_id} was never started ({paths.uri(paths.claim)} is missing)")

@@ -15,12 +15,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pipeline.paths import PROMPTS_FILE, READY, BatchPaths
-from predictor.instances import parse_amg, parse_prompts
 from samdrop.budgets import loads_limited
 from samdrop.errors import ErrorInfo, InputNotFound, InvalidPrompt, InvalidRequest, PermanentError
 from samdrop.images import is_image_object
 from samdrop.layout import input_generation, json_record, write_output
-from samdrop.prompts import check_prompts, check_tiling
+from samdrop.prompts import check_amg, check_prompts, check_tiling
 from samdrop.storage import ObjectInfo, ObjectStore
 
 READY_KEYS = ("prompts", "amg", "shard_size", "multimask", "outputs", "tiling")
@@ -133,9 +132,9 @@ def parse_ready(body: bytes, *, default_shard_size: int, where: str = READY) -> 
         raise InvalidRequest(f'{where}: "multimask" must be true or false')
     amg = raw.get("amg") or {}
     try:
-        parse_amg(amg)  # checked now; kept as given so the defaults stay the engine's
-    except InvalidRequest as exc:
-        raise InvalidRequest(f"{where}: {exc.message}") from None
+        check_amg(amg, where=f"{where}: amg")  # checked now; kept as given so the defaults stay the engine's
+    except PermanentError as exc:
+        raise InvalidRequest(exc.message) from None
     outputs = raw.get("outputs", [])
     if not isinstance(outputs, list) or any(o not in BATCH_OUTPUTS for o in outputs):
         raise InvalidRequest(f'{where}: "outputs" must be a list of {list(BATCH_OUTPUTS)}')
@@ -170,18 +169,13 @@ def parse_prompts_file(data: bytes, *, where: str) -> dict[str, dict[str, Any] |
 
 
 def _prompt_entry(entry: Any, where: str) -> dict[str, Any]:
-    """One file's prompts, in the shape every prompt source shares (:mod:`samdrop.prompts`)."""
+    """One file's prompts, in the shape every prompt source shares, checked here once by
+    :func:`samdrop.prompts.check_prompts` (the shard only converts it and checks it fits the image)."""
     prompts = check_prompts(entry, where=where)
     if prompts and "amg" in prompts:
         raise InvalidPrompt(f"{where}: automatic-mask parameters go in the _READY body's amg, not per file")
     if not prompts or not {"points", "boxes", "outputs", "label", "tiling"} & set(prompts):
         raise InvalidPrompt(f"{where} has neither points nor boxes (leave the file out for automatic masks)")
-    try:
-        parse_prompts(
-            prompts.get("points"), prompts.get("labels"), prompts.get("boxes"), prompts.get("multimask")
-        )
-    except PermanentError as exc:
-        raise InvalidPrompt(f"{where}: {exc.message}") from None
     return prompts
 
 

@@ -30,7 +30,7 @@ from pipeline.listing import BatchOptions, PlanItem
 from pipeline.paths import BatchPaths
 from predictor.backends import Engine
 from predictor.engine import Job, MaskSet
-from predictor.instances import Prompts, check_prompts_fit, parse_amg, parse_prompts
+from predictor.instances import Prompts, check_prompts_fit, prompts_from
 from predictor.polygons import with_exports
 from predictor.tiling import Tiling, resolve_tiling, run_jobs
 from samdrop import outputs
@@ -43,10 +43,18 @@ from samdrop.documents import (
     Prediction,
     masks_of,
 )
-from samdrop.errors import ErrorInfo, PermanentError, SamdropError, TransientError, error_from_code
+from samdrop.errors import (
+    ErrorInfo,
+    PermanentError,
+    SamdropError,
+    TransientError,
+    as_samdrop_error,
+    error_from_code,
+)
 from samdrop.images import decode_image
 from samdrop.layout import OutputPaths, output_paths
 from samdrop.outputs import Step
+from samdrop.prompts import check_amg
 from samdrop.settings import Settings
 from samdrop.storage import ObjectInfo, ObjectStore
 
@@ -107,7 +115,7 @@ class ShardWorker:
         # The parameters automatic masks run with, recorded in masks.json as the predictor records them
         # (the default grid as the predictor picks it: SAMDROP_AMG_POINTS_PER_SIDE, auto by device).
         grid = settings.amg_points_per_side or engine.auto_points_per_side
-        self.amg = parse_amg({"points_per_side": grid, **options.amg})
+        self.amg = check_amg({"points_per_side": grid, **options.amg})
         self.totals: dict[str, float] = {"read": 0.0, "decode": 0.0, "compute": 0.0, "write": 0.0}
         self._totals_lock = threading.Lock()
 
@@ -184,11 +192,8 @@ class ShardWorker:
         return loaded
 
     def _prompts(self, item: PlanItem, image: np.ndarray) -> Prompts | None:
-        entry = item.prompts
-        if not entry:
-            return None
-        multimask = entry.get("multimask", self.options.multimask)
-        prompts = parse_prompts(entry.get("points"), entry.get("labels"), entry.get("boxes"), multimask)
+        """The item's ``prompts.json`` entry, checked once by the listing step, as arrays."""
+        prompts = prompts_from(item.prompts or {}, multimask=self.options.multimask)
         if prompts is not None:
             check_prompts_fit(prompts, image.shape[1], image.shape[0])
         return prompts
@@ -392,9 +397,8 @@ def _throttle(futures: list[Future[Any]], *, limit: int) -> None:
         future.result()
 
 
-def _internal(exc: Exception, uri: str) -> PermanentError:
-    log.error("unexpected error on %s; recorded as a permanent failure\n%s", uri, traceback.format_exc())
-    return PermanentError(f"internal error on {uri} ({type(exc).__name__}: {exc})", code="internal")
+def _internal(exc: Exception, uri: str) -> SamdropError:
+    return as_samdrop_error(exc, where=f"processing {uri}", log=log)
 
 
 def _engine_failed(uri: str) -> PermanentError:

@@ -67,12 +67,14 @@ def context_from_env(
     from samdrop.storage import GcsStore
 
     settings = Settings.from_env({**env, **config})
-    store = GcsStore(storage.Client(project=settings.project))
+    store = GcsStore(storage.Client(project=settings.project), timeout_s=settings.request_timeout_s)
     pubsub = None
     if publisher:
         from google.cloud import pubsub_v1
 
-        pubsub = PubsubPublisher(pubsub_v1.PublisherClient(), settings.project)
+        pubsub = PubsubPublisher(
+            pubsub_v1.PublisherClient(), settings.project, timeout_s=settings.request_timeout_s
+        )
     return Context(settings, store, pubsub)
 
 

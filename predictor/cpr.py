@@ -34,13 +34,13 @@ from samdrop.errors import (
     InvalidRequest,
     PermanentError,
     SamdropError,
-    TransientError,
-    public_error,
+    as_samdrop_error,
 )
 from samdrop.images import decode_image
 from samdrop.masks import mask_to_png, rle_to_mask
+from samdrop.prompts import check_budget
 from samdrop.settings import Settings
-from samdrop.storage import skip_environment_lookups
+from samdrop.storage import GcsStore
 
 log = logging.getLogger(__name__)
 # (gs:// URI, generation or None for the live object) -> the object's bytes.
@@ -119,7 +119,7 @@ class SamRoutine(Predictor):
             if isinstance(raw, dict) and isinstance(raw.get("file_path"), str):
                 slot.file_path = raw["file_path"]
             try:
-                slot.instance = parse_instance(raw, parameters)
+                slot.instance = parse_instance(raw, parameters, where=f"instances[{slot.index}]")
                 check_budgets(slot.instance, self.settings)
             except SamdropError as exc:
                 slot.error = exc
@@ -152,14 +152,14 @@ class SamRoutine(Predictor):
                 raise tiled_logits_refused(f"{width}x{height} is over SAMDROP_TILE_ABOVE_PIXELS={above}")
         except SamdropError as exc:
             slot.error = exc
-        except Exception as exc:  # an unexpected read failure stays in this slot; a retry may pass
-            slot.error = TransientError(f"reading {name} failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # stays in this slot: an I/O failure is transient, a bug internal
+            slot.error = as_samdrop_error(exc, where=f"reading {name}", log=log)
         slot.timings_ms["read_decode"] = round((time.perf_counter() - started) * 1000, 2)
 
     def _read(self, uri: str, generation: int | None) -> bytes:
         if self._read_object is None:
             assert self.settings is not None
-            self._read_object = gcs_reader(self.settings.project, max_bytes=self.settings.max_input_bytes)
+            self._read_object = gcs_reader(self.settings)
         return self._read_object(uri, generation)
 
     def predict(self, instances: list[Slot]) -> list[Slot]:
@@ -232,16 +232,7 @@ class SamRoutine(Predictor):
 def check_budgets(instance: Instance, settings: Settings) -> None:
     """Refuse an instance over a budget before its image is read (:mod:`samdrop.budgets`)."""
     prompts = instance.prompts
-    if prompts is not None:
-        budgets.check_prompts(
-            len(prompts.boxes) if prompts.boxes is not None else 0,
-            len(prompts.points) if prompts.points is not None else 0,
-            prompts.wants_multimask,
-            max_prompts=settings.max_prompts,
-            max_masks=settings.max_masks,
-        )
-    else:
-        budgets.check_auto_points(instance.amg, limit=settings.max_auto_points)
+    check_budget(prompts.to_json() if prompts is not None else {"amg": instance.amg}, settings)
 
 
 def _job(slot: Slot) -> Job:
@@ -261,42 +252,30 @@ def _model_error(exc: Exception, slot: Slot) -> SamdropError:
             "(SAMDROP_DECODER_MEMORY_BYTES caps it)",
             code="image_too_large",
         )
-    log.error("the model failed on %s", name, exc_info=exc)
-    return PermanentError(f"the model failed on {name}: " + public_error(exc)["message"], code="internal")
+    return as_samdrop_error(exc, where=f"running the model on {name}", log=log)
 
 
-def gcs_reader(project: str | None, *, max_bytes: int) -> ReadObject:
-    """Read ``gs://`` objects through google-cloud-storage (honours ``STORAGE_EMULATOR_HOST``):
-    exactly the generation asked for (None: the live one), refused above ``max_bytes`` before the
-    download (``SAMDROP_MAX_INPUT_BYTES``)."""
+def gcs_reader(settings: Settings) -> ReadObject:
+    """Read ``gs://`` objects through :class:`~samdrop.storage.GcsStore` (honours
+    ``STORAGE_EMULATOR_HOST``; its one translation of storage errors, timeout and retry rule):
+    exactly the generation asked for (None: the live one), refused above ``SAMDROP_MAX_INPUT_BYTES``
+    before the download."""
     import google.cloud.storage as storage
-    from google.api_core import exceptions
 
     try:
-        client = storage.Client(project=project)
+        client = storage.Client(project=settings.project)
     except Exception as exc:  # no credentials, no project: the server's setup, not the input
         raise ConfigError(f"the predictor cannot reach Cloud Storage to read gcs_uri images: {exc}") from None
-    skip_environment_lookups(client._http)
+    store = GcsStore(client, timeout_s=settings.request_timeout_s)
 
     def read(uri: str, generation: int | None) -> bytes:
         bucket, _, name = uri.removeprefix("gs://").partition("/")
-        which = f"{uri} generation {generation}" if generation is not None else uri
-        missing = f"{which} does not exist (deleted, replaced by a newer upload, or not readable here)"
-        try:
-            blob = client.bucket(bucket).get_blob(name, generation=generation, timeout=60)
-            if blob is None:
-                raise InputNotFound(missing)
-            budgets.check_input_bytes(blob.size, limit=max_bytes, name=uri)
-            data: bytes = blob.download_as_bytes(timeout=60)  # the generation just stat'ed
-            return data
-        except exceptions.NotFound:
-            raise InputNotFound(missing) from None
-        except exceptions.Forbidden as exc:
-            raise InputNotFound(f"{uri} cannot be read: {exc.message}") from None
-        except exceptions.BadRequest as exc:
-            raise InvalidRequest(f"Cloud Storage refused reading {which} as invalid: {exc.message}") from None
-        except (exceptions.ServerError, exceptions.TooManyRequests, TimeoutError, ConnectionError) as exc:
-            raise TransientError(f"reading {uri} failed, retry later: {exc}") from None
+        info = store.stat(bucket, name, generation=generation)
+        if info is None:
+            which = f"{uri} generation {generation}" if generation is not None else uri
+            raise InputNotFound(f"{which} does not exist (deleted or replaced by a newer upload)")
+        budgets.check_input_bytes(info.size, limit=settings.max_input_bytes, name=uri)
+        return store.read(bucket, name, generation=info.generation)  # the generation just stat'ed
 
     return read
 

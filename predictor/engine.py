@@ -36,11 +36,12 @@ from predictor.automatic import FastMaskGenerator
 from predictor.decoder import DecoderContext, FastDecoder
 from predictor.fast import enable_sdpa
 from predictor.hardware import resolve_compile, resolve_precision, use_compile_cache
-from predictor.instances import AMG_DEFAULTS, Prompts
+from predictor.instances import Prompts
 from predictor.registry import load_sam
 from samdrop.budgets import check_auto_points, points_per_batch_for
 from samdrop.documents import TilingRecord
 from samdrop.masks import mask_box, mask_to_rle
+from samdrop.prompts import AMG_DEFAULTS
 from samdrop.settings import Settings
 
 

@@ -15,34 +15,16 @@ import numpy as np
 
 from samdrop.documents import PromptsRecord
 from samdrop.errors import InvalidPrompt, InvalidRequest
-from samdrop.prompts import MASK_OUTPUTS, check_label, check_tiling
+from samdrop.prompts import AMG_DEFAULTS, PROMPT_KEYS, check_amg, check_prompts, multimask_for
 
 IMAGE_FIELDS = ("gcs_uri", "generation", "image")
 PROMPT_FIELDS = ("points", "labels", "boxes", "multimask")
+# What the request-level "parameters" may give every instance (an instance's own value wins).
+PARAMETER_DEFAULTS = ("multimask", "outputs", "tiling")
 OUTPUT_FIELDS = ("mask_format", "return_logits", "outputs", "label", "tiling")
 LEGACY_FIELDS = ("input_point", "input_label")
 KNOWN_FIELDS = ("file_path", *IMAGE_FIELDS, *PROMPT_FIELDS, "amg", *OUTPUT_FIELDS, *LEGACY_FIELDS)
 MASK_FORMATS = ("rle", "png")
-
-# SamAutomaticMaskGenerator's parameters (and defaults, for ViT-H), plus our ``max_masks``.
-AMG_DEFAULTS: dict[str, Any] = {
-    "points_per_side": 32,
-    "points_per_batch": None,  # None: the engine's setting
-    "pred_iou_thresh": 0.88,
-    "stability_score_thresh": 0.95,
-    "stability_score_offset": 1.0,
-    "box_nms_thresh": 0.7,
-    "crop_n_layers": 0,
-    "crop_nms_thresh": 0.7,
-    "crop_overlap_ratio": 512 / 1500,
-    "crop_n_points_downscale_factor": 1,
-    "min_mask_region_area": 0,
-    "max_masks": None,  # None: the engine's cap
-}
-_AMG_INT = ("points_per_side", "points_per_batch", "crop_n_layers", "crop_n_points_downscale_factor",
-            "min_mask_region_area", "max_masks")  # fmt: skip
-_AMG_UNIT = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh",
-             "crop_overlap_ratio")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -51,8 +33,7 @@ class Prompts:
 
     points: ``Nx2 float32`` XY; labels: ``N int64`` (1 foreground, 0 background); boxes: ``Mx4 float32``
     XYXY. With boxes, each box is one prompt and the points (if any) join every box; without boxes,
-    all points form one prompt. ``multimask`` None means: three masks for a points-only prompt, one
-    otherwise (SAM's own advice).
+    all points form one prompt. ``multimask`` None means :func:`samdrop.prompts.multimask_for` decides.
     """
 
     points: np.ndarray | None = None
@@ -69,9 +50,7 @@ class Prompts:
 
     @property
     def wants_multimask(self) -> bool:
-        if self.multimask is not None:
-            return self.multimask
-        return self.boxes is None
+        return multimask_for(len(self.boxes) if self.boxes is not None else 0, self.multimask)
 
     def to_json(self) -> PromptsRecord:
         """The prompts as ``masks.json`` and the predictor's answer record them."""
@@ -102,9 +81,13 @@ class Instance:
     tiling: bool | dict[str, int] | None = None  # None: the server's SAMDROP_TILE_ABOVE_PIXELS decides
 
 
-def parse_instance(raw: Any, parameters: dict[str, Any] | None = None) -> Instance:
+def parse_instance(
+    raw: Any, parameters: dict[str, Any] | None = None, *, where: str = "instance"
+) -> Instance:
     """Validate one instance. ``parameters`` (the request-level dict) supplies defaults for
-    ``amg``, ``mask_format``, ``return_logits`` and ``multimask``."""
+    ``amg``, ``mask_format``, ``return_logits``, ``multimask``, ``outputs`` and ``tiling``. The
+    prompt fields go through :func:`samdrop.prompts.check_prompts` (``where`` names the instance in
+    its messages), the one validator every source of prompts shares."""
     if not isinstance(raw, dict):
         raise InvalidRequest(f"an instance must be a JSON object, got {type(raw).__name__}")
     params = parameters or {}
@@ -116,10 +99,8 @@ def parse_instance(raw: Any, parameters: dict[str, Any] | None = None) -> Instan
         raise InvalidRequest("file_path must be a string")
 
     gcs_uri, image_bytes = _image_source(raw)
-    points_raw = raw.get("points", raw.get("input_point"))
-    labels_raw = raw.get("labels", raw.get("input_label"))
-    multimask = raw.get("multimask", params.get("multimask"))
-    prompts = parse_prompts(points_raw, labels_raw, raw.get("boxes"), multimask)
+    checked = check_prompts(_prompt_fields(raw, params), where=where) or {}
+    prompts = prompts_from(checked)
 
     mask_format = raw.get("mask_format", params.get("mask_format", "rle"))
     if mask_format not in MASK_FORMATS:
@@ -127,17 +108,8 @@ def parse_instance(raw: Any, parameters: dict[str, Any] | None = None) -> Instan
     return_logits = raw.get("return_logits", params.get("return_logits", False))
     if not isinstance(return_logits, bool):
         raise InvalidRequest("return_logits must be true or false")
-    amg = parse_amg({**(params.get("amg") or {}), **(raw.get("amg") or {})})
     generation = _generation(raw.get("generation"), gcs_uri)
-    label = raw.get("label")
-    if label is not None:
-        label = check_label(label, where="label", prompts=prompts.count if prompts is not None else 1)
-    outputs = raw.get("outputs", params.get("outputs", []))
-    if not isinstance(outputs, list) or any(o not in MASK_OUTPUTS for o in outputs):
-        raise InvalidRequest(f"outputs must be a list of {list(MASK_OUTPUTS)}, got {_short(outputs)}")
-    tiling = raw.get("tiling", params.get("tiling"))
-    if tiling is not None:
-        tiling = check_tiling(tiling, where="tiling")
+    tiling = checked.get("tiling")
     if return_logits and prompts is None:
         raise InvalidRequest("return_logits needs prompts (points or boxes): automatic masks have no logits")
     if return_logits and tiling not in (None, False):
@@ -147,48 +119,57 @@ def parse_instance(raw: Any, parameters: dict[str, Any] | None = None) -> Instan
         gcs_uri,
         image_bytes,
         prompts,
-        amg,
+        {**AMG_DEFAULTS, **checked.get("amg", {})},
         mask_format,
         return_logits,
         generation=generation,
-        label=label,
-        outputs=tuple(outputs),
+        label=checked.get("label"),
+        outputs=tuple(checked.get("outputs", ())),
         tiling=tiling,
     )
 
 
-def parse_prompts(points: Any, labels: Any, boxes: Any, multimask: Any = None) -> Prompts | None:
-    """Prompts from JSON lists; None when there are none (automatic masks)."""
-    if multimask is not None and not isinstance(multimask, bool):
-        raise InvalidPrompt("multimask must be true or false")
-    point_array = _array(points, "points", columns=2) if points is not None else None
-    box_array = _array(boxes, "boxes", columns=4) if boxes is not None else None
-    label_array = None
-    if point_array is not None:
-        if labels is None:
-            raise InvalidPrompt(
-                f"{len(point_array)} points were given without labels: add labels (1 or 0 each)"
-            )
-        label_array = np.asarray(labels)
-        if label_array.ndim != 1 or len(label_array) != len(point_array):
-            raise InvalidPrompt(
-                f"labels must be one per point: {len(point_array)} points but labels {_short(labels)}"
-            )
-        if not np.isin(label_array, (0, 1)).all() or label_array.dtype.kind not in "iub":
-            raise InvalidPrompt(f"labels must be 1 (foreground) or 0 (background), got {_short(labels)}")
-        label_array = label_array.astype(np.int64)
-    elif labels is not None and len(labels) > 0:
-        raise InvalidPrompt("labels were given without points")
-    if box_array is not None:
-        bad = np.nonzero((box_array[:, 2] < box_array[:, 0]) | (box_array[:, 3] < box_array[:, 1]))[0]
-        if len(bad):
-            raise InvalidPrompt(
-                f"box {int(bad[0])} {box_array[bad[0]].tolist()} has x1 < x0 or y1 < y0: "
-                "boxes are [x0, y0, x1, y1]"
-            )
-    if point_array is None and box_array is None:
+def _prompt_fields(raw: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The instance's prompts object (the shape :mod:`samdrop.prompts` checks): its own fields, the
+    older ``input_point``/``input_label`` names, and the request parameters' defaults."""
+    fields = {key: raw[key] for key in PROMPT_KEYS if key in raw and key != "amg"}
+    for legacy, key in (("input_point", "points"), ("input_label", "labels")):
+        if legacy in raw and key not in raw:
+            fields[key] = raw[legacy]
+    for key in PARAMETER_DEFAULTS:
+        if key not in fields and params.get(key) is not None:
+            fields[key] = params[key]
+    amg = raw.get("amg")
+    if params.get("amg") is not None:  # the request's parameters under the instance's own
+        check_amg(params["amg"], where="parameters.amg")
+        amg = {**params["amg"], **amg} if isinstance(amg, dict) else params["amg"] if amg is None else amg
+    if amg is not None:
+        fields["amg"] = amg
+    return fields
+
+
+def prompts_from(checked: dict[str, Any], *, multimask: bool | None = None) -> Prompts | None:
+    """The numpy form of prompts :func:`samdrop.prompts.check_prompts` returned (no check again);
+    None when there are none (automatic masks). ``multimask``: the default when the prompts say none
+    (a batch's ``_READY`` body)."""
+    points, boxes = checked.get("points"), checked.get("boxes")
+    if not points and not boxes:
         return None
-    return Prompts(point_array, label_array, box_array, multimask)
+    return Prompts(
+        np.asarray(points, dtype=np.float32) if points else None,
+        np.asarray(checked["labels"], dtype=np.int64) if points else None,
+        np.asarray(boxes, dtype=np.float32) if boxes else None,
+        checked.get("multimask", multimask),
+    )
+
+
+def parse_prompts(
+    points: Any, labels: Any = None, boxes: Any = None, multimask: Any = None, *, where: str = "prompts"
+) -> Prompts | None:
+    """Prompts from JSON lists, checked by :func:`samdrop.prompts.check_prompts`; None when there
+    are none (automatic masks)."""
+    raw = {"points": points, "labels": labels, "boxes": boxes, "multimask": multimask}
+    return prompts_from(check_prompts({k: v for k, v in raw.items() if v is not None}, where=where) or {})
 
 
 def check_prompts_fit(prompts: Prompts, width: int, height: int) -> None:
@@ -211,33 +192,6 @@ def check_prompts_fit(prompts: Prompts, width: int, height: int) -> None:
         if outside.any():
             index = int(np.argmax(outside))
             raise InvalidPrompt(f"box {index} {b[index].tolist()} lies outside the {width}x{height} image")
-
-
-def parse_amg(raw: Any) -> dict[str, Any]:
-    """Automatic-mask parameters merged over :data:`AMG_DEFAULTS`, type- and range-checked."""
-    if not isinstance(raw, dict):
-        raise InvalidRequest("amg must be a JSON object of automatic-mask parameters")
-    unknown = sorted(set(raw) - set(AMG_DEFAULTS))
-    if unknown:
-        raise InvalidRequest(f"unknown amg parameter(s) {unknown}; known: {', '.join(AMG_DEFAULTS)}")
-    params = {**AMG_DEFAULTS, **raw}
-    for name in _AMG_INT:
-        value = params[name]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise InvalidRequest(f"amg.{name} must be a non-negative integer, got {value!r}")
-    for name in _AMG_UNIT:
-        value = params[name]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-            raise InvalidRequest(f"amg.{name} must be a number within [0, 1], got {value!r}")
-    if not isinstance(params["stability_score_offset"], int | float):
-        raise InvalidRequest("amg.stability_score_offset must be a number")
-    if not 1 <= params["points_per_side"] <= 128:
-        raise InvalidRequest(f"amg.points_per_side must be within 1..128, got {params['points_per_side']}")
-    if params["crop_n_layers"] > 3:
-        raise InvalidRequest("amg.crop_n_layers must be at most 3")
-    if params["crop_n_points_downscale_factor"] < 1:
-        raise InvalidRequest("amg.crop_n_points_downscale_factor must be >= 1")
-    return params
 
 
 def _image_source(raw: dict[str, Any]) -> tuple[str | None, bytes | None]:
@@ -282,23 +236,6 @@ def _generation(value: Any, gcs_uri: str | None) -> int | None:
             f'generation must be a decimal string like "1714000000000000", got {_short(value)}'
         )
     return int(text)
-
-
-def _array(value: Any, name: str, columns: int) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise InvalidPrompt(
-            f"{name} must be a list of [{'x, y' if columns == 2 else 'x0, y0, x1, y1'}] numbers"
-        ) from None
-    if array.ndim == 1 and len(array) == columns:  # a single point or box without the outer list
-        array = array[None, :]
-    if array.ndim != 2 or array.shape[1] != columns or len(array) == 0:
-        shape = "[[x, y], ...]" if columns == 2 else "[[x0, y0, x1, y1], ...]"
-        raise InvalidPrompt(f"{name} must look like {shape}, got {_short(value)}")
-    if not np.isfinite(array).all():
-        raise InvalidPrompt(f"{name} must be finite numbers")
-    return array
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -22,6 +22,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 
 from predictor import weights
 from samdrop.errors import ConfigError
+from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,6 @@ def _download(uri: str, cache_dir: Path) -> Path:
     import google.cloud.storage as storage
 
     bucket_name, _, prefix = uri.removeprefix("gs://").partition("/")
-    blobs = storage.Client().list_blobs(bucket_name, prefix=prefix, timeout=60)
+    blobs = storage.Client().list_blobs(bucket_name, prefix=prefix, timeout=DEFAULT_REQUEST_TIMEOUT_S)
     name = _single_checkpoint_in([b.name for b in blobs if b.name.endswith(".pth")], uri)
     return weights.fetch(f"gs://{bucket_name}/{name}", cache_dir)

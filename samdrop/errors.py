@@ -5,13 +5,21 @@ for every code any unit writes, whether retrying can help; every path (function,
 pipeline) asks :func:`retry_rule` or :func:`error_from_code` instead of deciding on its own. Only
 the edges turn errors into something else: the predictor into a per-instance ``{"error": {...}}``,
 the function into ack (permanent) or redelivery (transient, config), the pipeline into a manifest
-line. See docs/design.md "Errors".
+line. An exception that is not a samdrop error meets :func:`as_samdrop_error` at every edge: an I/O
+failure is transient, anything else a bug (``internal``, permanent, its trace logged). See
+docs/design.md "Errors".
 """
 
 from __future__ import annotations
 
 import enum
-from typing import TypedDict
+import logging
+from collections.abc import Mapping
+from typing import Any, TypedDict
+
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
 
 
 class RetryRule(enum.Enum):
@@ -153,3 +161,34 @@ def public_error(exc: BaseException) -> ErrorInfo:
         "code": "internal",
         "message": f"internal error ({type(exc).__name__}); the trace is in the service's log",
     }
+
+
+# Exceptions that mean the network or a service failed, not the code or the input: connection
+# errors, timeouts, and 429/5xx from Google APIs (Cloud Storage, Pub/Sub) once their retries ran out.
+IO_FAILURES: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    requests.ConnectionError,
+    requests.Timeout,
+    api_exceptions.TooManyRequests,
+    api_exceptions.ServerError,
+    api_exceptions.RetryError,
+    api_exceptions.DeadlineExceeded,
+    auth_exceptions.TransportError,
+)
+
+
+def as_samdrop_error(
+    exc: BaseException, *, where: str, log: logging.Logger, extra: Mapping[str, Any] | None = None
+) -> SamdropError:
+    """The one policy for an exception an edge catches: a samdrop error stays what it is; an I/O
+    failure (:data:`IO_FAILURES`) is transient (``unavailable``: retry later); anything else is a
+    bug, ``internal`` and permanent (the same input would meet it again, so retrying only delays
+    the answer), with its trace in ``log`` and only its type in the message. ``where`` says what
+    was being done (``reading gs://b/a.jpg``); ``extra``: the log record's structured fields."""
+    if isinstance(exc, SamdropError):
+        return exc
+    if isinstance(exc, IO_FAILURES):
+        return TransientError(f"{where} failed, retry later ({type(exc).__name__}: {exc})")
+    log.error("unexpected error %s; recorded as a permanent failure", where, exc_info=exc, extra=extra)
+    return PermanentError(f"{where}: {public_error(exc)['message']}", code="internal")

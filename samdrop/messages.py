@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from google.api_core import exceptions as api_exceptions
 
 from samdrop.errors import ConfigError, ErrorInfo, TransientError
+from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
 
 KINDS = ("image", "batch")
 STATUSES = {"image": ("succeeded", "failed"), "batch": ("succeeded", "partial", "failed")}
@@ -110,7 +111,7 @@ class Publisher(Protocol):
 class PubsubPublisher:
     """:class:`Publisher` over ``google.cloud.pubsub_v1.PublisherClient``; waits ``timeout_s`` at most."""
 
-    def __init__(self, client: Any, project: str, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, client: Any, project: str, *, timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
         self._client = client
         self._project = project
         self._timeout = timeout_s

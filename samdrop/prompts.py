@@ -7,25 +7,56 @@ metadata of a single upload, and one entry of a batch's ``prompts.json`` all sha
      "tiling": true | false | {"tile": 1024, "overlap": 128}}
 
 Coordinates are pixels of the image as displayed. ``labels`` default to 1 (foreground) per point.
+``multimask`` left out means three masks for points alone and one per box (:func:`multimask_for`).
+``amg`` takes ``SamAutomaticMaskGenerator``'s parameters (:data:`AMG_DEFAULTS`).
 ``label`` names what the prompts mark (one name for all, or one per box / for the point group); it
 flows into ``masks.json``, COCO categories and YOLO classes. ``outputs: ["polygons"]`` adds COCO
 polygons to every mask record. ``tiling`` cuts a large image into overlapping tiles and stitches
 the masks back (``true``: the server's default tile and overlap; ``false``: never, whatever its size).
 Whether the prompts fit inside the image is the predictor's check (it knows the size).
+
+This module is the one validator of that shape: ``samdrop upload``, the function (upload metadata),
+the pipeline (``prompts.json`` entries and the ``_READY`` body's ``amg``) and the predictor (each
+``:predict`` instance) call :func:`check_prompts`, so a mistake is refused at the first of them
+with the same words; only the ``where`` each names its source with differs.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
+from samdrop import budgets
 from samdrop.budgets import DEFAULT_MAX_JSON_DEPTH, loads_limited
 from samdrop.errors import InvalidPrompt
+
+if TYPE_CHECKING:
+    from samdrop.settings import Settings
 
 PROMPTS_METADATA_KEY = "samdrop-prompts"
 PROMPT_KEYS = ("points", "labels", "boxes", "multimask", "amg", "label", "outputs", "tiling")
 MAX_TILE = 4096
 MASK_OUTPUTS = ("polygons",)
+# SamAutomaticMaskGenerator's parameters (and defaults, for ViT-H), plus our ``max_masks``.
+AMG_DEFAULTS: dict[str, Any] = {
+    "points_per_side": 32,
+    "points_per_batch": None,  # None: the engine's setting
+    "pred_iou_thresh": 0.88,
+    "stability_score_thresh": 0.95,
+    "stability_score_offset": 1.0,
+    "box_nms_thresh": 0.7,
+    "crop_n_layers": 0,
+    "crop_nms_thresh": 0.7,
+    "crop_overlap_ratio": 512 / 1500,
+    "crop_n_points_downscale_factor": 1,
+    "min_mask_region_area": 0,
+    "max_masks": None,  # None: the engine's cap
+}
+_AMG_INT = ("points_per_side", "points_per_batch", "crop_n_layers", "crop_n_points_downscale_factor",
+            "min_mask_region_area", "max_masks")  # fmt: skip
+_AMG_UNIT = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh",
+             "crop_overlap_ratio")  # fmt: skip
 EXAMPLE = 'example: {"points": [[120, 80]], "labels": [1]} or {"boxes": [[10, 10, 200, 150]]}'
 
 
@@ -75,9 +106,8 @@ def check_prompts(value: Any, *, where: str) -> dict[str, Any] | None:
             raise InvalidPrompt(f"{where}.multimask must be true or false")
         prompts["multimask"] = value["multimask"]
     if "amg" in value:
-        if not isinstance(value["amg"], dict):
-            raise InvalidPrompt(f"{where}.amg must be an object of automatic-mask parameters")
-        prompts["amg"] = value["amg"]
+        check_amg(value["amg"], where=f"{where}.amg")
+        prompts["amg"] = dict(value["amg"])  # as given: the defaults stay the engine's
     if "label" in value:
         prompts["label"] = check_label(value["label"], where=f"{where}.label", prompts=len(boxes) or 1)
     if "outputs" in value:
@@ -88,6 +118,57 @@ def check_prompts(value: Any, *, where: str) -> dict[str, Any] | None:
     if "tiling" in value:
         prompts["tiling"] = check_tiling(value["tiling"], where=f"{where}.tiling")
     return prompts or None
+
+
+def multimask_for(boxes: int, multimask: bool | None) -> bool:
+    """Whether a prompt makes three masks: ``multimask`` as asked, else three for points alone and
+    one per box (SAM's own advice: a box is unambiguous, a single point is not)."""
+    return multimask if multimask is not None else boxes == 0
+
+
+def check_amg(value: Any, *, where: str = "amg") -> dict[str, Any]:
+    """Automatic-mask parameters merged over :data:`AMG_DEFAULTS`, type- and range-checked."""
+    if not isinstance(value, dict):
+        raise InvalidPrompt(f"{where} must be an object of automatic-mask parameters")
+    unknown = sorted(set(value) - set(AMG_DEFAULTS))
+    if unknown:
+        raise InvalidPrompt(f"{where} has unknown parameter(s) {unknown}; known: {', '.join(AMG_DEFAULTS)}")
+    params = {**AMG_DEFAULTS, **value}
+    for name in _AMG_INT:
+        number = params[name]
+        if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 0):
+            raise InvalidPrompt(f"{where}.{name} must be a non-negative integer, got {number!r}")
+    for name in _AMG_UNIT:
+        number = params[name]
+        if isinstance(number, bool) or not isinstance(number, int | float) or not 0 <= number <= 1:
+            raise InvalidPrompt(f"{where}.{name} must be a number within [0, 1], got {number!r}")
+    offset = params["stability_score_offset"]
+    if isinstance(offset, bool) or not isinstance(offset, int | float) or not math.isfinite(offset):
+        raise InvalidPrompt(f"{where}.stability_score_offset must be a number")
+    if not 1 <= params["points_per_side"] <= 128:
+        raise InvalidPrompt(f"{where}.points_per_side must be within 1..128, got {params['points_per_side']}")
+    if params["crop_n_layers"] > 3:
+        raise InvalidPrompt(f"{where}.crop_n_layers must be at most 3")
+    if params["crop_n_points_downscale_factor"] < 1:
+        raise InvalidPrompt(f"{where}.crop_n_points_downscale_factor must be >= 1")
+    return params
+
+
+def check_budget(prompts: Mapping[str, Any] | None, settings: Settings) -> None:
+    """Refuse checked ``prompts`` over ``SAMDROP_MAX_PROMPTS`` / ``SAMDROP_MAX_MASKS``, or automatic-mask
+    parameters (``amg``, when given) over ``SAMDROP_MAX_AUTO_POINTS`` (:mod:`samdrop.budgets`)."""
+    prompts = prompts or {}
+    boxes, points = len(prompts.get("boxes") or []), len(prompts.get("points") or [])
+    if boxes or points:
+        budgets.check_prompts(
+            boxes,
+            points,
+            multimask_for(boxes, prompts.get("multimask")),
+            max_prompts=settings.max_prompts,
+            max_masks=settings.max_masks,
+        )
+    elif prompts.get("amg") is not None:
+        budgets.check_auto_points(dict(prompts["amg"]), limit=settings.max_auto_points)
 
 
 def check_tiling(value: Any, *, where: str) -> bool | dict[str, int]:

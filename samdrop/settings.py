@@ -23,6 +23,8 @@ RESULTS_SUFFIX = "-results"  # the default results bucket is <upload bucket>-res
 PIPELINE_RUNNERS = ("local", "vertex", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_CHOICES = ("auto", "on", "off")
+# SAMDROP_REQUEST_TIMEOUT_S's default, for the callers that run without settings (deploy's admin calls).
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 
 
@@ -88,6 +90,12 @@ class Settings:
         "SAMDROP_ENDPOINT", None, "projects/P/locations/R/endpoints/E or http(s)://host:port", _optional
     )
     endpoint_timeout_s: float = _env("SAMDROP_ENDPOINT_TIMEOUT_S", 300.0, "endpoint call timeout", float)
+    request_timeout_s: float = _env(
+        "SAMDROP_REQUEST_TIMEOUT_S",
+        DEFAULT_REQUEST_TIMEOUT_S,
+        "timeout of one Cloud Storage or Pub/Sub call (and of its retries, together)",
+        float,
+    )
 
     # Bulk drops (pipeline/): who runs the KFP pipeline for batches/<id>/_READY, and how.
     pipeline_runner: str = _env(
@@ -289,6 +297,7 @@ class Settings:
             "max_masks",
             "io_threads",
             "endpoint_timeout_s",
+            "request_timeout_s",
             "pipeline_parallelism",
             "max_input_bytes",
             "max_request_bytes",

@@ -1,10 +1,14 @@
-"""The few Cloud Storage operations the function needs, behind a small protocol.
+"""The few Cloud Storage operations samdrop needs, behind a small protocol.
 
-:class:`GcsStore` maps the client library's exceptions onto samdrop's: 404 on a read →
-``InputNotFound`` (permanent), 412 → :class:`WriteConflict` (another delivery got there first),
-400 → ``InvalidRequest`` (permanent: the same call would be refused again, e.g. a name too long),
-401/403 → ``ConfigError`` (fix the service account; the message is redelivered, not lost), 429/5xx,
-timeouts and connection errors → ``TransientError``. Tests pass an in-memory store instead.
+:func:`storage_error` is the one translation of the client library's exceptions into samdrop's,
+for every unit that touches Cloud Storage (the function, the pipeline, the predictor's ``gcs_uri``
+reader, through :class:`GcsStore`): 404 → ``InputNotFound`` (permanent), 412 → :class:`WriteConflict`
+(another writer got there first), 400 → ``InvalidRequest`` (permanent: the same call would be
+refused again, e.g. a name too long), 401/403 → ``ConfigError`` (fix the service account; the
+message is redelivered, not lost), 429/5xx, timeouts and connection errors → ``TransientError``
+(:data:`samdrop.errors.IO_FAILURES`). Every call has ``SAMDROP_REQUEST_TIMEOUT_S`` and
+python-storage's retry rule: reads its ``DEFAULT_RETRY``, writes and deletes :func:`write_retry`,
+which retries only a call carrying a generation precondition. Tests pass an in-memory store instead.
 """
 
 from __future__ import annotations
@@ -18,14 +22,26 @@ from typing import Any, Protocol
 
 import requests
 from google.api_core import exceptions as api_exceptions
-from google.auth import exceptions as auth_exceptions
-from google.cloud.storage.retry import DEFAULT_RETRY
+from google.cloud.storage.retry import DEFAULT_RETRY, ConditionalRetryPolicy, is_generation_specified
 
-from samdrop.errors import ConfigError, InputNotFound, InvalidRequest, SamdropError, TransientError
+from samdrop.errors import (
+    IO_FAILURES,
+    ConfigError,
+    InputNotFound,
+    InvalidRequest,
+    SamdropError,
+    TransientError,
+)
+from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
 
-# The library's own retry rule (what it retries: 429, 5xx, connection errors), with shorter waits.
-# Retrying a write is safe only because every write here carries a generation precondition.
-WRITE_RETRY = DEFAULT_RETRY.with_delay(initial=0.5, maximum=8.0, multiplier=2.0).with_timeout(60.0)
+
+def write_retry(timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> ConditionalRetryPolicy:
+    """The library's own retry rule (what it retries: 429, 5xx, connection errors) with shorter
+    waits, all within ``timeout_s``, applied to a write or delete only when it carries a generation
+    precondition (as python-storage's ``DEFAULT_RETRY_IF_GENERATION_SPECIFIED``): repeating it then
+    cannot overwrite or delete someone else's object."""
+    retry = DEFAULT_RETRY.with_delay(initial=0.5, maximum=8.0, multiplier=2.0).with_timeout(timeout_s)
+    return ConditionalRetryPolicy(retry, is_generation_specified, ["query_params"])
 
 
 # What requests reads from the environment when ``trust_env`` is on, besides ``*_proxy`` variables.
@@ -109,9 +125,10 @@ class ObjectStore(Protocol):
 class GcsStore:
     """:class:`ObjectStore` over ``google.cloud.storage.Client``; every call has ``timeout_s``."""
 
-    def __init__(self, client: Any, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, client: Any, *, timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
         self._client = client
         self._timeout = timeout_s
+        self._write_retry = write_retry(timeout_s)
         skip_environment_lookups(getattr(client, "_http", None))  # the client's requests session
 
     def list(self, bucket: str, prefix: str) -> dict[str, ObjectInfo]:
@@ -154,14 +171,14 @@ class GcsStore:
                 content_type=content_type,
                 if_generation_match=if_generation_match,
                 timeout=self._timeout,
-                retry=WRITE_RETRY,
+                retry=self._write_retry,
             )
             return int(blob.generation or 0)
 
     def delete(self, bucket: str, name: str, *, if_generation_match: int) -> None:
         with _translated(f"gs://{bucket}/{name}"):
             self._client.bucket(bucket).blob(name).delete(
-                if_generation_match=if_generation_match, timeout=self._timeout, retry=WRITE_RETRY
+                if_generation_match=if_generation_match, timeout=self._timeout, retry=self._write_retry
             )
 
 
@@ -175,33 +192,34 @@ def _info(blob: Any) -> ObjectInfo:
     )
 
 
+def storage_error(exc: BaseException, uri: str) -> SamdropError | None:
+    """The samdrop error for a Cloud Storage client exception about ``uri``; None for anything
+    else (a bug: the edge's :func:`samdrop.errors.as_samdrop_error` makes it ``internal``)."""
+    if isinstance(exc, api_exceptions.PreconditionFailed):
+        return WriteConflict(f"{uri}: generation precondition failed ({exc.message})")
+    if isinstance(exc, api_exceptions.NotFound):
+        return InputNotFound(f"{uri} does not exist (deleted or replaced?)")
+    if isinstance(exc, api_exceptions.BadRequest):  # the server's text stays on the chained exception
+        return InvalidRequest(f"Cloud Storage refused a request for {uri[:200]} as invalid (HTTP 400)")
+    if isinstance(exc, api_exceptions.Unauthorized | api_exceptions.Forbidden):
+        return ConfigError(
+            f"{uri}: access denied ({exc.message}); grant the service account this runs as "
+            "roles/storage.objectUser on the bucket"
+        )
+    if isinstance(exc, IO_FAILURES):
+        return TransientError(f"{uri}: storage unavailable ({type(exc).__name__}: {exc})")
+    return None
+
+
 @contextlib.contextmanager
 def _translated(uri: str) -> Iterator[None]:
-    """Turn client-library exceptions into samdrop's classification."""
+    """Raise :func:`storage_error`'s translation of a client-library exception (chained to it)."""
     try:
         yield
-    except api_exceptions.PreconditionFailed as exc:
-        raise WriteConflict(f"{uri}: generation precondition failed ({exc.message})") from exc
-    except api_exceptions.NotFound as exc:
-        raise InputNotFound(f"{uri} does not exist (deleted or replaced?)") from exc
-    except api_exceptions.BadRequest as exc:  # the server's text stays on the chained exception (logs)
-        raise InvalidRequest(
-            f"Cloud Storage refused a request for {uri[:200]} as invalid (HTTP 400)"
-        ) from exc
-    except (api_exceptions.Unauthorized, api_exceptions.Forbidden) as exc:
-        raise ConfigError(
-            f"{uri}: access denied ({exc.message}); grant the function's service account "
-            "roles/storage.objectUser on the bucket"
-        ) from exc
-    except (
-        api_exceptions.TooManyRequests,
-        api_exceptions.ServerError,
-        api_exceptions.RetryError,
-        api_exceptions.DeadlineExceeded,
-        requests.exceptions.ConnectionError,
-        requests.exceptions.Timeout,
-        auth_exceptions.TransportError,
-        TimeoutError,
-        ConnectionError,
-    ) as exc:
-        raise TransientError(f"{uri}: storage unavailable ({type(exc).__name__}: {exc})") from exc
+    except SamdropError:
+        raise
+    except Exception as exc:
+        error = storage_error(exc, uri)
+        if error is None:
+            raise
+        raise error from exc

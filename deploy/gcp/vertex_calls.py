@@ -15,11 +15,11 @@ from google.iam.v1 import policy_pb2
 from deploy.gcp.clients import CloudClients
 from deploy.gcp.options import CONFIG_LABEL
 from deploy.gcp.plan import DeployError, StepResult
+from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
 
 SERVING_PORT = 8080  # the CPR image's AIP_HTTP_PORT (predictor/Dockerfile)
 PREDICT_ROUTE = "/predict"
 HEALTH_ROUTE = "/health"
-IAM_TIMEOUT_S = 60.0
 
 
 def ensure_model(
@@ -102,12 +102,14 @@ def ensure_endpoint_binding(clients: CloudClients, endpoint: str, role: str, mem
     """``role`` for ``member`` in the IAM policy of ``endpoint`` (its resource name) itself, so the
     member may act on this endpoint and no other (Vertex AI's endpoint-level access control)."""
     service = clients.endpoint_service
-    policy = service.get_iam_policy(request={"resource": endpoint}, timeout=IAM_TIMEOUT_S)
+    policy = service.get_iam_policy(request={"resource": endpoint}, timeout=DEFAULT_REQUEST_TIMEOUT_S)
     if any(b.role == role and member in b.members and not b.condition.expression for b in policy.bindings):
         return StepResult("unchanged", endpoint)
     policy.bindings.append(policy_pb2.Binding(role=role, members=[member]))
     # the policy's etag makes this a read-modify-write: a concurrent change fails instead of being lost
-    service.set_iam_policy(request={"resource": endpoint, "policy": policy}, timeout=IAM_TIMEOUT_S)
+    service.set_iam_policy(
+        request={"resource": endpoint, "policy": policy}, timeout=DEFAULT_REQUEST_TIMEOUT_S
+    )
     return StepResult("updated", f"{endpoint}: {member} has {role}")
 
 

@@ -30,7 +30,7 @@ from pipeline.listing import BatchOptions, build_plan, parse_prompts_file
 from pipeline.paths import BatchPaths
 from pipeline.shard import ShardWorker
 from predictor.engine import SamEngine
-from predictor.instances import parse_amg
+from samdrop.prompts import check_amg
 from samdrop.storage import GcsStore
 
 from .local_stack_support import stack_settings, until
@@ -239,7 +239,7 @@ def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack, tmp_pat
     by_file = {line["file"]: line for line in manifest}
     doc = stack.json(f"{folder}img_05.png/masks.json")  # automatic masks (no prompts entry)
     assert doc["mode"] == "automatic" and doc["batch_id"] == batch
-    assert doc["amg"] == parse_amg(AMG)  # the parameters used, as the predictor records them
+    assert doc["amg"] == check_amg(AMG)  # the parameters used, as the predictor records them
     assert doc["mask_count"] == by_file["img_05.png"]["mask_count"]
     prompted = stack.json(f"{folder}img_02.jpg/masks.json")
     assert prompted["mode"] == "prompted" and prompted["mask_count"] == 3  # multimask for a points prompt

@@ -17,7 +17,7 @@ from pipeline.steps import Context, aggregate_step, shard_step
 from predictor.instances import parse_instance
 from predictor.polygons import POLYGON_TOLERANCE_PX, mask_polygons, with_exports
 from samdrop.documents import MaskRecord
-from samdrop.errors import InvalidPrompt, InvalidRequest
+from samdrop.errors import InvalidPrompt
 from samdrop.masks import mask_box, mask_to_rle
 from samdrop.prompts import check_prompts
 from samdrop.settings import Settings
@@ -74,7 +74,7 @@ def test_labels_are_one_for_all_or_one_per_box():
         {"image": "AAAA", "boxes": [[0, 0, 5, 5]], "label": "car", "outputs": ["polygons"]}
     )
     assert instance.label == ["car"] and instance.outputs == ("polygons",)
-    with pytest.raises(InvalidRequest, match="outputs"):
+    with pytest.raises(InvalidPrompt, match=r"instance\.outputs must be a list"):
         parse_instance({"image": "AAAA", "outputs": "polygons"})
 
     mask = np.zeros((20, 30), dtype=bool)

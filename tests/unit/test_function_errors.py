@@ -380,7 +380,7 @@ def test_a_bug_before_any_record_gets_one_curated_failed_completion_and_is_ackno
     assert body["status"] == "failed" and body["outputs"] == {}
     assert body["error"] == {
         "code": "internal",
-        "message": "internal error (ValueError); the trace is in the service's log",
+        "message": f"handling {event.uri}: internal error (ValueError); the trace is in the service's log",
     }
 
 

@@ -5,8 +5,9 @@ import base64
 import numpy as np
 import pytest
 
-from predictor.instances import AMG_DEFAULTS, check_prompts_fit, parse_instance, parse_prompts
+from predictor.instances import check_prompts_fit, parse_instance, parse_prompts
 from samdrop.errors import InvalidPrompt, InvalidRequest
+from samdrop.prompts import AMG_DEFAULTS
 
 URI = "gs://bucket/incoming/cat.jpg"
 
@@ -55,18 +56,21 @@ def test_legacy_shape_is_accepted():
         ({"gcs_uri": URI, "image": "aGk="}, InvalidRequest, "exactly one image source"),
         ({"gcs_uri": "http://x/y.jpg"}, InvalidRequest, "gs://bucket/object"),
         ({"image": "***"}, InvalidRequest, "base64"),
-        ({"gcs_uri": URI, "points": [[1, 2]]}, InvalidPrompt, "without labels"),
-        ({"gcs_uri": URI, "points": [[1, 2]], "labels": [1, 1]}, InvalidPrompt, "one per point"),
+        (
+            {"gcs_uri": URI, "points": [[1, 2]], "labels": [1, 1]},
+            InvalidPrompt,
+            "1 points but 2 labels: give one label per point",
+        ),
         ({"gcs_uri": URI, "points": [[1, 2]], "labels": [2]}, InvalidPrompt, "1 \\(foreground\\) or 0"),
-        ({"gcs_uri": URI, "points": [[1, 2, 3]], "labels": [1]}, InvalidPrompt, "points must look like"),
-        ({"gcs_uri": URI, "boxes": [[10, 0, 5, 5]]}, InvalidPrompt, "x1 < x0"),
-        ({"gcs_uri": URI, "boxes": [["a", 0, 5, 5]]}, InvalidPrompt, "boxes must be"),
+        ({"gcs_uri": URI, "points": [[1, 2, 3]], "labels": [1]}, InvalidPrompt, "not 2 non-negative numbers"),
+        ({"gcs_uri": URI, "boxes": [[10, 0, 5, 5]]}, InvalidPrompt, "x0 <= x1"),
+        ({"gcs_uri": URI, "boxes": [["a", 0, 5, 5]]}, InvalidPrompt, "not 4 non-negative numbers"),
         ({"gcs_uri": URI, "labels": [1]}, InvalidPrompt, "without points"),
         ({"gcs_uri": URI, "multimask": "yes", "boxes": [[0, 0, 1, 1]]}, InvalidPrompt, "multimask"),
         ({"gcs_uri": URI, "mask_format": "jpeg"}, InvalidRequest, "mask_format"),
-        ({"gcs_uri": URI, "amg": {"points_per_sid": 4}}, InvalidRequest, "unknown amg"),
-        ({"gcs_uri": URI, "amg": {"pred_iou_thresh": 3}}, InvalidRequest, "within \\[0, 1\\]"),
-        ({"gcs_uri": URI, "amg": {"points_per_side": 0}}, InvalidRequest, "1..128"),
+        ({"gcs_uri": URI, "amg": {"points_per_sid": 4}}, InvalidPrompt, "instance.amg has unknown parameter"),
+        ({"gcs_uri": URI, "amg": {"pred_iou_thresh": 3}}, InvalidPrompt, "within \\[0, 1\\]"),
+        ({"gcs_uri": URI, "amg": {"points_per_side": 0}}, InvalidPrompt, "1..128"),
         ("just a string", InvalidRequest, "JSON object"),
         ({"gcs_uri": URI, "return_logits": True}, InvalidRequest, "needs prompts"),
         (
@@ -88,7 +92,7 @@ def test_prompts_must_fit_the_image():
     with pytest.raises(InvalidPrompt, match="outside the 20x40 image"):
         check_prompts_fit(prompts, 20, 40)
     with pytest.raises(InvalidPrompt, match="point 0"):
-        check_prompts_fit(parse_prompts([[-1, 3]], [1], None), 50, 40)  # type: ignore[arg-type]
+        check_prompts_fit(parse_prompts([[51, 3]], [1], None), 50, 40)  # type: ignore[arg-type]
 
 
 def test_several_boxes_are_several_prompts():

@@ -13,7 +13,7 @@ from google.auth.exceptions import DefaultCredentialsError
 from pipeline.cli import follow, plan_batch_upload, ready_body, summary
 from pipeline.paths import BatchPaths
 from samdrop.cli import build_parser, main, use_local_stack, user_error
-from samdrop.errors import InputNotFound, InvalidRequest
+from samdrop.errors import InputNotFound, InvalidPrompt, InvalidRequest
 from samdrop.settings import Settings
 
 SETTINGS = Settings.from_env({})
@@ -22,8 +22,9 @@ SETTINGS = Settings.from_env({})
 def _folder(tmp_path: Path) -> Path:
     root = tmp_path / "shoot"
     (root / "day2").mkdir(parents=True)
-    for name in ("a.jpg", "day2/b.PNG", "notes.txt", "prompts.json"):
+    for name in ("a.jpg", "day2/b.PNG", "notes.txt"):
         (root / name).write_bytes(b"x")
+    (root / "prompts.json").write_text('{"a.jpg": {"points": [[1, 2]]}}')
     return root
 
 
@@ -70,6 +71,18 @@ def test_ready_body():
     assert body == {"amg": {"points_per_side": 8}, "shard_size": 16}
     with pytest.raises(InvalidRequest, match="--amg"):
         ready_body("{", None)
+    with pytest.raises(InvalidPrompt, match=r"--amg has unknown parameter\(s\) \['colour'\]"):
+        ready_body('{"colour": 1}', None)
+
+
+def test_a_bad_prompts_file_is_refused_before_any_upload(tmp_path):
+    folder, bad = _folder(tmp_path), tmp_path / "bad.json"
+    bad.write_text('{"a.jpg": {"points": [[1, 2], [3, 4]], "labels": [1]}}')
+    with pytest.raises(InvalidPrompt, match="has 2 points but 1 labels: give one label per point"):
+        plan_batch_upload([folder], "run-1", SETTINGS, prompts=bad)
+    bad.write_text("{oops")
+    with pytest.raises(InvalidRequest, match="not valid JSON"):
+        plan_batch_upload([folder], "run-1", SETTINGS, prompts=bad)
 
 
 def test_the_batch_command_is_registered():

@@ -66,7 +66,7 @@ def test_ready_body_sets_prompts_file_amg_shard_size_and_multimask():
         (b'{"multimask": "yes"}', "multimask"),
         (b'{"prompts": "/abs.json"}', "prompts"),
         (b'{"amg": {"points_per_side": 0}}', "points_per_side"),
-        (b'{"amg": {"colour": 1}}', "unknown amg parameter"),
+        (b'{"amg": {"colour": 1}}', "amg has unknown parameter"),
     ],
 )
 def test_bad_ready_bodies_say_what_to_fix(body, fragment):

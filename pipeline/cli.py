@@ -2,7 +2,7 @@
 [--json] [--watch]`` and ``samdrop batch run ID`` (run a claimed batch's pipeline here, in the
 foreground: resumes it).
 
-A running local stack is found by ``samdrop.cli`` (as for every command); otherwise the clients
+A running local stack is found by ``deploy.command`` (as for every command); otherwise the clients
 reach Google Cloud.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.paths import PROMPTS_FILE, READY, BatchPaths
+from samdrop.batches import PROMPTS_FILE, READY, BatchPaths
 from samdrop.errors import InputNotFound, InvalidRequest
 from samdrop.images import is_image_name
 from samdrop.settings import Settings

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pipeline.paths import PROMPTS_FILE, READY, BatchPaths
 from predictor.instances import parse_amg, parse_prompts
+from samdrop.batches import PROMPTS_FILE, READY, BatchPaths
 from samdrop.budgets import loads_limited
 from samdrop.errors import ErrorInfo, InputNotFound, InvalidPrompt, InvalidRequest, PermanentError
 from samdrop.images import is_image_object

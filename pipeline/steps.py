@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.completion import completion_from_summary, failed_completion
+from pipeline.completion import completion_from_summary
 from pipeline.exports import (
     COCO_FILE,
     YOLO_FOLDER,
@@ -34,8 +34,8 @@ from pipeline.listing import (
     read_shard,
     write_plan,
 )
-from pipeline.paths import BatchPaths
 from pipeline.report import MAX_THUMBNAILS, build_report, summarize, thumbnail
+from samdrop.batches import BatchPaths, failed_completion
 from samdrop.documents import ManifestLine, MasksDocument
 from samdrop.errors import ErrorInfo, SamdropError
 from samdrop.layout import input_generation, json_record, write_output

@@ -27,9 +27,9 @@ from PIL import Image
 from deploy import processes
 from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
 from pipeline.listing import BatchOptions, PlanItem
-from pipeline.paths import BatchPaths
 from pipeline.shard import ShardWorker
 from predictor.engine import SamEngine
+from samdrop.batches import BatchPaths
 from samdrop.settings import Settings
 from samdrop.storage import GcsStore
 from tests.helpers import json_shape
@@ -61,7 +61,7 @@ class EventStack:
         env = {**os.environ, **self.settings.to_env(), **self.stack.client_env(), "PYTHONUNBUFFERED": "1"}
         proc, record = processes.start(
             "predictor",
-            [sys.executable, "-m", "samdrop.cli", "predictor", "serve", "--port", str(port)],
+            [sys.executable, "-m", "deploy.command", "predictor", "serve", "--port", str(port)],
             env=env,
             log=self.predictor_log,
             port=port,

@@ -38,7 +38,11 @@ OUTAGE_S = 60.0
 def _samdrop(settings: Settings, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")} | settings.to_env()
     return subprocess.run(
-        [sys.executable, "-m", "samdrop.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "deploy.command", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

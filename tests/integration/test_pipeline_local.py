@@ -27,10 +27,10 @@ from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
 from pipeline import components
 from pipeline.exports import yolo_label_name
 from pipeline.listing import BatchOptions, build_plan, parse_prompts_file
-from pipeline.paths import BatchPaths
 from pipeline.shard import ShardWorker
 from predictor.engine import SamEngine
 from predictor.instances import parse_amg
+from samdrop.batches import BatchPaths
 from samdrop.storage import GcsStore
 
 from .local_stack_support import stack_settings, until
@@ -389,5 +389,5 @@ def test_components_through_python_func(pipeline_stack: Stack, monkeypatch: pyte
 def _samdrop(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **stack.settings.to_env(), **stack.env}
     return subprocess.run(
-        [sys.executable, "-m", "samdrop.cli", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "deploy.command", *args], env=env, capture_output=True, text=True, timeout=120
     )

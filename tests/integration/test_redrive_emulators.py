@@ -158,7 +158,7 @@ def test_the_sweep_command_finds_the_running_stack(emulators):
     env = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}
     env.update({"SAMDROP_STATE_DIR": str(e.stack.state_dir), "SAMDROP_LOG_LEVEL": "WARNING"})
     done = subprocess.run(
-        [sys.executable, "-m", "samdrop.cli", "sweep", "--prefix", "incoming/cli/", "--dry-run"],
+        [sys.executable, "-m", "deploy.command", "sweep", "--prefix", "incoming/cli/", "--dry-run"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

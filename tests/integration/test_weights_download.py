@@ -41,7 +41,7 @@ def start_server(url: str, cache: Path, log: Path) -> processes.ProcessRecord:
         "SAMDROP_COMPILE": "off",
         "PYTHONUNBUFFERED": "1",
     }
-    argv = [sys.executable, "-m", "samdrop.cli", "predictor", "serve", "--port", str(port)]
+    argv = [sys.executable, "-m", "deploy.command", "predictor", "serve", "--port", str(port)]
     argv += ["--model-type", "vit_b", "--checkpoint", url]
     proc, record = processes.start(
         "predictor", argv, env=env, log=log, port=port, health_url=f"http://127.0.0.1:{port}/health"

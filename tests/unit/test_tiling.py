@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from pipeline.listing import BatchOptions, PlanItem
-from pipeline.paths import BatchPaths
 from pipeline.report import build_report, summarize
 from pipeline.shard import ShardWorker
 from predictor.cpr import SamRoutine
@@ -27,6 +26,7 @@ from predictor.tiling import (
     segment_windows,
     tile_grid,
 )
+from samdrop.batches import BatchPaths
 from samdrop.documents import Prediction, TilingRecord
 from samdrop.errors import InvalidPrompt
 from samdrop.layout import output_paths

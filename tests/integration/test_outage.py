@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from deploy import processes
-from deploy.demo import upload_file
 from deploy.drill import CompletionLog, outage_drill
+from deploy.harness import upload_file
 from deploy.local import LocalStack, emulator_storage_client
 from samdrop.pidfile import WORKERS_DIR
 from samdrop.settings import Settings

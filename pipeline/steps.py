@@ -44,7 +44,7 @@ from samdrop.settings import Settings
 from samdrop.storage import ObjectStore
 
 if TYPE_CHECKING:  # torch is imported by the shard task only: the other tasks start in 0.5 s, not 4
-    from predictor.backends import Engine
+    from predictor import Engine
 
 EngineFactory = Callable[[Settings], "Engine"]
 
@@ -104,9 +104,9 @@ def shard_step(
     engine_factory: EngineFactory | None = None,
 ) -> dict[str, Any]:
     """Segment shard ``shard`` and record what it did; returns its counts and time split (ms).
-    ``engine_factory`` defaults to :func:`predictor.backends.load_engine`."""
+    ``engine_factory`` defaults to :func:`predictor.load_engine`."""
     from pipeline.shard import ShardWorker
-    from predictor.backends import load_engine
+    from predictor import load_engine
 
     started = time.perf_counter()
     paths = BatchPaths.of(ctx.settings, batch_id, bucket)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from deploy.local import free_ports, port_in_use
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_demo_runs_the_whole_story_and_cleans_up(tmp_path):

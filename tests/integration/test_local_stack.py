@@ -20,7 +20,7 @@ from deploy.local import LocalStack, emulator_storage_client, port_in_use, pubsu
 
 from .local_stack_support import RECORDER, RunningStack, stack_settings, until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EVENTS = Path(__file__).resolve().parent.parent / "data" / "events"
 PYTHON = sys.executable

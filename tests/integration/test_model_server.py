@@ -20,7 +20,7 @@ import requests
 
 from tests.helpers import encode
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from deploy.local import find_free_port
 from predictor.registry import build_sam
 from tests.weights_server import serve
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def seeded_vit_b() -> bytes:

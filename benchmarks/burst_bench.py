@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploy.demo import (  # noqa: E402
+from deploy.harness import (  # noqa: E402
     await_completions,
     completion_clients,
     running_stack,

@@ -55,7 +55,10 @@ def main() -> None:
 
         def restart() -> str:
             result = subprocess.run(
-                [sys.executable, "-m", "samdrop.cli", "local", "up"], env=env, capture_output=True, text=True
+                [sys.executable, "-m", "deploy.command", "local", "up"],
+                env=env,
+                capture_output=True,
+                text=True,
             )
             if result.returncode != 0:
                 raise SystemExit(f"samdrop local up failed:\n{result.stderr}")

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.burst_bench import own_stack_settings  # noqa: E402
-from deploy.demo import (  # noqa: E402
+from deploy.harness import (  # noqa: E402
     await_completions,
     completion_clients,
     running_stack,

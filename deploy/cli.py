@@ -217,7 +217,7 @@ def _publisher(settings: Settings) -> pubsub_v1.PublisherClient:
 # --- end of sweep / redrive ------------------------------------------------------------------------
 
 
-# The local stack, when one runs, is in the environment already (samdrop.cli): plain clients reach it.
+# The local stack, when one runs, is in the environment already (deploy.command): plain clients reach it.
 def _storage_client(settings: Settings) -> storage.Client:
     import google.cloud.storage as storage
 

@@ -10,22 +10,24 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from google.api_core import exceptions as gexc
-
-from samdrop.errors import ConfigError, SamdropError
-from samdrop.prompts import PROMPTS_METADATA_KEY
+from deploy.harness import (
+    Upload,
+    await_completions,
+    completion_clients,
+    running_stack,
+    sample_image,
+    upload_file,
+)
+from samdrop.errors import SamdropError
 from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S, Settings
 
 if TYPE_CHECKING:
-    import numpy as np
-    from google.cloud import pubsub_v1, storage
+    from google.cloud import storage
     from tqdm import tqdm
 
     from deploy.local import LocalStack
@@ -66,18 +68,6 @@ SAMPLES = (
 
 
 @dataclass
-class Upload:
-    """An image put into the bucket and what became of it."""
-
-    name: str
-    uri: str  # gs://bucket/incoming/…
-    generation: str
-    uploaded_at: float  # time.monotonic() when the upload finished
-    completion: dict[str, Any] | None = None
-    latency_s: float | None = None  # upload finished → completion message pulled
-
-
-@dataclass
 class DemoResult:
     uploads: list[Upload] = field(default_factory=list)
     overlays: list[Path] = field(default_factory=list)
@@ -106,19 +96,6 @@ class DemoResult:
         }
 
 
-def sample_image(name: str) -> np.ndarray:
-    """A scikit-image sample photo as RGB (grey ones, like ``camera``, are uploaded as they are)."""
-    try:
-        from skimage import data
-    except ModuleNotFoundError:
-        raise ConfigError(
-            "the demo's photos come from scikit-image: pip install -c constraints.txt '.[local]' "
-            "(make demo installs it)"
-        ) from None
-    image: np.ndarray = getattr(data, name)()
-    return image
-
-
 def write_samples(samples: Sequence[Sample], folder: Path) -> list[Path]:
     """Save each sample as a JPEG in ``folder``; returns the files in order."""
     from PIL import Image
@@ -130,59 +107,6 @@ def write_samples(samples: Sequence[Sample], folder: Path) -> list[Path]:
         Image.fromarray(sample_image(sample.name)).save(path, quality=92)
         files.append(path)
     return files
-
-
-def upload_file(
-    client: storage.Client, bucket: str, path: Path, object_name: str, prompts: dict[str, Any] | None
-) -> Upload:
-    """Upload ``path`` with its prompts as ``samdrop-prompts`` metadata; the clock starts when it lands."""
-    blob = client.bucket(bucket).blob(object_name)
-    if prompts:
-        blob.metadata = {PROMPTS_METADATA_KEY: json.dumps(prompts, separators=(",", ":"))}
-    blob.upload_from_filename(str(path), content_type="image/jpeg", timeout=DEFAULT_REQUEST_TIMEOUT_S)
-    return Upload(path.stem, f"gs://{bucket}/{object_name}", str(blob.generation), time.monotonic())
-
-
-def await_completions(
-    subscriber: pubsub_v1.SubscriberClient,
-    subscription: str,
-    uploads: Sequence[Upload],
-    *,
-    timeout_s: float,
-    progress: Callable[[int, int, float], None] = lambda done, total, elapsed: None,
-) -> None:
-    """Pull completions until every upload has its own (same input and generation) or time runs out.
-
-    Only matching messages are acknowledged; others (a user's own uploads) are left for them.
-    """
-    waiting = {(u.uri, u.generation): u for u in uploads}
-    started = time.monotonic()
-    deadline = started + timeout_s
-    progress(0, len(uploads), 0.0)
-    while waiting and time.monotonic() < deadline:
-        try:
-            response = subscriber.pull(
-                request={"subscription": subscription, "max_messages": 100},
-                timeout=min(10.0, max(0.1, deadline - time.monotonic())),
-            )
-        except (gexc.DeadlineExceeded, gexc.ServiceUnavailable):
-            continue
-        received_at = time.monotonic()
-        mine = []
-        for received in response.received_messages:
-            try:
-                body = json.loads(received.message.data)
-            except ValueError:
-                continue
-            upload = waiting.pop((body.get("input"), str(body.get("generation"))), None)
-            if upload is not None:
-                upload.completion, upload.latency_s = body, received_at - upload.uploaded_at
-                mine.append(received.ack_id)
-        if mine:
-            subscriber.acknowledge(
-                request={"subscription": subscription, "ack_ids": mine}, timeout=DEFAULT_REQUEST_TIMEOUT_S
-            )
-        progress(len(uploads) - len(waiting), len(uploads), received_at - started)
 
 
 def save_overlays(client: storage.Client, uploads: Sequence[Upload], folder: Path) -> list[Path]:
@@ -203,7 +127,8 @@ def save_overlays(client: storage.Client, uploads: Sequence[Upload], folder: Pat
 
 
 class ProgressBar:
-    """A tqdm bar for :func:`await_completions`: completions received out of the uploads, elapsed time."""
+    """A tqdm bar for :func:`deploy.harness.await_completions`: completions received of the uploads,
+    elapsed time."""
 
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
@@ -217,44 +142,6 @@ class ProgressBar:
         self.bar.update(done - self.bar.n)
         if done == total:
             self.bar.close()
-
-
-@contextmanager
-def running_stack(
-    settings: Settings, *, keep_running: bool, say: Callable[[str], None]
-) -> Iterator[LocalStack]:
-    """The local stack: reused when one is up and healthy, else started (and stopped after unless
-    ``keep_running``)."""
-    from deploy.local import LocalStack
-    from deploy.processes import LocalStackError
-
-    stack = LocalStack(settings)
-    services = stack.status()
-    if services and all(s.healthy for s in services):
-        names = {s.name for s in services}
-        if not {"predictor", "function"} <= names:
-            raise LocalStackError(
-                "the running local stack has no predictor or function: `samdrop local down`, then retry"
-            )
-        say(f"using the running local stack ({stack.state_path})")
-        yield stack
-        return
-    if services:
-        raise LocalStackError(
-            f"a local stack is recorded in {stack.state_path} but not healthy: run `samdrop local down`"
-        )
-    say("starting the local stack: Pub/Sub emulator, fake-gcs-server, SAM predictor, function …")
-    started = time.monotonic()
-    stack.up()
-    say(f"  up in {time.monotonic() - started:.1f} s; logs in {stack.state_dir / 'logs'}")
-    try:
-        yield stack
-    finally:
-        if keep_running:
-            say('the stack keeps running: eval "$(samdrop local env)"; stop it with `samdrop local down`')
-        else:
-            stack.down()
-            say("stopped the local stack (keep it with --keep-running)")
 
 
 def run_demo(
@@ -295,24 +182,6 @@ def run_demo(
         _report(result, settings, stack, out_dir, say)
     (out_dir / "summary.json").write_text(json.dumps(result.summary(), indent=1) + "\n")
     return result
-
-
-def completion_clients(
-    stack: LocalStack, settings: Settings
-) -> tuple[storage.Client, pubsub_v1.SubscriberClient, str]:
-    """(storage client, subscriber, completions subscription path) bound to ``stack``'s emulators:
-    what uploads and then waits for completions (the demo, the benchmarks). Close the first two."""
-    from deploy.local import emulator_storage_client, pubsub_clients
-
-    env = stack.client_env()
-    client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
-    publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
-    publisher.transport.close()
-    return (
-        client,
-        subscriber,
-        subscriber.subscription_path(settings.project, settings.completions_subscription),
-    )
 
 
 def _report(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import processes
-from deploy.demo import Upload, upload_file
+from deploy.harness import Upload, upload_file
 from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
 from deploy.processes import LocalStackError
 from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S

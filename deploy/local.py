@@ -291,7 +291,7 @@ class LocalStack:
         port = self.settings.predictor_port
         return ServiceSpec(
             name="predictor",
-            argv=[self.python, "-m", "samdrop.cli", "predictor", "serve", "--port", str(port)],
+            argv=[self.python, "-m", "deploy.command", "predictor", "serve", "--port", str(port)],
             port=port,
             health_url=f"http://{HOST}:{port}/health",
             env=env,
@@ -479,7 +479,7 @@ class LocalStack:
 def running_stack_env(settings: Settings) -> dict[str, str]:
     """The client variables of the local stack started from ``settings.state_dir``, or {} when none
     was started there. Every ``samdrop`` command that talks to storage or Pub/Sub finds the stack
-    this way (``samdrop.cli``), so nobody has to ``eval "$(samdrop local env)"`` first."""
+    this way (``deploy.command``), so nobody has to ``eval "$(samdrop local env)"`` first."""
     state = processes.load_state(LocalStack(settings).state_path)
     return dict(state.client_env) if state is not None else {}
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from samdrop.errors import ErrorInfo
-from samdrop.messages import CompletionMessage, Publisher, publish_completion
+from samdrop.batches import BatchPaths, failed_completion
+from samdrop.messages import Publisher, publish_completion
 from samdrop.settings import Settings
 from samdrop.storage import ObjectStore
 
@@ -46,23 +46,13 @@ def pipelines_not_configured(
 ) -> str:
     """The starter when ``SAMDROP_PIPELINE_RUNNER=none``: publish a ``failed`` batch completion that
     says how to enable bulk drops."""
-    message = CompletionMessage(
-        kind="batch",
-        status="failed",
-        batch_id=request.batch_id,
-        input=request.folder_uri,
-        images=0,
-        succeeded=0,
-        failed=0,
-        error=ErrorInfo(
-            code="pipelines_not_configured",
-            message=(
-                f"batch {request.batch_id} was not started: this deployment runs no bulk drops "
-                "(SAMDROP_PIPELINE_RUNNER=none). Set SAMDROP_PIPELINE_RUNNER=vertex (or local) and upload "
-                f"{request.folder}_READY again, or upload the images under {settings.incoming_prefix} "
-                "to segment them one by one"
-            ),
-        ),
+    message = failed_completion(
+        BatchPaths.of(settings, request.batch_id, request.bucket),
+        "pipelines_not_configured",
+        f"batch {request.batch_id} was not started: this deployment runs no bulk drops "
+        "(SAMDROP_PIPELINE_RUNNER=none). Set SAMDROP_PIPELINE_RUNNER=vertex (or local) and upload "
+        f"{request.folder}_READY again, or upload the images under {settings.incoming_prefix} "
+        "to segment them one by one",
     )
     publish_completion(publisher, settings.completions_topic, message)
     return "batch_not_started"

@@ -19,8 +19,7 @@ from functions.endpoint import Endpoint
 from functions.events import EventDecodeError, UploadEvent, decode_event
 from functions.routing import Action, route
 from functions.segment import segment_upload
-from pipeline.completion import failed_completion
-from pipeline.paths import BatchPaths
+from samdrop.batches import BatchPaths, failed_completion
 from samdrop.errors import (
     ConfigError,
     ErrorInfo,

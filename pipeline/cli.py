@@ -2,7 +2,7 @@
 [--json] [--watch]`` and ``samdrop batch run ID`` (run a claimed batch's pipeline here, in the
 foreground: resumes it).
 
-A running local stack is found by ``samdrop.cli`` (as for every command); otherwise the clients
+A running local stack is found by ``deploy.command`` (as for every command); otherwise the clients
 reach Google Cloud.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.listing import parse_prompts_file
-from pipeline.paths import PROMPTS_FILE, READY, BatchPaths
+from samdrop.batches import PROMPTS_FILE, READY, BatchPaths
 from samdrop.errors import InputNotFound, InvalidRequest, PermanentError
 from samdrop.images import is_image_name
 from samdrop.prompts import check_amg

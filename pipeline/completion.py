@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.paths import BatchPaths
+from samdrop.batches import BatchPaths
 from samdrop.errors import ErrorInfo
 from samdrop.messages import CompletionMessage
 
@@ -37,17 +37,4 @@ def completion_from_summary(summary: Mapping[str, Any], paths: BatchPaths) -> Co
             **{name: str(uri) for name, uri in (summary.get("exports") or {}).items()},
         },
         error=error if status == "failed" else None,
-    )
-
-
-def failed_completion(paths: BatchPaths, code: str, message: str, *, images: int = 0) -> CompletionMessage:
-    return CompletionMessage(
-        kind="batch",
-        status="failed",
-        batch_id=paths.batch_id,
-        input=paths.input_uri,
-        images=images,
-        succeeded=0,
-        failed=images,
-        error=ErrorInfo(code=code, message=message),
     )

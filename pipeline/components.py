@@ -37,8 +37,8 @@ def segment_shard(
     import gc
     import os
 
-    import predictor.engine  # noqa: F401  (torch and the model code, kept for the task's whole life)
     from pipeline.steps import context_from_env, shard_step
+    from predictor import Job  # noqa: F401  (loads torch and the model code, kept for the task's whole life)
 
     # Keep the ~300,000 objects those imports made out of every garbage collection: the one when the
     # task's process exits alone would cost about 1 s per shard.

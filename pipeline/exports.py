@@ -81,7 +81,7 @@ def yolo_label_name(file: str) -> str:
 
 def yolo_labels(image: ExportImage, names: Sequence[str]) -> str:
     """One image's YOLO-seg label file: ``class x1 y1 ... xn yn`` per outer ring, normalised."""
-    from predictor.polygons import mask_polygons  # OpenCV: only when YOLO labels are asked for
+    from predictor import mask_polygons  # OpenCV: only when YOLO labels are asked for
 
     class_of = {name: index for index, name in enumerate(names)}
     lines = []

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pipeline.paths import PROMPTS_FILE, READY, BatchPaths
+from samdrop.batches import PROMPTS_FILE, READY, BatchPaths
 from samdrop.budgets import loads_limited
 from samdrop.errors import ErrorInfo, InputNotFound, InvalidPrompt, InvalidRequest, PermanentError
 from samdrop.images import is_image_object

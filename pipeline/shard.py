@@ -27,13 +27,20 @@ from typing import Any, TypeVar
 import numpy as np
 
 from pipeline.listing import BatchOptions, PlanItem
-from pipeline.paths import BatchPaths
-from predictor.backends import Engine
-from predictor.engine import Job, MaskSet
-from predictor.instances import Prompts, check_prompts_fit, prompts_from
-from predictor.polygons import with_exports
-from predictor.tiling import Tiling, resolve_tiling, run_jobs
+from predictor import (
+    Engine,
+    Job,
+    MaskSet,
+    Prompts,
+    Tiling,
+    check_prompts_fit,
+    prompts_from,
+    resolve_tiling,
+    run_jobs,
+    with_exports,
+)
 from samdrop import outputs
+from samdrop.batches import BatchPaths
 from samdrop.budgets import check_object_name
 from samdrop.documents import (
     ErrorRecord,

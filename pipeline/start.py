@@ -21,10 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from pipeline.completion import failed_completion
 from pipeline.config import pipeline_config
 from pipeline.listing import TreeStore, plan_batch, write_plan
-from pipeline.paths import BatchPaths
+from samdrop.batches import BatchPaths, failed_completion
 from samdrop.errors import ConfigError, TransientError
 from samdrop.layout import json_record, write_output
 from samdrop.messages import Publisher, publish_completion

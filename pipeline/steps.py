@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.completion import completion_from_summary, failed_completion
+from pipeline.completion import completion_from_summary
 from pipeline.exports import (
     COCO_FILE,
     YOLO_FOLDER,
@@ -34,8 +34,8 @@ from pipeline.listing import (
     read_shard,
     write_plan,
 )
-from pipeline.paths import BatchPaths
 from pipeline.report import MAX_THUMBNAILS, build_report, summarize, thumbnail
+from samdrop.batches import BatchPaths, failed_completion
 from samdrop.documents import ManifestLine, MasksDocument
 from samdrop.errors import ErrorInfo, SamdropError
 from samdrop.layout import input_generation, json_record, write_output
@@ -44,7 +44,7 @@ from samdrop.settings import Settings
 from samdrop.storage import ObjectStore
 
 if TYPE_CHECKING:  # torch is imported by the shard task only: the other tasks start in 0.5 s, not 4
-    from predictor.backends import Engine
+    from predictor import Engine
 
 EngineFactory = Callable[[Settings], "Engine"]
 
@@ -106,9 +106,9 @@ def shard_step(
     engine_factory: EngineFactory | None = None,
 ) -> dict[str, Any]:
     """Segment shard ``shard`` and record what it did; returns its counts and time split (ms).
-    ``engine_factory`` defaults to :func:`predictor.backends.load_engine`."""
+    ``engine_factory`` defaults to :func:`predictor.load_engine`."""
     from pipeline.shard import ShardWorker
-    from predictor.backends import load_engine
+    from predictor import load_engine
 
     started = time.perf_counter()
     paths = BatchPaths.of(ctx.settings, batch_id, bucket)

@@ -1,0 +1,60 @@
+"""The predictor's public API: what ``pipeline/``, ``deploy/`` (and anything else outside
+``predictor/``) may use. Its modules are private to it (docs/design.md "Layers").
+
+``import predictor`` stays light (numpy): the prompt parsers load with it (the checks themselves are
+the core's ``samdrop/prompts.py``). The engine, tiling, polygons and
+weights names load on first use, from the module :data:`_LAZY` names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from predictor.instances import Prompts, check_prompts_fit, parse_prompts, prompts_from
+
+if TYPE_CHECKING:  # the same names for mypy; at run time __getattr__ imports them on first use
+    from predictor.backends import Engine, load_engine
+    from predictor.engine import Job, MaskSet
+    from predictor.polygons import mask_polygons, with_exports
+    from predictor.tiling import Tiling, resolve_tiling, run_jobs
+    from predictor.weights import type_from_name
+
+# name -> the private module it comes from (torch, segment-anything or OpenCV behind most of them)
+_LAZY = {
+    "Engine": "predictor.backends",
+    "load_engine": "predictor.backends",
+    "Job": "predictor.engine",
+    "MaskSet": "predictor.engine",
+    "mask_polygons": "predictor.polygons",
+    "with_exports": "predictor.polygons",
+    "Tiling": "predictor.tiling",
+    "resolve_tiling": "predictor.tiling",
+    "run_jobs": "predictor.tiling",
+    "type_from_name": "predictor.weights",
+}
+
+__all__ = [
+    "Engine",
+    "Job",
+    "MaskSet",
+    "Prompts",
+    "Tiling",
+    "check_prompts_fit",
+    "load_engine",
+    "mask_polygons",
+    "parse_prompts",
+    "prompts_from",
+    "resolve_tiling",
+    "run_jobs",
+    "type_from_name",
+    "with_exports",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'predictor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value

@@ -147,7 +147,7 @@ def deploy_command(args: argparse.Namespace, settings: Settings) -> int:
 def _deployed_type(model_type: str, checkpoint: str | None) -> str:
     """``auto`` is decided here, not on the endpoint (whose artifacts folder has no type in its name):
     the type the checkpoint's file name says, else ``tiny`` as before ``auto`` existed."""
-    from predictor.weights import type_from_name
+    from predictor import type_from_name
 
     if model_type != "auto":
         return model_type

@@ -12,7 +12,7 @@ from PIL import Image
 
 from deploy.local import free_ports, port_in_use
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_demo_runs_the_whole_story_and_cleans_up(tmp_path):
@@ -22,7 +22,7 @@ def test_demo_runs_the_whole_story_and_cleans_up(tmp_path):
     out = tmp_path / "demo"
 
     done = subprocess.run(
-        [sys.executable, "-m", "samdrop.cli", "demo", "--out", str(out), "--timeout", "300"],
+        [sys.executable, "-m", "deploy.command", "demo", "--out", str(out), "--timeout", "300"],
         env=env,
         capture_output=True,
         text=True,

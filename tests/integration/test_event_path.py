@@ -11,10 +11,9 @@ import io
 import json
 import os
 import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,16 @@ from PIL import Image
 from deploy import processes
 from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
 from pipeline.listing import BatchOptions, PlanItem
-from pipeline.paths import BatchPaths
 from pipeline.shard import ShardWorker
 from predictor.engine import SamEngine
+from samdrop.batches import BatchPaths
 from samdrop.settings import Settings
 from samdrop.storage import GcsStore
 from tests.helpers import json_shape
 
-from .local_stack_support import stack_settings, until
+from .local_stack_support import Completions, key_of, stack_settings, until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 HOST = "127.0.0.1"
 
@@ -49,8 +48,8 @@ class EventStack:
     publisher: pubsub_v1.PublisherClient
     subscriber: pubsub_v1.SubscriberClient
     predictor_log: Path
+    completions: Completions
     predictor: processes.ProcessRecord | None = None
-    completions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def bucket(self) -> Bucket:
@@ -61,7 +60,7 @@ class EventStack:
         env = {**os.environ, **self.settings.to_env(), **self.stack.client_env(), "PYTHONUNBUFFERED": "1"}
         proc, record = processes.start(
             "predictor",
-            [sys.executable, "-m", "samdrop.cli", "predictor", "serve", "--port", str(port)],
+            [sys.executable, "-m", "deploy.command", "predictor", "serve", "--port", str(port)],
             env=env,
             log=self.predictor_log,
             port=port,
@@ -82,26 +81,6 @@ class EventStack:
         blob.upload_from_string(data, content_type="image/png" if name.endswith(".png") else "image/jpeg")
         return blob
 
-    def pull_completions(self) -> list[dict[str, Any]]:
-        """Pull (and ack) what is on the completions subscription; everything seen is kept."""
-        path = self.subscriber.subscription_path(
-            self.settings.project, self.settings.completions_subscription
-        )
-        response = self.subscriber.pull(request={"subscription": path, "max_messages": 100}, timeout=10)
-        if response.received_messages:
-            for received in response.received_messages:
-                body = json.loads(received.message.data)
-                body["_attributes"] = dict(received.message.attributes)
-                self.completions.append(body)
-            self.subscriber.acknowledge(
-                request={"subscription": path, "ack_ids": [m.ack_id for m in response.received_messages]}
-            )
-        return self.completions
-
-    def completions_for(self, blob: Blob) -> list[dict[str, Any]]:
-        uri, generation = f"gs://{blob.bucket.name}/{blob.name}", str(blob.generation)
-        return [c for c in self.completions if c["input"] == uri and c["generation"] == generation]
-
     def await_completion(self, blob: Blob, timeout_s: float = 90, recorded: bool = True) -> dict[str, Any]:
         """The completion message for ``blob``, once the function has finished with it.
 
@@ -109,12 +88,7 @@ class EventStack:
         (design.md, idempotency): with ``recorded`` this also waits for that record, so a test that
         lists the results folder sees the function's last write. ``recorded=False`` is for inputs
         whose results cannot be written at all (names over Cloud Storage's limit)."""
-
-        def arrived() -> list[dict[str, Any]]:
-            self.pull_completions()
-            return self.completions_for(blob)
-
-        message = until(arrived, timeout_s, f"completion for {blob.name}")[0]
+        message = self.completions.first(key_of(blob), timeout_s=timeout_s)
         if recorded:
             record = f"completion.json for {blob.name}"
             until(lambda: "completion.json" in self.results(blob.name), 30, record)
@@ -150,7 +124,10 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EventStack]:
     env = stack.client_env()
     client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
     publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
-    running = EventStack(stack, settings, client, publisher, subscriber, state_dir / "logs" / "predictor.log")
+    completions = Completions.of(subscriber, settings)
+    running = EventStack(
+        stack, settings, client, publisher, subscriber, state_dir / "logs" / "predictor.log", completions
+    )
     try:
         running.start_predictor()
         yield running
@@ -264,9 +241,7 @@ def test_duplicate_delivery_gives_one_output_set_and_one_success(events):
     ).result(timeout=30)
 
     until(lambda: any(e["outcome"] == "duplicate" for e in events.function_log(name)), 60, "duplicate log")
-    time.sleep(1.0)  # anything the redelivery published would be on the subscription by now
-    events.pull_completions()
-    assert len(events.completions_for(blob)) == 1
+    events.completions.exactly(key_of(blob), expect=1)  # the redelivery published nothing
     assert {n: b.generation for n, b in events.results(name).items()} == before
 
 
@@ -281,16 +256,14 @@ def test_endpoint_down_redelivers_and_nothing_is_lost(events):
             "two redeliveries while the endpoint is down",
         )
         assert "redeliver" in retries[0]["message"], retries[0]
-        events.pull_completions()
-        assert events.completions_for(blob) == [] and events.results(name) == {}
+        events.completions.pull()
+        assert events.completions.about(key_of(blob)) == [] and events.results(name) == {}
     finally:
         events.start_predictor()
 
     message = events.await_completion(blob, timeout_s=120)
     assert message["status"] == "succeeded"
-    time.sleep(1.0)
-    events.pull_completions()
-    assert len(events.completions_for(blob)) == 1
+    events.completions.exactly(key_of(blob), expect=1)
 
 
 def test_upload_under_results_triggers_nothing(events):
@@ -299,9 +272,7 @@ def test_upload_under_results_triggers_nothing(events):
 
     logged = until(lambda: events.function_log(name), 60, "the function's log line")
     assert [e["outcome"] for e in logged] == ["ignored"]
-    time.sleep(1.0)
-    events.pull_completions()
-    assert events.completions_for(blob) == []
+    events.completions.exactly(key_of(blob), expect=0)
     assert events.results(name) == {}
 
 

@@ -12,14 +12,13 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import google.cloud.storage as storage
 import numpy as np
 import pytest
-from google.cloud import pubsub_v1
 from google.cloud.storage import Blob
 from PIL import Image
 
@@ -29,9 +28,9 @@ from samdrop.masks import png_to_mask, rle_to_mask
 from samdrop.settings import Settings
 from tests.scenes import ENCODINGS, best_iou, encode_as, iou, shapes_scene
 
-from .local_stack_support import stack_settings, until
+from .local_stack_support import Completions, key_of, stack_settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MIN_IOU = 0.85
 SCENE = shapes_scene()
@@ -43,8 +42,7 @@ CONTENT_TYPE = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 class Stack:
     settings: Settings
     storage: storage.Client
-    subscriber: pubsub_v1.SubscriberClient
-    completions: list[dict[str, Any]] = field(default_factory=list)
+    completions: Completions
 
     def upload(self, name: str, data: bytes, prompts: dict[str, Any] | None) -> Blob:
         blob = self.storage.bucket(self.settings.bucket).blob(name)
@@ -54,20 +52,7 @@ class Stack:
         return blob
 
     def await_completion(self, blob: Blob, timeout_s: float = 120) -> dict[str, Any]:
-        uri = f"gs://{blob.bucket.name}/{blob.name}"
-        path = self.subscriber.subscription_path(
-            self.settings.project, self.settings.completions_subscription
-        )
-
-        def arrived() -> dict[str, Any] | None:
-            response = self.subscriber.pull(request={"subscription": path, "max_messages": 50}, timeout=10)
-            if response.received_messages:
-                self.completions += [json.loads(m.message.data) for m in response.received_messages]
-                ack_ids = [m.ack_id for m in response.received_messages]
-                self.subscriber.acknowledge(request={"subscription": path, "ack_ids": ack_ids})
-            return next((c for c in self.completions if c["input"] == uri), None)
-
-        return until(arrived, timeout_s, f"completion for {blob.name}")
+        return self.completions.first(key_of(blob, any_generation=True), timeout_s=timeout_s)
 
     def outputs(self, name: str) -> dict[str, bytes]:
         folder = f"{self.settings.results_prefix}{name}/"
@@ -87,7 +72,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
     publisher, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
     try:
-        yield Stack(settings, client, subscriber)
+        yield Stack(settings, client, Completions.of(subscriber, settings))
     finally:
         subscriber.close()
         publisher.transport.close()

@@ -20,7 +20,7 @@ from deploy.local import LocalStack, emulator_storage_client, port_in_use, pubsu
 
 from .local_stack_support import RECORDER, RunningStack, stack_settings, until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EVENTS = Path(__file__).resolve().parent.parent / "data" / "events"
 PYTHON = sys.executable
@@ -41,7 +41,7 @@ def _samdrop(running: RunningStack, *args: str, env: dict[str, str] | None = Non
     base = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}
     full_env = {**base, **running.settings.to_env(), **(env or {})}
     return subprocess.run(
-        [PYTHON, "-m", "samdrop.cli", *args], env=full_env, capture_output=True, text=True, timeout=timeout
+        [PYTHON, "-m", "deploy.command", *args], env=full_env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -208,7 +208,7 @@ def test_down_from_another_process_leaves_nothing_behind(tmp_path):
     assert len(members["pubsub"]) >= 2 and len(members["function"]) >= 2
 
     stopped = subprocess.run(
-        [PYTHON, "-m", "samdrop.cli", "local", "down"], env=env, capture_output=True, text=True, timeout=60
+        [PYTHON, "-m", "deploy.command", "local", "down"], env=env, capture_output=True, text=True, timeout=60
     )
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped bridge, function, gcs, pubsub" in stopped.stdout

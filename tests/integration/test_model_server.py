@@ -20,7 +20,7 @@ import requests
 
 from tests.helpers import encode
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def free_port() -> int:
@@ -43,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env.pop("STORAGE_EMULATOR_HOST", None)
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "samdrop.cli", "predictor", "serve", "--port", str(port)],
+            [sys.executable, "-m", "deploy.command", "predictor", "serve", "--port", str(port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

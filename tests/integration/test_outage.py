@@ -12,24 +12,24 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from deploy import processes
-from deploy.demo import upload_file
 from deploy.drill import CompletionLog, outage_drill
+from deploy.harness import upload_file
 from deploy.local import LocalStack, emulator_storage_client
 from samdrop.pidfile import WORKERS_DIR
 from samdrop.settings import Settings
 
-from .local_stack_support import stack_settings, until
+from .local_stack_support import settled, stack_settings, until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BURST = 150
 OUTAGE_S = 60.0
@@ -38,7 +38,11 @@ OUTAGE_S = 60.0
 def _samdrop(settings: Settings, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")} | settings.to_env()
     return subprocess.run(
-        [sys.executable, "-m", "samdrop.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "deploy.command", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -133,12 +137,12 @@ def test_sweep_after_deleting_five_results_redrives_exactly_those_five(full_stac
         sent = sorted(line.split()[1] for line in swept.stdout.splitlines() if line.startswith("sent "))
         assert sent == sorted(f"{u.uri}#{u.generation}" for u in lost), swept.stdout
 
-        def second_round() -> bool:
+        def ours() -> list[tuple[float, dict[str, Any]]]:
             grouped = log.by_upload()
-            return all(len(grouped.get((u.uri, u.generation), [])) == 2 for u in lost)
+            return [message for key in keys for message in grouped.get(key, [])]
 
-        until(second_round, 300, "completions of the swept uploads")
-        time.sleep(3.0)  # anything extra would have arrived by now
+        # One more completion for each swept upload, and nothing else after the last of them.
+        settled(ours, len(uploads) + len(lost), timeout_s=300, what="completions of the sweep's uploads")
         grouped = log.by_upload()
     assert {key: len(grouped[key]) for key in keys} == {
         (u.uri, u.generation): 2 if u in lost else 1 for u in uploads

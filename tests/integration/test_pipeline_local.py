@@ -27,50 +27,21 @@ from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
 from pipeline import components
 from pipeline.exports import yolo_label_name
 from pipeline.listing import BatchOptions, build_plan, parse_prompts_file
-from pipeline.paths import BatchPaths
 from pipeline.shard import ShardWorker
 from predictor.engine import SamEngine
+from samdrop.batches import BatchPaths
 from samdrop.prompts import check_amg
 from samdrop.storage import GcsStore
 
-from .local_stack_support import stack_settings, until
+from .local_stack_support import Completions, Key, stack_settings, until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SHARD_SIZE = 8
 GOOD, CORRUPT = 28, 2
 AMG = {"points_per_side": 2}
 RUN_TIMEOUT_S = 240
 RECORDS = ("/masks.json", "/error.json")
-
-
-class Completions:
-    """Every completion message on the stack's pull subscription, by batch id."""
-
-    def __init__(self, subscriber: Any, path: str) -> None:
-        self.subscriber, self.path = subscriber, path
-        self.by_batch: dict[str, list[dict[str, Any]]] = {}
-
-    def pull(self, timeout_s: float = 2.0) -> None:
-        try:
-            response = self.subscriber.pull(
-                request={"subscription": self.path, "max_messages": 50}, timeout=timeout_s
-            )
-        except Exception:  # DeadlineExceeded: nothing arrived
-            return
-        for received in response.received_messages:
-            body = json.loads(received.message.data)
-            self.by_batch.setdefault(body.get("batch_id") or body["input"], []).append(body)
-        if response.received_messages:
-            ack_ids = [m.ack_id for m in response.received_messages]
-            self.subscriber.acknowledge(request={"subscription": self.path, "ack_ids": ack_ids}, timeout=30)
-
-    def wait(self, batch_id: str, timeout_s: float) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not self.by_batch.get(batch_id):
-            self.pull()
-        assert self.by_batch.get(batch_id), f"no completion for batch {batch_id} within {timeout_s}s"
-        return self.by_batch[batch_id]
 
 
 class Stack:
@@ -83,8 +54,11 @@ class Stack:
         self.results = self.client.bucket(settings.output_bucket)
         self.store = GcsStore(self.client)
         _, subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])
-        path = subscriber.subscription_path(settings.project, settings.completions_subscription)
-        self.completions = Completions(subscriber, path)
+        self.completions = Completions.of(subscriber, settings)
+
+    def batch(self, batch_id: str, bucket: str | None = None) -> Key:
+        """What batch ``batch_id``'s completion names (its input folder)."""
+        return BatchPaths.of(self.settings, batch_id, bucket).input_uri, None
 
     def put(self, name: str, data: bytes, content_type: str = "application/octet-stream") -> int:
         blob = self.bucket.blob(name)
@@ -209,7 +183,7 @@ def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack, tmp_pat
     started = time.monotonic()
     ready = {"amg": AMG, "outputs": ["yolo"]}
     stack.put(f"batches/{batch}/_READY", json.dumps(ready).encode(), "application/json")
-    (message,) = stack.completions.wait(batch, RUN_TIMEOUT_S)
+    message = stack.completions.first(stack.batch(batch), timeout_s=RUN_TIMEOUT_S)
     elapsed = time.monotonic() - started
 
     assert message["status"] == "partial", message
@@ -268,8 +242,7 @@ def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack, tmp_pat
     while "batch_already_claimed" not in stack.function_log() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert "batch_already_claimed" in stack.function_log()
-    stack.completions.pull(timeout_s=5)
-    assert len(stack.completions.by_batch[batch]) == 1
+    stack.completions.exactly(stack.batch(batch), expect=1)
     assert stack.names(folder + "completion.json")[folder + "completion.json"].generation == completion
     runs = list((stack.settings.state_dir / "pipelines" / "runs").iterdir())
     assert len(runs) == 1, runs
@@ -292,8 +265,7 @@ def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack, tmp_pat
     assert json.loads(rerun.stdout.strip().splitlines()[-1])["status"] == "partial"
     assert {n: b.generation for n, b in stack.names(folder).items() if n.endswith(RECORDS)} == records
     assert stack.json(folder + "summary.json")["resumed"] == 30
-    stack.completions.pull(timeout_s=3)
-    assert len(stack.completions.by_batch[batch]) == 1
+    stack.completions.exactly(stack.batch(batch), expect=1)
 
 
 def test_bad_batches_fail_without_starting_a_run(pipeline_stack: Stack, tmp_path: Path):
@@ -310,12 +282,12 @@ def test_bad_batches_fail_without_starting_a_run(pipeline_stack: Stack, tmp_path
     assert upload.returncode == 0, upload.stderr
     assert upload.stdout.splitlines()[-1].endswith("batches/bad-amg/_READY")
 
-    empty = stack.completions.wait("empty-one", 60)[0]
+    empty = stack.completions.first(stack.batch("empty-one"), timeout_s=60)
     assert empty["status"] == "failed" and empty["error"]["code"] == "empty_batch"
-    bad = stack.completions.wait("bad-ready", 60)[0]
+    bad = stack.completions.first(stack.batch("bad-ready"), timeout_s=60)
     assert bad["status"] == "failed" and bad["error"]["code"] == "invalid_request"
     assert "not valid JSON" in bad["error"]["message"]
-    amg = stack.completions.wait("bad-amg", 60)[0]
+    amg = stack.completions.first(stack.batch("bad-amg"), timeout_s=60)
     assert amg["status"] == "failed" and "points_per_side" in amg["error"]["message"]
     claims = [n for n in stack.names("results/batches/") if n.endswith("/_CLAIMED")]
     assert not [c for c in claims if any(b in c for b in ("empty-one", "bad-ready", "bad-amg"))]
@@ -372,7 +344,7 @@ def test_components_through_python_func(pipeline_stack: Stack, monkeypatch: pyte
     )
     assert body["status"] == "failed" and body["error"]["code"] == "pipeline_failed"
     assert "out of memory" in body["error"]["message"]
-    (message,) = stack.completions.wait(batch, 30)
+    message = stack.completions.first(stack.batch(batch, bucket.name), timeout_s=30)
     assert message["error"] == body["error"]
     # Published once: a second call finds completion.json and publishes nothing.
     components.default_components().publish.python_func(
@@ -382,12 +354,11 @@ def test_components_through_python_func(pipeline_stack: Stack, monkeypatch: pyte
         config=config,
         status=status,
     )
-    stack.completions.pull(timeout_s=3)
-    assert len(stack.completions.by_batch[batch]) == 1
+    stack.completions.exactly(stack.batch(batch, bucket.name), expect=1)
 
 
 def _samdrop(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **stack.settings.to_env(), **stack.env}
     return subprocess.run(
-        [sys.executable, "-m", "samdrop.cli", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "deploy.command", *args], env=env, capture_output=True, text=True, timeout=120
     )

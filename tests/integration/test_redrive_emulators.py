@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +26,9 @@ from functions.events import PUBSUB_TYPE, decode_event
 from samdrop.layout import GENERATION_KEY, output_paths
 from samdrop.settings import Settings
 
-from .local_stack_support import stack_settings
+from .local_stack_support import settled, stack_settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -77,30 +76,23 @@ def pull_subscription(e: Emulators, name: str, topic: str) -> str:
     return path
 
 
-def drain(e: Emulators, subscription: str, quiet_s: float = 2.0, *, expect: int = 0) -> list[Any]:
-    """Every message on ``subscription`` (acked): at least ``expect`` (waiting up to a minute: a
-    notification can take seconds on a loaded machine), then until ``quiet_s`` pass without a new
-    one, so extra messages show up too."""
+def drain(e: Emulators, subscription: str, *, expect: int = 0) -> list[Any]:
+    """The ``expect`` messages on ``subscription`` (acked; waiting up to a minute: a notification can
+    take seconds on a loaded machine), failing if one more arrives (see ``settled``)."""
     messages: list[Any] = []
-    last = time.monotonic()
-    deadline = last + 60.0
-    while (len(messages) < expect and time.monotonic() < deadline) or time.monotonic() - last < quiet_s:
+
+    def arrived() -> list[Any]:
         response = e.subscriber.pull(
             request={"subscription": subscription, "max_messages": 100, "return_immediately": True},
             timeout=10,
         )
         if response.received_messages:
-            last = time.monotonic()
-            messages += [r.message for r in response.received_messages]
-            e.subscriber.acknowledge(
-                request={
-                    "subscription": subscription,
-                    "ack_ids": [r.ack_id for r in response.received_messages],
-                }
-            )
-        else:
-            time.sleep(0.2)
-    return messages
+            messages.extend(r.message for r in response.received_messages)
+            ack_ids = [r.ack_id for r in response.received_messages]
+            e.subscriber.acknowledge(request={"subscription": subscription, "ack_ids": ack_ids})
+        return messages
+
+    return settled(arrived, expect, timeout_s=60.0, what=f"messages on {subscription}")
 
 
 def upload(
@@ -158,7 +150,7 @@ def test_the_sweep_command_finds_the_running_stack(emulators):
     env = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}
     env.update({"SAMDROP_STATE_DIR": str(e.stack.state_dir), "SAMDROP_LOG_LEVEL": "WARNING"})
     done = subprocess.run(
-        [sys.executable, "-m", "samdrop.cli", "sweep", "--prefix", "incoming/cli/", "--dry-run"],
+        [sys.executable, "-m", "deploy.command", "sweep", "--prefix", "incoming/cli/", "--dry-run"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -238,4 +230,4 @@ def test_redrive_moves_dead_letters_back_and_leaves_the_subscription_empty(emula
 
     moved = drain(e, uploads, expect=6)
     assert {m.attributes["objectId"]: (m.data, dict(m.attributes)) for m in moved} == sent
-    assert drain(e, dead, quiet_s=1.0) == [], "every dead letter was acked after its publish"
+    assert drain(e, dead) == [], "every dead letter was acked after its publish"

@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 from .test_event_path import events  # noqa: F401  (the module's stack fixture, started for this module)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _large_photo(width: int = 4000, height: int = 3000) -> bytes:

@@ -17,7 +17,7 @@ from deploy.local import find_free_port
 from predictor.registry import build_sam
 from tests.weights_server import serve
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def seeded_vit_b() -> bytes:
@@ -41,7 +41,7 @@ def start_server(url: str, cache: Path, log: Path) -> processes.ProcessRecord:
         "SAMDROP_COMPILE": "off",
         "PYTHONUNBUFFERED": "1",
     }
-    argv = [sys.executable, "-m", "samdrop.cli", "predictor", "serve", "--port", str(port)]
+    argv = [sys.executable, "-m", "deploy.command", "predictor", "serve", "--port", str(port)]
     argv += ["--model-type", "vit_b", "--checkpoint", url]
     proc, record = processes.start(
         "predictor", argv, env=env, log=log, port=port, health_url=f"http://127.0.0.1:{port}/health"

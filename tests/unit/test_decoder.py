@@ -88,6 +88,7 @@ def test_bf16_stays_within_tolerance_of_fp32(sam, features):
     assert next(sam.mask_decoder.parameters()).dtype == torch.float32  # the model itself is untouched
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_compiled_decoder_matches_eager(sam, features, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))

@@ -328,7 +328,7 @@ def _samdrop(args, tmp_path, path_dirs):
         "PYTHONPATH": str(REPO_ROOT),
     }
     return subprocess.run(
-        [sys.executable, "-m", "samdrop.cli", *args],
+        [sys.executable, "-m", "deploy.command", *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -71,7 +71,7 @@ def test_specs_wire_the_emulators_together(tmp_path):
     assert flags["-filesystem-root"] == str(tmp_path.resolve() / "state" / "gcs")
     assert specs["gcs"].env["PUBSUB_EMULATOR_HOST"] == "127.0.0.1:2222"
 
-    assert specs["predictor"].argv[1:] == ["-m", "samdrop.cli", "predictor", "serve", "--port", "3333"]
+    assert specs["predictor"].argv[1:] == ["-m", "deploy.command", "predictor", "serve", "--port", "3333"]
     assert specs["predictor"].health_url == "http://127.0.0.1:3333/health"
 
     function = specs["function"]

@@ -136,6 +136,7 @@ def test_fast_path_matches_reference_path(
     )
 
 
+@pytest.mark.slow
 def test_fast_automatic_masks_match_reference(fast_engine: SamEngine, reference_engine: SamEngine, astronaut):
     params = {**SMALL_AMG, "box_nms_thresh": 1.0, "min_mask_region_area": 20}
     fast = fast_engine.run([Job(astronaut, None, params)])[0]
@@ -145,6 +146,7 @@ def test_fast_automatic_masks_match_reference(fast_engine: SamEngine, reference_
         assert iou(a, b) >= 0.99
 
 
+@pytest.mark.slow
 def test_automatic_masks_over_crop_layers_match_reference(
     fast_engine: SamEngine, reference_engine: SamEngine, coffee
 ):
@@ -177,6 +179,7 @@ def test_candidates_are_filtered_by_predicted_iou_before_upsampling(
     assert set(fast.stages_ms) == {"encoder", "decoder", "masks"}
 
 
+@pytest.mark.slow
 def test_bf16_automatic_masks_stay_close_to_the_fp32_reference(
     cache_dir, reference_engine: SamEngine, astronaut
 ):

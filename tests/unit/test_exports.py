@@ -12,10 +12,10 @@ from pycocotools.coco import COCO
 
 from pipeline.exports import parse_yolo_line, yolo_label_name
 from pipeline.listing import plan_batch, write_plan
-from pipeline.paths import BatchPaths
 from pipeline.steps import Context, aggregate_step, shard_step
 from predictor.instances import parse_instance
 from predictor.polygons import POLYGON_TOLERANCE_PX, mask_polygons, with_exports
+from samdrop.batches import BatchPaths
 from samdrop.documents import MaskRecord
 from samdrop.errors import InvalidPrompt
 from samdrop.masks import mask_box, mask_to_rle

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from samdrop.cli import main
+from deploy.command import main
 from tests.weights_server import serve
 
 

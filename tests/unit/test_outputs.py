@@ -14,10 +14,10 @@ import pytest
 from functions.events import UploadEvent
 from functions.segment import segment_upload
 from pipeline.listing import BatchOptions, PlanItem
-from pipeline.paths import BatchPaths
 from pipeline.shard import ShardWorker
 from predictor.cpr import SamRoutine
 from predictor.engine import SamEngine
+from samdrop.batches import BatchPaths
 from samdrop.documents import ErrorRecord, MasksDocument
 from samdrop.layout import output_paths, tag
 from samdrop.outputs import PREVIEW_SIDE, Step, decide, preview_size, written_names

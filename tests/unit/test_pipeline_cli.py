@@ -10,9 +10,9 @@ import requests
 from google.api_core import exceptions as api_exceptions
 from google.auth.exceptions import DefaultCredentialsError
 
+from deploy.command import build_parser, main, use_local_stack, user_error
 from pipeline.cli import follow, plan_batch_upload, ready_body, summary
-from pipeline.paths import BatchPaths
-from samdrop.cli import build_parser, main, use_local_stack, user_error
+from samdrop.batches import BatchPaths
 from samdrop.errors import InputNotFound, InvalidPrompt, InvalidRequest
 from samdrop.settings import Settings
 

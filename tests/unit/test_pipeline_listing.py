@@ -18,7 +18,7 @@ from pipeline.listing import (
     shard_size_for,
     write_plan,
 )
-from pipeline.paths import BatchPaths
+from samdrop.batches import BatchPaths
 from samdrop.errors import InvalidPrompt, InvalidRequest, PermanentError
 from samdrop.settings import Settings
 from samdrop.storage import ObjectInfo

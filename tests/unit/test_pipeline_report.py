@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from pipeline.listing import plan_batch, write_plan
-from pipeline.paths import BatchPaths
 from pipeline.plots import bar_chart, histogram, line_chart
 from pipeline.report import PLOTS, build_report, summarize, thumbnail
 from pipeline.steps import Context, aggregate_step, publish_step, shard_step
+from samdrop.batches import BatchPaths
 from samdrop.settings import Settings
 
 from .function_fakes import FakePublisher

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from pipeline.listing import BatchOptions, PlanItem
-from pipeline.paths import BatchPaths
 from pipeline.shard import ShardWorker
+from samdrop.batches import BatchPaths
 from samdrop.errors import ConfigError, TransientError
 from samdrop.layout import GENERATION_KEY
 from samdrop.masks import png_to_mask, rle_to_mask

@@ -10,7 +10,6 @@ import pytest
 
 from functions.batches import BatchStart
 from pipeline.config import pipeline_config
-from pipeline.paths import BatchPaths
 from pipeline.start import (
     launch_vertex,
     machine_resources,
@@ -20,6 +19,7 @@ from pipeline.start import (
     vertex_parameters,
 )
 from pipeline.steps import Context, list_step
+from samdrop.batches import BatchPaths
 from samdrop.errors import ConfigError, TransientError
 from samdrop.settings import Settings
 

@@ -13,10 +13,10 @@ from deploy.upload import parse_prompts
 from functions.events import UploadEvent
 from functions.handler import handle_upload
 from pipeline.listing import plan_batch
-from pipeline.paths import BatchPaths
 from pipeline.shard import ShardWorker
 from predictor.cpr import SamRoutine
 from predictor.engine import SamEngine
+from samdrop.batches import BatchPaths
 from samdrop.errors import SamdropError
 from samdrop.prompts import multimask_for
 from samdrop.settings import Settings

@@ -17,8 +17,8 @@ from typing import Any, cast
 import pytest
 
 from deploy import redrive
+from deploy.command import build_parser
 from functions.events import PUBSUB_TYPE, decode_event
-from samdrop.cli import build_parser
 from samdrop.errors import InvalidRequest
 from samdrop.layout import GENERATION_KEY
 from samdrop.settings import Settings

@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from pipeline.listing import BatchOptions, PlanItem
-from pipeline.paths import BatchPaths
 from pipeline.report import build_report, summarize
 from pipeline.shard import ShardWorker
 from predictor.cpr import SamRoutine
@@ -27,6 +26,7 @@ from predictor.tiling import (
     segment_windows,
     tile_grid,
 )
+from samdrop.batches import BatchPaths
 from samdrop.documents import Prediction, TilingRecord
 from samdrop.errors import InvalidPrompt
 from samdrop.layout import output_paths
@@ -155,6 +155,7 @@ def test_each_prompt_runs_on_a_window_around_it_at_native_resolution():
     assert result.tiling is not None and result.tiling["tiles"] == 2
 
 
+@pytest.mark.slow
 def test_the_routine_tiles_an_instance_that_asks(fast_engine, cache_dir):
     image = np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)
     settings = Settings.from_env({}, cache_dir=cache_dir)
@@ -176,6 +177,7 @@ def test_the_routine_tiles_an_instance_that_asks(fast_engine, cache_dir):
         assert mask["segmentation"]["size"] == [150, 200] and mask["tiles"]
 
 
+@pytest.mark.slow
 def test_a_batch_shard_records_the_tiling_in_masks_json(fast_engine):
     store = TreeStore()
     image = np.full((130, 160, 3), 60, dtype=np.uint8)

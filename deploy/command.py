@@ -1,4 +1,6 @@
-"""The ``samdrop`` command. Each unit adds its own sub-commands; this file only dispatches.
+"""The ``samdrop`` command (``[project.scripts]``). Each unit adds its own sub-commands in its
+``cli.py``; this file only dispatches. It lives in ``deploy/``, the top layer, because it imports
+every unit (docs/design.md "Layers").
 
 Units are imported lazily so ``samdrop --help`` stays fast and a unit's heavy imports (torch,
 kfp) load only for the commands that need them. Two things every command shares live here:

@@ -1,4 +1,6 @@
-"""Where a batch's own files live: ``results/batches/<id>/`` beside the per-image output folders.
+"""Where a batch's own files live (``results/batches/<id>/`` beside the per-image output folders),
+and the ``failed`` batch completion. Shared by the function (which refuses or starts a batch) and
+the pipeline (which runs it).
 
 Per-image outputs follow :mod:`samdrop.layout` (``results/batches/<id>/<file>/masks.json`` …). The
 batch's files start with ``_`` or have no image extension, so no input can collide with them.
@@ -8,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from samdrop.errors import ErrorInfo
 from samdrop.layout import READY
+from samdrop.messages import CompletionMessage
 from samdrop.settings import Settings
 
-__all__ = ["CLAIM", "PROMPTS_FILE", "READY", "BatchPaths"]
+__all__ = ["CLAIM", "PROMPTS_FILE", "READY", "BatchPaths", "failed_completion"]
 
 CLAIM = "_CLAIMED"
 PROMPTS_FILE = "prompts.json"
@@ -87,3 +91,17 @@ class BatchPaths:
     def relative(self, name: str) -> str:
         """``cat.jpg`` for ``batches/<id>/cat.jpg`` (the key used in ``prompts.json``)."""
         return name[len(self.input_folder) :] if name.startswith(self.input_folder) else name
+
+
+def failed_completion(paths: BatchPaths, code: str, message: str, *, images: int = 0) -> CompletionMessage:
+    """The ``failed`` batch completion for a batch that did not run (or whose run failed as a whole)."""
+    return CompletionMessage(
+        kind="batch",
+        status="failed",
+        batch_id=paths.batch_id,
+        input=paths.input_uri,
+        images=images,
+        succeeded=0,
+        failed=images,
+        error=ErrorInfo(code=code, message=message),
+    )

@@ -66,9 +66,9 @@ def test_specs_wire_the_emulators_together(tmp_path):
     assert flags["-event.pubsub-project-id"] == settings.project
     assert flags["-event.bucket"] == settings.bucket
     assert flags["-port"] == "1111"
-    # Objects live on disk under the state dir, so a restarted stack keeps them.
-    assert flags["-backend"] == "filesystem"
-    assert flags["-filesystem-root"] == str(tmp_path.resolve() / "state" / "gcs")
+    # In memory: no file-name or extended-attribute limits (deploy/store_snapshot.py keeps them).
+    assert flags["-backend"] == "memory"
+    assert "-filesystem-root" not in flags
     assert specs["gcs"].env["PUBSUB_EMULATOR_HOST"] == "127.0.0.1:2222"
 
     assert specs["predictor"].argv[1:] == ["-m", "samdrop.cli", "predictor", "serve", "--port", "3333"]

@@ -46,6 +46,9 @@ PORT_SETTINGS = {
     "bridge": "bridge_port",
 }
 SNAPSHOT_DIR = "gcs-snapshot"  # the bucket objects saved by `down`, under the state dir
+# Where the filesystem backend kept objects before the memory backend (issue #21): `up` saves them
+# into SNAPSHOT_DIR once, then renames the folder to LEGACY_GCS_DIR + ".migrated".
+LEGACY_GCS_DIR = "gcs"
 # Variables `local env` prints; GOOGLE_CLOUD_PROJECT lets `storage.Client()` run without arguments.
 CLIENT_ENV_KEYS = (
     "STORAGE_EMULATOR_HOST",
@@ -386,6 +389,9 @@ class LocalStack:
         gcs_binary = str(fake_gcs_binary()) if restoring else ""
         if fresh:
             store_snapshot.discard(self.snapshot_dir)
+            shutil.rmtree(self.state_dir / LEGACY_GCS_DIR, ignore_errors=True)
+        if restoring:
+            self.migrate_legacy_store(gcs_binary)
         (self.state_dir / "pubsub").mkdir(parents=True, exist_ok=True)  # gcloud writes env.yaml there
         s = self.settings
         state = StackState(
@@ -443,6 +449,38 @@ class LocalStack:
             return store_snapshot.restore(client, self.snapshot_dir)
         finally:
             client.close()
+
+    def migrate_legacy_store(self, gcs_binary: str) -> int:
+        """Save the objects the filesystem backend kept under ``<state dir>/gcs`` as the snapshot
+        ``up`` restores (once: the folder is renamed after); returns how many. A fake-gcs-server of
+        its own reads them, with no notifications."""
+        legacy = self.state_dir / LEGACY_GCS_DIR
+        if not legacy.is_dir() or store_snapshot.current(self.snapshot_dir) is not None:
+            return 0
+        port = find_free_port()
+        url = f"http://{HOST}:{port}"
+        argv = [gcs_binary, "-scheme", "http", "-host", HOST, "-port", str(port), "-external-url", url]
+        argv += ["-backend", "filesystem", "-filesystem-root", str(legacy), "-log-level", "error"]
+        log = self.state_dir / "logs" / "gcs-migration.log"
+        proc, record = processes.start(
+            "gcs-migration", argv, env=self.base_env, log=log, port=port, health_url=f"{url}/storage/v1/b"
+        )
+        try:
+            processes.wait_ready(proc, record, timeout_s=READY_TIMEOUT_S["gcs"])
+            client = emulator_storage_client(self.settings.project, url)
+            try:
+                saved = store_snapshot.save(client, self.snapshot_dir)
+            finally:
+                client.close()
+        except Exception as exc:
+            raise LocalStackError(
+                f"could not read the objects kept in {legacy} by the earlier filesystem backend ({exc}): "
+                "`samdrop local up --fresh` starts empty and removes them"
+            ) from exc
+        finally:
+            processes.stop([record])
+        legacy.rename(legacy.with_name(LEGACY_GCS_DIR + ".migrated"))
+        return saved
 
     def save_objects(self) -> int:
         """Save every object of the running fake-gcs-server to the snapshot folder; returns the count."""

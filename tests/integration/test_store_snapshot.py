@@ -11,26 +11,35 @@ import pytest
 from google.cloud import storage
 
 from deploy import processes, store_snapshot
-from deploy.local import HOST, emulator_storage_client, fake_gcs_binary, find_free_port
+from deploy.local import (
+    HOST,
+    LEGACY_GCS_DIR,
+    LocalStack,
+    emulator_storage_client,
+    fake_gcs_binary,
+    find_free_port,
+)
 from deploy.processes import LocalStackError
 from samdrop.layout import GENERATION_KEY
+from samdrop.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-Server = Callable[[], storage.Client]
+Server = Callable[..., storage.Client]
 
 
 @pytest.fixture
 def new_server(tmp_path: Path) -> Iterator[Server]:
-    """Starts empty memory-backend fake-gcs-servers on free ports; all are stopped afterwards."""
+    """Starts fake-gcs-servers on free ports (memory backend unless ``backend`` flags say otherwise);
+    all are stopped afterwards."""
     records: list[processes.ProcessRecord] = []
     clients: list[storage.Client] = []
 
-    def start() -> storage.Client:
+    def start(*backend: str) -> storage.Client:
         port = find_free_port()
         url = f"http://{HOST}:{port}"
         argv = [str(fake_gcs_binary()), "-scheme", "http", "-host", HOST, "-port", str(port)]
-        argv += ["-backend", "memory", "-external-url", url]
+        argv += [*(backend or ("-backend", "memory")), "-external-url", url]
         log = tmp_path / "logs" / f"gcs-{port}.log"
         health = f"{url}/storage/v1/b"
         proc, record = processes.start("gcs", argv, env={}, log=log, port=port, health_url=health)
@@ -136,3 +145,25 @@ def test_a_damaged_snapshot_is_refused_with_what_to_do_and_kept(new_server, tmp_
     with pytest.raises(LocalStackError, match=r"does not hold the content it names.*local up --fresh"):
         store_snapshot.restore(new_server(), folder)
     assert content.read_bytes() == b"changed"  # nothing deleted: the user decides
+
+
+def test_up_moves_what_the_old_filesystem_backend_kept_into_the_snapshot_once(new_server, tmp_path):
+    settings = Settings.from_env({}, state_dir=tmp_path / "state")
+    legacy = settings.state_dir / LEGACY_GCS_DIR
+    old = new_server("-backend", "filesystem", "-filesystem-root", str(legacy))
+    old.create_bucket("uploads")
+    input_gen = put(
+        old, "uploads", "incoming/cat.png", b"cat", **{"samdrop-prompts": '{"boxes":[[1,2,3,4]]}'}
+    )
+    put(old, "uploads", "results/incoming/cat.png/completion.json", b"{}", **{GENERATION_KEY: str(input_gen)})
+    stack = LocalStack(settings)
+
+    assert stack.migrate_legacy_store(str(fake_gcs_binary())) == 2
+    assert not legacy.exists() and legacy.with_name("gcs.migrated").is_dir()
+    assert stack.migrate_legacy_store(str(fake_gcs_binary())) == 0  # once
+    new = new_server()
+    store_snapshot.restore(new, stack.snapshot_dir)
+    cat = new.bucket("uploads").get_blob("incoming/cat.png")
+    assert cat.download_as_bytes() == b"cat" and cat.metadata == {"samdrop-prompts": '{"boxes":[[1,2,3,4]]}'}
+    completion = new.bucket("uploads").get_blob("results/incoming/cat.png/completion.json")
+    assert completion.metadata == {GENERATION_KEY: str(cat.generation)}

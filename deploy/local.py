@@ -389,7 +389,8 @@ class LocalStack:
         gcs_binary = str(fake_gcs_binary()) if restoring else ""
         if fresh:
             store_snapshot.discard(self.snapshot_dir)
-            shutil.rmtree(self.state_dir / LEGACY_GCS_DIR, ignore_errors=True)
+            for legacy in (LEGACY_GCS_DIR, LEGACY_GCS_DIR + ".migrated"):
+                shutil.rmtree(self.state_dir / legacy, ignore_errors=True)
         if restoring:
             self.migrate_legacy_store(gcs_binary)
         (self.state_dir / "pubsub").mkdir(parents=True, exist_ok=True)  # gcloud writes env.yaml there
@@ -479,7 +480,7 @@ class LocalStack:
             ) from exc
         finally:
             processes.stop([record])
-        legacy.rename(legacy.with_name(LEGACY_GCS_DIR + ".migrated"))
+        legacy.rename(legacy.with_name(LEGACY_GCS_DIR + ".migrated"))  # kept until `up --fresh`
         return saved
 
     def save_objects(self) -> int:

@@ -2,8 +2,8 @@
 delivery bridge that feeds the function from the uploads subscription (``deploy/bridge.py``).
 
 All are real programs on 127.0.0.1, started as process groups with logs and a state file under
-``settings.state_dir``; fake-gcs-server keeps its objects under ``<state dir>/gcs`` across restarts.
-See docs/design.md "Local stack".
+``settings.state_dir``; fake-gcs-server keeps its objects in memory, saved to ``<state dir>/gcs-snapshot``
+by ``down`` and restored by ``up`` (:mod:`deploy.store_snapshot`). See docs/design.md "Local stack".
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deploy import processes
+from deploy import processes, store_snapshot
 from deploy.processes import LocalStackError, ProcessRecord, StackState
 from samdrop.pidfile import WORKERS_DIR
 from samdrop.settings import Settings
@@ -45,7 +45,10 @@ PORT_SETTINGS = {
     "function": "function_port",
     "bridge": "bridge_port",
 }
-GCS_DIR = "gcs"  # fake-gcs-server's filesystem backend root, under the state dir
+SNAPSHOT_DIR = "gcs-snapshot"  # the bucket objects saved by `down`, under the state dir
+# Where the filesystem backend kept objects before the memory backend (issue #21): `up` saves them
+# into SNAPSHOT_DIR once, then renames the folder to LEGACY_GCS_DIR + ".migrated".
+LEGACY_GCS_DIR = "gcs"
 # Variables `local env` prints; GOOGLE_CLOUD_PROJECT lets `storage.Client()` run without arguments.
 CLIENT_ENV_KEYS = (
     "STORAGE_EMULATOR_HOST",
@@ -269,10 +272,10 @@ class LocalStack:
                     ("-host", HOST),
                     ("-port", str(s.gcs_port)),
                     ("-external-url", f"http://{HOST}:{s.gcs_port}"),  # Location of resumable uploads
-                    # Objects survive a restart (`local up --fresh` starts empty); Pub/Sub's
-                    # emulator keeps nothing, so `samdrop sweep` re-drives what a restart lost.
-                    ("-backend", "filesystem"),
-                    ("-filesystem-root", str(self.state_dir / GCS_DIR)),
+                    # The memory backend takes every legal name and 8 KiB of metadata; objects
+                    # survive a restart through SNAPSHOT_DIR (`local up --fresh` starts empty).
+                    # Pub/Sub's emulator keeps nothing, so `samdrop sweep` re-drives what it lost.
+                    ("-backend", "memory"),
                     ("-log-level", "info"),  # "error publishing event" is logged at info
                     # Like a real bucket notification: finalize events of the upload bucket only,
                     # published to the emulator found through PUBSUB_EMULATOR_HOST.
@@ -358,8 +361,10 @@ class LocalStack:
         """Start every server that is not running, wait until each is healthy, then create (or
         confirm) the buckets, topics and subscriptions.
 
-        On a partly running stack only the stopped servers start; the running ones are kept.
-        ``fresh`` deletes the stored objects first and needs a stopped stack. Returns the state, the
+        On a partly running stack only the stopped servers start; the running ones are kept. A
+        fake-gcs-server started now gets the objects the last ``down`` saved before the bridge starts,
+        so no event of the restore reaches the function before the restore is complete.
+        ``fresh`` deletes the saved objects first and needs a stopped stack. Returns the state, the
         servers started now and the resource changes.
         """
         existing = processes.load_state(self.state_path)
@@ -374,12 +379,21 @@ class LocalStack:
             extra = ", ".join(sorted(set(running) - wanted))
             raise LocalStackError(f"{extra} run but were not asked for: `samdrop local down` first")
         to_start = [spec for spec in specs if spec.name not in running]
+        restoring = any(spec.name == "gcs" for spec in to_start)
+        if restoring and "bridge" in running:
+            raise LocalStackError(
+                "fake-gcs-server stopped while the delivery bridge runs: `samdrop local down`, then "
+                "`samdrop local up` (the objects come back from the last `down`)"
+            )
         self.preflight(to_start)
-        gcs_binary = str(fake_gcs_binary()) if any(s.name == "gcs" for s in to_start) else ""
+        gcs_binary = str(fake_gcs_binary()) if restoring else ""
         if fresh:
-            shutil.rmtree(self.state_dir / GCS_DIR, ignore_errors=True)
-        for folder in ("pubsub", GCS_DIR):  # gcloud writes env.yaml there; fake-gcs keeps objects there
-            (self.state_dir / folder).mkdir(parents=True, exist_ok=True)
+            store_snapshot.discard(self.snapshot_dir)
+            for legacy in (LEGACY_GCS_DIR, LEGACY_GCS_DIR + ".migrated"):
+                shutil.rmtree(self.state_dir / legacy, ignore_errors=True)
+        if restoring:
+            self.migrate_legacy_store(gcs_binary)
+        (self.state_dir / "pubsub").mkdir(parents=True, exist_ok=True)  # gcloud writes env.yaml there
         s = self.settings
         state = StackState(
             client_env=dict(existing.client_env)
@@ -388,9 +402,11 @@ class LocalStack:
         )
         state.processes = [running[spec.name] for spec in specs if spec.name in running]
         started: list[tuple[ServiceSpec, subprocess.Popen[bytes], ProcessRecord]] = []
-        try:
+
+        def start_and_wait(batch: list[ServiceSpec]) -> None:
             # All start at once (the predictor's imports take longest), then each is awaited.
-            for spec in to_start:
+            first = len(started)
+            for spec in batch:
                 argv = [gcs_binary if a == FAKE_GCS_PLACEHOLDER else a for a in spec.argv]
                 log = self.state_dir / "logs" / f"{spec.name}.log"
                 proc, record = processes.start(
@@ -399,10 +415,16 @@ class LocalStack:
                 started.append((spec, proc, record))
                 state.processes.append(record)
                 processes.save_state(self.state_path, state)  # `down` can stop it even if we die now
-            for spec, proc, record in started:
+            for spec, proc, record in started[first:]:
                 processes.wait_ready(
                     proc, record, timeout_s=READY_TIMEOUT_S[spec.name], any_status=spec.any_status
                 )
+
+        try:
+            start_and_wait([spec for spec in to_start if spec.name != "bridge"])
+            if restoring:
+                self.restore_objects()
+            start_and_wait([spec for spec in to_start if spec.name == "bridge"])
             changes = self.ensure_resources()
         except BaseException:
             processes.stop([record for _, _, record in started])
@@ -415,6 +437,60 @@ class LocalStack:
         state.processes.sort(key=lambda r: order[r.name])
         processes.save_state(self.state_path, state)
         return state, [record for _, _, record in started], changes
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.state_dir / SNAPSHOT_DIR
+
+    def restore_objects(self) -> store_snapshot.RestoreReport:
+        """Put the objects the last ``down`` saved into the (empty) fake-gcs-server just started."""
+        s = self.settings
+        client = emulator_storage_client(s.project, self.client_env()["STORAGE_EMULATOR_HOST"])
+        try:
+            return store_snapshot.restore(client, self.snapshot_dir)
+        finally:
+            client.close()
+
+    def migrate_legacy_store(self, gcs_binary: str) -> int:
+        """Save the objects the filesystem backend kept under ``<state dir>/gcs`` as the snapshot
+        ``up`` restores (once: the folder is renamed after); returns how many. A fake-gcs-server of
+        its own reads them, with no notifications."""
+        legacy = self.state_dir / LEGACY_GCS_DIR
+        if not legacy.is_dir() or store_snapshot.current(self.snapshot_dir) is not None:
+            return 0
+        port = find_free_port()
+        url = f"http://{HOST}:{port}"
+        argv = [gcs_binary, "-scheme", "http", "-host", HOST, "-port", str(port), "-external-url", url]
+        argv += ["-backend", "filesystem", "-filesystem-root", str(legacy), "-log-level", "error"]
+        log = self.state_dir / "logs" / "gcs-migration.log"
+        proc, record = processes.start(
+            "gcs-migration", argv, env=self.base_env, log=log, port=port, health_url=f"{url}/storage/v1/b"
+        )
+        try:
+            processes.wait_ready(proc, record, timeout_s=READY_TIMEOUT_S["gcs"])
+            client = emulator_storage_client(self.settings.project, url)
+            try:
+                saved = store_snapshot.save(client, self.snapshot_dir)
+            finally:
+                client.close()
+        except Exception as exc:
+            raise LocalStackError(
+                f"could not read the objects kept in {legacy} by the earlier filesystem backend ({exc}): "
+                "`samdrop local up --fresh` starts empty and removes them"
+            ) from exc
+        finally:
+            processes.stop([record])
+        legacy.rename(legacy.with_name(LEGACY_GCS_DIR + ".migrated"))  # kept until `up --fresh`
+        return saved
+
+    def save_objects(self) -> int:
+        """Save every object of the running fake-gcs-server to the snapshot folder; returns the count."""
+        s = self.settings
+        client = emulator_storage_client(s.project, self.client_env()["STORAGE_EMULATOR_HOST"])
+        try:
+            return store_snapshot.save(client, self.snapshot_dir)
+        finally:
+            client.close()
 
     def ensure_resources(self) -> list[resources.Change]:
         """Create (or confirm) the stack's buckets, topics and subscriptions through the client libraries."""
@@ -436,7 +512,11 @@ class LocalStack:
 
     def down(self) -> list[str]:
         """Stop exactly what ``up`` recorded (newest first) and every batch worker the function
-        started (with its kfp tasks: one process group each); names of what was stopped."""
+        started (with its kfp tasks: one process group each); names of what was stopped.
+
+        Once nothing else writes to it, fake-gcs-server's objects are saved for the next ``up``.
+        If that fails, fake-gcs-server and the Pub/Sub emulator are left running and the error is
+        raised: stopping them would lose the objects."""
         state = processes.load_state(self.state_path)
         workers = self.batch_workers()
         if state is None and not workers:
@@ -445,7 +525,21 @@ class LocalStack:
         running = [r.name for r in records + workers if processes.is_running(r)]
         # Workers first: they write to fake-gcs-server, which should outlive them.
         processes.stop(workers)
-        processes.stop(records)
+        writers = next((i for i, r in enumerate(records) if r.name == "gcs"), len(records))
+        processes.stop(records[:writers])
+        gcs = records[writers] if writers < len(records) else None
+        if gcs is not None and processes.is_running(gcs) and processes.probe(gcs.health_url):
+            try:
+                self.save_objects()
+            except Exception as exc:
+                assert state is not None  # gcs came from it
+                kept = list(reversed(records[writers:]))  # `down` again stops them
+                processes.save_state(self.state_path, StackState(kept, state.client_env))
+                raise LocalStackError(
+                    f"could not save the bucket objects to {self.snapshot_dir} ({exc}); fake-gcs-server "
+                    "is left running so nothing is lost: fix the cause and run `samdrop local down` again"
+                ) from exc
+        processes.stop(records[writers:])
         for record in workers:  # a worker stopped hard had no chance to remove its own record
             (self.state_dir / WORKERS_DIR / f"{record.pid}.json").unlink(missing_ok=True)
         self.state_path.unlink(missing_ok=True)

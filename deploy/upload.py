@@ -19,6 +19,7 @@ from samdrop.errors import InputNotFound, InvalidImage, InvalidPrompt, InvalidRe
 from samdrop.images import is_image_name
 from samdrop.prompts import PROMPTS_METADATA_KEY, parse_prompts_json
 from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
+from samdrop.storage import MAX_CUSTOM_METADATA_BYTES, custom_metadata_bytes
 
 if TYPE_CHECKING:
     from google.cloud import pubsub_v1, storage
@@ -30,9 +31,9 @@ class PlannedUpload:
     object_name: str
 
 
-# Cloud Storage keeps at most 8 KiB of custom metadata per object; the local stack's fake-gcs-server
-# (filesystem backend: ext4 extended attributes) about 3.8 KB. Prompts travel as metadata.
-MAX_PROMPTS_METADATA_BYTES = 3500
+def prompts_metadata(prompts: dict[str, Any]) -> dict[str, str]:
+    """The custom metadata that carries ``prompts`` with an uploaded image."""
+    return {PROMPTS_METADATA_KEY: json.dumps(prompts, separators=(",", ":"))}
 
 
 def parse_prompts(text: str) -> dict[str, Any]:
@@ -40,11 +41,11 @@ def parse_prompts(text: str) -> dict[str, Any]:
     prompts = parse_prompts_json(text, where="--prompts")
     if prompts is None:
         raise InvalidPrompt('--prompts must not be empty: e.g. {"points": [[x, y]], "labels": [1]}')
-    size = len(json.dumps(prompts, separators=(",", ":")).encode())
-    if size > MAX_PROMPTS_METADATA_BYTES:
+    size = custom_metadata_bytes(prompts_metadata(prompts))
+    if size > MAX_CUSTOM_METADATA_BYTES:
         raise InvalidPrompt(
-            f"--prompts is {size} bytes as object metadata, over the {MAX_PROMPTS_METADATA_BYTES} bytes "
-            "every bucket (the local stack's included) stores: use fewer prompts, or a batch's prompts.json"
+            f"--prompts is {size} bytes as object metadata, over Cloud Storage's {MAX_CUSTOM_METADATA_BYTES} "
+            "bytes of custom metadata per object: use fewer prompts, or a batch's prompts.json"
         )
     return prompts
 
@@ -87,7 +88,7 @@ def upload(
         blob = target.blob(item.object_name)
         if prompts:
             # The prompts travel atomically with the object: the finalize event carries them.
-            blob.metadata = {PROMPTS_METADATA_KEY: json.dumps(prompts, separators=(",", ":"))}
+            blob.metadata = prompts_metadata(prompts)
         content_type = mimetypes.guess_type(item.source.name)[0] or "application/octet-stream"
         blob.upload_from_filename(
             str(item.source), content_type=content_type, timeout=DEFAULT_REQUEST_TIMEOUT_S

@@ -23,6 +23,7 @@ from pipeline.listing import parse_prompts_file
 from samdrop.batches import PROMPTS_FILE, READY, BatchPaths
 from samdrop.errors import InputNotFound, InvalidRequest, PermanentError
 from samdrop.images import is_image_name
+from samdrop.layout import GENERATION_KEY, input_generation
 from samdrop.prompts import check_amg
 from samdrop.settings import Settings
 
@@ -259,8 +260,14 @@ def run_command(settings: Settings, batch_id: str) -> int:
     info = store.stat(paths.output_bucket, paths.claim)
     if info is None:
         raise InputNotFound(f"batch {batch_id} was never started ({paths.uri(paths.claim)} is missing)")
-    claim = json.loads(store.read(paths.output_bucket, paths.claim, generation=info.generation))
-    run_local(settings, batch_id, paths.bucket, int(claim["marker_generation"]))
+    # The claim's tag, not its body: a local stack's restore rewrites only the tag to the marker's new
+    # generation (deploy/store_snapshot.py).
+    marker_generation = input_generation(info.metadata)
+    if marker_generation is None:
+        raise InvalidRequest(
+            f"{paths.uri(paths.claim)} has no {GENERATION_KEY} metadata: samdrop did not write it"
+        )
+    run_local(settings, batch_id, paths.bucket, marker_generation)
     print(json.dumps(_completion(store, paths)))  # last line: the batch's completion record
     return 0
 

@@ -300,11 +300,16 @@ def write_plan(
 
 
 def existing_plan(paths: BatchPaths, marker_generation: int, store: ObjectStore) -> dict[str, Any] | None:
-    """``plan.json`` already written for this marker generation (a resumed run reuses it), else None."""
+    """``plan.json`` already written for this marker generation (a resumed run reuses it), else None.
+
+    Tag and body must both name it: a local stack's restore rewrites the tag to the restored
+    marker's new generation but leaves the body, whose items name the inputs' old generations
+    (deploy/store_snapshot.py); such a plan is made again from the objects stored now."""
     info = store.stat(paths.output_bucket, paths.plan)
     if info is None or input_generation(info.metadata) != marker_generation:
         return None
-    return dict(json.loads(store.read(paths.output_bucket, paths.plan, generation=info.generation)))
+    plan = dict(json.loads(store.read(paths.output_bucket, paths.plan, generation=info.generation)))
+    return plan if str(plan.get("marker_generation")) == str(marker_generation) else None
 
 
 def read_plan(paths: BatchPaths, store: ObjectStore) -> dict[str, Any]:

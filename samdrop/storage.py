@@ -44,6 +44,16 @@ def write_retry(timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> ConditionalRetr
     return ConditionalRetryPolicy(retry, is_generation_specified, ["query_params"])
 
 
+# Cloud Storage's limit on one object's custom metadata: all keys and values together, UTF-8 bytes.
+# The local stack's fake-gcs-server (memory backend) has none below it.
+MAX_CUSTOM_METADATA_BYTES = 8 * 1024
+
+
+def custom_metadata_bytes(metadata: Mapping[str, str]) -> int:
+    """The size Cloud Storage counts against :data:`MAX_CUSTOM_METADATA_BYTES`."""
+    return sum(len(key.encode()) + len(value.encode()) for key, value in metadata.items())
+
+
 # What requests reads from the environment when ``trust_env`` is on, besides ``*_proxy`` variables.
 _REQUESTS_VARIABLES = frozenset({"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NETRC"})
 

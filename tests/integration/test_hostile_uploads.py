@@ -51,9 +51,8 @@ CASES: list[tuple[str, Callable[[EventStack, str], Blob], str, str]] = [
     ),
     ("a 3000x1 image", lambda e, n: e.upload(n, thin_png()), "invalid_image", "SAMDROP_MAX_ASPECT_RATIO="),
     (
-        # 1,500 levels: deep enough for json.loads to raise RecursionError, and 3,000 bytes, which
-        # fake-gcs-server's filesystem backend can still store (it keeps metadata in ext4 xattrs,
-        # about 3.8 KB per object; Cloud Storage allows 8 KiB).
+        # 1,500 levels: deep enough for json.loads to raise RecursionError (2,500 levels, 5,000
+        # bytes of metadata, run through a restart in test_store_restart.py).
         "samdrop-prompts nested 1500 deep",
         lambda e, n: upload_raw(e, n, photo(), {"samdrop-prompts": deep(1500)}),
         "invalid_prompt",
@@ -72,9 +71,8 @@ def test_hostile_uploads_each_get_one_failed_completion_and_the_stack_stays_heal
     blobs = {}
     for label, send, _, _ in CASES:
         blobs[label] = send(events, unique("hostile.png"))
-    # Output names over Cloud Storage's 1024 bytes: no error.json can exist, the completion still comes.
-    # Folders of 198 bytes: fake-gcs-server's filesystem backend stores each name component as a
-    # file name (ext4: at most 255 bytes); Cloud Storage has no such limit below 1024 bytes in all.
+    # An input of 1,018 bytes, so its output names exceed Cloud Storage's 1,024: no error.json can
+    # exist, the completion still comes.
     long_name = f"incoming/{uuid.uuid4().hex[:8]}/" + ("a" * 198 + "/") * 5 + "x.png"
     long_blob = events.upload(long_name, photo())
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy import processes
 from deploy.local import (
     CLIENT_ENV_KEYS,
     LocalStack,
@@ -15,7 +16,8 @@ from deploy.local import (
     fake_gcs_binary,
     pubsub_emulator_problems,
 )
-from deploy.processes import LocalStackError
+from deploy.processes import LocalStackError, ProcessRecord, StackState
+from samdrop.pidfile import start_ticks
 from samdrop.settings import Settings
 
 
@@ -66,9 +68,9 @@ def test_specs_wire_the_emulators_together(tmp_path):
     assert flags["-event.pubsub-project-id"] == settings.project
     assert flags["-event.bucket"] == settings.bucket
     assert flags["-port"] == "1111"
-    # Objects live on disk under the state dir, so a restarted stack keeps them.
-    assert flags["-backend"] == "filesystem"
-    assert flags["-filesystem-root"] == str(tmp_path.resolve() / "state" / "gcs")
+    # In memory: no file-name or extended-attribute limits (deploy/store_snapshot.py keeps them).
+    assert flags["-backend"] == "memory"
+    assert "-filesystem-root" not in flags
     assert specs["gcs"].env["PUBSUB_EMULATOR_HOST"] == "127.0.0.1:2222"
 
     assert specs["predictor"].argv[1:] == ["-m", "deploy.command", "predictor", "serve", "--port", "3333"]
@@ -148,3 +150,18 @@ def test_preflight_reports_a_missing_function_source(tmp_path):
     stack = LocalStack(_settings(tmp_path), predictor=False, function_source=tmp_path / "nope.py")
     with pytest.raises(LocalStackError, match=r"nope\.py is missing: start with --no-function"):
         stack.preflight([])
+
+
+def test_up_refuses_to_restart_fake_gcs_server_alone_while_the_bridge_runs(tmp_path):
+    # The bridge would hand the restore's notifications to the function before the restored
+    # completions are back. This test process stands in for the running bridge.
+    settings = _settings(tmp_path)
+    stack = LocalStack(settings, predictor=False)
+    pid = os.getpid()
+    ticks = start_ticks(pid)
+    bridge = ProcessRecord("bridge", pid, os.getpgrp(), 1, ["x"], "/tmp/l", "http://h/", 1.0, ticks)
+    settings.state_dir.mkdir(parents=True)
+    processes.save_state(stack.state_path, StackState([bridge]))
+    with pytest.raises(LocalStackError, match=r"fake-gcs-server stopped while the delivery bridge runs"):
+        stack.up()
+    assert processes.load_state(stack.state_path) == StackState([bridge])  # nothing started or stopped

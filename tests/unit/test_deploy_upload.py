@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from deploy.upload import format_message, parse_prompts, plan_uploads
+from deploy.upload import format_message, parse_prompts, plan_uploads, prompts_metadata
 from samdrop.errors import InputNotFound, InvalidImage, InvalidPrompt
+from samdrop.storage import MAX_CUSTOM_METADATA_BYTES, custom_metadata_bytes
 
 
 def test_parse_prompts_accepts_the_documented_shape():
@@ -76,9 +77,16 @@ def test_format_message_prints_the_body_or_wraps_it():
     }
 
 
-def test_prompts_too_large_for_object_metadata_are_refused_before_upload():
-    boxes = [[1000.5, 1000.5, 2000.5, 2000.5]] * 64  # within SAMDROP_MAX_PROMPTS, ~2.3 KB
-    assert len(parse_prompts(json.dumps({"boxes": boxes}))["boxes"]) == 64
-    points = [[1000.25, 2000.25]] * 200
-    with pytest.raises(InvalidPrompt, match="bytes as object metadata"):
-        parse_prompts(json.dumps({"points": points, "labels": [1] * 200}))
+def test_prompts_over_cloud_storages_metadata_limit_are_refused_before_upload():
+    # 6,000 bytes of prompts: over the old local-stack limit (3,500), within Cloud Storage's 8 KiB.
+    points = [[1000.25, 2000.25]] * 300
+    accepted = parse_prompts(json.dumps({"points": points, "labels": [1] * 300}))
+    assert custom_metadata_bytes(prompts_metadata(accepted)) > 5000
+    text = json.dumps({"points": [[1000.25, 2000.25]] * 500, "labels": [1] * 500})
+    with pytest.raises(InvalidPrompt, match=f"over Cloud Storage's {MAX_CUSTOM_METADATA_BYTES} bytes"):
+        parse_prompts(text)
+
+
+def test_metadata_size_counts_keys_and_values_in_utf8_bytes():
+    assert custom_metadata_bytes({"ab": "é", "c": ""}) == 2 + 2 + 1
+    assert MAX_CUSTOM_METADATA_BYTES == 8192

@@ -20,6 +20,7 @@ from pipeline.listing import (
 )
 from samdrop.batches import BatchPaths
 from samdrop.errors import InvalidPrompt, InvalidRequest, PermanentError
+from samdrop.layout import GENERATION_KEY
 from samdrop.settings import Settings
 from samdrop.storage import ObjectInfo
 
@@ -197,6 +198,11 @@ def test_written_plan_reads_back_and_is_reused_for_the_same_marker():
     summary = existing_plan(PATHS, marker, store)
     assert summary is not None and summary["shards"] == 2 and summary["images"] == 3
     assert existing_plan(PATHS, marker + 1, store) is None
+    # After a local stack's restore the tag names the marker's new generation, the body the old one
+    # (with the inputs' old generations): not reused, so the run plans again.
+    restored = store.objects[(PATHS.output_bucket, PATHS.plan)]
+    restored.metadata = {GENERATION_KEY: str(marker + 7)}
+    assert existing_plan(PATHS, marker + 7, store) is None
     # Writing again replaces exactly the versions seen (generation preconditions), never blindly.
     write_plan(PATHS, plan, store)
     assert store.writes().count(PATHS.plan) == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ MASK_FORMATS = ("rle", "png")
 AMG_DEFAULTS: dict[str, Any] = {
     "points_per_side": 32,
     "points_per_batch": None,  # None: the engine's setting
-    "pred_iou_thresh": 0.88,
+    "pred_iou_thresh": None,  # None: the model's own default (SAM 1: 0.88, SAM 2.1: 0.8)
     "stability_score_thresh": 0.95,
     "stability_score_offset": 1.0,
     "box_nms_thresh": 0.7,
@@ -39,6 +40,9 @@ AMG_DEFAULTS: dict[str, Any] = {
     "min_mask_region_area": 0,
     "max_masks": None,  # None: the engine's cap
 }
+# SAM2AutomaticMaskGenerator's own parameters, taken by SAM 2.1 engines only (refused by others);
+# added to a request's amg only when it names them.
+SAM2_AMG_OPTIONS: dict[str, Any] = {"mask_threshold": 0.0, "use_m2m": False, "multimask_output": True}
 _AMG_INT = ("points_per_side", "points_per_batch", "crop_n_layers", "crop_n_points_downscale_factor",
             "min_mask_region_area", "max_masks")  # fmt: skip
 _AMG_UNIT = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh",
@@ -217,16 +221,25 @@ def parse_amg(raw: Any) -> dict[str, Any]:
     """Automatic-mask parameters merged over :data:`AMG_DEFAULTS`, type- and range-checked."""
     if not isinstance(raw, dict):
         raise InvalidRequest("amg must be a JSON object of automatic-mask parameters")
-    unknown = sorted(set(raw) - set(AMG_DEFAULTS))
+    known = (*AMG_DEFAULTS, *SAM2_AMG_OPTIONS)
+    unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise InvalidRequest(f"unknown amg parameter(s) {unknown}; known: {', '.join(AMG_DEFAULTS)}")
+        raise InvalidRequest(f"unknown amg parameter(s) {unknown}; known: {', '.join(known)}")
     params = {**AMG_DEFAULTS, **raw}
+    for name in ("use_m2m", "multimask_output"):
+        if name in params and not isinstance(params[name], bool):
+            raise InvalidRequest(f"amg.{name} must be true or false, got {params[name]!r}")
+    threshold = params.get("mask_threshold", 0.0)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
+        raise InvalidRequest(f"amg.mask_threshold must be a number (a logit), got {threshold!r}")
     for name in _AMG_INT:
         value = params[name]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise InvalidRequest(f"amg.{name} must be a non-negative integer, got {value!r}")
     for name in _AMG_UNIT:
         value = params[name]
+        if value is None and AMG_DEFAULTS[name] is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
             raise InvalidRequest(f"amg.{name} must be a number within [0, 1], got {value!r}")
     if not isinstance(params["stability_score_offset"], int | float):
@@ -238,6 +251,15 @@ def parse_amg(raw: Any) -> dict[str, Any]:
     if params["crop_n_points_downscale_factor"] < 1:
         raise InvalidRequest("amg.crop_n_points_downscale_factor must be >= 1")
     return params
+
+
+def refuse_sam2_options(amg: dict[str, Any], model_type: str) -> None:
+    """Raise :class:`InvalidRequest` if ``amg`` names a SAM 2.1-only parameter for ``model_type``."""
+    named = sorted(set(amg) & set(SAM2_AMG_OPTIONS))
+    if named:
+        raise InvalidRequest(
+            f"amg parameter(s) {named} belong to SAM 2.1's generator; model {model_type} does not take them"
+        )
 
 
 def _image_source(raw: dict[str, Any]) -> tuple[str | None, bytes | None]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from deploy.gcp import function_source, iam, pubsub_calls, storage_calls, vertex_calls
@@ -369,7 +370,9 @@ def _model_step(options: DeployOptions) -> Step:
                 "environment": environment,
                 "labels": {
                     "samdrop": "predictor",
-                    "samdrop_model": options.model_type.replace("_", "-"),
+                    "samdrop_model": re.sub(
+                        r"[^a-z0-9-]", "-", options.model_type
+                    ),  # label values: a-z 0-9 _ -
                     CONFIG_LABEL: digest,
                 },
             },

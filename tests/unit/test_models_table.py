@@ -1,0 +1,112 @@
+"""The one table of model types (samdrop/models.py) and everything that reads it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy.gcp.cli import _deployed_type
+from predictor.backends import load_engine, resolve_model
+from samdrop import models
+from samdrop.errors import ConfigError
+from samdrop.settings import Settings
+
+from .test_deploy_cloud_plan import sample_options
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_type_has_one_entry_and_a_known_family():
+    assert len(models.BY_NAME) == len(models.MODELS)
+    assert set(models.MODEL_TYPES) == {info.name for info in models.MODELS} | {"auto"}
+    assert {info.family for info in models.MODELS} == set(models.FAMILIES)
+    assert [info.name for info in models.MODELS if info.recommended] == [models.RECOMMENDED]
+    assert models.names("sam2.1") == (
+        "sam2.1_hiera_large", "sam2.1_hiera_base_plus", "sam2.1_hiera_small", "sam2.1_hiera_tiny"
+    )  # fmt: skip
+    for info in models.MODELS:
+        assert (info.source is not None) == info.needs_weights
+        assert info.prompts or info.text
+
+
+def test_sam3_is_listed_gated_with_text():
+    sam3 = models.model_info("sam3")
+    assert (sam3.family, sam3.source, sam3.gated, sam3.text) == ("sam3", "facebook/sam3", True, True)
+    assert models.text_models() == ("sam3",)
+    assert "sam3" in models.text_refused("sam2.1_hiera_tiny")
+
+
+def test_auto_prefers_the_newest_family_then_the_largest():
+    order = models.auto_candidates()
+    assert order.index("sam2.1_hiera_tiny") < order.index("vit_h")
+    assert order.index("sam2.1_hiera_large") < order.index("sam2.1_hiera_tiny")
+    assert "classic" not in order and "tiny" not in order
+
+
+@pytest.mark.parametrize(
+    ("name", "model_type"),
+    [
+        ("gs://m/sam/sam_vit_h_4b8939.pth", "vit_h"),
+        ("facebook/sam2.1-hiera-tiny", "sam2.1_hiera_tiny"),
+        ("/models/sam2.1_hiera_base_plus/", "sam2.1_hiera_base_plus"),
+        ("gs://m/sam2.1-hiera-b+", "sam2.1_hiera_base_plus"),
+        ("facebook/sam3", "sam3"),
+        ("/models/my-model", None),
+    ],
+)
+def test_type_from_name(name, model_type):
+    assert models.type_from_name(name) == model_type
+
+
+def test_unknown_types_are_refused_everywhere_with_the_list():
+    with pytest.raises(ConfigError) as caught:
+        Settings(model_type="sam2_tiny")
+    assert "'sam2_tiny' is not a model type" in caught.value.message
+    assert (
+        "sam2.1_hiera_tiny" in caught.value.message
+        and f"recommended: {models.RECOMMENDED}" in caught.value.message
+    )
+    with pytest.raises(ConfigError, match="--model-type 'sam2_tiny' is not a model type"):
+        sample_options(model_type="sam2_tiny").validate()
+
+
+def test_settings_and_deploy_take_sam2_types():
+    Settings(model_type="sam2.1_hiera_tiny", checkpoint="/models/sam2")
+    with pytest.raises(ConfigError, match="classic uses no weights"):
+        Settings(model_type="classic", checkpoint="/models/sam2")
+    sample_options(model_type="sam2.1_hiera_small", checkpoint=None).validate()  # fetched from its repo
+    with pytest.raises(ConfigError, match="--model-type sam3 needs --checkpoint"):
+        sample_options(model_type="sam3", checkpoint=None).validate()
+    assert _deployed_type("auto", "gs://m/sam2.1-hiera-large/") == "sam2.1_hiera_large"
+
+
+def test_resolution_keeps_hf_types_without_a_file(tmp_path):
+    settings = Settings(model_type="sam2.1_hiera_tiny", cache_dir=tmp_path)
+    assert resolve_model(settings).checkpoint is None
+    named = Settings(checkpoint="/models/sam2.1-hiera-small", cache_dir=tmp_path)
+    assert resolve_model(named).model_type == "sam2.1_hiera_small"
+    with pytest.raises(ConfigError, match="cannot tell the model type"):
+        resolve_model(Settings(checkpoint="/models/mine", cache_dir=tmp_path))
+
+
+def test_sam3_without_its_engine_module_says_not_wired(tmp_path, monkeypatch):
+    monkeypatch.setattr("predictor.backends.concepts_available", lambda: False)
+    with pytest.raises(ConfigError, match="not wired yet"):
+        load_engine(Settings(model_type="sam3", cache_dir=tmp_path))
+
+
+def test_a_missing_sam2_checkpoint_says_what_a_checkpoint_is(tmp_path):
+    with pytest.raises(ConfigError, match=r"config\.json and model\.safetensors"):
+        load_engine(Settings(model_type="sam2.1_hiera_tiny", checkpoint=str(tmp_path / "none")))
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"lacks model\.safetensors"):
+        load_engine(Settings(model_type="sam2.1_hiera_tiny", checkpoint=str(tmp_path / "half")))
+
+
+def test_the_table_and_settings_import_without_torch():
+    code = "import sys, samdrop.models, samdrop.settings; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0

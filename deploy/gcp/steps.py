@@ -22,6 +22,7 @@ from deploy.gcp.options import (
     checkpoint_folder,
 )
 from deploy.gcp.plan import ApiCall, Gcloud, Probe, Step
+from samdrop.models import BY_NAME, HF_REPO
 from samdrop.settings import Settings
 
 APIS = (
@@ -349,6 +350,18 @@ def deploy_steps(options: DeployOptions, settings: Settings, *, repo_root: str =
     return steps
 
 
+def _weights_phrase(model_type: str, artifact_uri: str | None) -> str:
+    """Where the endpoint's weights come from, for the plan's line."""
+    info = BY_NAME[model_type]
+    if artifact_uri:
+        return f" with the checkpoint folder {artifact_uri}"
+    if info.weights == HF_REPO:
+        return f" (weights fetched from Hugging Face {info.source} at start-up)"
+    if info.random_weights:
+        return f" ({model_type}: random weights, masks are meaningless)"
+    return f" ({model_type}: no weights)"
+
+
 def _model_step(options: DeployOptions) -> Step:
     names = options.names
     artifact_uri = checkpoint_folder(options.checkpoint)
@@ -356,11 +369,7 @@ def _model_step(options: DeployOptions) -> Step:
     digest = _digest({"image": names.image, "artifact_uri": artifact_uri, "environment": environment})
     return Step(
         f"Vertex AI Model {ENDPOINT_NAME} ({options.model_type}) serving the CPR image"
-        + (
-            f" with the checkpoint folder {artifact_uri}"
-            if artifact_uri
-            else " (tiny: random weights, masks are meaningless)"
-        ),
+        + _weights_phrase(options.model_type, artifact_uri),
         ApiCall(
             vertex_calls.ensure_model,
             {

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deploy.gcp.cli import _deployed_type
@@ -110,3 +111,53 @@ def test_a_missing_sam2_checkpoint_says_what_a_checkpoint_is(tmp_path):
 def test_the_table_and_settings_import_without_torch():
     code = "import sys, samdrop.models, samdrop.settings; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0
+
+
+class _FakeBlob:
+    def __init__(self, name: str, data: bytes, downloads: list[str]) -> None:
+        self.name, self._data, self._downloads = name, data, downloads
+
+    def download_to_filename(self, filename: str, timeout: float = 0) -> None:
+        self._downloads.append(self.name)
+        Path(filename).write_bytes(self._data)
+
+
+class _FakeStorage:
+    """Just what a gs:// checkpoint folder needs of ``google.cloud.storage.Client``."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+        self.downloads: list[str] = []
+
+    def __call__(self) -> _FakeStorage:
+        return self
+
+    def list_blobs(self, bucket: str, prefix: str, delimiter: str, timeout: float) -> list[_FakeBlob]:
+        names = [n for n in self.objects if n.startswith(prefix) and "/" not in n[len(prefix) :]]
+        return [_FakeBlob(n, self.objects[n], self.downloads) for n in names]
+
+    def bucket(self, name: str) -> _FakeStorage:
+        return self
+
+    def blob(self, name: str) -> _FakeBlob:
+        return _FakeBlob(name, self.objects[name], self.downloads)
+
+
+def test_a_gs_folder_checkpoint_is_copied_once_and_serves(tmp_path, monkeypatch, coffee):
+    from predictor.engine import Job
+    from predictor.instances import Prompts
+    from tests.sam2_models import write_tiny_sam2
+
+    folder = write_tiny_sam2(tmp_path / "saved")
+    fake = _FakeStorage({f"models/sam2/{p.name}": p.read_bytes() for p in folder.iterdir()})
+    fake.objects["models/sam2/extra/ignored.bin"] = b"not in the folder itself"
+    monkeypatch.setattr("google.cloud.storage.Client", fake)
+    settings = Settings(model_type="sam2.1_hiera_tiny", checkpoint="gs://b/models/sam2/", cache_dir=tmp_path)
+    engine = load_engine(settings, random_weights=True)
+    assert engine.description["checkpoint"] == "gs://b/models/sam2/"
+    boxes = np.array([[10, 10, 90, 90]], np.float32)
+    result = engine.run([Job(coffee, Prompts(boxes=boxes))])
+    assert result[0].masks[0]["segmentation"]["size"] == [400, 600]
+    assert sorted(fake.downloads) == ["models/sam2/config.json", "models/sam2/model.safetensors"]
+    load_engine(settings)  # from the cache: nothing downloaded again
+    assert len(fake.downloads) == 2

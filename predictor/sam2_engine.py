@@ -202,7 +202,8 @@ class Sam2Engine:
         side = self.input_size
         batch = []
         for image in images:
-            pixels = torch.as_tensor(image, device=self.device).permute(2, 0, 1)[None].float() / 255.0
+            # A copy: images decoded by PIL are read-only arrays, which torch will not wrap.
+            pixels = torch.tensor(image, device=self.device).permute(2, 0, 1)[None].float() / 255.0
             pixels = F.interpolate(pixels, (side, side), mode="bilinear", align_corners=False, antialias=True)
             batch.append((pixels[0] - self._mean) / self._std)
         with self._autocast():

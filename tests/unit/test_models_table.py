@@ -161,3 +161,17 @@ def test_a_gs_folder_checkpoint_is_copied_once_and_serves(tmp_path, monkeypatch,
     assert sorted(fake.downloads) == ["models/sam2/config.json", "models/sam2/model.safetensors"]
     load_engine(settings)  # from the cache: nothing downloaded again
     assert len(fake.downloads) == 2
+
+
+def test_text_is_refused_by_models_that_take_none():
+    from types import SimpleNamespace
+
+    from predictor.cpr import refuse_text
+    from samdrop.errors import InvalidRequest
+
+    for model_type in ("vit_b", "sam2.1_hiera_tiny", "classic", "tiny"):
+        with pytest.raises(InvalidRequest, match="text concepts need sam3") as caught:
+            refuse_text({"text": "a cup", "image": "…"}, SimpleNamespace(model_type=model_type))
+        assert caught.value.code == "invalid_request" and model_type in caught.value.message
+    refuse_text({"text": "a cup"}, SimpleNamespace(model_type="sam3"))
+    refuse_text({"points": [[1, 1]]}, SimpleNamespace(model_type="vit_b"))

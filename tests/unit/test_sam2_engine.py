@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from skimage import data as skdata
 
 from predictor.engine import Job
 from predictor.instances import Prompts, refuse_sam2_options
@@ -131,3 +132,29 @@ def test_description_names_family_and_checkpoint(engine: Sam2Engine):
     assert description["type"] == "sam2.1_hiera_tiny" and description["family"] == "sam2.1"
     assert description["checkpoint"] == "facebook/sam2.1-hiera-tiny"
     assert description["random_weights"] is True and "meaningless" in description["note"]
+
+
+def test_automatic_masks_match_transformers_pipeline_with_its_filters_off(model: Any, engine: Sam2Engine):
+    """With thresholds 0 and no NMS the two generators keep every candidate: same points, same model,
+    so the same predicted IoUs and masks (the pipeline's grid scaling is right on square images)."""
+    from PIL import Image
+    from transformers import Sam2ImageProcessor, pipeline
+
+    image = np.asarray(Image.fromarray(skdata.astronaut()).resize((128, 128)))
+    processor = Sam2ImageProcessor(size={"height": INPUT_SIDE, "width": INPUT_SIDE})
+    generator = pipeline("mask-generation", model=model, image_processor=processor, device="cpu")
+    theirs = generator(
+        Image.fromarray(image),
+        points_per_crop=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        crops_nms_thresh=1.0,
+    )
+    ours = engine.generate(image, {**OPEN_AMG, "box_nms_thresh": 1.0})
+    assert len(ours.masks) == len(theirs["masks"]) == 4 * 4 * 3
+    np.testing.assert_allclose(
+        sorted(m["score"] for m in ours.masks), sorted(float(s) for s in theirs["scores"]), atol=1e-4
+    )
+    our_areas = sorted(m["area"] for m in ours.masks)
+    their_areas = sorted(int(np.asarray(m).sum()) for m in theirs["masks"])
+    np.testing.assert_allclose(our_areas, their_areas, rtol=0.02, atol=20)

@@ -9,7 +9,8 @@ separately; refused with a clear message while absent), ``classic``
 ``SAMDROP_MODEL_TYPE=auto`` (the default) resolves without touching the network:
 
 1. ``SAMDROP_CHECKPOINT`` set → the type its file or folder name says (``sam_vit_b…`` → ``vit_b``,
-   ``…sam2.1-hiera-tiny`` → ``sam2.1_hiera_tiny``);
+   ``…sam2.1-hiera-tiny`` → ``sam2.1_hiera_tiny``), else for a ``save_pretrained`` folder the SAM 2.1
+   type whose backbone its ``config.json`` describes;
 2. else the best type whose weights are already cached — the newest family first (SAM 2.1 over
    SAM 1), then the largest (put there by ``samdrop models pull TYPE``, a hand copy, or an earlier run);
 3. else ``classic`` (no weights).
@@ -112,6 +113,10 @@ def cached_weights(model_type: str, settings: Settings) -> Path | None:
 def _auto_type(checkpoint: str | None, settings: Settings) -> str:
     if checkpoint:
         named = type_from_name(checkpoint)
+        if named is None and Path(checkpoint).expanduser().is_dir():
+            from predictor import hf_weights
+
+            named = hf_weights.type_of_folder(Path(checkpoint).expanduser())
         if named is None:
             raise ConfigError(
                 f"SAMDROP_MODEL_TYPE=auto cannot tell the model type of SAMDROP_CHECKPOINT={checkpoint}: "

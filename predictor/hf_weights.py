@@ -15,6 +15,7 @@ Only the files a model needs are fetched (Meta's repos also hold the original ``
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -27,6 +28,14 @@ from samdrop.models import HF_REPO, ModelInfo
 log = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("config.json", "model.safetensors")
+# Hiera backbones of Meta's SAM 2.1 checkpoints (width, blocks per stage): how ``auto`` tells the
+# type of a save_pretrained folder whose name does not say it.
+SAM2_BACKBONES: dict[tuple[int, tuple[int, ...]], str] = {
+    (96, (1, 2, 7, 2)): "sam2.1_hiera_tiny",
+    (96, (1, 2, 11, 2)): "sam2.1_hiera_small",
+    (112, (2, 3, 16, 3)): "sam2.1_hiera_base_plus",
+    (144, (2, 6, 36, 4)): "sam2.1_hiera_large",
+}
 ALLOW_PATTERNS = ["config.json", "model.safetensors", "preprocessor_config.json", "processor_config.json"]
 
 
@@ -122,6 +131,17 @@ def offline_message(info: ModelInfo, cache_dir: Path) -> str:
         f"{_endpoint()} cannot be reached (or HF_HUB_OFFLINE is set): run `samdrop models pull {info.name}` "
         "where it can, set HF_ENDPOINT to a mirror, or SAMDROP_CHECKPOINT to a save_pretrained folder"
     )
+
+
+def type_of_folder(path: Path) -> str | None:
+    """The SAM 2.1 type whose backbone ``path/config.json`` describes, if it is one of Meta's."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+        backbone = config["vision_config"]["backbone_config"]
+        key = (int(backbone["hidden_size"]), tuple(int(n) for n in backbone["blocks_per_stage"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return SAM2_BACKBONES.get(key) if config.get("model_type") == "sam2" else None
 
 
 def check_layout(path: Path, where: str) -> Path:

@@ -93,6 +93,25 @@ def test_resolution_keeps_hf_types_without_a_file(tmp_path):
         resolve_model(Settings(checkpoint="/models/mine", cache_dir=tmp_path))
 
 
+def test_auto_reads_the_backbone_of_a_folder_its_name_does_not_explain(tmp_path):
+    from transformers import Sam2Config
+
+    for hidden, blocks, model_type in (
+        (112, [2, 3, 16, 3], "sam2.1_hiera_base_plus"),
+        (96, [1, 2, 7, 2], "sam2.1_hiera_tiny"),
+    ):
+        folder = tmp_path / f"mine-{hidden}-{len(blocks)}-{blocks[2]}"
+        backbone = {"model_type": "sam2_hiera_det_model", "hidden_size": hidden, "blocks_per_stage": blocks}
+        Sam2Config(
+            vision_config={"model_type": "sam2_vision_model", "backbone_config": backbone}
+        ).save_pretrained(folder)
+        assert resolve_model(Settings(checkpoint=str(folder), cache_dir=tmp_path)).model_type == model_type
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ConfigError, match="cannot tell the model type"):
+        resolve_model(Settings(checkpoint=str(tmp_path / "other"), cache_dir=tmp_path))
+
+
 def test_sam3_without_its_engine_module_says_not_wired(tmp_path, monkeypatch):
     monkeypatch.setattr("predictor.backends.concepts_available", lambda: False)
     with pytest.raises(ConfigError, match="not wired yet"):

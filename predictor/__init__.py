@@ -3,7 +3,7 @@
 
 ``import predictor`` stays light (numpy): the prompt parsers load with it (the checks themselves are
 the core's ``samdrop/prompts.py``). The engine, tiling, polygons and
-weights names load on first use, from the module :data:`_LAZY` names.
+names load on first use, from the module :data:`_LAZY` names.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ if TYPE_CHECKING:  # the same names for mypy; at run time __getattr__ imports th
     from predictor.engine import Job, MaskSet
     from predictor.polygons import mask_polygons, with_exports
     from predictor.tiling import Tiling, resolve_tiling, run_jobs
-    from predictor.weights import type_from_name
 
 # name -> the private module it comes from (torch, segment-anything or OpenCV behind most of them)
 _LAZY = {
@@ -31,7 +30,6 @@ _LAZY = {
     "Tiling": "predictor.tiling",
     "resolve_tiling": "predictor.tiling",
     "run_jobs": "predictor.tiling",
-    "type_from_name": "predictor.weights",
 }
 
 __all__ = [
@@ -47,7 +45,6 @@ __all__ = [
     "prompts_from",
     "resolve_tiling",
     "run_jobs",
-    "type_from_name",
     "with_exports",
 ]
 

@@ -6,7 +6,8 @@ import argparse
 import os
 from typing import Any
 
-from samdrop.settings import MODEL_TYPES, Settings
+from samdrop.models import MODEL_TYPES
+from samdrop.settings import Settings
 
 PREDICT_ROUTE = "/predict"
 HEALTH_ROUTE = "/health"

@@ -38,6 +38,7 @@ from samdrop.errors import (
 )
 from samdrop.images import decode_image
 from samdrop.masks import mask_to_png, rle_to_mask
+from samdrop.models import BY_NAME, model_info, text_refused
 from samdrop.prompts import check_budget
 from samdrop.settings import Settings
 from samdrop.storage import GcsStore
@@ -82,7 +83,7 @@ class SamRoutine(Predictor):
         if (
             artifacts_uri
             and not env.get("SAMDROP_CHECKPOINT")
-            and env.get("SAMDROP_MODEL_TYPE", "tiny") not in ("tiny", "classic")
+            and _takes_weights(env.get("SAMDROP_MODEL_TYPE", "tiny"))
         ):
             overrides["checkpoint"] = artifacts_uri
         settings = Settings.from_env(env, **overrides)
@@ -119,6 +120,7 @@ class SamRoutine(Predictor):
             if isinstance(raw, dict) and isinstance(raw.get("file_path"), str):
                 slot.file_path = raw["file_path"]
             try:
+                refuse_text(raw, self.engine)
                 slot.instance = parse_instance(raw, parameters, where=f"instances[{slot.index}]")
                 check_budgets(slot.instance, self.settings)
             except SamdropError as exc:
@@ -299,3 +301,19 @@ def _timings(io_ms: dict[str, float], model_ms: dict[str, float]) -> dict[str, f
     do not overlap) and ``total`` (model + reading and decoding the image)."""
     model = round(sum(model_ms.values()), 2)
     return {**io_ms, **model_ms, "model": model, "total": round(model + sum(io_ms.values()), 2)}
+
+
+def refuse_text(raw: Any, engine: Engine | None) -> None:
+    """Text concepts reach only engines whose table entry takes text; any other answers
+    ``invalid_request`` naming the types that do (before the generic unknown-field check, so the
+    user learns which model to pick rather than that ``text`` is unknown)."""
+    if not isinstance(raw, dict) or "text" not in raw or engine is None:
+        return
+    if not model_info(engine.model_type).text:
+        raise InvalidRequest(text_refused(engine.model_type))
+
+
+def _takes_weights(model_type: str) -> bool:
+    """Whether a checkpoint folder (``AIP_STORAGE_URI``) means anything to ``model_type`` (auto: yes)."""
+    info = BY_NAME.get(model_type)
+    return info is None or info.needs_weights

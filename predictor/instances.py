@@ -15,7 +15,14 @@ import numpy as np
 
 from samdrop.documents import PromptsRecord
 from samdrop.errors import InvalidPrompt, InvalidRequest
-from samdrop.prompts import AMG_DEFAULTS, PROMPT_KEYS, check_amg, check_prompts, multimask_for
+from samdrop.prompts import (
+    AMG_DEFAULTS,
+    PROMPT_KEYS,
+    SAM2_AMG_OPTIONS,
+    check_amg,
+    check_prompts,
+    multimask_for,
+)
 
 IMAGE_FIELDS = ("gcs_uri", "generation", "image")
 PROMPT_FIELDS = ("points", "labels", "boxes", "multimask")
@@ -192,6 +199,15 @@ def check_prompts_fit(prompts: Prompts, width: int, height: int) -> None:
         if outside.any():
             index = int(np.argmax(outside))
             raise InvalidPrompt(f"box {index} {b[index].tolist()} lies outside the {width}x{height} image")
+
+
+def refuse_sam2_options(amg: dict[str, Any], model_type: str) -> None:
+    """Raise :class:`InvalidPrompt` if ``amg`` names a SAM 2.1-only parameter for ``model_type``."""
+    named = sorted(set(amg) & set(SAM2_AMG_OPTIONS))
+    if named:
+        raise InvalidPrompt(
+            f"amg parameter(s) {named} belong to SAM 2.1's generator; model {model_type} does not take them"
+        )
 
 
 def _image_source(raw: dict[str, Any]) -> tuple[str | None, bytes | None]:

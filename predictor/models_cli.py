@@ -1,4 +1,5 @@
-"""``samdrop models list|pull``: which SAM checkpoints are cached, and fetching them."""
+"""``samdrop models list|pull``: every model type of the table, where its weights come from and
+whether they are cached, and fetching them."""
 
 from __future__ import annotations
 
@@ -6,40 +7,76 @@ import argparse
 from typing import Any
 
 from predictor import weights
-from predictor.backends import resolve_model
-from samdrop.settings import SAM_TYPES, Settings
+from predictor.backends import cached_weights, resolve_model
+from samdrop.models import BUILT, HF_REPO, META_FILE, MODELS, RECOMMENDED, ModelInfo, model_info, names
+from samdrop.settings import Settings
 
 
 def add_commands(subparsers: Any) -> None:
-    group = subparsers.add_parser("models", help="SAM checkpoints: list what is cached, pull one")
+    group = subparsers.add_parser("models", help="model types: list them and what is cached, pull weights")
     commands = group.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
     listing = commands.add_parser("list", help="each model type, where its weights come from, and if cached")
     listing.set_defaults(func=list_command)
-    pull = commands.add_parser("pull", help="download a SAM type's official checkpoint into the cache")
-    pull.add_argument("model_type", choices=SAM_TYPES, metavar="TYPE", help=", ".join(SAM_TYPES))
+    pullable = names(weights=HF_REPO) + names(weights=META_FILE)
+    pull = commands.add_parser("pull", help="download a model type's official weights into the cache")
+    pull.add_argument("model_type", choices=pullable, metavar="TYPE", help=", ".join(pullable))
     pull.set_defaults(func=pull_command)
 
 
 def list_command(args: argparse.Namespace, settings: Settings) -> int:
-    print(f"{'TYPE':8} {'CACHED':7} SOURCE -> CACHE FILE")
-    for model_type in SAM_TYPES:
-        url = weights.official_url(model_type, settings.weights_url)
-        target = weights.source(url, settings.cache_dir).target
-        print(f"{model_type:8} {'yes' if target.is_file() else 'no':7} {url} -> {target}")
-    print(f"{'tiny':8} {'-':7} built by samdrop (random weights: pipeline tests only)")
-    print(f"{'classic':8} {'-':7} no weights (OpenCV GrabCut + scikit-image graph segmentation)")
+    print(f"{'TYPE':24} {'FAMILY':8} {'CACHED':7} {'CAN DO':22} {'LICENCE':12} SOURCE")
+    for info in MODELS:
+        mark = " (recommended)" if info.recommended else ""
+        print(
+            f"{info.name:24} {info.family:8} {_cached(info, settings):7} {_capabilities(info):22} "
+            f"{info.licence:12} {_source(info, settings)}{mark}"
+        )
     try:
         chosen = resolve_model(settings).model_type
     except Exception as exc:  # a bad SAMDROP_CHECKPOINT must not hide the listing
         chosen = f"? ({exc})"
     print(f"\nSAMDROP_MODEL_TYPE={settings.model_type} serves: {chosen}")
     if chosen == "classic":
-        print("For SAM masks: samdrop models pull vit_b  (then auto picks it; vit_h is the best, ~2.4 GiB)")
+        print(f"For SAM masks: samdrop models pull {RECOMMENDED}  (then auto picks it)")
     return 0
 
 
 def pull_command(args: argparse.Namespace, settings: Settings) -> int:
-    url = weights.official_url(args.model_type, settings.weights_url)
-    path = weights.fetch(url, settings.cache_dir, progress=True)
-    print(f"{args.model_type}: {path}")
+    info = model_info(args.model_type)
+    if info.weights == HF_REPO:
+        from predictor import hf_weights
+
+        path = hf_weights.download(info, settings.cache_dir)
+    else:
+        path = weights.fetch(
+            weights.official_url(info.name, settings.weights_url), settings.cache_dir, progress=True
+        )
+    print(f"{info.name}: {path}")
     return 0
+
+
+def _cached(info: ModelInfo, settings: Settings) -> str:
+    if not info.needs_weights:
+        return "-"
+    return "yes" if cached_weights(info.name, settings) is not None else "no"
+
+
+def _capabilities(info: ModelInfo) -> str:
+    can = [
+        what
+        for what, yes in (("prompts", info.prompts), ("auto", info.automatic), ("text", info.text))
+        if yes
+    ]
+    return "+".join(can)
+
+
+def _source(info: ModelInfo, settings: Settings) -> str:
+    if info.weights == META_FILE:
+        url = weights.official_url(info.name, settings.weights_url)
+        return f"{url} -> {weights.source(url, settings.cache_dir).target}"
+    if info.weights == HF_REPO:
+        gated = " [gated: accept the licence there, set HF_TOKEN]" if info.gated else ""
+        return f"Hugging Face {info.source} ({info.source_url}){gated}"
+    if info.weights == BUILT:
+        return f"built by samdrop: {info.note}"
+    return f"no weights: {info.note}"

@@ -22,6 +22,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 
 from predictor import weights
 from samdrop.errors import ConfigError
+from samdrop.models import model_info
 from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
 
 log = logging.getLogger(__name__)
@@ -40,15 +41,14 @@ class ModelSpec:
     encoder_depth: int
     encoder_num_heads: int
     encoder_global_attn_indexes: tuple[int, ...]
-    checkpoint_name: str  # Meta's published file name, for messages
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
-    "vit_h": ModelSpec(1280, 32, 16, (7, 15, 23, 31), "sam_vit_h_4b8939.pth"),
-    "vit_l": ModelSpec(1024, 24, 16, (5, 11, 17, 23), "sam_vit_l_0b3195.pth"),
-    "vit_b": ModelSpec(768, 12, 12, (2, 5, 8, 11), "sam_vit_b_01ec64.pth"),
+    "vit_h": ModelSpec(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_l": ModelSpec(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_b": ModelSpec(768, 12, 12, (2, 5, 8, 11)),
     # Same architecture, small encoder: 2 blocks (one windowed, one global) of width 64.
-    "tiny": ModelSpec(64, 2, 2, (1,), "sam_tiny_random.pth"),
+    "tiny": ModelSpec(64, 2, 2, (1,)),
 }
 
 
@@ -172,11 +172,13 @@ def guess_model_type(state: dict[str, torch.Tensor]) -> str | None:
 
 
 def _spec(model_type: str) -> ModelSpec:
+    info = model_info(model_type)
     try:
         return MODEL_SPECS[model_type]
     except KeyError:
         raise ConfigError(
-            f"unknown model type {model_type!r}: choose one of {', '.join(MODEL_SPECS)}"
+            f"model type {model_type} is {info.family}, not a SAM 1 model: "
+            f"segment-anything builds {', '.join(MODEL_SPECS)}"
         ) from None
 
 

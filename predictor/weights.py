@@ -14,7 +14,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +21,13 @@ from pathlib import Path
 import requests
 
 from samdrop.errors import ConfigError
+from samdrop.models import META_FILE, MODELS
 
 log = logging.getLogger(__name__)
 
 OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-OFFICIAL_FILES = {
-    "vit_h": "sam_vit_h_4b8939.pth",
-    "vit_l": "sam_vit_l_0b3195.pth",
-    "vit_b": "sam_vit_b_01ec64.pth",
-}
+# Meta's file per SAM 1 type, from the one model table.
+OFFICIAL_FILES = {info.name: str(info.source) for info in MODELS if info.weights == META_FILE}
 # sha256 of Meta's files. None: not known here (this project is built offline and never saw the
 # files); fill in from a download you trust. Until then only the size the server announces is checked.
 SHA256: dict[str, str | None] = {name: None for name in OFFICIAL_FILES.values()}
@@ -55,12 +52,6 @@ class Source:
     url: str
     sha256: str | None
     target: Path
-
-
-def type_from_name(checkpoint: str) -> str | None:
-    """The SAM type a checkpoint's file name says (``…/sam_vit_b_01ec64.pth`` → ``vit_b``), if any."""
-    found = re.search(r"vit_([hlb])", checkpoint.rsplit("/", 1)[-1])
-    return f"vit_{found.group(1)}" if found else None
 
 
 def is_remote(checkpoint: str) -> bool:
@@ -114,12 +105,12 @@ def fetch(uri: str, cache_dir: Path, *, progress: bool | None = None) -> Path:
     if src.target.is_file():
         return src.target
     src.target.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(src.target):
+    with lock(src.target):
         if src.target.is_file():  # another process finished it while we waited
             return src.target
         part = src.target.with_name(src.target.name + ".part")
         if src.url.startswith("gs://"):
-            _fetch_gcs(src.url, part)
+            fetch_gcs(src.url, part)
         else:
             _fetch_http(src, part, progress)
         _check_sha256(src, part)
@@ -196,7 +187,7 @@ def _total_size(response: requests.Response, have: int) -> int | None:
     return have + int(length) if length and length.isdigit() else None
 
 
-def _fetch_gcs(uri: str, part: Path) -> None:
+def fetch_gcs(uri: str, part: Path) -> None:
     import google.cloud.storage as storage
 
     bucket_name, _, name = uri.removeprefix("gs://").partition("/")
@@ -224,7 +215,7 @@ def _check_sha256(src: Source, part: Path) -> None:
 
 
 @contextlib.contextmanager
-def _lock(target: Path) -> Iterator[None]:
+def lock(target: Path) -> Iterator[None]:
     """One downloader per file across processes (the server and a pipeline may start together)."""
     with target.with_name(target.name + ".lock").open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

@@ -42,7 +42,7 @@ MASK_OUTPUTS = ("polygons",)
 AMG_DEFAULTS: dict[str, Any] = {
     "points_per_side": 32,
     "points_per_batch": None,  # None: the engine's setting
-    "pred_iou_thresh": 0.88,
+    "pred_iou_thresh": None,  # None: the model's own default (SAM 1: 0.88, SAM 2.1: 0.8)
     "stability_score_thresh": 0.95,
     "stability_score_offset": 1.0,
     "box_nms_thresh": 0.7,
@@ -53,6 +53,9 @@ AMG_DEFAULTS: dict[str, Any] = {
     "min_mask_region_area": 0,
     "max_masks": None,  # None: the engine's cap
 }
+# SAM2AutomaticMaskGenerator's own parameters, taken by SAM 2.1 engines only (refused by others);
+# added to a request's amg only when it names them.
+SAM2_AMG_OPTIONS: dict[str, Any] = {"mask_threshold": 0.0, "use_m2m": False, "multimask_output": True}
 _AMG_INT = ("points_per_side", "points_per_batch", "crop_n_layers", "crop_n_points_downscale_factor",
             "min_mask_region_area", "max_masks")  # fmt: skip
 _AMG_UNIT = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh",
@@ -130,16 +133,25 @@ def check_amg(value: Any, *, where: str = "amg") -> dict[str, Any]:
     """Automatic-mask parameters merged over :data:`AMG_DEFAULTS`, type- and range-checked."""
     if not isinstance(value, dict):
         raise InvalidPrompt(f"{where} must be an object of automatic-mask parameters")
-    unknown = sorted(set(value) - set(AMG_DEFAULTS))
+    known = (*AMG_DEFAULTS, *SAM2_AMG_OPTIONS)
+    unknown = sorted(set(value) - set(known))
     if unknown:
-        raise InvalidPrompt(f"{where} has unknown parameter(s) {unknown}; known: {', '.join(AMG_DEFAULTS)}")
+        raise InvalidPrompt(f"{where} has unknown parameter(s) {unknown}; known: {', '.join(known)}")
     params = {**AMG_DEFAULTS, **value}
+    for name in ("use_m2m", "multimask_output"):
+        if name in params and not isinstance(params[name], bool):
+            raise InvalidPrompt(f"{where}.{name} must be true or false, got {params[name]!r}")
+    threshold = params.get("mask_threshold", 0.0)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
+        raise InvalidPrompt(f"{where}.mask_threshold must be a number (a logit), got {threshold!r}")
     for name in _AMG_INT:
         number = params[name]
         if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 0):
             raise InvalidPrompt(f"{where}.{name} must be a non-negative integer, got {number!r}")
     for name in _AMG_UNIT:
         number = params[name]
+        if number is None and AMG_DEFAULTS[name] is None:
+            continue
         if isinstance(number, bool) or not isinstance(number, int | float) or not 0 <= number <= 1:
             raise InvalidPrompt(f"{where}.{name} must be a number within [0, 1], got {number!r}")
     offset = params["stability_score_offset"]

@@ -15,9 +15,8 @@ from typing import Any
 
 from samdrop.budgets import DEFAULT_MAX_JSON_DEPTH
 from samdrop.errors import ConfigError
+from samdrop.models import MODEL_TYPES, NO_WEIGHTS, model_info, unknown_type_message
 
-MODEL_TYPES = ("tiny", "vit_b", "vit_l", "vit_h", "classic", "auto")
-SAM_TYPES = ("vit_h", "vit_l", "vit_b")  # Meta's checkpoints, largest first
 DEVICES = ("auto", "cpu", "cuda")
 RESULTS_SUFFIX = "-results"  # the default results bucket is <upload bucket>-results
 PIPELINE_RUNNERS = ("local", "vertex", "none")
@@ -136,13 +135,14 @@ class Settings:
         "auto",
         "one of "
         + ", ".join(MODEL_TYPES)
-        + "; auto: a SAM type whose weights are cached or given, else classic",
+        + "; auto: the newest SAM whose weights are cached or given (SAM 2.1 over SAM 1), else classic",
     )
     checkpoint: str | None = _env(
         "SAMDROP_CHECKPOINT",
         None,
-        "checkpoint path, http(s):// or gs:// URI (#sha256=<hex> checks it); auto or empty: Meta's file "
-        "for the SAM type (tiny: built)",
+        "checkpoint path, http(s):// or gs:// URI (#sha256=<hex> checks it); SAM 2.1: a save_pretrained "
+        "folder or gs:// folder; auto or empty: the type's official weights (Meta's file, Hugging Face "
+        "repo; tiny: built)",
         _optional,
     )
     device: str = _env("SAMDROP_DEVICE", "auto", "auto, cpu or cuda")
@@ -273,9 +273,16 @@ class Settings:
 
     def _problems(self) -> Any:
         if self.model_type not in MODEL_TYPES:
-            yield f"SAMDROP_MODEL_TYPE={self.model_type!r} is not one of {', '.join(MODEL_TYPES)}"
-        if self.model_type == "classic" and self.checkpoint not in (None, "auto"):
-            yield "SAMDROP_MODEL_TYPE=classic uses no weights: unset SAMDROP_CHECKPOINT or pick a SAM type"
+            yield unknown_type_message(self.model_type)
+        elif (
+            self.model_type != "auto"
+            and model_info(self.model_type).weights == NO_WEIGHTS
+            and self.checkpoint not in (None, "auto")
+        ):
+            yield (
+                f"SAMDROP_MODEL_TYPE={self.model_type} uses no weights: "
+                "unset SAMDROP_CHECKPOINT or pick a SAM type"
+            )
         if self.weights_url and not self.weights_url.startswith(("http://", "https://", "gs://")):
             yield "SAMDROP_WEIGHTS_URL must be an http(s):// or gs:// URL (a folder holding sam_vit_*.pth)"
         if self.device not in DEVICES:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from skimage import data as skdata
+
+# No test reaches the real Hugging Face hub (huggingface_hub reads this when first imported); a
+# test that wants a hub runs tests/hf_hub_server.py and a subprocess with HF_ENDPOINT pointing there.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -26,10 +26,15 @@ def add_commands(subparsers: Any) -> None:
     )
     _common(deploy)
     deploy.add_argument(
-        "--model-type", help="tiny, vit_b, vit_l or vit_h (default: SAMDROP_MODEL_TYPE, else tiny)"
+        "--model-type",
+        help="a model type of `samdrop models list` (default: SAMDROP_MODEL_TYPE, else tiny)",
     )
 
-    deploy.add_argument("--checkpoint", help="gs:// URI of Meta's checkpoint (file or folder); not for tiny")
+    deploy.add_argument(
+        "--checkpoint",
+        help="gs:// URI of the weights: Meta's .pth (file or folder) or a save_pretrained folder "
+        "(not for tiny)",
+    )
     deploy.add_argument(
         "--gpu",
         default="NVIDIA_L4",
@@ -147,7 +152,7 @@ def deploy_command(args: argparse.Namespace, settings: Settings) -> int:
 def _deployed_type(model_type: str, checkpoint: str | None) -> str:
     """``auto`` is decided here, not on the endpoint (whose artifacts folder has no type in its name):
     the type the checkpoint's file name says, else ``tiny`` as before ``auto`` existed."""
-    from predictor import type_from_name
+    from samdrop.models import type_from_name
 
     if model_type != "auto":
         return model_type

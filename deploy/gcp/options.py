@@ -7,7 +7,8 @@ import re
 from dataclasses import dataclass
 
 from samdrop.errors import ConfigError
-from samdrop.settings import MODEL_TYPES, RESULTS_SUFFIX
+from samdrop.models import BY_NAME, META_FILE, unknown_type_message
+from samdrop.settings import RESULTS_SUFFIX
 
 # The GPU decides the machine: Vertex AI accepts each accelerator on one machine family only.
 GPU_MACHINE_TYPES = {
@@ -101,12 +102,18 @@ class DeployOptions:
                 )
         if self.gpu not in GPU_MACHINE_TYPES:
             problems.append(f"--gpu {self.gpu!r} is not one of {', '.join(GPU_MACHINE_TYPES)}")
-        if self.model_type not in MODEL_TYPES:
-            problems.append(f"--model-type {self.model_type!r} is not one of {', '.join(MODEL_TYPES)}")
-        elif self.model_type not in ("tiny", "classic") and not self.checkpoint:
-            problems.append(
-                f"--model-type {self.model_type} needs --checkpoint gs://… (Meta's checkpoint in a bucket)"
+        info = BY_NAME.get(self.model_type)
+        if info is None:
+            problems.append(unknown_type_message(self.model_type, where="--model-type", allow_auto=False))
+        elif (info.weights == META_FILE or info.gated) and not self.checkpoint:
+            # Meta's SAM 1 files live on a server the endpoint should not depend on; a gated repo
+            # would need a token on the endpoint. Open Hugging Face repos are fetched at start-up.
+            what = (
+                "Meta's checkpoint"
+                if info.weights == META_FILE
+                else f"{info.source} saved with save_pretrained"
             )
+            problems.append(f"--model-type {self.model_type} needs --checkpoint gs://… ({what} in a bucket)")
         if self.checkpoint is not None and not re.match(r"^gs://[a-z0-9][a-z0-9._-]+/.+", self.checkpoint):
             problems.append(f"--checkpoint {self.checkpoint!r} must be a gs://bucket/path URI")
         if self.max_replicas < 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from deploy.gcp import function_source, iam, pubsub_calls, storage_calls, vertex_calls
@@ -21,6 +22,7 @@ from deploy.gcp.options import (
     checkpoint_folder,
 )
 from deploy.gcp.plan import ApiCall, Gcloud, Probe, Step
+from samdrop.models import BY_NAME, HF_REPO
 from samdrop.settings import Settings
 
 APIS = (
@@ -348,6 +350,18 @@ def deploy_steps(options: DeployOptions, settings: Settings, *, repo_root: str =
     return steps
 
 
+def _weights_phrase(model_type: str, artifact_uri: str | None) -> str:
+    """Where the endpoint's weights come from, for the plan's line."""
+    info = BY_NAME[model_type]
+    if artifact_uri:
+        return f" with the checkpoint folder {artifact_uri}"
+    if info.weights == HF_REPO:
+        return f" (weights fetched from Hugging Face {info.source} at start-up)"
+    if info.random_weights:
+        return f" ({model_type}: random weights, masks are meaningless)"
+    return f" ({model_type}: no weights)"
+
+
 def _model_step(options: DeployOptions) -> Step:
     names = options.names
     artifact_uri = checkpoint_folder(options.checkpoint)
@@ -355,11 +369,7 @@ def _model_step(options: DeployOptions) -> Step:
     digest = _digest({"image": names.image, "artifact_uri": artifact_uri, "environment": environment})
     return Step(
         f"Vertex AI Model {ENDPOINT_NAME} ({options.model_type}) serving the CPR image"
-        + (
-            f" with the checkpoint folder {artifact_uri}"
-            if artifact_uri
-            else " (tiny: random weights, masks are meaningless)"
-        ),
+        + _weights_phrase(options.model_type, artifact_uri),
         ApiCall(
             vertex_calls.ensure_model,
             {
@@ -369,7 +379,9 @@ def _model_step(options: DeployOptions) -> Step:
                 "environment": environment,
                 "labels": {
                     "samdrop": "predictor",
-                    "samdrop_model": options.model_type.replace("_", "-"),
+                    "samdrop_model": re.sub(
+                        r"[^a-z0-9-]", "-", options.model_type
+                    ),  # label values: a-z 0-9 _ -
                     CONFIG_LABEL: digest,
                 },
             },

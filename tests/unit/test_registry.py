@@ -52,7 +52,7 @@ def test_guess_model_type_from_shapes():
 
 
 def test_unknown_model_type_and_missing_checkpoint(tmp_path: Path):
-    with pytest.raises(ConfigError, match="unknown model type 'vit_x'"):
+    with pytest.raises(ConfigError, match="'vit_x' is not a model type: choose one of"):
         resolve_checkpoint("vit_x", None, tmp_path)
     # No checkpoint means Meta's file: offline (a mirror on the discard port), the error names it.
     with pytest.raises(ConfigError, match=r"sam_vit_h_4b8939\.pth"):

@@ -36,7 +36,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from predictor.hardware import resolve_precision
-from samdrop.errors import ConfigError, InvalidPrompt
+from samdrop.errors import ConfigError, InvalidImage, InvalidPrompt
 
 # Budgets, to become settings: concepts per image (each costs one detector + mask-decoder pass)
 # and characters per concept (SAM 3's text encoder reads at most 32 tokens; a longer name is
@@ -251,7 +251,7 @@ class ConceptEngine:
         checked = []
         for index, image in enumerate(images):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise InvalidPrompt(f"image {index} must be HxWx3 uint8 RGB, got {image.shape} {image.dtype}")
+                raise InvalidImage(f"image {index} must be HxWx3 uint8 RGB, got {image.shape} {image.dtype}")
             names = check_concepts(
                 concepts if shared else concepts[index],  # type: ignore[arg-type]
                 max_concepts=self.max_concepts,

@@ -24,7 +24,7 @@ from predictor.concepts import (
     ConceptThresholds,
     _upsample,
 )
-from samdrop.errors import ConfigError, InvalidPrompt
+from samdrop.errors import ConfigError, InvalidImage, InvalidPrompt
 
 SIDE = 56  # model input side: 4x4 patches of 14
 WIDTH = 32
@@ -288,6 +288,11 @@ def test_masks_are_upsampled_a_few_at_a_time_with_the_same_pixels() -> None:
     whole = _upsample(logits, 50, 40, 0.5)
     assert torch.equal(_upsample(logits, 50, 40, 0.5, max_floats=2 * 50 * 40), whole)  # chunks of 2
     assert whole.shape == (5, 50, 40) and whole.any() and not whole.all()
+
+
+def test_an_image_that_is_not_rgb_uint8_is_refused(engine: ConceptEngine, images: list[np.ndarray]) -> None:
+    with pytest.raises(InvalidImage, match="HxWx3 uint8"):
+        engine.segment([images[0], images[1][:, :, 0]], ["car"])
 
 
 def test_nothing_found_is_an_empty_result(engine: ConceptEngine, images: list[np.ndarray]) -> None:

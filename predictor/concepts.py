@@ -13,14 +13,13 @@ someone else's job). Two paths sit behind :meth:`ConceptEngine.segment` (``fast`
   batch against its vision features; bf16 autocast where :mod:`predictor.hardware` says the
   hardware runs it natively. A unit test holds the two paths to the same masks and scores.
 
-Budgets (:data:`MAX_CONCEPTS_PER_IMAGE`, :data:`MAX_CONCEPT_CHARS`, :data:`MAX_EXEMPLAR_BOXES`)
-are checked by :func:`check_concepts` and :func:`check_exemplar_boxes` before any model work.
+Budgets are checked before any model work: names and exemplar boxes by :mod:`samdrop.concepts`
+(pure, so the function can check an upload's prompts with the same code), token counts here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -36,19 +35,17 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from predictor.hardware import resolve_precision
+from samdrop.concepts import (
+    MAX_CONCEPT_CHARS,
+    MAX_CONCEPTS_PER_IMAGE,
+    CheckedBox,
+    ExemplarBox,
+    check_concepts,
+    check_exemplar_boxes,
+)
 from samdrop.errors import ConfigError, InvalidImage, InvalidPrompt
 
-# Budgets, to become settings: concepts per image (each costs one detector + mask-decoder pass)
-# and characters per concept (SAM 3's text encoder reads at most 32 tokens; a longer name is
-# refused, never cut). Exemplar boxes per image are bounded too (each is a geometry-encoder token).
-MAX_CONCEPTS_PER_IMAGE = 16
-MAX_CONCEPT_CHARS = 64
-MAX_EXEMPLAR_BOXES = 16
 TEXT_CACHE_SIZE = 256  # text features kept across calls, by concept string (~32 KB each)
-
-# An exemplar box: (x0, y0, x1, y1) pixels of the image as given, and whether it is an example of
-# the concept (True) or of what the concept is not (False).
-ExemplarBox = tuple[Sequence[float], bool]
 
 
 @dataclass(frozen=True)
@@ -82,57 +79,6 @@ class ConceptMasks:
     width: int
     height: int
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-
-def check_concepts(
-    concepts: Sequence[str], *, max_concepts: int = MAX_CONCEPTS_PER_IMAGE, max_chars: int = MAX_CONCEPT_CHARS
-) -> list[str]:
-    """The concepts of one image, stripped; :class:`InvalidPrompt` for none, too many, an empty or
-    over-long name, or a name listed twice."""
-    if isinstance(concepts, str) or not isinstance(concepts, Sequence):
-        raise InvalidPrompt('"text" must be a list of concept names, e.g. {"text": ["solar panel", "car"]}')
-    if not concepts:
-        raise InvalidPrompt('"text" is empty: name at least one concept, e.g. {"text": ["car"]}')
-    if len(concepts) > max_concepts:
-        raise InvalidPrompt(
-            f'"text" names {len(concepts)} concepts; at most {max_concepts} per image: '
-            "split them over several requests"
-        )
-    names: list[str] = []
-    for concept in concepts:
-        if not isinstance(concept, str) or not concept.strip():
-            raise InvalidPrompt(f'every "text" entry must be a non-empty string, got {concept!r}')
-        name = concept.strip()
-        if len(name) > max_chars:
-            raise InvalidPrompt(
-                f"concept {name[:max_chars]!r}... is {len(name)} characters; "
-                f"at most {max_chars}: use a shorter name"
-            )
-        if name in names:
-            raise InvalidPrompt(f'concept {name!r} is listed twice in "text": list it once')
-        names.append(name)
-    return names
-
-
-def check_exemplar_boxes(
-    boxes: Sequence[ExemplarBox], width: int, height: int, *, limit: int = MAX_EXEMPLAR_BOXES
-) -> list[tuple[list[float], bool]]:
-    """Exemplar boxes of one ``width x height`` image as ``([x0, y0, x1, y1], positive)``;
-    :class:`InvalidPrompt` for too many, or a box that is malformed, empty or outside the image."""
-    if len(boxes) > limit:
-        raise InvalidPrompt(f"{len(boxes)} exemplar boxes; at most {limit} per image")
-    checked = []
-    for box, positive in boxes:
-        coords = [float(v) for v in box] if isinstance(box, Sequence) and len(box) == 4 else []
-        if len(coords) != 4 or not all(math.isfinite(v) for v in coords):
-            raise InvalidPrompt(f"exemplar box {box!r} must be [x0, y0, x1, y1] in pixels")
-        x0, y0, x1, y1 = coords
-        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-            raise InvalidPrompt(
-                f"exemplar box {coords} must have x0 < x1, y0 < y1 and lie inside the {width}x{height} image"
-            )
-        checked.append((coords, bool(positive)))
-    return checked
 
 
 class ConceptEngine:
@@ -240,7 +186,7 @@ class ConceptEngine:
         images: Sequence[np.ndarray],
         concepts: Sequence[str] | Sequence[Sequence[str]],
         exemplar_boxes: Sequence[Sequence[ExemplarBox]] | None,
-    ) -> list[tuple[list[str], list[tuple[list[float], bool]]]]:
+    ) -> list[tuple[list[str], list[CheckedBox]]]:
         if exemplar_boxes is not None and len(exemplar_boxes) != len(images):
             raise InvalidPrompt(
                 f"exemplar boxes are given for {len(exemplar_boxes)} images, but there are {len(images)}"
@@ -278,7 +224,7 @@ class ConceptEngine:
         self,
         image: np.ndarray,
         names: list[str],
-        boxes: list[tuple[list[float], bool]],
+        boxes: list[CheckedBox],
         thresholds: ConceptThresholds,
     ) -> ConceptMasks:
         start = time.perf_counter()
@@ -309,7 +255,7 @@ class ConceptEngine:
     def _fast(
         self,
         images: Sequence[np.ndarray],
-        per_image: list[tuple[list[str], list[tuple[list[float], bool]]]],
+        per_image: list[tuple[list[str], list[CheckedBox]]],
         thresholds: ConceptThresholds,
     ) -> list[ConceptMasks]:
         start = time.perf_counter()
@@ -360,7 +306,7 @@ class ConceptEngine:
         image: np.ndarray,
         vision: Sam3VisionEncoderOutput,
         names: list[str],
-        boxes: list[tuple[list[float], bool]],
+        boxes: list[CheckedBox],
         text: dict[str, tuple[torch.Tensor, torch.Tensor]],
         thresholds: ConceptThresholds,
         timings: dict[str, float],
@@ -436,7 +382,7 @@ def _pick(vision: Sam3VisionEncoderOutput, index: int) -> Sam3VisionEncoderOutpu
 
 
 def _box_inputs(
-    boxes: list[tuple[list[float], bool]], width: int, height: int, count: int, device: torch.device
+    boxes: list[CheckedBox], width: int, height: int, count: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """Exemplar boxes as ``Sam3Model`` takes them: ``count x B x 4`` normalized (cx, cy, w, h) and
     ``count x B`` labels (1 positive, 0 negative), the same boxes for each of the ``count`` concepts."""

@@ -17,13 +17,12 @@ from transformers import CLIPTokenizer, Sam3Config, Sam3Model, Sam3Processor
 from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
 
 from predictor.concepts import (
-    MAX_CONCEPT_CHARS,
-    MAX_CONCEPTS_PER_IMAGE,
     ConceptEngine,
     ConceptMasks,
     ConceptThresholds,
     _upsample,
 )
+from samdrop.concepts import MAX_CONCEPT_CHARS, MAX_CONCEPTS_PER_IMAGE
 from samdrop.errors import ConfigError, InvalidImage, InvalidPrompt
 
 SIDE = 56  # model input side: 4x4 patches of 14
@@ -252,6 +251,11 @@ def test_vision_is_batched(model_dir: Path, images: list[np.ndarray]) -> None:
         (["car"], [[([0, 0, 100, 10], True)], [], []], "inside the 60x40 image"),
         (["car"], [[([5, 5, 5, 10], True)], [], []], "x0 < x1"),
         (["car"], [[([1, 2, 3], True)], [], []], "[x0, y0, x1, y1]"),
+        (["car"], [[(["1", 2, 3, 4], True)], [], []], "[x0, y0, x1, y1]"),
+        (["car"], [[([1, 2, float("nan"), 4], True)], [], []], "[x0, y0, x1, y1]"),
+        (["car"], [[([1, 2, 3, 4], "yes")], [], []], "positive true or false"),
+        (["car"], [[[1, 2, 3, 4]], [], []], "positive true or false"),
+        (["car"], [[([1, 2, 3, 4], True)] * 17, [], []], "at most 16 per image"),
         (["car"], [[]], "for 1 images"),
     ],
 )

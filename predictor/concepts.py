@@ -67,9 +67,10 @@ class ConceptThresholds:
 class ConceptMasks:
     """The instances found in one image, ordered by concept as asked, then by score (highest first).
 
-    masks: ``NxHxW bool`` at the image's size; scores: ``N float32`` in [0, 1]; boxes: ``Nx4 int64``,
-    the detector's box, XYXY pixels rounded and clipped to ``[0, W] x [0, H]``; labels: ``N`` concept
-    strings. timings_ms: where this image's time went (fast path: text and vision are per call).
+        masks: ``NxHxW bool`` at the image's size; scores: ``N float32`` in [0, 1]; boxes: ``Nx4 int64``,
+        the detector's box, XYXY pixels rounded and clipped to ``[0, W] x [0, H]``; labels: ``N`` concept
+        strings. timings_ms: where the time went — reference: ``total``; fast: ``text_call`` (the whole
+    call's text encoding), ``vision`` (this image's share of its batch), ``detector``, ``masks``.
     """
 
     masks: np.ndarray

@@ -60,6 +60,7 @@ from samdrop.errors import (
 )
 from samdrop.images import decode_image
 from samdrop.layout import OutputPaths, output_paths
+from samdrop.models import amg_used
 from samdrop.outputs import Step
 from samdrop.prompts import check_amg
 from samdrop.settings import Settings
@@ -301,7 +302,7 @@ class ShardWorker:
             masks=masks,
             mode="prompted" if prompts is not None else "automatic",
             prompts=prompts.to_json() if prompts is not None else None,
-            amg=None if prompts is not None else self.amg,
+            amg=None if prompts is not None else amg_used(self.amg, self.engine.model_type),
             model=result.model_record(self.model),  # a shard is one request: its own batches
             timings_ms=result.timings_ms,
             tiling=result.tiling,

@@ -38,7 +38,7 @@ from samdrop.errors import (
 )
 from samdrop.images import decode_image
 from samdrop.masks import mask_to_png, rle_to_mask
-from samdrop.models import BY_NAME, model_info, text_refused
+from samdrop.models import BY_NAME, amg_used, model_info, text_refused
 from samdrop.prompts import check_budget
 from samdrop.settings import Settings
 from samdrop.storage import GcsStore
@@ -223,7 +223,7 @@ class SamRoutine(Predictor):
             mask_format=instance.mask_format,
             mode="prompted" if instance.prompts is not None else "automatic",
             prompts=instance.prompts.to_json() if instance.prompts is not None else None,
-            amg=instance.amg if instance.prompts is None else None,
+            amg=amg_used(instance.amg, self.engine.model_type) if instance.prompts is None else None,
             model=result.model_record(self.engine.description, slot.requests_batched),
             timings_ms=_timings(slot.timings_ms, result.timings_ms),
             logits=logits,

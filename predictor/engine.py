@@ -41,6 +41,7 @@ from predictor.registry import load_sam
 from samdrop.budgets import check_auto_points, points_per_batch_for
 from samdrop.documents import TilingRecord
 from samdrop.masks import mask_box, mask_to_rle
+from samdrop.models import amg_used
 from samdrop.prompts import AMG_DEFAULTS
 from samdrop.settings import Settings
 
@@ -96,8 +97,6 @@ class Job:
     amg: dict[str, Any] = field(default_factory=dict)
     return_logits: bool = False
 
-
-SAM1_PRED_IOU_THRESH = 0.88  # SamAutomaticMaskGenerator's default
 
 # SAMDROP_AMG_POINTS_PER_SIDE=auto on a CPU (measured with tiny on 2 cores, README "Performance").
 CPU_GRID_COMPILED = 24
@@ -420,10 +419,8 @@ class SamEngine:
         encoded again.
         """
         with self._lock, torch.no_grad():  # not inference_mode: compiled graphs cannot take its tensors
-            params = {**AMG_DEFAULTS, **(amg or {})}
+            params = amg_used({**AMG_DEFAULTS, **(amg or {})}, self.model_type) or {}
             refuse_sam2_options(params, self.model_type)
-            if params["pred_iou_thresh"] is None:
-                params["pred_iou_thresh"] = SAM1_PRED_IOU_THRESH
             max_masks = min(params.pop("max_masks") or self.max_masks, self.max_masks)
             if self.max_auto_points is not None:
                 check_auto_points(params, limit=self.max_auto_points)

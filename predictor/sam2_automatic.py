@@ -38,9 +38,10 @@ from segment_anything.utils.amg import (
 from torchvision.ops.boxes import batched_nms, box_area
 
 from predictor.automatic import UPSAMPLE_BUDGET_PIXELS, FastMaskGenerator, encode_coco
+from samdrop.models import PRED_IOU_THRESH
 
 # Meta's SAM2AutomaticMaskGenerator defaults where they differ from SAM 1's.
-SAM2_PRED_IOU_THRESH = 0.8
+SAM2_PRED_IOU_THRESH = PRED_IOU_THRESH["sam2.1"]
 M2M_LOGIT_CLAMP = 32.0  # SAM2ImagePredictor clamps low-res logits before they become mask prompts
 
 # (crop HxWx3 uint8) -> the crop's embedding, opaque to the generator.

@@ -33,11 +33,11 @@ from predictor import hf_weights
 from predictor.engine import Job, MaskSet, device_memory_bytes, image_key, pick_device
 from predictor.hardware import resolve_precision
 from predictor.instances import Prompts
-from predictor.sam2_automatic import SAM2_PRED_IOU_THRESH, Sam2MaskGenerator
+from predictor.sam2_automatic import Sam2MaskGenerator
 from samdrop.budgets import check_auto_points, points_per_batch_for
 from samdrop.errors import ConfigError
 from samdrop.masks import mask_box, mask_to_rle
-from samdrop.models import ModelInfo, model_info
+from samdrop.models import ModelInfo, amg_used, model_info
 from samdrop.prompts import AMG_DEFAULTS, SAM2_AMG_OPTIONS
 from samdrop.settings import Settings
 
@@ -359,12 +359,10 @@ class Sam2Engine:
         """Automatic masks with ``SAM2AutomaticMaskGenerator``'s parameters (AMG_DEFAULTS plus
         :data:`~predictor.instances.SAM2_AMG_OPTIONS`; ``pred_iou_thresh`` unset: Meta's 0.8)."""
         with self._lock, torch.inference_mode():
-            params = {**AMG_DEFAULTS, **SAM2_AMG_OPTIONS, **(amg or {})}
+            params = amg_used({**AMG_DEFAULTS, **SAM2_AMG_OPTIONS, **(amg or {})}, self.model_type) or {}
             max_masks = min(params.pop("max_masks") or self.max_masks, self.max_masks)
             if self.max_auto_points is not None:
                 check_auto_points(params, limit=self.max_auto_points)
-            if params["pred_iou_thresh"] is None:
-                params["pred_iou_thresh"] = SAM2_PRED_IOU_THRESH
             # Survivors are upsampled in bounded chunks: only the per-point decoder term applies.
             params["points_per_batch"] = points_per_batch_for(
                 params["points_per_batch"] or self.points_per_batch,

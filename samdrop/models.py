@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from samdrop.errors import ConfigError
 
@@ -117,6 +118,21 @@ _NAME_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"vit_l"), "vit_l"),
     (re.compile(r"vit_b"), "vit_b"),
 )
+
+
+# Each family's automatic-mask ``pred_iou_thresh`` when a request leaves it out (null): Meta's defaults
+# for SamAutomaticMaskGenerator and SAM2AutomaticMaskGenerator.
+PRED_IOU_THRESH: dict[str, float] = {"sam1": 0.88, "sam2.1": 0.8}
+
+
+def amg_used(amg: dict[str, Any] | None, model_type: str) -> dict[str, Any] | None:
+    """``amg`` as ``model_type`` runs it: a left-out ``pred_iou_thresh`` is its family's default (what
+    ``masks.json`` records, never null where a threshold was applied)."""
+    if amg is None or amg.get("pred_iou_thresh") is not None:
+        return amg
+    info = BY_NAME.get(model_type)
+    default = PRED_IOU_THRESH.get(info.family) if info is not None else None
+    return amg if default is None else {**amg, "pred_iou_thresh": default}
 
 
 def model_info(name: str, *, where: str = "SAMDROP_MODEL_TYPE") -> ModelInfo:

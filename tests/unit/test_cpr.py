@@ -110,6 +110,7 @@ def test_server_default_grid_applies_under_the_request(fast_engine, objects, cac
     (asked,) = call(predictor, {"instances": [{**instance, "amg": {"points_per_side": 3}}]})
     assert default["amg"]["points_per_side"] == 2 and default["amg"]["pred_iou_thresh"] == 0
     assert asked["amg"]["points_per_side"] == 3
+    assert asked["amg"]["pred_iou_thresh"] == 0.88  # left out: the model's own, recorded as used
 
 
 def test_auto_grid_comes_from_the_engine(fast_engine, objects, cache_dir):

@@ -194,3 +194,16 @@ def test_text_is_refused_by_models_that_take_none():
         assert caught.value.code == "invalid_request" and model_type in caught.value.message
     refuse_text({"text": "a cup"}, SimpleNamespace(model_type="sam3"))
     refuse_text({"points": [[1, 1]]}, SimpleNamespace(model_type="vit_b"))
+
+
+def test_amg_used_fills_the_family_threshold_and_keeps_a_given_one():
+    from samdrop.models import amg_used
+
+    assert amg_used({"pred_iou_thresh": None, "points_per_side": 8}, "tiny") == {
+        "pred_iou_thresh": 0.88,
+        "points_per_side": 8,
+    }
+    assert amg_used({"pred_iou_thresh": None}, "sam2.1_hiera_tiny") == {"pred_iou_thresh": 0.8}
+    assert amg_used({"pred_iou_thresh": 0.5}, "sam2.1_hiera_tiny") == {"pred_iou_thresh": 0.5}
+    assert amg_used({"pred_iou_thresh": None}, "classic") == {"pred_iou_thresh": None}  # not applied
+    assert amg_used(None, "vit_b") is None

@@ -16,13 +16,9 @@ an image (or the full-image crop of automatic masks) skips the encoder.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +30,7 @@ from segment_anything.utils.amg import calculate_stability_score
 
 from predictor.automatic import FastMaskGenerator
 from predictor.decoder import DecoderContext, FastDecoder
+from predictor.embedding_engine import EmbeddingEngine
 from predictor.fast import enable_sdpa
 from predictor.hardware import resolve_compile, resolve_precision, use_compile_cache
 from predictor.instances import Prompts, refuse_sam2_options
@@ -114,7 +111,7 @@ def pick_device(preference: str) -> torch.device:
     return torch.device(preference)
 
 
-class SamEngine:
+class SamEngine(EmbeddingEngine[Embedding]):
     """Loads SAM once and serves prompt and automatic masks, batched. Thread-safe (one job at a time)."""
 
     def __init__(
@@ -157,12 +154,7 @@ class SamEngine:
         if fast:
             enable_sdpa(self.model)
         self._predictor = _EmbeddingPredictor(self)
-        self._cache: OrderedDict[str, Embedding] = OrderedDict()
-        self._cache_size = cache_size
-        self._pinned: dict[str, Embedding] = {}
-        self._lock = threading.RLock()
-        self.cache_hits = 0
-        self.cache_misses = 0
+        self._init_cache(cache_size)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SamEngine:
@@ -212,38 +204,8 @@ class SamEngine:
 
     # -- encoder -----------------------------------------------------------------------------
 
-    def embed(self, images: Sequence[np.ndarray]) -> list[Embedding]:
-        """Embeddings for ``HxWx3 uint8`` RGB images, from the cache or the encoder (batched)."""
-        return [embedding for _, embedding in self._embed_keyed(images)]
-
-    def _embed_keyed(
-        self, images: Sequence[np.ndarray], *, count: bool = True, batches: dict[str, int] | None = None
-    ) -> list[tuple[str, Embedding]]:
-        """``(cache key, embedding)`` per image; ``batches`` gets, per key encoded now, the size of
-        the encoder pass that did it."""
-        with self._lock:
-            keys = [image_key(image) for image in images]
-            found: dict[str, Embedding] = {}
-            missing: dict[str, np.ndarray] = {}
-            for key, image in zip(keys, images, strict=True):
-                hit = self._lookup(key)
-                if hit is not None:
-                    found[key] = hit
-                else:
-                    missing.setdefault(key, image)
-            if count:
-                self.cache_hits += len(images) - len(missing)
-                self.cache_misses += len(missing)
-            missing_keys = list(missing)
-            step = self.batch_size if self.fast else 1
-            for start in range(0, len(missing_keys), step):
-                chunk = missing_keys[start : start + step]
-                for key, embedding in zip(chunk, self._encode([missing[k] for k in chunk]), strict=True):
-                    found[key] = embedding
-                    self._remember(key, embedding)
-                    if batches is not None:
-                        batches[key] = len(chunk)
-            return [(key, found[key]) for key in keys]
+    def _encoder_step(self) -> int:
+        return self.batch_size if self.fast else 1  # the reference path embeds one image at a time
 
     @torch.inference_mode()
     def _encode(self, images: Sequence[np.ndarray]) -> list[Embedding]:
@@ -271,56 +233,6 @@ class SamEngine:
             Embedding(features[i : i + 1], input_size, original)  # type: ignore[arg-type]
             for i, (input_size, original) in enumerate(sizes)
         ]
-
-    def _lookup(self, key: str) -> Embedding | None:
-        if key in self._pinned:
-            return self._pinned[key]
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-        return hit
-
-    def _remember(self, key: str, embedding: Embedding) -> None:
-        if self._cache_size <= 0:
-            return
-        self._cache[key] = embedding
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
-            self._pinned.clear()
-
-    # -- jobs --------------------------------------------------------------------------------
-
-    def run(self, jobs: Sequence[Job]) -> list[MaskSet]:
-        """Segment every job: one encoder pass per ``batch_size`` images, then each job's masks."""
-        with self._lock:
-            started = time.perf_counter()
-            batches: dict[str, int] = {}
-            keyed = self._embed_keyed([job.image for job in jobs], batches=batches)
-            encode_ms = (time.perf_counter() - started) * 1000 / max(len(jobs), 1)
-            # Pinned for this run, so a cache smaller than the batch cannot evict them before use.
-            self._pinned = dict(keyed)
-            try:
-                results = []
-                for job, (key, embedding) in zip(jobs, keyed, strict=True):
-                    if job.prompts is not None:
-                        result = self.segment(
-                            job.image, job.prompts, embedding, return_logits=job.return_logits
-                        )
-                    else:
-                        result = self.generate(job.image, job.amg)
-                    result.timings_ms["encoder"] = round(encode_ms, 2)
-                    result.encoder_batch = batches.pop(key, 0)  # a repeated image counts once
-                    if result.stages_ms:
-                        result.stages_ms["encoder"] = round(result.stages_ms["encoder"] + encode_ms, 2)
-                    results.append(result)
-                return results
-            finally:
-                self._pinned.clear()
 
     @torch.inference_mode()
     def segment(
@@ -488,15 +400,6 @@ class SamEngine:
             return decode
         return torch.compile(decode, dynamic=False)
 
-    @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
-        """bf16 autocast for the image encoder when the engine runs bf16."""
-        if self.precision == "bf16":
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
-                yield
-        else:
-            yield
-
 
 class _EmbeddingPredictor(SamPredictor):
     """A ``SamPredictor`` whose ``set_image`` goes through the engine's embedding cache."""
@@ -528,14 +431,6 @@ def device_memory_bytes(device: torch.device) -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return 8 * 2**30
-
-
-def image_key(image: np.ndarray) -> str:
-    """Content hash of an ``HxWx3 uint8`` image (shape included), the embedding-cache key."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(str(image.shape).encode())
-    digest.update(np.ascontiguousarray(image).data)
-    return digest.hexdigest()
 
 
 def _text(counts: str | bytes) -> str:

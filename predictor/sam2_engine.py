@@ -15,11 +15,8 @@ where :mod:`predictor.hardware` says the device computes it natively.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,8 @@ import torch.nn.functional as F
 from segment_anything.utils.amg import calculate_stability_score
 
 from predictor import hf_weights
-from predictor.engine import Job, MaskSet, device_memory_bytes, image_key, pick_device
+from predictor.embedding_engine import EmbeddingEngine
+from predictor.engine import MaskSet, device_memory_bytes, pick_device
 from predictor.hardware import resolve_precision
 from predictor.instances import Prompts
 from predictor.sam2_automatic import Sam2MaskGenerator
@@ -79,7 +77,7 @@ def load_sam2(info: ModelInfo, checkpoint: str | None, cache_dir: Path, device: 
     return model.eval().to(device)  # type: ignore[no-untyped-call]
 
 
-class Sam2Engine:
+class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
     """Loads SAM 2.1 once and serves prompt and automatic masks, batched. Thread-safe (one job at a time)."""
 
     def __init__(
@@ -114,12 +112,7 @@ class Sam2Engine:
         self.input_size = int(model.config.prompt_encoder_config.image_size)
         self._mean = torch.tensor(IMAGE_MEAN, device=self.device)[:, None, None]
         self._std = torch.tensor(IMAGE_STD, device=self.device)[:, None, None]
-        self._cache: OrderedDict[str, Sam2Embedding] = OrderedDict()
-        self._cache_size = cache_size
-        self._pinned: dict[str, Sam2Embedding] = {}
-        self._lock = threading.RLock()
-        self.cache_hits = 0
-        self.cache_misses = 0
+        self._init_cache(cache_size)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> Sam2Engine:
@@ -165,38 +158,6 @@ class Sam2Engine:
 
     # -- encoder -----------------------------------------------------------------------------
 
-    def embed(self, images: Sequence[np.ndarray]) -> list[Sam2Embedding]:
-        """Embeddings for ``HxWx3 uint8`` RGB images, from the cache or the encoder (batched)."""
-        return [embedding for _, embedding in self._embed_keyed(images)]
-
-    def _embed_keyed(
-        self, images: Sequence[np.ndarray], *, count: bool = True, batches: dict[str, int] | None = None
-    ) -> list[tuple[str, Sam2Embedding]]:
-        with self._lock:
-            keys = [image_key(image) for image in images]
-            found: dict[str, Sam2Embedding] = {}
-            missing: dict[str, np.ndarray] = {}
-            for key, image in zip(keys, images, strict=True):
-                hit = self._pinned.get(key) or self._cache.get(key)
-                if hit is not None:
-                    found[key] = hit
-                    if key in self._cache:
-                        self._cache.move_to_end(key)
-                else:
-                    missing.setdefault(key, image)
-            if count:
-                self.cache_hits += len(images) - len(missing)
-                self.cache_misses += len(missing)
-            pending = list(missing)
-            for start in range(0, len(pending), self.batch_size):
-                chunk = pending[start : start + self.batch_size]
-                for key, embedding in zip(chunk, self._encode([missing[k] for k in chunk]), strict=True):
-                    found[key] = embedding
-                    self._remember(key, embedding)
-                    if batches is not None:
-                        batches[key] = len(chunk)
-            return [(key, found[key]) for key in keys]
-
     @torch.inference_mode()
     def _encode(self, images: Sequence[np.ndarray]) -> list[Sam2Embedding]:
         """One encoder pass over ``images`` (each resized to the model's square input on the device)."""
@@ -213,19 +174,6 @@ class Sam2Engine:
             Sam2Embedding(tuple(level[i : i + 1] for level in levels), (image.shape[0], image.shape[1]))
             for i, image in enumerate(images)
         ]
-
-    def _remember(self, key: str, embedding: Sam2Embedding) -> None:
-        if self._cache_size <= 0:
-            return
-        self._cache[key] = embedding
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
-            self._pinned.clear()
 
     # -- decoder -----------------------------------------------------------------------------
 
@@ -271,32 +219,6 @@ class Sam2Engine:
         return self.decode(embedding, coords, labels, None, mask_prompts, multimask)
 
     # -- jobs --------------------------------------------------------------------------------
-
-    def run(self, jobs: Sequence[Job]) -> list[MaskSet]:
-        """Segment every job: one encoder pass per ``batch_size`` images, then each job's masks."""
-        with self._lock:
-            started = time.perf_counter()
-            batches: dict[str, int] = {}
-            keyed = self._embed_keyed([job.image for job in jobs], batches=batches)
-            encode_ms = (time.perf_counter() - started) * 1000 / max(len(jobs), 1)
-            self._pinned = dict(keyed)  # a cache smaller than the batch cannot evict them before use
-            try:
-                results = []
-                for job, (key, embedding) in zip(jobs, keyed, strict=True):
-                    if job.prompts is not None:
-                        result = self.segment(
-                            job.image, job.prompts, embedding, return_logits=job.return_logits
-                        )
-                    else:
-                        result = self.generate(job.image, job.amg)
-                    result.timings_ms["encoder"] = round(encode_ms, 2)
-                    result.encoder_batch = batches.pop(key, 0)
-                    if result.stages_ms:
-                        result.stages_ms["encoder"] = round(result.stages_ms["encoder"] + encode_ms, 2)
-                    results.append(result)
-                return results
-            finally:
-                self._pinned.clear()
 
     def segment(
         self,
@@ -397,12 +319,3 @@ class Sam2Engine:
 
     def _embed_crop(self, crop: np.ndarray) -> Sam2Embedding:
         return self._embed_keyed([crop], count=False)[0][1]
-
-    @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
-        """bf16 autocast when the engine runs bf16."""
-        if self.precision == "bf16":
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
-                yield
-        else:
-            yield

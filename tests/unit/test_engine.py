@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from predictor.engine import Job, SamEngine, image_key
+from predictor.embedding_engine import image_key
+from predictor.engine import Job, SamEngine
 from predictor.instances import parse_prompts
 from samdrop.masks import rle_to_mask
 

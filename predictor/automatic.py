@@ -181,32 +181,22 @@ class FastMaskGenerator(SamAutomaticMaskGenerator):
         index = torch.nonzero(keep)[:, 0]
         self.counts["upsampled"] += len(index)
 
-        out: dict[str, Any] = {"rles": [], "boxes": [], "iou_preds": [], "points": [], "stability_score": []}
         height, width = crop_size
         budget = UPSAMPLE_BUDGET_PIXELS.get(low_res.device.type, UPSAMPLE_BUDGET_PIXELS["cpu"])
-        chunk = max(1, budget // (1024 * 1024 + height * width))
-        threshold = self.predictor.model.mask_threshold
-        for start in range(0, len(index), chunk):
-            rows = index[start : start + chunk]
-            logits = upsample(low_res[rows], input_size, (height, width))
-            stability = calculate_stability_score(logits, threshold, self.stability_score_offset)
-            passed = stability >= self.stability_score_thresh if self.stability_score_thresh > 0.0 else None
-            if passed is not None:
-                rows, logits, stability = rows[passed], logits[passed], stability[passed]
-            masks = logits > threshold
-            del logits
-            boxes = batched_mask_to_box(masks)
-            inside = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
-            rows, masks, boxes, stability = rows[inside], masks[inside], boxes[inside], stability[inside]
-            out["rles"].extend(encode_coco(uncrop_masks(masks, crop_box, *orig_size)))
-            out["boxes"].append(boxes.cpu())
-            out["iou_preds"].append(iou_preds[rows].cpu())
-            out["points"].append(point_rows[rows.cpu()])
-            out["stability_score"].append(stability.cpu())
+        out = kept_candidates(
+            index,
+            iou_preds,
+            point_rows,
+            lambda rows: upsample(low_res[rows], input_size, (height, width)),
+            chunk=max(1, budget // (1024 * 1024 + height * width)),
+            threshold=self.predictor.model.mask_threshold,
+            stability_score_offset=self.stability_score_offset,
+            stability_score_thresh=self.stability_score_thresh,
+            crop_box=crop_box,
+            orig_size=orig_size,
+        )
         self.counts["kept"] += len(out["rles"])
         self._clock("masks", started)
-        for key in ("boxes", "iou_preds", "points", "stability_score"):
-            out[key] = torch.cat(out[key]) if out[key] else _empty(key)
         return out
 
     def _clock(self, stage: str, started: float) -> float:
@@ -240,6 +230,48 @@ class FastMaskGenerator(SamAutomaticMaskGenerator):
         return mask_data
 
 
+CANDIDATE_KEYS = ("boxes", "iou_preds", "points", "stability_score")  # MaskData's tensors
+
+
+def kept_candidates(
+    index: torch.Tensor,
+    iou_preds: torch.Tensor,
+    point_rows: torch.Tensor,
+    upsampled: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    chunk: int,
+    threshold: float,
+    stability_score_offset: float,
+    stability_score_thresh: float,
+    crop_box: list[int],
+    orig_size: tuple[int, ...],
+) -> dict[str, Any]:
+    """The candidates ``index`` (rows of ``iou_preds`` past the IoU filter) that pass the stability
+    and crop-edge filters, upsampled ``chunk`` at a time by ``upsampled(rows)`` (``NxHxW`` float logits
+    at the crop's size): their RLEs at ``orig_size`` and the :data:`CANDIDATE_KEYS` tensors (on CPU)."""
+    out: dict[str, Any] = {"rles": [], **{key: [] for key in CANDIDATE_KEYS}}
+    for start in range(0, len(index), chunk):
+        rows = index[start : start + chunk]
+        logits = upsampled(rows)
+        stability = calculate_stability_score(logits, threshold, stability_score_offset)
+        if stability_score_thresh > 0.0:
+            passed = stability >= stability_score_thresh
+            rows, logits, stability = rows[passed], logits[passed], stability[passed]
+        masks = logits > threshold
+        del logits
+        boxes = batched_mask_to_box(masks)
+        inside = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
+        rows, masks, boxes, stability = rows[inside], masks[inside], boxes[inside], stability[inside]
+        out["rles"].extend(encode_coco(uncrop_masks(masks, crop_box, *orig_size)))
+        out["boxes"].append(boxes.cpu())
+        out["iou_preds"].append(iou_preds[rows].cpu())
+        out["points"].append(point_rows[rows.cpu()])
+        out["stability_score"].append(stability.cpu())
+    for key in CANDIDATE_KEYS:
+        out[key] = torch.cat(out[key]) if out[key] else empty_candidates(key)
+    return out
+
+
 def upsample(low_res: torch.Tensor, input_size: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     """``Sam.postprocess_masks`` for ``Nx256x256`` logits: to the padded 1024 square, crop the
     resized image, then to ``size`` (H, W). Returns ``NxHxW`` float32 logits."""
@@ -248,7 +280,8 @@ def upsample(low_res: torch.Tensor, input_size: tuple[int, int], size: tuple[int
     return F.interpolate(logits, size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def _empty(key: str) -> torch.Tensor:
+def empty_candidates(key: str) -> torch.Tensor:
+    """No candidates: the empty tensor of ``key`` (one of :data:`CANDIDATE_KEYS`)."""
     if key == "boxes":
         return torch.zeros((0, 4), dtype=torch.long)
     if key == "points":

@@ -25,19 +25,20 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from segment_anything.utils.amg import (
     MaskData,
-    batched_mask_to_box,
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
-    calculate_stability_score,
     generate_crop_boxes,
-    is_box_near_crop_edge,
     uncrop_boxes_xyxy,
-    uncrop_masks,
     uncrop_points,
 )
 from torchvision.ops.boxes import batched_nms, box_area
 
-from predictor.automatic import UPSAMPLE_BUDGET_PIXELS, FastMaskGenerator, encode_coco
+from predictor.automatic import (
+    CANDIDATE_KEYS,
+    UPSAMPLE_BUDGET_PIXELS,
+    FastMaskGenerator,
+    kept_candidates,
+)
 from samdrop.models import PRED_IOU_THRESH
 
 # Meta's SAM2AutomaticMaskGenerator defaults where they differ from SAM 1's.
@@ -151,7 +152,7 @@ class Sam2MaskGenerator:
         ]
         data = MaskData(
             rles=[rle for part in parts for rle in part["rles"]],
-            **{key: torch.cat([part[key] for part in parts]) for key in _TENSOR_KEYS},
+            **{key: torch.cat([part[key] for part in parts]) for key in CANDIDATE_KEYS},
         )
         keep = batched_nms(
             data["boxes"].float(), data["iou_preds"], torch.zeros(len(data["boxes"])), self.box_nms_thresh
@@ -190,32 +191,24 @@ class Sam2MaskGenerator:
         )
         index = torch.nonzero(keep)[:, 0]
         self.counts["upsampled"] += len(index)
-        out: dict[str, Any] = {"rles": [], **{key: [] for key in _TENSOR_KEYS}}
         height, width = crop_size
         budget = UPSAMPLE_BUDGET_PIXELS.get(low_res.device.type, UPSAMPLE_BUDGET_PIXELS["cpu"])
-        for start in range(0, len(index), max(1, budget // (height * width))):
-            rows = index[start : start + max(1, budget // (height * width))]
-            logits = F.interpolate(
+        out = kept_candidates(
+            index,
+            iou_preds,
+            point_rows,
+            lambda rows: F.interpolate(
                 low_res[rows][:, None], (height, width), mode="bilinear", align_corners=False
-            )[:, 0]
-            stability = calculate_stability_score(logits, self.mask_threshold, self.stability_score_offset)
-            if self.stability_score_thresh > 0.0:
-                passed = stability >= self.stability_score_thresh
-                rows, logits, stability = rows[passed], logits[passed], stability[passed]
-            masks = logits > self.mask_threshold
-            del logits
-            boxes = batched_mask_to_box(masks)
-            inside = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
-            rows, masks, boxes, stability = rows[inside], masks[inside], boxes[inside], stability[inside]
-            out["rles"].extend(encode_coco(uncrop_masks(masks, crop_box, *orig_size)))
-            out["boxes"].append(boxes.cpu())
-            out["iou_preds"].append(iou_preds[rows].cpu())
-            out["points"].append(point_rows[rows.cpu()])
-            out["stability_score"].append(stability.cpu())
+            )[:, 0],
+            chunk=max(1, budget // (height * width)),
+            threshold=self.mask_threshold,
+            stability_score_offset=self.stability_score_offset,
+            stability_score_thresh=self.stability_score_thresh,
+            crop_box=crop_box,
+            orig_size=orig_size,
+        )
         self.counts["kept"] += len(out["rles"])
         self._clock("masks", started)
-        for key in _TENSOR_KEYS:
-            out[key] = torch.cat(out[key]) if out[key] else _empty(key)
         return out
 
     def _refine(
@@ -236,14 +229,3 @@ class Sam2MaskGenerator:
         now = time.perf_counter()
         self.timings_ms[stage] += (now - started) * 1000
         return now
-
-
-_TENSOR_KEYS = ("boxes", "iou_preds", "points", "stability_score")
-
-
-def _empty(key: str) -> torch.Tensor:
-    if key == "boxes":
-        return torch.zeros((0, 4), dtype=torch.long)
-    if key == "points":
-        return torch.zeros((0, 2), dtype=torch.float64)
-    return torch.zeros((0,))

@@ -12,15 +12,17 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from google.api_core import exceptions as api_exceptions
 
 from samdrop.errors import ConfigError, ErrorInfo, TransientError
 from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
 
-KINDS = ("image", "batch")
-STATUSES = {"image": ("succeeded", "failed"), "batch": ("succeeded", "partial", "failed")}
+Kind = Literal["image", "batch"]
+Status = Literal["succeeded", "partial", "failed"]  # partial: batches only
+KINDS: tuple[Kind, ...] = get_args(Kind)
+STATUSES: dict[Kind, tuple[Status, ...]] = {"image": ("succeeded", "failed"), "batch": get_args(Status)}
 _IMAGE_KEYS = (
     "kind",
     "status",
@@ -41,8 +43,8 @@ class CompletionMessage:
     role (``masks`` → list of URIs, ``metadata``, ``overlay``, ``manifest``, ``report``) to URIs;
     ``error`` is ``{"code", "message"}`` exactly when ``status`` is ``failed``."""
 
-    kind: str
-    status: str
+    kind: Kind
+    status: Status
     input: str
     generation: str | None = None
     batch_id: str | None = None
@@ -83,7 +85,7 @@ class CompletionMessage:
         return json.dumps(self.to_json(), ensure_ascii=False, sort_keys=False).encode("utf-8")
 
     def attributes(self) -> dict[str, str]:
-        attributes = {"kind": self.kind, "status": self.status}
+        attributes: dict[str, str] = {"kind": self.kind, "status": self.status}
         if self.batch_id:
             attributes["batch_id"] = self.batch_id
         return attributes

@@ -83,20 +83,62 @@ class BatchPlan:
     def images(self) -> int:
         return sum(len(shard) for shard in self.shards)
 
-    def summary(self) -> dict[str, Any]:
-        """plan.json: everything but the items (those live in one file per shard)."""
+    def summary(self, *, list_ms: float | None = None) -> PlanSummary:
+        """What ``plan.json`` holds: everything but the items (those live in one file per shard)."""
+        return PlanSummary(
+            batch_id=self.batch_id,
+            input=self.input,
+            marker_generation=self.marker_generation,
+            options=self.options,
+            images=self.images,
+            shards=len(self.shards),
+            shard_size=max((len(shard) for shard in self.shards), default=0),
+            warnings=list(self.warnings),
+            error=self.error,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            list_ms=list_ms,
+        )
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """``plan.json``: a batch plan without its items. ``marker_generation`` is written as a decimal
+    string, as Cloud Storage writes generations; ``list_ms``: how long listing and planning took."""
+
+    batch_id: str
+    input: str
+    marker_generation: int
+    options: BatchOptions
+    images: int
+    shards: int
+    shard_size: int
+    warnings: list[str]
+    error: ErrorInfo | None
+    created: str
+    list_ms: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
         return {
-            "batch_id": self.batch_id,
-            "input": self.input,
+            **asdict(self),
             "marker_generation": str(self.marker_generation),
             "options": asdict(self.options),
-            "images": self.images,
-            "shards": len(self.shards),
-            "shard_size": max((len(shard) for shard in self.shards), default=0),
-            "warnings": self.warnings,
-            "error": self.error,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> PlanSummary:
+        return cls(
+            batch_id=str(raw["batch_id"]),
+            input=str(raw["input"]),
+            marker_generation=int(raw["marker_generation"]),
+            options=BatchOptions(**raw["options"]),
+            images=int(raw["images"]),
+            shards=int(raw["shards"]),
+            shard_size=int(raw["shard_size"]),
+            warnings=[str(w) for w in raw.get("warnings") or []],
+            error=raw.get("error"),
+            created=str(raw.get("created", "")),
+            list_ms=float(raw["list_ms"]) if raw.get("list_ms") is not None else None,
+        )
 
 
 def parse_ready(body: bytes, *, default_shard_size: int, where: str = READY) -> BatchOptions:
@@ -296,10 +338,10 @@ def write_plan(
 
     for index, shard in enumerate(plan.shards):
         write(paths.shard_plan(index), {"index": index, "items": [asdict(item) for item in shard]})
-    write(paths.plan, {**plan.summary(), "list_ms": list_ms})
+    write(paths.plan, plan.summary(list_ms=list_ms).to_json())
 
 
-def existing_plan(paths: BatchPaths, marker_generation: int, store: ObjectStore) -> dict[str, Any] | None:
+def existing_plan(paths: BatchPaths, marker_generation: int, store: ObjectStore) -> PlanSummary | None:
     """``plan.json`` already written for this marker generation (a resumed run reuses it), else None.
 
     Tag and body must both name it: a local stack's restore rewrites the tag to the restored
@@ -308,12 +350,14 @@ def existing_plan(paths: BatchPaths, marker_generation: int, store: ObjectStore)
     info = store.stat(paths.output_bucket, paths.plan)
     if info is None or input_generation(info.metadata) != marker_generation:
         return None
-    plan = dict(json.loads(store.read(paths.output_bucket, paths.plan, generation=info.generation)))
-    return plan if str(plan.get("marker_generation")) == str(marker_generation) else None
+    plan = PlanSummary.from_json(
+        json.loads(store.read(paths.output_bucket, paths.plan, generation=info.generation))
+    )
+    return plan if plan.marker_generation == marker_generation else None
 
 
-def read_plan(paths: BatchPaths, store: ObjectStore) -> dict[str, Any]:
-    return dict(json.loads(store.read(paths.output_bucket, paths.plan)))
+def read_plan(paths: BatchPaths, store: ObjectStore) -> PlanSummary:
+    return PlanSummary.from_json(json.loads(store.read(paths.output_bucket, paths.plan)))
 
 
 def read_shard(paths: BatchPaths, index: int, store: ObjectStore) -> list[PlanItem]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from PIL import Image
 
+from pipeline.listing import PlanSummary
 from pipeline.plots import bar_chart, histogram, line_chart
 
 MAX_THUMBNAILS = 200  # overlays embedded in report.html; the manifest lists every image
@@ -43,21 +44,21 @@ class ReportFile:
 
 
 def summarize(
-    plan: Mapping[str, Any], lines: Sequence[Mapping[str, Any]], shard_timings: Sequence[Mapping[str, float]]
+    plan: PlanSummary, lines: Sequence[Mapping[str, Any]], shard_timings: Sequence[Mapping[str, float]]
 ) -> dict[str, Any]:
     """Counts, status and time split of a batch. ``status``: ``succeeded`` when every image has masks,
     ``failed`` when none has (or the batch itself is invalid), ``partial`` otherwise."""
     succeeded = sum(1 for line in lines if line["status"] == "succeeded")
     failed = len(lines) - succeeded
-    missing = int(plan.get("images", 0)) - len(lines)  # shards that never reported
+    missing = plan.images - len(lines)  # shards that never reported
     failed += max(0, missing)
-    if plan.get("error"):
+    if plan.error:
         status = "failed"
     elif failed == 0:
         status = "succeeded"
     else:
         status = "partial" if succeeded else "failed"
-    split = {"list": float(plan.get("list_ms") or 0.0)}
+    split = {"list": plan.list_ms or 0.0}
     split.update(
         {
             key: round(sum(t.get(key, 0.0) for t in shard_timings), 1)
@@ -65,19 +66,19 @@ def summarize(
         }
     )
     return {
-        "batch_id": plan["batch_id"],
-        "input": plan["input"],
-        "marker_generation": plan.get("marker_generation"),
+        "batch_id": plan.batch_id,
+        "input": plan.input,
+        "marker_generation": str(plan.marker_generation),
         "status": status,
-        "images": int(plan.get("images", 0)),
+        "images": plan.images,
         "succeeded": succeeded,
         "failed": failed,
         "not_reported": max(0, missing),
         "resumed": sum(1 for line in lines if line.get("resumed")),
         "masks": sum(line.get("mask_count") or 0 for line in lines),
         "errors": dict(Counter(line["error"]["code"] for line in lines if line.get("error"))),
-        "warnings": list(plan.get("warnings") or []),
-        "error": plan.get("error"),
+        "warnings": list(plan.warnings),
+        "error": plan.error,
         "timings_ms": split,
         "shards": len(shard_timings),
     }

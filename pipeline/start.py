@@ -16,13 +16,13 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from pipeline.config import pipeline_config
-from pipeline.listing import TreeStore, plan_batch, write_plan
+from pipeline.listing import PlanSummary, TreeStore, plan_batch, write_plan
 from samdrop.batches import BatchPaths, failed_completion
 from samdrop.errors import ConfigError, TransientError
 from samdrop.layout import json_record, write_output
@@ -254,12 +254,12 @@ def status_of(paths: BatchPaths, store: ObjectStore, tree: TreeStore | None = No
             out[key] = json.loads(store.read(paths.output_bucket, name, generation=info.generation))
     if "claim" in out:
         out["state"] = "claimed"
-    plan: Mapping[str, Any] = out.pop("plan", {})
+    plan = PlanSummary.from_json(out.pop("plan")) if "plan" in out else None
     if plan:
-        out.update(state="running", images=plan["images"], shards=plan["shards"], warnings=plan["warnings"])
+        out.update(state="running", images=plan.images, shards=plan.shards, warnings=plan.warnings)
         out["shards_done"] = sum(
             1
-            for i in range(int(plan["shards"]))
+            for i in range(plan.shards)
             if store.stat(paths.output_bucket, paths.shard_report(i)) is not None
         )
     if tree is not None and plan:

@@ -83,7 +83,7 @@ def list_step(ctx: Context, batch_id: str, bucket: str, marker_generation: int) 
     paths = BatchPaths.of(ctx.settings, batch_id, bucket)
     existing = existing_plan(paths, marker_generation, ctx.store)
     if existing is not None:
-        return list(range(int(existing["shards"])))
+        return list(range(existing.shards))
     started = time.perf_counter()
     plan = plan_batch(
         paths,
@@ -114,7 +114,7 @@ def shard_step(
     paths = BatchPaths.of(ctx.settings, batch_id, bucket)
     plan = read_plan(paths, ctx.store)
     items = read_shard(paths, shard, ctx.store)
-    options = BatchOptions(**plan["options"])
+    options = plan.options
     loading = time.perf_counter()
     engine = (engine_factory or load_engine)(ctx.settings)
     load_ms = round((time.perf_counter() - loading) * 1000, 1)
@@ -134,9 +134,7 @@ def shard_step(
         "timings_ms": timings,
         "lines": result.lines,
     }
-    _write_json(
-        ctx.store, paths.output_bucket, paths.shard_report(shard), report, int(plan["marker_generation"])
-    )
+    _write_json(ctx.store, paths.output_bucket, paths.shard_report(shard), report, plan.marker_generation)
     succeeded = sum(1 for line in result.lines if line["status"] == "succeeded")
     return {"shard": shard, "images": len(result.lines), "succeeded": succeeded, "timings_ms": timings}
 
@@ -149,11 +147,11 @@ def aggregate_step(ctx: Context, batch_id: str, bucket: str) -> tuple[dict[str, 
     """
     paths = BatchPaths.of(ctx.settings, batch_id, bucket)
     plan = read_plan(paths, ctx.store)
-    marker_generation = int(plan["marker_generation"])
+    marker_generation = plan.marker_generation
     lines: list[dict[str, Any]] = []
     timings: list[dict[str, float]] = []
     model: dict[str, Any] = {}
-    for index in range(int(plan["shards"])):
+    for index in range(plan.shards):
         info = ctx.store.stat(paths.output_bucket, paths.shard_report(index))
         if info is not None:
             report = json.loads(ctx.store.read(paths.output_bucket, info.name, generation=info.generation))
@@ -192,7 +190,7 @@ def aggregate_step(ctx: Context, batch_id: str, bucket: str) -> tuple[dict[str, 
             file.content_type,
             marker_generation,
         )
-    exports = write_exports(ctx.store, paths, lines, BatchOptions(**plan["options"]), marker_generation)
+    exports = write_exports(ctx.store, paths, lines, plan.options, marker_generation)
     summary["exports"] = exports
     _write_json(ctx.store, paths.output_bucket, paths.summary, summary, marker_generation)
     bodies = {

@@ -151,7 +151,7 @@ def test_plan_without_a_shard_size_splits_evenly_over_the_workers():
     objects = _objects(*(f"img_{i:03d}.png" for i in range(300)))
     plan = build_plan(PATHS, 7, objects, BatchOptions(), {}, workers=4)
     assert [len(shard) for shard in plan.shards] == [75, 75, 75, 75]
-    assert plan.summary()["shard_size"] == 75
+    assert plan.summary().shard_size == 75
     one = build_plan(PATHS, 7, objects, BatchOptions(), {}, workers=1)
     assert [len(shard) for shard in one.shards] == [300]
 
@@ -196,7 +196,7 @@ def test_written_plan_reads_back_and_is_reused_for_the_same_marker():
     assert [item.name for item in read_shard(PATHS, 1, store)] == ["batches/b1/c.png"]
     assert read_shard(PATHS, 0, store) == plan.shards[0]
     summary = existing_plan(PATHS, marker, store)
-    assert summary is not None and summary["shards"] == 2 and summary["images"] == 3
+    assert summary is not None and summary.shards == 2 and summary.images == 3
     assert existing_plan(PATHS, marker + 1, store) is None
     # After a local stack's restore the tag names the marker's new generation, the body the old one
     # (with the inputs' old generations): not reused, so the run plans again.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
 import pytest
 from PIL import Image
 
-from pipeline.listing import plan_batch, write_plan
+from pipeline.listing import BatchOptions, PlanSummary, plan_batch, write_plan
 from pipeline.plots import bar_chart, histogram, line_chart
 from pipeline.report import PLOTS, build_report, summarize, thumbnail
 from pipeline.steps import Context, aggregate_step, publish_step, shard_step
@@ -19,7 +20,18 @@ from .function_fakes import FakePublisher
 from .pipeline_fakes import BUCKET, RESULTS, TreeStore, png
 
 SETTINGS = Settings.from_env({"SAMDROP_BUCKET": BUCKET}, io_threads=2)
-PLAN = {"batch_id": "b1", "input": "gs://b/batches/b1/", "images": 3, "marker_generation": "9"}
+PLAN = PlanSummary(
+    batch_id="b1",
+    input="gs://b/batches/b1/",
+    marker_generation=9,
+    options=BatchOptions(),
+    images=3,
+    shards=1,
+    shard_size=3,
+    warnings=[],
+    error=None,
+    created="2026-12-03T00:00:00+00:00",
+)
 
 
 def _line(
@@ -60,7 +72,7 @@ def test_summary_status_follows_the_counts(statuses, expected):
 
 def test_missing_shard_reports_count_as_failed_and_a_plan_error_fails_the_batch():
     assert summarize(PLAN, [_line("a.png")], [])["status"] == "partial"
-    broken = summarize({**PLAN, "images": 0, "error": {"code": "empty_batch", "message": "m"}}, [], [])
+    broken = summarize(replace(PLAN, images=0, error={"code": "empty_batch", "message": "m"}), [], [])
     assert broken["status"] == "failed" and broken["error"]["code"] == "empty_batch"
 
 
@@ -71,7 +83,7 @@ def test_report_files_hold_thumbnails_scores_and_plots():
         _line("c.png", "failed"),
     ]
     lines.append(_line("d.png", resumed=True))
-    summary = summarize({**PLAN, "images": 4}, lines, [{"compute": 900.0}])
+    summary = summarize(replace(PLAN, images=4), lines, [{"compute": 900.0}])
     overlay = io.BytesIO()
     Image.new("RGB", (400, 300), (200, 10, 10)).save(overlay, format="JPEG")
     thumbs = {"a.png": thumbnail(overlay.getvalue())}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
 
 from functions.batches import BatchStart
 from pipeline.config import pipeline_config
+from pipeline.listing import read_plan
 from pipeline.start import (
     launch_vertex,
     machine_resources,
@@ -202,7 +203,8 @@ def test_status_follows_the_files_a_batch_writes():
     # The function plans the batch once, when it claims it; the pipeline reuses that plan.
     started = status_of(paths, store, store)
     assert started["state"] == "running" and started["shards_done"] == 0
-    store.put(RESULTS, paths.plan, json.dumps({"images": 2, "shards": 1, "warnings": []}).encode())
+    plan = replace(read_plan(paths, store), images=2, shards=1)
+    store.put(RESULTS, paths.plan, json.dumps(plan.to_json()).encode())
     store.put(RESULTS, "results/batches/b1/0.png/masks.json", b"{}")
     running = status_of(paths, store, store)
     assert (running["state"], running["images"], running["shards_done"], running["images_done"]) == (

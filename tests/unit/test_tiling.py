@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.listing import BatchOptions, PlanItem
+from pipeline.listing import BatchOptions, PlanItem, PlanSummary
 from pipeline.report import build_report, summarize
 from pipeline.shard import ShardWorker
 from predictor.cpr import SamRoutine
@@ -226,6 +226,7 @@ def test_the_overlay_of_a_tiled_image_shows_its_tile_grid():
 
 
 def _report_markdown(lines: list[dict]) -> str:
-    summary = summarize({"batch_id": "b1", "input": "gs://b/batches/b1/", "images": len(lines)}, lines, [])
+    plan = PlanSummary("b1", "gs://b/batches/b1/", 9, BatchOptions(), len(lines), 1, len(lines), [], None, "")
+    summary = summarize(plan, lines, [])
     files = {f.name: f for f in build_report(summary, lines, {})}
     return files["report.md"].data.decode()

@@ -274,13 +274,16 @@ def test_bad_batches_fail_without_starting_a_run(pipeline_stack: Stack, tmp_path
     data, ext, ctype = _image(1)
     stack.put(f"batches/bad-ready/a.{ext}", data, ctype)
     stack.put("batches/bad-ready/_READY", b"{not json")
-    # Through the CLI: a folder upload whose options are wrong is refused by the starter.
+    # Wrong options from the CLI are refused before anything is uploaded (the one prompt validator)...
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / f"b.{ext}").write_bytes(data)
-    upload = _samdrop(stack, "batch", str(folder), "--id", "bad-amg", "--amg", '{"points_per_side": 0}')
-    assert upload.returncode == 0, upload.stderr
-    assert upload.stdout.splitlines()[-1].endswith("batches/bad-amg/_READY")
+    upload = _samdrop(stack, "batch", str(folder), "--id", "bad-amg-cli", "--amg", '{"points_per_side": 0}')
+    assert upload.returncode == 2 and "points_per_side must be within 1..128" in upload.stderr, upload
+    assert list(stack.client.list_blobs(stack.settings.bucket, prefix="batches/bad-amg-cli/")) == []
+    # ... and a marker written by other means with the same options is refused by the starter.
+    stack.put(f"batches/bad-amg/b.{ext}", data, ctype)
+    stack.put("batches/bad-amg/_READY", json.dumps({"amg": {"points_per_side": 0}}).encode())
 
     empty = stack.completions.first(stack.batch("empty-one"), timeout_s=60)
     assert empty["status"] == "failed" and empty["error"]["code"] == "empty_batch"

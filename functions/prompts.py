@@ -7,6 +7,7 @@ from typing import Any
 
 from functions.events import UploadEvent
 from samdrop.budgets import DEFAULT_MAX_JSON_DEPTH
+from samdrop.documents import PredictInstance
 from samdrop.prompts import PROMPTS_METADATA_KEY, parse_prompts_json
 
 
@@ -21,14 +22,8 @@ def prompts_from_metadata(
     return parse_prompts_json(raw, where=f"metadata {PROMPTS_METADATA_KEY}", max_json_depth=max_json_depth)
 
 
-def build_instance(event: UploadEvent, prompts: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The predictor instance for one upload: by ``gs://`` reference, never the bytes themselves,
-    pinned to the event's generation (a decimal string) so the endpoint reads exactly those bytes."""
-    instance: dict[str, Any] = {
-        "gcs_uri": event.uri,
-        "generation": event.generation,
-        "file_path": event.name,
-        "mask_format": "rle",
-    }
-    instance.update(prompts or {})
-    return instance
+def build_instance(event: UploadEvent, prompts: Mapping[str, Any] | None) -> PredictInstance:
+    """The predictor instance for one upload (:class:`~samdrop.documents.PredictInstance`)."""
+    return PredictInstance(
+        gcs_uri=event.uri, generation=event.generation, file_path=event.name, prompts=prompts
+    )

@@ -155,7 +155,7 @@ def _segment_and_write(
     height, width = image.shape[:2]
     check_image_shape(width, height, max_aspect_ratio=settings.max_aspect_ratio, name=event.uri)
     t1 = clock()
-    raw = endpoint.predict([build_instance(event, prompts)], {})[0]
+    raw = endpoint.predict([build_instance(event, prompts).to_json()], {})[0]
     prediction = parse_prediction(raw, where=event.uri)
     t2 = clock()
     timings = {"read": outputs.ms(t1 - t0), "endpoint": outputs.ms(t2 - t1)}

@@ -150,6 +150,44 @@ class MaskRecord:
 
 
 @dataclass(frozen=True)
+class PredictInstance:
+    """One ``:predict`` instance as the function sends it (docs/design.md "Predictor request and
+    response"): the image by ``gs://`` reference, never its bytes, pinned to ``generation`` (a
+    decimal string) so the endpoint reads exactly the uploaded version; ``file_path`` is echoed back;
+    ``prompts``: a checked prompts entry (:func:`samdrop.prompts.check_prompts`), its keys sent as
+    the instance's own; none means automatic masks."""
+
+    gcs_uri: str
+    generation: str | None
+    file_path: str
+    prompts: Mapping[str, Any] | None = None
+    mask_format: Literal["rle", "png"] = "rle"
+
+    def to_json(self) -> JsonObject:
+        out: JsonObject = {
+            "gcs_uri": self.gcs_uri,
+            "generation": self.generation,
+            "file_path": self.file_path,
+            "mask_format": self.mask_format,
+        }
+        out.update(self.prompts or {})
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> PredictInstance:
+        own = ("gcs_uri", "generation", "file_path", "mask_format")
+        prompts = {key: value for key, value in raw.items() if key not in own}
+        generation = raw.get("generation")
+        return cls(
+            gcs_uri=str(raw["gcs_uri"]),
+            generation=str(generation) if generation is not None else None,
+            file_path=str(raw.get("file_path", "")),
+            prompts=prompts or None,
+            mask_format="png" if raw.get("mask_format") == "png" else "rle",
+        )
+
+
+@dataclass(frozen=True)
 class Prediction:
     """One image's masks as the predictor answers them (and as the pipeline's engine gives them).
 

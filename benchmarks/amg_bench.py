@@ -40,6 +40,7 @@ from pipeline.plots import bar_chart, line_chart  # noqa: E402
 from predictor.engine import Job, SamEngine, pick_device  # noqa: E402
 from predictor.hardware import cpu_features, cpu_name, resolve_compile, resolve_precision  # noqa: E402
 from predictor.registry import build_sam, load_sam  # noqa: E402
+from samdrop.documents import MaskRecord  # noqa: E402
 from samdrop.masks import rle_to_mask  # noqa: E402
 
 SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
@@ -79,13 +80,13 @@ def our_masks(engine: SamEngine, image: np.ndarray, params: dict[str, Any]) -> t
     return time.perf_counter() - started, result
 
 
-def matched_share(reference: list[dict[str, Any]], ours: list[dict[str, Any]]) -> float:
+def matched_share(reference: list[dict[str, Any]], ours: list[MaskRecord]) -> float:
     """Share of the reference's top masks that one of ours matches with IoU >= MATCH_IOU."""
     top = sorted(reference, key=lambda m: m["predicted_iou"], reverse=True)[:TOP]
     if not top:
         return 1.0
     theirs = np.stack([rle_to_mask(m["segmentation"]) for m in top]).reshape(len(top), -1)
-    mine = np.stack([rle_to_mask(m["segmentation"]) for m in ours]).reshape(len(ours), -1)
+    mine = np.stack([rle_to_mask(m.rle) for m in ours]).reshape(len(ours), -1)
     theirs_t = torch.as_tensor(theirs, dtype=torch.float32)
     mine_t = torch.as_tensor(mine, dtype=torch.float32)
     inter = theirs_t @ mine_t.T

@@ -53,11 +53,11 @@ def main() -> None:
         crop = np.ascontiguousarray(image[tile.y0 : tile.y1, tile.x0 : tile.x1])
         for record in engine.run([Job(crop)])[0].masks:
             full = np.zeros((SIDE, SIDE), dtype=bool)
-            full[tile.y0 : tile.y1, tile.x0 : tile.x1] = rle_to_mask(record["segmentation"])
+            full[tile.y0 : tile.y1, tile.x0 : tile.x1] = rle_to_mask(record.rle)
             pieces.append(full)
-    stitched = [rle_to_mask(m["segmentation"]) for m in segment_tiles(engine, Job(image), TILING).masks]
-    record = {"tile": TILING.tile, "overlap": TILING.overlap, "tiles": len(grid.tiles), "grid": [2, 2]}
-    base = draw_tile_grid(shown, record, SIDE, SIDE)  # type: ignore[arg-type]
+    stitched = [rle_to_mask(m.rle) for m in segment_tiles(engine, Job(image), TILING).masks]
+    tiled = {"tile": TILING.tile, "overlap": TILING.overlap, "tiles": len(grid.tiles), "grid": [2, 2]}
+    base = draw_tile_grid(shown, tiled, SIDE, SIDE)  # type: ignore[arg-type]
     left = render_overlay(base, pieces, max_side=600, note=f"per tile: {len(pieces)} pieces")
     right = render_overlay(base, stitched, max_side=600, note=f"stitched: {len(stitched)} masks")
     both = Image.new("RGB", (1210, 600), (255, 255, 255))

@@ -48,7 +48,6 @@ from samdrop.documents import (
     ManifestLine,
     MasksDocument,
     Prediction,
-    masks_of,
 )
 from samdrop.errors import (
     ErrorInfo,
@@ -295,7 +294,7 @@ class ShardWorker:
         prompts = loaded.prompts
         entry = loaded.item.prompts or {}
         wanted = {*entry.get("outputs", []), *self.options.outputs}
-        masks = with_exports(masks_of(result.masks), labels=entry.get("label"), polygons="polygons" in wanted)
+        masks = with_exports(result.masks, labels=entry.get("label"), polygons="polygons" in wanted)
         return Prediction(
             width=result.width,
             height=result.height,

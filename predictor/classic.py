@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import cv2
@@ -28,6 +29,7 @@ from predictor.classic_prompts import grabcut_mask
 from predictor.classic_regions import image_regions
 from predictor.engine import Job, MaskSet
 from predictor.instances import Prompts
+from samdrop.documents import MaskRecord
 from samdrop.masks import mask_box, mask_to_rle
 from samdrop.settings import Settings
 
@@ -99,8 +101,8 @@ class ClassicEngine:
             if prompts.wants_multimask:
                 candidates += _alternatives(image, mask, box, prompts)
             scored = sorted(
-                (_record(m, gradient) | {"prompt_index": index} for m in _distinct(candidates)),
-                key=lambda r: -r["score"],
+                (replace(_record(m, gradient), prompt_index=index) for m in _distinct(candidates)),
+                key=lambda r: -r.score,
             )
             records += scored
         result = MaskSet(records, width=image.shape[1], height=image.shape[0])
@@ -115,10 +117,9 @@ class ClassicEngine:
         gradient = _gradient(image)
         records = []
         for region in image_regions(image, min_area=int(params.get("min_mask_region_area") or 0)):
-            record = _record(region.mask, gradient)
-            record["point_coords"] = [[round(region.point[0], 2), round(region.point[1], 2)]]
-            records.append(record)
-        records.sort(key=lambda r: -r["score"])
+            point = [round(region.point[0], 2), round(region.point[1], 2)]
+            records.append(replace(_record(region.mask, gradient), point_coords=[point]))
+        records.sort(key=lambda r: -r.score)
         result = MaskSet(records[:max_masks], width=image.shape[1], height=image.shape[0])
         result.timings_ms.update(automatic=round((time.perf_counter() - started) * 1000, 2), encoder=0.0)
         result.counts = {"regions": len(records), "kept": len(result.masks)}
@@ -147,15 +148,15 @@ def _distinct(masks: list[np.ndarray]) -> list[np.ndarray]:
     return out or masks[:1]
 
 
-def _record(mask: np.ndarray, gradient: np.ndarray) -> dict[str, Any]:
-    """A mask record as :class:`~predictor.engine.MaskSet` documents it (no ``prompt_index``)."""
-    return {
-        "segmentation": mask_to_rle(mask),
-        "score": round(_boundary_contrast(mask, gradient), 5),
-        "stability_score": round(_stability(mask), 5),
-        "box": mask_box(mask),
-        "area": int(mask.sum()),
-    }
+def _record(mask: np.ndarray, gradient: np.ndarray) -> MaskRecord:
+    """A mask's record (no ``prompt_index`` or ``point_coords`` yet)."""
+    return MaskRecord(
+        segmentation=mask_to_rle(mask),
+        score=round(_boundary_contrast(mask, gradient), 5),
+        stability_score=round(_stability(mask), 5),
+        box=mask_box(mask),
+        area=int(mask.sum()),
+    )
 
 
 def _gradient(image: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from predictor.instances import Instance, check_prompts_fit, parse_instance, til
 from predictor.polygons import with_exports
 from predictor.tiling import Tiling, resolve_tiling, run_jobs
 from samdrop import budgets
-from samdrop.documents import FailedPrediction, Prediction, Rle, masks_of
+from samdrop.documents import FailedPrediction, Prediction, Rle
 from samdrop.errors import (
     ConfigError,
     InputNotFound,
@@ -207,9 +207,7 @@ class SamRoutine(Predictor):
             return FailedPrediction(error.to_json(), slot.file_path)
         assert self.engine is not None
         result, instance = slot.result, slot.instance
-        masks = with_exports(
-            masks_of(result.masks), labels=instance.label, polygons="polygons" in instance.outputs
-        )
+        masks = with_exports(result.masks, labels=instance.label, polygons="polygons" in instance.outputs)
         if instance.mask_format == "png":
             masks = [replace(m, segmentation=_png_b64(m.rle)) for m in masks]
         logits = None

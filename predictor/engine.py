@@ -34,10 +34,10 @@ from predictor.embedding_engine import EmbeddingEngine
 from predictor.fast import enable_sdpa
 from predictor.hardware import resolve_compile, resolve_precision, use_compile_cache
 from predictor.instances import Prompts, refuse_sam2_options
+from predictor.records import generator_record, prompt_record
 from predictor.registry import load_sam
 from samdrop.budgets import check_auto_points, points_per_batch_for
-from samdrop.documents import TilingRecord
-from samdrop.masks import mask_box, mask_to_rle
+from samdrop.documents import MaskRecord, TilingRecord
 from samdrop.models import amg_used
 from samdrop.prompts import AMG_DEFAULTS
 from samdrop.settings import Settings
@@ -59,15 +59,16 @@ class Embedding:
 
 @dataclass
 class MaskSet:
-    """Masks for one image, JSON-ready.
+    """Masks for one image.
 
-    masks: one dict per mask — ``segmentation`` (COCO RLE of the ``HxW`` mask at the input's size),
-    ``score`` (predicted IoU), ``stability_score``, ``box`` (XYXY pixels, inclusive), ``area``
-    (pixels), and ``prompt_index`` (prompt mode) or ``point_coords`` (automatic mode).
+    masks: one :class:`~samdrop.documents.MaskRecord` per mask — ``segmentation`` (COCO RLE of the
+    ``HxW`` mask at the input's size), ``score`` (predicted IoU), ``stability_score``, ``box`` (XYXY
+    pixels, inclusive), ``area`` (pixels), and ``prompt_index`` (prompt mode) or ``point_coords``
+    (automatic mode).
     logits: ``Nx256x256 float32`` low-resolution logits, only when asked for (prompt mode).
     """
 
-    masks: list[dict[str, Any]]
+    masks: list[MaskRecord]
     width: int
     height: int
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -260,20 +261,11 @@ class SamEngine(EmbeddingEngine[Embedding]):
             binary = (masks > threshold).cpu().numpy()
             scores_np = scores.float().cpu().numpy()
             prompt_count, per_prompt = binary.shape[:2]
-            records = []
+            records: list[MaskRecord] = []
             for p in range(prompt_count):
                 for m in range(per_prompt):
                     mask = binary[p, m]
-                    records.append(
-                        {
-                            "segmentation": mask_to_rle(mask),
-                            "score": round(float(scores_np[p, m]), 5),
-                            "stability_score": round(float(stability[p, m]), 5),
-                            "box": mask_box(mask),
-                            "area": int(mask.sum()),
-                            "prompt_index": p,
-                        }
-                    )
+                    records.append(prompt_record(mask, scores_np[p, m], stability[p, m], p))
             result = MaskSet(records, width=image.shape[1], height=image.shape[0])
             if return_logits:
                 result.logits = logits.float().cpu().numpy().reshape(-1, *logits.shape[-2:])
@@ -364,20 +356,7 @@ class SamEngine(EmbeddingEngine[Embedding]):
             started = time.perf_counter()
             raw = generator.generate(image)
             raw.sort(key=lambda m: m["predicted_iou"], reverse=True)
-            records = []
-            for mask in raw[:max_masks]:
-                x, y, w, h = (round(v) for v in mask["bbox"])
-                rle = mask["segmentation"]
-                records.append(
-                    {
-                        "segmentation": {"size": list(rle["size"]), "counts": _text(rle["counts"])},
-                        "score": round(float(mask["predicted_iou"]), 5),
-                        "stability_score": round(float(mask["stability_score"]), 5),
-                        "box": [x, y, x + w, y + h],  # the generator's XYWH has w = x1 - x0
-                        "area": int(mask["area"]),
-                        "point_coords": [[round(float(c), 2) for c in p] for p in mask["point_coords"]],
-                    }
-                )
+            records = [generator_record(mask) for mask in raw[:max_masks]]
             result = MaskSet(records, width=image.shape[1], height=image.shape[0])
             result.timings_ms["automatic"] = round((time.perf_counter() - started) * 1000, 2)
             if isinstance(generator, FastMaskGenerator):

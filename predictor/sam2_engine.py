@@ -31,10 +31,11 @@ from predictor.embedding_engine import EmbeddingEngine
 from predictor.engine import MaskSet, device_memory_bytes, pick_device
 from predictor.hardware import resolve_precision
 from predictor.instances import Prompts
+from predictor.records import generator_record, prompt_record
 from predictor.sam2_automatic import Sam2MaskGenerator
 from samdrop.budgets import check_auto_points, points_per_batch_for
+from samdrop.documents import MaskRecord
 from samdrop.errors import ConfigError
-from samdrop.masks import mask_box, mask_to_rle
 from samdrop.models import ModelInfo, amg_used, model_info
 from samdrop.prompts import AMG_DEFAULTS, SAM2_AMG_OPTIONS
 from samdrop.settings import Settings
@@ -251,7 +252,7 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
             low_res, scores = self.decode(embedding, points, labels, boxes, None, prompts.wants_multimask)
             decode_ms = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
-            records = []
+            records: list[MaskRecord] = []
             for p in range(count):  # one prompt's masks at a time: full-size logits stay bounded
                 logits = F.interpolate(
                     low_res[p : p + 1], (height, width), mode="bilinear", align_corners=False
@@ -259,16 +260,7 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
                 stability = calculate_stability_score(logits, 0.0, 1.0).cpu().numpy()
                 binary = (logits > 0.0).cpu().numpy()
                 for m in range(binary.shape[0]):
-                    records.append(
-                        {
-                            "segmentation": mask_to_rle(binary[m]),
-                            "score": round(float(scores[p, m]), 5),
-                            "stability_score": round(float(stability[m]), 5),
-                            "box": mask_box(binary[m]),
-                            "area": int(binary[m].sum()),
-                            "prompt_index": p,
-                        }
-                    )
+                    records.append(prompt_record(binary[m], float(scores[p, m]), float(stability[m]), p))
             result = MaskSet(records, width=width, height=height)
             if return_logits:
                 result.logits = low_res.cpu().numpy().reshape(-1, *low_res.shape[-2:])
@@ -298,19 +290,7 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
             )
             started = time.perf_counter()
             raw = sorted(generator.generate(image), key=lambda m: m["predicted_iou"], reverse=True)
-            records = []
-            for mask in raw[:max_masks]:
-                x, y, w, h = (round(v) for v in mask["bbox"])
-                records.append(
-                    {
-                        "segmentation": mask["segmentation"],
-                        "score": round(float(mask["predicted_iou"]), 5),
-                        "stability_score": round(float(mask["stability_score"]), 5),
-                        "box": [x, y, x + w, y + h],  # the generator's XYWH has w = x1 - x0
-                        "area": int(mask["area"]),
-                        "point_coords": [[round(float(c), 2) for c in p] for p in mask["point_coords"]],
-                    }
-                )
+            records = [generator_record(mask) for mask in raw[:max_masks]]
             result = MaskSet(records, width=image.shape[1], height=image.shape[0])
             result.timings_ms["automatic"] = round((time.perf_counter() - started) * 1000, 2)
             result.stages_ms = {k: round(v, 2) for k, v in generator.timings_ms.items()}

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from pycocotools import mask as mask_utils
 
 from predictor.engine import Job, MaskSet
 from predictor.instances import Prompts
-from samdrop.documents import Rle, TilingRecord
+from samdrop.documents import MaskRecord, Rle, TilingRecord
 from samdrop.masks import mask_bounds, rle_to_mask
 from samdrop.settings import Settings
 from samdrop.tiles import tile_boxes, tile_starts
@@ -162,7 +162,7 @@ class Stitcher:
     by_tile: dict[int, list[int]] = field(default_factory=dict)
     parent: list[int] = field(default_factory=list)
 
-    def add(self, tile: Tile, records: Sequence[Mapping[str, Any]]) -> None:
+    def add(self, tile: Tile, records: Sequence[MaskRecord]) -> None:
         """The masks one tile gave (engine records: ``segmentation`` RLE at the tile's size …)."""
         neighbours = [
             (other, band)
@@ -170,7 +170,7 @@ class Stitcher:
             if (band := tile.intersect(other)) is not None and other.index in self.by_tile
         ]
         for record in records:
-            mask = rle_to_mask(record["segmentation"])
+            mask = rle_to_mask(record.rle)
             bounds = mask_bounds(mask)
             if bounds is None:
                 continue
@@ -181,9 +181,9 @@ class Stitcher:
                 box=(tile.x0 + bx0, tile.y0 + by0, tile.x0 + bx1, tile.y0 + by1),
                 crop=mask_utils.encode(crop),
                 area=int(np.count_nonzero(crop)),
-                score=float(record["score"]),
-                stability=float(record.get("stability_score") or 0.0),
-                points=[[p[0] + tile.x0, p[1] + tile.y0] for p in record.get("point_coords") or []],
+                score=float(record.score),
+                stability=float(record.stability_score or 0.0),
+                points=[[p[0] + tile.x0, p[1] + tile.y0] for p in record.point_coords or []],
             )
             index = len(self.pieces)
             self.pieces.append(piece)
@@ -221,13 +221,13 @@ class Stitcher:
             groups.setdefault(self._find(i), []).append(i)
         return list(groups.values())
 
-    def masks(self) -> list[dict[str, Any]]:
+    def masks(self) -> list[MaskRecord]:
         """One record per stitched mask, at full resolution, best score first, near-duplicates dropped."""
         records = [self._merge([self.pieces[i] for i in group]) for group in self.groups()]
-        records.sort(key=lambda r: -r["score"])
+        records.sort(key=lambda r: -r.score)
         return _drop_duplicates(records)
 
-    def _merge(self, pieces: list[Piece]) -> dict[str, Any]:
+    def _merge(self, pieces: list[Piece]) -> MaskRecord:
         x0, y0 = min(p.box[0] for p in pieces), min(p.box[1] for p in pieces)
         x1, y1 = max(p.box[2] for p in pieces), max(p.box[3] for p in pieces)
         canvas = np.zeros((y1 - y0, x1 - x0), dtype=bool)
@@ -235,15 +235,15 @@ class Stitcher:
             canvas[p.box[1] - y0 : p.box[3] - y0, p.box[0] - x0 : p.box[2] - x0] |= p.mask()
         weights = np.array([p.area for p in pieces], dtype=np.float64)
         bx0, by0, bx1, by1 = mask_bounds(canvas) or (0, 0, 1, 1)
-        return {
-            "segmentation": crop_to_rle(canvas, x0, y0, self.height, self.width),
-            "score": round(float(np.average([p.score for p in pieces], weights=weights)), 4),
-            "stability_score": round(float(np.average([p.stability for p in pieces], weights=weights)), 4),
-            "box": [x0 + bx0, y0 + by0, x0 + bx1 - 1, y0 + by1 - 1],
-            "area": int(np.count_nonzero(canvas)),
-            "point_coords": [point for p in pieces for point in p.points],
-            "tiles": sorted({p.tile for p in pieces}),
-        }
+        return MaskRecord(
+            segmentation=crop_to_rle(canvas, x0, y0, self.height, self.width),
+            score=round(float(np.average([p.score for p in pieces], weights=weights)), 4),
+            stability_score=round(float(np.average([p.stability for p in pieces], weights=weights)), 4),
+            box=[x0 + bx0, y0 + by0, x0 + bx1 - 1, y0 + by1 - 1],
+            area=int(np.count_nonzero(canvas)),
+            point_coords=[point for p in pieces for point in p.points],
+            tiles=sorted({p.tile for p in pieces}),
+        )
 
 
 def segment_tiles(engine: Engine, job: Job, tiling: Tiling) -> MaskSet:
@@ -299,7 +299,7 @@ def segment_windows(engine: Engine, job: Job, tiling: Tiling) -> MaskSet:
     prompts = job.prompts
     height, width = job.image.shape[:2]
     windows = prompt_windows(prompts, width, height, tiling)
-    masks: list[dict[str, Any]] = []
+    masks: list[MaskRecord] = []
     runs = _Runs(engine)
     for window, result in runs.each(windows, lambda w: Job(_crop(job.image, w), _shifted(prompts, w))):
         masks += [_placed(record, window, width, height) for record in result.masks]
@@ -315,23 +315,23 @@ def _shifted(prompts: Prompts, window: Tile) -> Prompts:
     return Prompts(points, prompts.labels, boxes, prompts.multimask)
 
 
-def _placed(record: Mapping[str, Any], window: Tile, width: int, height: int) -> dict[str, Any]:
+def _placed(record: MaskRecord, window: Tile, width: int, height: int) -> MaskRecord:
     """A window's mask record moved into the full image (``prompt_index``: the window's prompt)."""
-    mask = rle_to_mask(record["segmentation"])
+    mask = rle_to_mask(record.rle)
     bounds = mask_bounds(mask)
-    out = dict(record, prompt_index=window.index, tiles=[window.index])
+    out = replace(record, prompt_index=window.index, tiles=[window.index])
     if bounds is None:
-        out.update(segmentation=crop_to_rle(mask[:0, :0], 0, 0, height, width), box=[0, 0, 0, 0], area=0)
-        return out
+        empty = crop_to_rle(mask[:0, :0], 0, 0, height, width)
+        return replace(out, segmentation=empty, box=[0, 0, 0, 0], area=0)
     bx0, by0, bx1, by1 = bounds
     crop = mask[by0:by1, bx0:bx1]
     x0, y0 = window.x0 + bx0, window.y0 + by0
-    out.update(
+    return replace(
+        out,
         segmentation=crop_to_rle(crop, x0, y0, height, width),
         box=[x0, y0, window.x0 + bx1 - 1, window.y0 + by1 - 1],
         area=int(np.count_nonzero(crop)),
     )
-    return out
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -363,13 +363,13 @@ def crop_to_rle(
     return Rle(size=[height, width], counts=encoded["counts"].decode("ascii"))
 
 
-def _drop_duplicates(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _drop_duplicates(records: list[MaskRecord]) -> list[MaskRecord]:
     """Keep a record unless one kept before it (better score) has IoU above ``DUPLICATE_IOU``."""
-    kept: list[dict[str, Any]] = []
+    kept: list[MaskRecord] = []
     for record in records:
         duplicate = False
         for other in kept:
-            small, large = sorted((record["area"], other["area"]))
+            small, large = sorted((record.area, other.area))
             if small < DUPLICATE_IOU * large or not _boxes_meet(_exclusive(record), _exclusive(other)):
                 continue
             iou = mask_utils.iou([_coco(record)], [_coco(other)], [0])[0][0]
@@ -381,13 +381,13 @@ def _drop_duplicates(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept
 
 
-def _coco(record: Mapping[str, Any]) -> dict[str, Any]:
-    rle = record["segmentation"]
+def _coco(record: MaskRecord) -> dict[str, Any]:
+    rle = record.rle
     return {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
 
 
-def _exclusive(record: Mapping[str, Any]) -> tuple[int, int, int, int]:
-    x0, y0, x1, y1 = record["box"]
+def _exclusive(record: MaskRecord) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = record.box
     return x0, y0, x1 + 1, y1 + 1
 
 
@@ -418,7 +418,7 @@ class _Runs:
                 self.encoder_batch = max(self.encoder_batch, result.encoder_batch)
                 yield tile, result
 
-    def result(self, masks: list[dict[str, Any]], width: int, height: int, tiling: TilingRecord) -> MaskSet:
+    def result(self, masks: list[MaskRecord], width: int, height: int, tiling: TilingRecord) -> MaskSet:
         return MaskSet(
             masks, width, height, timings_ms=self.timings_ms, encoder_batch=self.encoder_batch, tiling=tiling
         )

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from predictor.engine import Job, MaskSet
+from samdrop.documents import MaskRecord
 from samdrop.masks import mask_box, mask_to_rle
 
 
@@ -150,18 +151,15 @@ class ObjectPixels:
                     mask &= inside
                 if mask.any():
                     masks.append(
-                        {
-                            "segmentation": mask_to_rle(mask),
-                            "score": 0.9,
-                            "stability_score": 0.95,
-                            "box": mask_box(mask),
-                            "area": int(mask.sum()),
-                            **(
-                                {"prompt_index": 0}
-                                if job.prompts is not None
-                                else {"point_coords": [[1.0, 2.0]]}
-                            ),
-                        }
+                        MaskRecord(
+                            segmentation=mask_to_rle(mask),
+                            score=0.9,
+                            stability_score=0.95,
+                            box=mask_box(mask),
+                            area=int(mask.sum()),
+                            prompt_index=0 if job.prompts is not None else None,
+                            point_coords=None if job.prompts is not None else [[1.0, 2.0]],
+                        )
                     )
             results.append(MaskSet(masks, image.shape[1], image.shape[0], timings_ms={"decoder": 1.0}))
         return results

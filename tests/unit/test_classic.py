@@ -22,18 +22,18 @@ def engine() -> ClassicEngine:
 
 
 def masks_of(result) -> list[np.ndarray]:
-    return [rle_to_mask(record["segmentation"]) for record in result.masks]
+    return [rle_to_mask(record.rle) for record in result.masks]
 
 
 @pytest.mark.parametrize("target", SCENE.objects, ids=lambda o: o.name)
 def test_a_box_prompt_masks_its_object(engine, target):
     (result,) = engine.run([Job(SCENE.image, Prompts(boxes=np.array([target.box], np.float32)))])
     (record,) = result.masks
-    mask = rle_to_mask(record["segmentation"])
+    mask = rle_to_mask(record.rle)
     assert iou(mask, target.mask) >= MIN_IOU
-    assert record["prompt_index"] == 0 and record["area"] == int(mask.sum())
-    assert record["box"] == mask_box(mask)
-    assert 0.5 < record["score"] <= 1 and 0.9 < record["stability_score"] <= 1
+    assert record.prompt_index == 0 and record.area == int(mask.sum())
+    assert record.box == mask_box(mask)
+    assert 0.5 < record.score <= 1 and 0.9 < record.stability_score <= 1
 
 
 @pytest.mark.parametrize("target", SCENE.objects, ids=lambda o: o.name)
@@ -47,7 +47,7 @@ def test_a_foreground_point_masks_its_object(engine, target):
 def test_boxes_are_one_prompt_each_in_order(engine):
     boxes = np.array([o.box for o in SCENE.objects], np.float32)
     (result,) = engine.run([Job(SCENE.image, Prompts(boxes=boxes))])
-    assert [r["prompt_index"] for r in result.masks] == [0, 1, 2]
+    assert [r.prompt_index for r in result.masks] == [0, 1, 2]
     for target, mask in zip(SCENE.objects, masks_of(result), strict=True):
         assert iou(mask, target.mask) >= MIN_IOU
 
@@ -70,10 +70,10 @@ def test_automatic_masks_find_every_object(engine):
     masks = masks_of(result)
     for target in SCENE.objects:
         assert best_iou(target.mask, masks) >= MIN_IOU, target.name
-    scores = [r["score"] for r in result.masks]
+    scores = [r.score for r in result.masks]
     assert scores == sorted(scores, reverse=True)
     for record, mask in zip(result.masks, masks, strict=True):
-        ((x, y),) = record["point_coords"]
+        ((x, y),) = record.point_coords
         assert mask[round(y), round(x)], "the point of a mask lies inside it"
 
 
@@ -81,7 +81,7 @@ def test_automatic_masks_respect_max_masks_and_min_area(engine):
     (few,) = engine.run([Job(SCENE.image, amg={"max_masks": 2})])
     assert len(few.masks) == 2
     (large,) = engine.run([Job(SCENE.image, amg={"min_mask_region_area": 20_000})])
-    assert all(r["area"] >= 15_000 for r in large.masks)  # scaled back from the working size
+    assert all(r.area >= 15_000 for r in large.masks)  # scaled back from the working size
 
 
 def test_description_names_the_backend_and_how_to_get_sam(engine):
@@ -95,7 +95,7 @@ def test_a_box_over_the_whole_image_still_works(engine):
     (result,) = engine.run(
         [Job(SCENE.image, Prompts(boxes=np.array([[0, 0, width - 1, height - 1]], np.float32)))]
     )
-    assert result.masks[0]["segmentation"]["size"] == [height, width]
+    assert result.masks[0].rle["size"] == [height, width]
 
 
 def test_a_flat_image_gives_masks_without_errors(engine):
@@ -104,7 +104,7 @@ def test_a_flat_image_gives_masks_without_errors(engine):
         [Job(flat, Prompts(boxes=np.array([[10, 10, 40, 40]], np.float32))), Job(flat)]
     )
     assert prompted.width == 80 and prompted.height == 64
-    assert automatic.masks[0]["area"] == 64 * 80
+    assert automatic.masks[0].area == 64 * 80
 
 
 @pytest.mark.parametrize("kind", ENCODINGS)

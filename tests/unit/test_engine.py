@@ -17,7 +17,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def masks_of(result) -> list[np.ndarray]:
-    return [rle_to_mask(m["segmentation"]) for m in result.masks]
+    return [rle_to_mask(m.rle) for m in result.masks]
 
 
 def test_points_give_three_masks_at_input_size(fast_engine: SamEngine, coffee):
@@ -26,17 +26,17 @@ def test_points_give_three_masks_at_input_size(fast_engine: SamEngine, coffee):
     assert len(result.masks) == 3
     for record, mask in zip(result.masks, masks_of(result), strict=True):
         assert mask.shape == (400, 600)
-        assert record["area"] == int(mask.sum())
-        assert record["prompt_index"] == 0
-        assert set(record) >= {"segmentation", "score", "stability_score", "box", "area"}
+        assert record.area == int(mask.sum())
+        assert record.prompt_index == 0
+        assert record.stability_score is not None and record.point_coords is None
 
 
 def test_each_box_is_one_prompt_in_one_call(fast_engine: SamEngine, coffee):
     boxes = [[10, 10, 200, 200], [300, 100, 590, 390], [0, 0, 599, 399]]
     result = fast_engine.run([Job(coffee, parse_prompts([[100, 100]], [1], boxes))])[0]
-    assert [m["prompt_index"] for m in result.masks] == [0, 1, 2]
+    assert [m.prompt_index for m in result.masks] == [0, 1, 2]
     multi = fast_engine.run([Job(coffee, parse_prompts(None, None, boxes, multimask=True))])[0]
-    assert [m["prompt_index"] for m in multi.masks] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [m.prompt_index for m in multi.masks] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
 def test_logits_on_request(fast_engine: SamEngine, coffee):
@@ -51,12 +51,12 @@ def test_automatic_masks_respect_max_masks(fast_engine: SamEngine, astronaut):
     assert len(everything.masks) > 2
     capped = fast_engine.run([Job(astronaut, None, {**SMALL_AMG, "box_nms_thresh": 1.0, "max_masks": 2})])[0]
     assert len(capped.masks) == 2
-    scores = [m["score"] for m in everything.masks]
+    scores = [m.score for m in everything.masks]
     assert scores == sorted(scores, reverse=True)
-    assert [m["score"] for m in capped.masks] == scores[:2]
-    assert "point_coords" in capped.masks[0]
+    assert [m.score for m in capped.masks] == scores[:2]
+    assert capped.masks[0].point_coords is not None
     for record, mask in zip(capped.masks, masks_of(capped), strict=True):
-        x0, y0, x1, y1 = record["box"]
+        x0, y0, x1, y1 = record.box
         ys, xs = np.nonzero(mask)
         assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max(), ys.max())
 
@@ -112,7 +112,7 @@ def test_tiny_outputs_are_deterministic(cache_dir, coffee):
         SamEngine(load_sam("tiny", None, cache_dir, "cpu"), "tiny").run([Job(coffee, prompts)])[0]
         for _ in range(2)
     ]
-    assert [m["score"] for m in runs[0].masks] == [m["score"] for m in runs[1].masks]
+    assert [m.score for m in runs[0].masks] == [m.score for m in runs[1].masks]
 
 
 @pytest.mark.parametrize(
@@ -132,9 +132,7 @@ def test_fast_path_matches_reference_path(
     assert len(fast.masks) == len(reference.masks)
     for a, b in zip(masks_of(fast), masks_of(reference), strict=True):
         assert iou(a, b) >= 0.99
-    np.testing.assert_allclose(
-        [m["score"] for m in fast.masks], [m["score"] for m in reference.masks], atol=1e-3
-    )
+    np.testing.assert_allclose([m.score for m in fast.masks], [m.score for m in reference.masks], atol=1e-3)
 
 
 @pytest.mark.slow
@@ -158,14 +156,14 @@ def test_automatic_masks_over_crop_layers_match_reference(
     for a, b in zip(masks_of(fast), masks_of(reference), strict=True):
         assert a.shape == (400, 600)
         assert iou(a, b) >= 0.99
-    assert [m["point_coords"] for m in fast.masks] == [m["point_coords"] for m in reference.masks]
+    assert [m.point_coords for m in fast.masks] == [m.point_coords for m in reference.masks]
 
 
 def test_candidates_are_filtered_by_predicted_iou_before_upsampling(
     fast_engine: SamEngine, reference_engine: SamEngine, astronaut
 ):
     everything = fast_engine.run([Job(astronaut, None, {**SMALL_AMG, "box_nms_thresh": 1.0})])[0]
-    scores = sorted(m["score"] for m in everything.masks)
+    scores = sorted(m.score for m in everything.masks)
     # Between the 5th and 6th best: five candidates pass (tiny's random IoU predictions are mostly < 0).
     threshold = (scores[-5] + scores[-6]) / 2
     assert threshold > 0  # a threshold of 0 or less turns the filter off

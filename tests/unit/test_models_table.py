@@ -176,7 +176,7 @@ def test_a_gs_folder_checkpoint_is_copied_once_and_serves(tmp_path, monkeypatch,
     assert engine.description["checkpoint"] == "gs://b/models/sam2/"
     boxes = np.array([[10, 10, 90, 90]], np.float32)
     result = engine.run([Job(coffee, Prompts(boxes=boxes))])
-    assert result[0].masks[0]["segmentation"]["size"] == [400, 600]
+    assert result[0].masks[0].rle["size"] == [400, 600]
     assert sorted(fake.downloads) == ["models/sam2/config.json", "models/sam2/model.safetensors"]
     load_engine(settings)  # from the cache: nothing downloaded again
     assert len(fake.downloads) == 2

@@ -36,7 +36,7 @@ def engine(model: Any) -> Sam2Engine:
 
 
 def _masks(result: Any) -> np.ndarray:
-    return np.stack([rle_to_mask(m["segmentation"]) for m in result.masks])
+    return np.stack([rle_to_mask(m.rle) for m in result.masks])
 
 
 def test_points_without_labels_are_foreground(engine: Sam2Engine, coffee: np.ndarray):
@@ -54,13 +54,13 @@ def test_points_without_labels_are_foreground(engine: Sam2Engine, coffee: np.nda
 def test_prompt_masks_are_at_the_image_size(engine: Sam2Engine, coffee: np.ndarray):
     boxes = np.array([[10, 10, 200, 200], [300, 50, 590, 390]], np.float32)
     result = engine.run([Job(coffee, Prompts(boxes=boxes), return_logits=True)])[0]
-    assert [m["prompt_index"] for m in result.masks] == [0, 1]  # one mask per box by default
+    assert [m.prompt_index for m in result.masks] == [0, 1]  # one mask per box by default
     assert (result.width, result.height) == (600, 400)
     assert _masks(result).shape == (2, 400, 600)
     for record in result.masks:
-        mask = rle_to_mask(record["segmentation"])
-        assert record["area"] == int(mask.sum())
-        assert 0.0 <= record["stability_score"] <= 1.0
+        mask = rle_to_mask(record.rle)
+        assert record.area == int(mask.sum())
+        assert record.stability_score is not None and 0.0 <= record.stability_score <= 1.0
     assert result.logits is not None and result.logits.shape == (2, INPUT_SIDE // 4, INPUT_SIDE // 4)
 
 
@@ -81,7 +81,7 @@ def test_prompts_match_transformers_own_processor(model: Any, engine: Sam2Engine
     for mine, reference in zip(_masks(ours), theirs, strict=True):
         union = (mine | reference).sum()
         assert union == 0 or (mine & reference).sum() / union > 0.98
-    np.testing.assert_allclose([m["score"] for m in ours.masks], output.iou_scores[0, 0].numpy(), atol=2e-3)
+    np.testing.assert_allclose([m.score for m in ours.masks], output.iou_scores[0, 0].numpy(), atol=2e-3)
 
 
 def test_embedding_cache_and_batched_encoder(engine: Sam2Engine, coffee: np.ndarray, astronaut: np.ndarray):
@@ -97,11 +97,11 @@ def test_automatic_masks_at_the_image_size(engine: Sam2Engine, small: np.ndarray
     result = engine.run([Job(small, None, {**OPEN_AMG, "box_nms_thresh": 1.0})])[0]
     assert result.counts["candidates"] == 4 * 4 * 3  # three masks per grid point
     assert result.masks and (result.width, result.height) == (150, 100)
-    scores = [m["score"] for m in result.masks]
+    scores = [m.score for m in result.masks]
     assert scores == sorted(scores, reverse=True)
     for record in result.masks:
-        assert record["segmentation"]["size"] == [100, 150]
-        assert len(record["point_coords"]) == 1
+        assert record.rle["size"] == [100, 150]
+        assert record.point_coords is not None and len(record.point_coords) == 1
     assert not engine.run([Job(small, None, {**OPEN_AMG, "pred_iou_thresh": 1.0})])[0].masks
     capped = engine.run([Job(small, None, {**OPEN_AMG, "box_nms_thresh": 1.0, "max_masks": 5})])[0]
     assert len(capped.masks) == 5
@@ -113,10 +113,10 @@ def test_sam2_generator_options(engine: Sam2Engine, small: np.ndarray):
     refined = engine.generate(small, {**OPEN_AMG, "box_nms_thresh": 1.0, "use_m2m": True})
     plain = engine.generate(small, {**OPEN_AMG, "box_nms_thresh": 1.0})
     assert refined.counts["candidates"] == plain.counts["candidates"]
-    assert [m["score"] for m in refined.masks] != [m["score"] for m in plain.masks]
+    assert [m.score for m in refined.masks] != [m.score for m in plain.masks]
     # A higher mask threshold can only shrink each candidate.
     high = engine.generate(small, {**OPEN_AMG, "box_nms_thresh": 1.0, "mask_threshold": 5.0})
-    assert sum(m["area"] for m in high.masks) <= sum(m["area"] for m in plain.masks)
+    assert sum(m.area for m in high.masks) <= sum(m.area for m in plain.masks)
     cropped = engine.generate(small, {**OPEN_AMG, "crop_n_layers": 1})
     assert cropped.counts["candidates"] == 5 * 4 * 4 * 3  # the image and its four crops
 
@@ -153,8 +153,8 @@ def test_automatic_masks_match_transformers_pipeline_with_its_filters_off(model:
     ours = engine.generate(image, {**OPEN_AMG, "box_nms_thresh": 1.0})
     assert len(ours.masks) == len(theirs["masks"]) == 4 * 4 * 3
     np.testing.assert_allclose(
-        sorted(m["score"] for m in ours.masks), sorted(float(s) for s in theirs["scores"]), atol=1e-4
+        sorted(m.score for m in ours.masks), sorted(float(s) for s in theirs["scores"]), atol=1e-4
     )
-    our_areas = sorted(m["area"] for m in ours.masks)
+    our_areas = sorted(m.area for m in ours.masks)
     their_areas = sorted(int(np.asarray(m).sum()) for m in theirs["masks"])
     np.testing.assert_allclose(our_areas, their_areas, rtol=0.02, atol=20)

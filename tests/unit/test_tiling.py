@@ -106,14 +106,14 @@ def test_an_object_across_four_tiles_comes_out_as_one_mask_equal_to_it():
     result = segment_tiles(engine, Job(image, None, {}), Tiling(1024, 128))
     assert engine.shapes == [(1024, 1024)] * 4  # native resolution, never the whole image
     assert result.tiling == {"tile": 1024, "overlap": 128, "tiles": 4, "grid": [2, 2]}
-    masks = [rle_to_mask(m["segmentation"]) for m in result.masks]
+    masks = [rle_to_mask(m.rle) for m in result.masks]
     assert len(masks) == 2 and all(m.shape == (1800, 1800) for m in masks)
     stitched = next(r for r, m in zip(result.masks, masks, strict=True) if (m & big).any())
-    assert (rle_to_mask(stitched["segmentation"]) == big).all()
-    assert stitched["tiles"] == [0, 1, 2, 3] and stitched["area"] == int(big.sum())
-    assert stitched["box"] == mask_box(big)
+    assert (rle_to_mask(stitched.rle) == big).all()
+    assert stitched.tiles == [0, 1, 2, 3] and stitched.area == int(big.sum())
+    assert stitched.box == mask_box(big)
     other = next(r for r in result.masks if r is not stitched)
-    assert (rle_to_mask(other["segmentation"]) == small).all() and other["tiles"] == [0]
+    assert (rle_to_mask(other.rle) == small).all() and other.tiles == [0]
 
 
 def test_stitched_masks_are_capped_by_the_engine_and_the_request():
@@ -132,8 +132,8 @@ def test_an_object_inside_an_overlap_is_not_left_twice():
     image[obj] = (255, 1, 0)
     result = segment_tiles(ObjectPixels(), Job(image, None, {}), Tiling(552, 104))
     assert result.tiling is not None and result.tiling["tiles"] == 2
-    assert len(result.masks) == 1 and (rle_to_mask(result.masks[0]["segmentation"]) == obj).all()
-    assert result.masks[0]["tiles"] == [0, 1]
+    assert len(result.masks) == 1 and (rle_to_mask(result.masks[0].rle) == obj).all()
+    assert result.masks[0].tiles == [0, 1]
 
 
 def test_each_prompt_runs_on_a_window_around_it_at_native_resolution():
@@ -148,10 +148,10 @@ def test_each_prompt_runs_on_a_window_around_it_at_native_resolution():
     engine = ObjectPixels()
     result = segment_windows(engine, Job(image, prompts), Tiling(512, 64))
     assert engine.shapes == [(512, 512), (2000, 3000)]
-    first = next(m for m in result.masks if m["prompt_index"] == 0)
+    first = next(m for m in result.masks if m.prompt_index == 0)
     inside = np.zeros_like(big)
     inside[900:1101, 1400:1601] = True
-    assert (rle_to_mask(first["segmentation"]) == (big & inside)).all()
+    assert (rle_to_mask(first.rle) == (big & inside)).all()
     assert result.tiling is not None and result.tiling["tiles"] == 2
 
 
@@ -198,8 +198,8 @@ def test_a_batch_shard_records_the_tiling_in_masks_json(fast_engine):
     assert line["status"] == "succeeded"
     doc = json.loads(store.objects[(RESULTS, "results/batches/b1/big.png/masks.json")].data)
     assert doc["tiling"] == {"tile": 96, "overlap": 24, "tiles": 4, "grid": [2, 2]}
-    assert doc["mask_count"] > 0 and all(m["segmentation"]["size"] == [130, 160] for m in doc["masks"])
-    assert all(set(m["tiles"]) <= {0, 1, 2, 3} for m in doc["masks"])
+    assert doc["mask_count"] > 0 and all(m.rle["size"] == [130, 160] for m in doc["masks"])
+    assert all(set(m.tiles) <= {0, 1, 2, 3} for m in doc["masks"])
     assert line["tiling"] == doc["tiling"]
     markdown = _report_markdown([line])
     assert "from 4 tiles (2x2, 96 px / 24 overlap)" in markdown

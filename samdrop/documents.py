@@ -14,7 +14,7 @@ Vertex AI passes predictions through protobuf ``Value`` (every number arrives as
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict, cast
@@ -544,7 +544,3 @@ def tiling_record(raw: Any) -> TilingRecord | None:
         grid=[int(raw["grid"][0]), int(raw["grid"][1])],
     )
 
-
-def masks_of(records: Sequence[Mapping[str, Any]]) -> list[MaskRecord]:
-    """Mask records from the engine's dicts (see ``predictor.engine.MaskSet``)."""
-    return [MaskRecord.from_json(record) for record in records]

@@ -15,7 +15,7 @@ NMS and outputs, and changes how the work is done:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -130,25 +130,7 @@ class FastMaskGenerator(SamAutomaticMaskGenerator):
         for start in range(0, len(points), self.points_per_batch):
             batch = points[start : start + self.points_per_batch]
             parts.append(self._process_points(batch, context, input_size, crop_size, crop_box, orig_size))
-        data = MaskData(
-            rles=[rle for part in parts for rle in part["rles"]],
-            **{
-                key: torch.cat([part[key] for part in parts])
-                for key in ("boxes", "iou_preds", "points", "stability_score")
-            },
-        )
-        # Remove duplicates within this crop (the reference's NMS, same scores and threshold).
-        keep = batched_nms(
-            data["boxes"].float(),
-            data["iou_preds"],
-            torch.zeros(len(data["boxes"])),
-            iou_threshold=self.box_nms_thresh,
-        )
-        data.filter(keep)
-        data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
-        data["points"] = uncrop_points(data["points"], crop_box)
-        data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))])
-        return data
+        return crop_data(parts, crop_box, self.box_nms_thresh)
 
     def _process_points(
         self,
@@ -231,6 +213,26 @@ class FastMaskGenerator(SamAutomaticMaskGenerator):
 
 
 CANDIDATE_KEYS = ("boxes", "iou_preds", "points", "stability_score")  # MaskData's tensors
+
+
+def crop_data(parts: Sequence[dict[str, Any]], crop_box: list[int], box_nms_thresh: float) -> MaskData:
+    """One crop's candidates (:func:`kept_candidates` per point batch) joined, de-duplicated by the
+    reference's NMS (same scores and threshold) and moved from crop to image coordinates."""
+    data = MaskData(
+        rles=[rle for part in parts for rle in part["rles"]],
+        **{key: torch.cat([part[key] for part in parts]) for key in CANDIDATE_KEYS},
+    )
+    keep = batched_nms(
+        data["boxes"].float(),
+        data["iou_preds"],
+        torch.zeros(len(data["boxes"])),
+        iou_threshold=box_nms_thresh,
+    )
+    data.filter(keep)
+    data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
+    data["points"] = uncrop_points(data["points"], crop_box)
+    data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))])
+    return data
 
 
 def kept_candidates(

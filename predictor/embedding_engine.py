@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ import torch
 if TYPE_CHECKING:
     from predictor.engine import Job, MaskSet
     from predictor.instances import Prompts
+    from samdrop.settings import Settings
 
 E = TypeVar("E")  # the family's embedding of one image
 
@@ -154,6 +155,19 @@ class EmbeddingEngine(abc.ABC, Generic[E]):
         """bf16 autocast when the engine runs bf16."""
         with bf16_autocast(self.precision, self.device):
             yield
+
+
+def engine_options(settings: Settings) -> dict[str, Any]:
+    """The settings every SAM engine's constructor takes, by keyword (budgets, batching, cache)."""
+    return {
+        "batch_size": settings.batch_size,
+        "points_per_batch": settings.points_per_batch,
+        "cache_size": settings.embedding_cache_size,
+        "max_masks": settings.max_masks,
+        "max_points_per_batch": settings.max_points_per_batch,
+        "decoder_memory_bytes": settings.decoder_memory_bytes,
+        "max_auto_points": settings.max_auto_points,
+    }
 
 
 @contextlib.contextmanager

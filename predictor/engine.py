@@ -30,7 +30,7 @@ from segment_anything.utils.amg import calculate_stability_score
 
 from predictor.automatic import FastMaskGenerator
 from predictor.decoder import DecoderContext, FastDecoder
-from predictor.embedding_engine import EmbeddingEngine
+from predictor.embedding_engine import EmbeddingEngine, engine_options
 from predictor.fast import enable_sdpa
 from predictor.hardware import resolve_compile, resolve_precision, use_compile_cache
 from predictor.instances import Prompts, refuse_sam2_options
@@ -166,17 +166,11 @@ class SamEngine(EmbeddingEngine[Embedding]):
         if compile_decoder:
             use_compile_cache(settings.cache_dir)
         options: dict[str, Any] = {
+            **engine_options(settings),
             "precision": resolve_precision(settings.precision, device),
             "compile": compile_decoder,
             "fast": settings.fast_path,
-            "batch_size": settings.batch_size,
-            "points_per_batch": settings.points_per_batch,
-            "cache_size": settings.embedding_cache_size,
-            "max_masks": settings.max_masks,
             "random_weights": settings.model_type == "tiny",
-            "max_points_per_batch": settings.max_points_per_batch,
-            "decoder_memory_bytes": settings.decoder_memory_bytes,
-            "max_auto_points": settings.max_auto_points,
         }
         return cls(model, settings.model_type, **{**options, **overrides})
 

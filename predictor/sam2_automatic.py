@@ -28,15 +28,13 @@ from segment_anything.utils.amg import (
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
     generate_crop_boxes,
-    uncrop_boxes_xyxy,
-    uncrop_points,
 )
 from torchvision.ops.boxes import batched_nms, box_area
 
 from predictor.automatic import (
-    CANDIDATE_KEYS,
     UPSAMPLE_BUDGET_PIXELS,
     FastMaskGenerator,
+    crop_data,
     kept_candidates,
 )
 from samdrop.models import PRED_IOU_THRESH
@@ -150,18 +148,7 @@ class Sam2MaskGenerator:
             )
             for i in range(0, len(points), self.points_per_batch)
         ]
-        data = MaskData(
-            rles=[rle for part in parts for rle in part["rles"]],
-            **{key: torch.cat([part[key] for part in parts]) for key in CANDIDATE_KEYS},
-        )
-        keep = batched_nms(
-            data["boxes"].float(), data["iou_preds"], torch.zeros(len(data["boxes"])), self.box_nms_thresh
-        )
-        data.filter(keep)
-        data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
-        data["points"] = uncrop_points(data["points"], crop_box)
-        data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))])
-        return data
+        return crop_data(parts, crop_box, self.box_nms_thresh)
 
     def _process_batch(
         self,

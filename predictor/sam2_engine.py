@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from segment_anything.utils.amg import calculate_stability_score
 
 from predictor import hf_weights
-from predictor.embedding_engine import EmbeddingEngine
+from predictor.embedding_engine import EmbeddingEngine, engine_options
 from predictor.engine import MaskSet, device_memory_bytes, pick_device
 from predictor.hardware import resolve_precision
 from predictor.instances import Prompts
@@ -122,15 +122,9 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         info = model_info(settings.model_type)
         model = load_sam2(info, settings.checkpoint, settings.cache_dir, device)
         options: dict[str, Any] = {
+            **engine_options(settings),
             "checkpoint": settings.checkpoint if settings.checkpoint not in (None, "auto") else info.source,
             "precision": resolve_precision(settings.precision, device),
-            "batch_size": settings.batch_size,
-            "points_per_batch": settings.points_per_batch,
-            "cache_size": settings.embedding_cache_size,
-            "max_masks": settings.max_masks,
-            "max_points_per_batch": settings.max_points_per_batch,
-            "decoder_memory_bytes": settings.decoder_memory_bytes,
-            "max_auto_points": settings.max_auto_points,
         }
         return cls(model, settings.model_type, **{**options, **overrides})
 

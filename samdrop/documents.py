@@ -543,4 +543,3 @@ def tiling_record(raw: Any) -> TilingRecord | None:
         tiles=int(raw["tiles"]),
         grid=[int(raw["grid"][0]), int(raw["grid"][1])],
     )
-

@@ -15,11 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.weights_server import serving
 
 TOKEN = "hf_test_token"
 
@@ -117,13 +118,6 @@ def serve_hub(repos: dict[str, dict[str, bytes]], gated: set[str] | None = None)
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    hub.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as base_url:
+        hub.base_url = base_url
         yield hub
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.predictor_bench import seeded_checkpoint  # noqa: E402
 from pipeline.plots import bar_chart, line_chart  # noqa: E402
 from predictor.engine import Job, SamEngine, pick_device  # noqa: E402
-from predictor.hardware import cpu_features, cpu_name, resolve_compile, resolve_precision  # noqa: E402
+from predictor.hardware import machine_record, resolve_compile, resolve_precision  # noqa: E402
 from predictor.registry import build_sam, load_sam  # noqa: E402
 from samdrop.documents import MaskRecord  # noqa: E402
 from samdrop.masks import rle_to_mask  # noqa: E402
@@ -238,14 +237,7 @@ def main() -> None:
 
     device = pick_device(args.device)
     checkpoint = seeded_checkpoint(args.model_type, args.checkpoint, Path(args.workdir))
-    machine = {
-        "cpu": cpu_name(),
-        "cpu_features": cpu_features(),
-        "threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
+    machine = machine_record(device)
     print(f"{machine['gpu'] or machine['cpu']} ({machine['threads']} threads), {args.model_type}")
     args.output.mkdir(parents=True, exist_ok=True)
     if args.compile_start:

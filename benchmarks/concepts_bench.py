@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -43,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from predictor.concepts import ConceptEngine, ConceptMasks, ConceptThresholds  # noqa: E402
-from predictor.hardware import cpu_features, cpu_name, resolve_precision  # noqa: E402
+from predictor.hardware import machine_record, resolve_precision  # noqa: E402
 from tests.unit.test_concepts import SIDE, tiny_config, tiny_tokenizer  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -175,14 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "concepts": CONCEPTS,
         "score_threshold": args.score_threshold,
         "batch_size": args.batch_size,
-        "machine": {
-            "cpu": cpu_name(),
-            "cpu_features": cpu_features(),
-            "threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+        "machine": {**machine_record(torch.device("cpu")), "transformers": transformers.__version__},
         "auto_precision": precision,
         "bf16_ran": "ours_bf16" in runs,
         "build_model_s": round(build_s, 1),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from predictor.engine import pick_device  # noqa: E402
-from predictor.hardware import cpu_features, cpu_name, resolve_precision  # noqa: E402
+from predictor.hardware import machine_record, resolve_precision  # noqa: E402
 from predictor.sam2_engine import Sam2Engine  # noqa: E402
 
 SEED = 20261203
@@ -118,13 +117,8 @@ def main() -> None:
     generator = pipeline("mask-generation", model=model, image_processor=Sam2ImageProcessor(), device=device)
     image = square_image(args.side)
     machine = {
-        "cpu": cpu_name(),
-        "cpu_features": cpu_features(),
-        "threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-        "torch": torch.__version__,
+        **machine_record(device),
         "transformers": transformers.__version__,
-        "python": platform.python_version(),
         "load_average_1m_at_start": round(os.getloadavg()[0], 2),  # a shared machine inflates both
     }
     print(f"{machine['gpu'] or machine['cpu']} ({machine['threads']} threads); weights: {weights}")

@@ -37,6 +37,18 @@ def cpu_features() -> dict[str, bool]:
     }
 
 
+def machine_record(device: torch.device) -> dict[str, object]:
+    """What a benchmark's figures were measured on: CPU (name and features), threads, GPU, versions."""
+    return {
+        "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 matrix products in hardware."""
     if device.type == "cuda":

@@ -174,8 +174,10 @@ def _prompt_entry(entry: Any, where: str) -> dict[str, Any]:
     prompts = check_prompts(entry, where=where)
     if prompts and "amg" in prompts:
         raise InvalidPrompt(f"{where}: automatic-mask parameters go in the _READY body's amg, not per file")
-    if not prompts or not {"points", "boxes", "outputs", "label", "tiling"} & set(prompts):
-        raise InvalidPrompt(f"{where} has neither points nor boxes (leave the file out for automatic masks)")
+    if not prompts or not {"points", "boxes", "text", "outputs", "label", "tiling"} & set(prompts):
+        raise InvalidPrompt(
+            f"{where} has neither points, boxes nor text (leave the file out for automatic masks)"
+        )
     return prompts
 
 

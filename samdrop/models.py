@@ -65,7 +65,8 @@ class ModelInfo:
 MODELS: tuple[ModelInfo, ...] = (
     ModelInfo(
         "sam3", "sam3", HF_REPO, "facebook/sam3", "SAM-License", gated=True, text=True,
-        note="text concepts and prompts; gated: accept the licence on Hugging Face and set HF_TOKEN",
+        prompts=False, automatic=False,  # concepts only (optionally with exemplar boxes)
+        note="text concepts; gated: accept the licence on Hugging Face and set HF_TOKEN",
     ),
     ModelInfo(
         "sam2.1_hiera_large", "sam2.1", HF_REPO, "facebook/sam2.1-hiera-large", "Apache-2.0",

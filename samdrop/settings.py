@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from samdrop.budgets import DEFAULT_MAX_JSON_DEPTH
+from samdrop.concepts import MAX_CONCEPT_CHARS, MAX_CONCEPTS_PER_IMAGE
 from samdrop.errors import ConfigError
 from samdrop.models import MODEL_TYPES, NO_WEIGHTS, model_info, unknown_type_message
 
@@ -175,6 +176,12 @@ class Settings:
     )
     max_instances: int = _env("SAMDROP_MAX_INSTANCES", 32, "instances per :predict request", int)
     max_prompts: int = _env("SAMDROP_MAX_PROMPTS", 64, "boxes, and points, per image", int)
+    max_concepts: int = _env(
+        "SAMDROP_MAX_CONCEPTS", MAX_CONCEPTS_PER_IMAGE, "SAM 3 text concepts per image", int
+    )
+    max_concept_chars: int = _env(
+        "SAMDROP_MAX_CONCEPT_CHARS", MAX_CONCEPT_CHARS, "characters per SAM 3 text concept", int
+    )
     max_auto_points: int = _env(
         "SAMDROP_MAX_AUTO_POINTS",
         65_536,
@@ -310,6 +317,8 @@ class Settings:
             "max_request_bytes",
             "max_instances",
             "max_prompts",
+            "max_concepts",
+            "max_concept_chars",
             "max_auto_points",
             "max_points_per_batch",
             "max_json_depth",

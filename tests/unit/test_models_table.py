@@ -183,14 +183,26 @@ def test_a_gs_folder_checkpoint_is_copied_once_and_serves(tmp_path, monkeypatch,
 
 
 def test_text_is_refused_by_models_that_take_none():
-    from types import SimpleNamespace
-
-    from predictor.cpr import refuse_text
+    from predictor.instances import check_model_takes, parse_instance
     from samdrop.errors import InvalidRequest
 
+    text = parse_instance({"text": "a cup", "gcs_uri": "gs://b/a.png"}).prompts
+    points = parse_instance({"points": [[1, 1]], "gcs_uri": "gs://b/a.png"}).prompts
     for model_type in ("vit_b", "sam2.1_hiera_tiny", "classic", "tiny"):
         with pytest.raises(InvalidRequest, match="text concepts need sam3") as caught:
-            refuse_text({"text": "a cup", "image": "…"}, SimpleNamespace(model_type=model_type))
+            check_model_takes(text, model_type)
         assert caught.value.code == "invalid_request" and model_type in caught.value.message
-    refuse_text({"text": "a cup"}, SimpleNamespace(model_type="sam3"))
-    refuse_text({"points": [[1, 1]]}, SimpleNamespace(model_type="vit_b"))
+        check_model_takes(points, model_type)
+        check_model_takes(None, model_type)
+    check_model_takes(text, "sam3")
+
+
+@pytest.mark.parametrize(("prompts", "what"), [({"points": [[1, 1]]}, "points and boxes"), ({}, "automatic")])
+def test_sam3_refuses_anything_but_text(prompts, what):
+    from predictor.instances import check_model_takes, parse_instance
+    from samdrop.errors import InvalidRequest
+
+    instance = parse_instance({**prompts, "gcs_uri": "gs://b/a.png"})
+    words = f"sam3 segments text concepts only and cannot make {what}.*SAM 2.1"
+    with pytest.raises(InvalidRequest, match=words):
+        check_model_takes(instance.prompts, "sam3")

@@ -144,9 +144,11 @@ def names(family: str | None = None, *, weights: str | None = None) -> tuple[str
 
 
 def auto_candidates() -> tuple[str, ...]:
-    """The types ``auto`` looks for in the cache, best first: newest family, then largest."""
+    """The types ``auto`` looks for in the cache, best first: newest family, then largest. Only
+    types that make automatic masks (an upload without prompts asks for them)."""
     ranked = sorted(
-        (info for info in MODELS if info.needs_weights), key=lambda info: FAMILIES.index(info.family)
+        (info for info in MODELS if info.needs_weights and info.automatic),
+        key=lambda info: FAMILIES.index(info.family),
     )
     return tuple(info.name for info in ranked)
 

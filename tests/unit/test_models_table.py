@@ -112,12 +112,6 @@ def test_auto_reads_the_backbone_of_a_folder_its_name_does_not_explain(tmp_path)
         resolve_model(Settings(checkpoint=str(tmp_path / "other"), cache_dir=tmp_path))
 
 
-def test_sam3_without_its_engine_module_says_not_wired(tmp_path, monkeypatch):
-    monkeypatch.setattr("predictor.backends.concepts_available", lambda: False)
-    with pytest.raises(ConfigError, match="not wired yet"):
-        load_engine(Settings(model_type="sam3", cache_dir=tmp_path))
-
-
 def test_a_missing_sam2_checkpoint_says_what_a_checkpoint_is(tmp_path):
     with pytest.raises(ConfigError, match=r"config\.json and model\.safetensors"):
         load_engine(Settings(model_type="sam2.1_hiera_tiny", checkpoint=str(tmp_path / "none")))

@@ -255,11 +255,12 @@ def write_exports(
     with ThreadPoolExecutor(8, thread_name_prefix="samdrop-export") as pool:
         images = list(pool.map(one, succeeded))
     bucket = paths.output_bucket
-    coco = coco_instances(images, description=f"samdrop batch {paths.batch_id}")
+    concepts = options.text or ()
+    coco = coco_instances(images, description=f"samdrop batch {paths.batch_id}", concepts=concepts)
     _write_json(store, bucket, paths.report(COCO_FILE), coco, marker_generation)
     written = {"coco": paths.uri(paths.report(COCO_FILE))}
     if "yolo" in options.outputs:
-        names = categories(images)
+        names = categories(images, concepts)
         for image in images:
             label = yolo_labels(image, names).encode("utf-8")
             _write(

@@ -61,7 +61,7 @@ class Sam3Engine:
         checkpoint = settings.checkpoint if settings.checkpoint not in (None, "auto") else None
         folder = hf_weights.resolve(info, checkpoint, settings.cache_dir)
         random_weights = bool(overrides.pop("random_weights", False))
-        thresholds = overrides.pop("thresholds", None)
+        thresholds = overrides.pop("thresholds", ConceptThresholds(score=settings.concept_score_threshold))
         options: dict[str, Any] = {
             "batch_size": settings.batch_size,
             "max_concepts": settings.max_concepts,

@@ -182,6 +182,12 @@ class Settings:
     max_concept_chars: int = _env(
         "SAMDROP_MAX_CONCEPT_CHARS", MAX_CONCEPT_CHARS, "characters per SAM 3 text concept", int
     )
+    concept_score_threshold: float = _env(
+        "SAMDROP_CONCEPT_SCORE_THRESHOLD",
+        0.5,
+        "SAM 3 keeps instances whose score (detection x presence) is above this, in [0, 1]",
+        float,
+    )
     max_auto_points: int = _env(
         "SAMDROP_MAX_AUTO_POINTS",
         65_536,
@@ -324,6 +330,8 @@ class Settings:
             "max_json_depth",
             "max_object_name_bytes",
         )
+        if not 0 <= self.concept_score_threshold <= 1:
+            yield f"SAMDROP_CONCEPT_SCORE_THRESHOLD must be within [0, 1], got {self.concept_score_threshold}"
         if self.tile_above_pixels < 0:
             yield f"SAMDROP_TILE_ABOVE_PIXELS must be 0 (off) or a pixel count, got {self.tile_above_pixels}"
         if not 0 <= self.tile_overlap < self.tile_size // 2 or self.tile_size < 64:

@@ -44,6 +44,15 @@ def categories(images: Sequence[ExportImage], concepts: Sequence[str] = ()) -> l
     return known + rest + ([DEFAULT_CATEGORY] if unnamed or not (known or named) else [])
 
 
+def label_counts(images: Sequence[ExportImage], concepts: Sequence[str] = ()) -> dict[str, int]:
+    """Masks per category of :func:`categories` (in its order; a concept that found nothing: 0)."""
+    counts = dict.fromkeys(categories(images, concepts), 0)
+    for image in images:
+        for mask in image.doc.masks:
+            counts[mask.label or DEFAULT_CATEGORY] += 1
+    return counts
+
+
 def coco_instances(
     images: Sequence[ExportImage], *, description: str, concepts: Sequence[str] = ()
 ) -> JsonObject:

@@ -98,7 +98,10 @@ def test_one_ready_line_labels_a_batch_with_its_concept(sam3_stack, tmp_path: Pa
     coco_file.write_bytes(results.blob(folder + "annotations.coco.json").download_as_bytes())
     coco = COCO(str(coco_file))
     assert [(c["id"], c["name"]) for c in coco.dataset["categories"]] == [(1, CONCEPT)]
-    assert len(coco.getAnnIds()) == sum(len(masks) for masks in found.values()) > 0
+    masks = sum(len(masks) for masks in found.values())
+    assert len(coco.getAnnIds()) == masks > 0
+    summary = json.loads(results.blob(folder + "summary.json").download_as_bytes())
+    assert summary["label_counts"] == {CONCEPT: masks}
     assert sorted(image["file_name"] for image in coco.dataset["images"]) == files
     for image in coco.dataset["images"]:
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]])):

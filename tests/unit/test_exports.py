@@ -167,7 +167,7 @@ def test_batch_concepts_are_the_categories_in_order_even_without_masks():
     from types import SimpleNamespace
     from typing import Any, cast
 
-    from pipeline.exports import ExportImage, categories, coco_instances
+    from pipeline.exports import ExportImage, categories, coco_instances, label_counts
 
     mask = np.zeros((8, 8), dtype=bool)
     mask[2:5, 2:6] = True
@@ -182,3 +182,4 @@ def test_batch_concepts_are_the_categories_in_order_even_without_masks():
     coco = coco_instances(images, description="t", concepts=["zebra", "tree"])
     assert [c["name"] for c in coco["categories"]] == ["zebra", "tree"]
     assert coco["annotations"][0]["category_id"] == 2
+    assert label_counts(images, ["zebra", "tree"]) == {"zebra": 0, "tree": 1}

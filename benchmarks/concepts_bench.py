@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 from predictor.concepts import ConceptEngine, ConceptMasks, ConceptThresholds  # noqa: E402
 from predictor.hardware import machine_record, resolve_precision  # noqa: E402
-from tests.unit.test_concepts import SIDE, tiny_config, tiny_tokenizer  # noqa: E402
+from tests.sam3_models import SIDE, tiny_tokenizer  # noqa: E402
+from tests.sam3_models import tiny_sam3_config as tiny_config  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 CONCEPTS = ["person", "cat", "cup", "rocket"]

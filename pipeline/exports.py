@@ -3,7 +3,8 @@
 * ``annotations.coco.json``: a COCO instances file (``pycocotools.coco.COCO`` loads it; CVAT, Label
   Studio and FiftyOne import it): one image per succeeded input (``file_name`` relative to the
   batch folder), one annotation per mask (COCO RLE ``segmentation``, ``bbox`` XYWH px, ``area`` px,
-  ``score``), one category per label the prompts named, ``object`` for masks without one.
+  ``score``), one category per label the prompts named (a batch's ``_READY`` ``text`` concepts
+  first, in their order, each even without masks), ``object`` for masks without one.
 * ``yolo/<file stem>.txt`` + ``yolo/data.yaml`` (``_READY`` ``"outputs": ["yolo"]``): YOLO-seg
   labels, one line per outer polygon ring, ``class x1 y1 x2 y2 ...`` normalised to [0, 1] by the
   image's width and height (holes cannot be expressed in YOLO-seg and are left out); class ``i`` is
@@ -33,16 +34,31 @@ class ExportImage:
     doc: MasksDocument
 
 
-def categories(images: Sequence[ExportImage]) -> list[str]:
-    """Category names in a stable order: the labels used, sorted, then ``object`` if a mask has none."""
+def categories(images: Sequence[ExportImage], concepts: Sequence[str] = ()) -> list[str]:
+    """Category names in a stable order: the batch's ``concepts`` as given (each one, even if it
+    found nothing), then the other labels used, sorted, then ``object`` if a mask has none."""
     named = {m.label for image in images for m in image.doc.masks if m.label is not None}
     unnamed = any(m.label is None for image in images for m in image.doc.masks)
-    return sorted(named) + ([DEFAULT_CATEGORY] if unnamed or not named else [])
+    known = list(dict.fromkeys(concepts))
+    rest = sorted(named - set(known))
+    return known + rest + ([DEFAULT_CATEGORY] if unnamed or not (known or named) else [])
 
 
-def coco_instances(images: Sequence[ExportImage], *, description: str) -> JsonObject:
-    """The COCO instances document of ``images`` (ids count from 1, in the order given)."""
-    names = categories(images)
+def label_counts(images: Sequence[ExportImage], concepts: Sequence[str] = ()) -> dict[str, int]:
+    """Masks per category of :func:`categories` (in its order; a concept that found nothing: 0)."""
+    counts = dict.fromkeys(categories(images, concepts), 0)
+    for image in images:
+        for mask in image.doc.masks:
+            counts[mask.label or DEFAULT_CATEGORY] += 1
+    return counts
+
+
+def coco_instances(
+    images: Sequence[ExportImage], *, description: str, concepts: Sequence[str] = ()
+) -> JsonObject:
+    """The COCO instances document of ``images`` (ids count from 1, in the order given; categories
+    by :func:`categories`)."""
+    names = categories(images, concepts)
     category_id = {name: index + 1 for index, name in enumerate(names)}
     coco_images: list[JsonObject] = []
     annotations: list[JsonObject] = []

@@ -22,7 +22,7 @@ from samdrop.layout import input_generation, json_record, write_output
 from samdrop.prompts import check_amg, check_prompts, check_tiling
 from samdrop.storage import ObjectInfo, ObjectStore
 
-READY_KEYS = ("prompts", "amg", "shard_size", "multimask", "outputs", "tiling")
+READY_KEYS = ("prompts", "amg", "shard_size", "multimask", "outputs", "tiling", "text")
 # What a _READY body's "outputs" may add: polygons in every mask record, YOLO-seg labels for the batch.
 BATCH_OUTPUTS = ("polygons", "yolo")
 MAX_SHARD_SIZE = 10_000
@@ -42,8 +42,10 @@ class TreeStore(ObjectStore, Protocol):
 class BatchOptions:
     """``_READY`` body: ``prompts`` file name (in the batch folder), automatic-mask parameters for
     images without prompts, ``shard_size`` (0: automatic, see :func:`shard_size_for`), a default
-    ``multimask``, extra ``outputs`` (``polygons`` per mask, ``yolo`` labels for the batch) and the
-    images' ``tiling`` (see :func:`samdrop.prompts.check_tiling`)."""
+    ``multimask``, extra ``outputs`` (``polygons`` per mask, ``yolo`` labels for the batch), the
+    images' ``tiling`` (see :func:`samdrop.prompts.check_tiling`) and ``text``: SAM 3 concepts for
+    every image without its own ``prompts.json`` entry (one line for a whole drop); they are the
+    batch's COCO categories and YOLO classes, in this order, even those that found nothing."""
 
     prompts: str = PROMPTS_FILE
     prompts_named: bool = False  # the body named the file: then it must exist
@@ -52,6 +54,14 @@ class BatchOptions:
     multimask: bool | None = None
     outputs: list[str] = field(default_factory=list)
     tiling: bool | dict[str, int] | None = None  # every image's, unless its prompts entry says
+    text: list[str] | None = None
+
+    def prompts_for(self, entry: dict[str, Any] | None) -> dict[str, Any]:
+        """An image's checked prompts: its own ``prompts.json`` entry, else the batch's ``text``
+        concepts, else none (automatic masks)."""
+        if entry:
+            return entry
+        return {"text": list(self.text)} if self.text else {}
 
 
 @dataclass(frozen=True)
@@ -186,7 +196,15 @@ def parse_ready(body: bytes, *, default_shard_size: int, where: str = READY) -> 
             tiling = check_tiling(tiling, where=f"{where}: tiling")
         except PermanentError as exc:
             raise InvalidRequest(exc.message) from None
-    return BatchOptions(prompts, "prompts" in raw, dict(amg), shard_size, multimask, list(outputs), tiling)
+    concepts: list[str] | None = None
+    if "text" in raw:
+        try:
+            concepts = (check_prompts({"text": raw["text"]}, where=f"{where}:") or {})["text"]
+        except PermanentError as exc:
+            raise InvalidRequest(exc.message) from None
+    return BatchOptions(
+        prompts, "prompts" in raw, dict(amg), shard_size, multimask, list(outputs), tiling, concepts
+    )
 
 
 def parse_prompts_file(data: bytes, *, where: str) -> dict[str, dict[str, Any] | PermanentError]:
@@ -216,8 +234,10 @@ def _prompt_entry(entry: Any, where: str) -> dict[str, Any]:
     prompts = check_prompts(entry, where=where)
     if prompts and "amg" in prompts:
         raise InvalidPrompt(f"{where}: automatic-mask parameters go in the _READY body's amg, not per file")
-    if not prompts or not {"points", "boxes", "outputs", "label", "tiling"} & set(prompts):
-        raise InvalidPrompt(f"{where} has neither points nor boxes (leave the file out for automatic masks)")
+    if not prompts or not {"points", "boxes", "text", "outputs", "label", "tiling"} & set(prompts):
+        raise InvalidPrompt(
+            f"{where} has neither points, boxes nor text (leave the file out for automatic masks)"
+        )
     return prompts
 
 

@@ -33,6 +33,7 @@ from predictor import (
     MaskSet,
     Prompts,
     Tiling,
+    check_model_takes,
     check_prompts_fit,
     prompts_from,
     resolve_tiling,
@@ -200,7 +201,8 @@ class ShardWorker:
 
     def _prompts(self, item: PlanItem, image: np.ndarray) -> Prompts | None:
         """The item's ``prompts.json`` entry, checked once by the listing step, as arrays."""
-        prompts = prompts_from(item.prompts or {}, multimask=self.options.multimask)
+        prompts = prompts_from(self.options.prompts_for(item.prompts), multimask=self.options.multimask)
+        check_model_takes(prompts, self.engine.model_type)
         if prompts is not None:
             check_prompts_fit(prompts, image.shape[1], image.shape[0])
         return prompts

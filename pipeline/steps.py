@@ -21,6 +21,7 @@ from pipeline.exports import (
     ExportImage,
     categories,
     coco_instances,
+    label_counts,
     yolo_data_yaml,
     yolo_label_name,
     yolo_labels,
@@ -190,8 +191,9 @@ def aggregate_step(ctx: Context, batch_id: str, bucket: str) -> tuple[dict[str, 
             file.content_type,
             marker_generation,
         )
-    exports = write_exports(ctx.store, paths, lines, plan.options, marker_generation)
+    exports, counts = write_exports(ctx.store, paths, lines, plan.options, marker_generation)
     summary["exports"] = exports
+    summary["label_counts"] = counts
     _write_json(ctx.store, paths.output_bucket, paths.summary, summary, marker_generation)
     bodies = {
         file.name: file.data.decode("utf-8") for file in files if file.name in ("report.md", "report.html")
@@ -241,9 +243,10 @@ def write_exports(
     lines: list[dict[str, Any]],
     options: BatchOptions,
     marker_generation: int,
-) -> dict[str, str]:
+) -> tuple[dict[str, str], dict[str, int]]:
     """Write ``annotations.coco.json`` (always) and the YOLO-seg labels (``"outputs": ["yolo"]``)
-    from the succeeded images' ``masks.json``; returns ``{"coco": uri[, "yolo": data.yaml uri]}``."""
+    from the succeeded images' ``masks.json``; returns ``{"coco": uri[, "yolo": data.yaml uri]}``
+    and the masks per label (:func:`pipeline.exports.label_counts`)."""
     succeeded = [line for line in lines if line["status"] == "succeeded" and line["outputs"].get("metadata")]
 
     def one(line: Mapping[str, Any]) -> ExportImage:
@@ -253,11 +256,12 @@ def write_exports(
     with ThreadPoolExecutor(8, thread_name_prefix="samdrop-export") as pool:
         images = list(pool.map(one, succeeded))
     bucket = paths.output_bucket
-    coco = coco_instances(images, description=f"samdrop batch {paths.batch_id}")
+    concepts = options.text or ()
+    coco = coco_instances(images, description=f"samdrop batch {paths.batch_id}", concepts=concepts)
     _write_json(store, bucket, paths.report(COCO_FILE), coco, marker_generation)
     written = {"coco": paths.uri(paths.report(COCO_FILE))}
     if "yolo" in options.outputs:
-        names = categories(images)
+        names = categories(images, concepts)
         for image in images:
             label = yolo_labels(image, names).encode("utf-8")
             _write(
@@ -272,7 +276,7 @@ def write_exports(
         body = yolo_data_yaml(names, batch_uri=paths.input_uri).encode("utf-8")
         _write(store, bucket, data_yaml, body, "application/yaml", marker_generation)
         written["yolo"] = paths.uri(data_yaml)
-    return written
+    return written, label_counts(images, concepts)
 
 
 def _thumbnails(store: ObjectStore, lines: list[dict[str, Any]]) -> dict[str, bytes]:

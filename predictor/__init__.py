@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from predictor.instances import Prompts, check_prompts_fit, parse_prompts, prompts_from
+from predictor.instances import Prompts, check_model_takes, check_prompts_fit, parse_prompts, prompts_from
 
 if TYPE_CHECKING:  # the same names for mypy; at run time __getattr__ imports them on first use
     from predictor.backends import Engine, load_engine
@@ -38,6 +38,7 @@ __all__ = [
     "MaskSet",
     "Prompts",
     "Tiling",
+    "check_model_takes",
     "check_prompts_fit",
     "load_engine",
     "mask_polygons",

@@ -2,17 +2,18 @@
 
 Each family of :data:`samdrop.models.MODELS` has one engine class implementing :class:`Engine`:
 ``sam1`` (and ``tiny``) :class:`~predictor.engine.SamEngine`, ``sam2.1``
-:class:`~predictor.sam2_engine.Sam2Engine`, ``sam3`` ``predictor.concepts.Sam3Engine`` (built
-separately; refused with a clear message while absent), ``classic``
-:class:`~predictor.classic.ClassicEngine`.
+:class:`~predictor.sam2_engine.Sam2Engine`, ``sam3`` :class:`~predictor.sam3_engine.Sam3Engine`
+(text concepts only), ``classic`` :class:`~predictor.classic.ClassicEngine`.
 
 ``SAMDROP_MODEL_TYPE=auto`` (the default) resolves without touching the network:
 
 1. ``SAMDROP_CHECKPOINT`` set → the type its file or folder name says (``sam_vit_b…`` → ``vit_b``,
    ``…sam2.1-hiera-tiny`` → ``sam2.1_hiera_tiny``), else for a ``save_pretrained`` folder the SAM 2.1
    type whose backbone its ``config.json`` describes;
-2. else the best type whose weights are already cached — the newest family first (SAM 2.1 over
-   SAM 1), then the largest (put there by ``samdrop models pull TYPE``, a hand copy, or an earlier run);
+2. else the best type whose weights are already cached and that makes automatic masks (what an
+   upload without prompts asks; SAM 3 here takes text only, so auto never picks it) — the newest
+   family first (SAM 2.1 over SAM 1), then the largest (put there by ``samdrop models pull TYPE``,
+   a hand copy, or an earlier run);
 3. else ``classic`` (no weights).
 
 "Fetchable" thus means "configured": auto never starts a multi-GB download or waits on a network
@@ -21,8 +22,6 @@ probe at start-up; naming a type (``SAMDROP_MODEL_TYPE=sam2.1_hiera_tiny``) fetc
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,8 +33,6 @@ from predictor.engine import Job, MaskSet
 from samdrop.errors import ConfigError
 from samdrop.models import META_FILE, auto_candidates, model_info, names, type_from_name
 from samdrop.settings import Settings
-
-CONCEPTS_MODULE = "predictor.concepts"  # SAM 3's engine, built separately
 
 
 class Engine(Protocol):
@@ -83,21 +80,12 @@ def load_engine(settings: Settings, **overrides: Any) -> Engine:
 
         return Sam2Engine.from_settings(settings, **overrides)
     if family == "sam3":
-        if not concepts_available():
-            raise ConfigError(
-                f"model type {settings.model_type} is not wired yet in this build ({CONCEPTS_MODULE} is "
-                f"absent): choose one of {', '.join(names('sam2.1') + names('sam1'))}"
-            )
-        concepts: Any = importlib.import_module(CONCEPTS_MODULE)
-        return concepts.Sam3Engine.from_settings(settings, **overrides)  # type: ignore[no-any-return]
+        from predictor.sam3_engine import Sam3Engine
+
+        return Sam3Engine.from_settings(settings, **overrides)
     from predictor.engine import SamEngine
 
     return SamEngine.from_settings(settings, **overrides)
-
-
-def concepts_available() -> bool:
-    """Whether SAM 3's engine module is part of this build."""
-    return importlib.util.find_spec(CONCEPTS_MODULE) is not None
 
 
 def cached_weights(model_type: str, settings: Settings) -> Path | None:
@@ -125,8 +113,6 @@ def _auto_type(checkpoint: str | None, settings: Settings) -> str:
             )
         return named
     for model_type in auto_candidates():
-        if model_info(model_type).family == "sam3" and not concepts_available():
-            continue
         if cached_weights(model_type, settings) is not None:
             return model_type
     return "classic"

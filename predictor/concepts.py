@@ -23,7 +23,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from transformers import PreTrainedConfig, Sam3Model, Sam3Processor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
+from predictor.embedding_engine import bf16_autocast
 from predictor.hardware import resolve_precision
 from samdrop.concepts import (
     MAX_CONCEPT_CHARS,
@@ -113,6 +114,8 @@ class ConceptEngine:
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._text_cache_size = text_cache_size
         self._lock = threading.Lock()
+        if self.precision == "bf16" and self.device.type == "cpu":
+            _encode_boxes_in_fp32(model)
 
     @classmethod
     def from_pretrained(
@@ -345,13 +348,27 @@ class ConceptEngine:
         timings["masks"] = (time.perf_counter() - start) * 1000
         return _collect(found, width, height, timings)
 
-    @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
-        if self.precision == "bf16":
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
-                yield
-        else:
-            yield
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        return bf16_autocast(self.precision, self.device)
+
+
+def _encode_boxes_in_fp32(model: Any) -> None:
+    """Exemplar boxes are encoded in fp32, outside autocast: transformers hands torchvision's
+    ``roi_align`` an fp16 copy of bf16 features, for which CPU autocast has no rule ("Unexpected
+    floating ScalarType in at::autocast::prioritize")."""
+    encoder = model.geometry_encoder
+    original = encoder._encode_boxes
+
+    def encode(
+        boxes: torch.Tensor,
+        boxes_mask: torch.Tensor,
+        boxes_labels: torch.Tensor,
+        vision_features: torch.Tensor,
+    ) -> Any:
+        with torch.autocast(device_type="cpu", enabled=False):
+            return original(boxes.float(), boxes_mask, boxes_labels, vision_features.float())
+
+    encoder._encode_boxes = encode
 
 
 def _upsample(

@@ -23,7 +23,13 @@ from google.cloud.aiplatform.prediction.predictor import Predictor
 
 from predictor.backends import Engine, load_engine
 from predictor.engine import Job, MaskSet
-from predictor.instances import Instance, check_prompts_fit, parse_instance, tiled_logits_refused
+from predictor.instances import (
+    Instance,
+    check_model_takes,
+    check_prompts_fit,
+    parse_instance,
+    tiled_logits_refused,
+)
 from predictor.polygons import with_exports
 from predictor.tiling import Tiling, resolve_tiling, run_jobs
 from samdrop import budgets
@@ -38,7 +44,7 @@ from samdrop.errors import (
 )
 from samdrop.images import decode_image
 from samdrop.masks import mask_to_png, rle_to_mask
-from samdrop.models import BY_NAME, amg_used, model_info, text_refused
+from samdrop.models import BY_NAME, amg_used
 from samdrop.prompts import check_budget
 from samdrop.settings import Settings
 from samdrop.storage import GcsStore
@@ -120,8 +126,9 @@ class SamRoutine(Predictor):
             if isinstance(raw, dict) and isinstance(raw.get("file_path"), str):
                 slot.file_path = raw["file_path"]
             try:
-                refuse_text(raw, self.engine)
                 slot.instance = parse_instance(raw, parameters, where=f"instances[{slot.index}]")
+                if self.engine is not None:
+                    check_model_takes(slot.instance.prompts, self.engine.model_type)
                 check_budgets(slot.instance, self.settings)
             except SamdropError as exc:
                 slot.error = exc
@@ -299,16 +306,6 @@ def _timings(io_ms: dict[str, float], model_ms: dict[str, float]) -> dict[str, f
     do not overlap) and ``total`` (model + reading and decoding the image)."""
     model = round(sum(model_ms.values()), 2)
     return {**io_ms, **model_ms, "model": model, "total": round(model + sum(io_ms.values()), 2)}
-
-
-def refuse_text(raw: Any, engine: Engine | None) -> None:
-    """Text concepts reach only engines whose table entry takes text; any other answers
-    ``invalid_request`` naming the types that do (before the generic unknown-field check, so the
-    user learns which model to pick rather than that ``text`` is unknown)."""
-    if not isinstance(raw, dict) or "text" not in raw or engine is None:
-        return
-    if not model_info(engine.model_type).text:
-        raise InvalidRequest(text_refused(engine.model_type))
 
 
 def _takes_weights(model_type: str) -> bool:

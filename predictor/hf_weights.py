@@ -36,7 +36,11 @@ SAM2_BACKBONES: dict[tuple[int, tuple[int, ...]], str] = {
     (112, (2, 3, 16, 3)): "sam2.1_hiera_base_plus",
     (144, (2, 6, 36, 4)): "sam2.1_hiera_large",
 }
-ALLOW_PATTERNS = ["config.json", "model.safetensors", "preprocessor_config.json", "processor_config.json"]
+ALLOW_PATTERNS = [
+    "config.json", "model.safetensors", "preprocessor_config.json", "processor_config.json",
+    # SAM 3's text side: its tokenizer
+    "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+]  # fmt: skip
 
 
 def hub_cache(cache_dir: Path) -> Path:

@@ -15,6 +15,7 @@ import numpy as np
 
 from samdrop.documents import PromptsRecord
 from samdrop.errors import InvalidPrompt, InvalidRequest
+from samdrop.models import model_info, names, text_refused
 from samdrop.prompts import (
     AMG_DEFAULTS,
     PROMPT_KEYS,
@@ -25,7 +26,7 @@ from samdrop.prompts import (
 )
 
 IMAGE_FIELDS = ("gcs_uri", "generation", "image")
-PROMPT_FIELDS = ("points", "labels", "boxes", "multimask")
+PROMPT_FIELDS = ("points", "labels", "boxes", "multimask", "text", "box_labels")
 # What the request-level "parameters" may give every instance (an instance's own value wins).
 PARAMETER_DEFAULTS = ("multimask", "outputs", "tiling")
 OUTPUT_FIELDS = ("mask_format", "return_logits", "outputs", "label", "tiling")
@@ -41,16 +42,22 @@ class Prompts:
     points: ``Nx2 float32`` XY; labels: ``N int64`` (1 foreground, 0 background); boxes: ``Mx4 float32``
     XYXY. With boxes, each box is one prompt and the points (if any) join every box; without boxes,
     all points form one prompt. ``multimask`` None means :func:`samdrop.prompts.multimask_for` decides.
+    text: SAM 3 concept names (each one prompt; then ``boxes`` are exemplars shown with every
+    concept and ``box_labels`` ``M bool`` say which are positive; no points).
     """
 
     points: np.ndarray | None = None
     labels: np.ndarray | None = None
     boxes: np.ndarray | None = None
     multimask: bool | None = None
+    text: tuple[str, ...] | None = None
+    box_labels: tuple[bool, ...] | None = None
 
     @property
     def count(self) -> int:
-        """Number of prompts the decoder runs (one per box, or one for points only)."""
+        """Number of prompts the decoder runs (one per box, or one for points only; one per concept)."""
+        if self.text is not None:
+            return len(self.text)
         if self.boxes is not None:
             return len(self.boxes)
         return 1 if self.points is not None else 0
@@ -67,6 +74,11 @@ class Prompts:
             out["labels"] = [int(label) for label in self.labels.tolist()]
         if self.boxes is not None:
             out["boxes"] = [[float(v) for v in box] for box in self.boxes.tolist()]
+        if self.text is not None:
+            out["text"] = list(self.text)
+            if self.box_labels is not None:
+                out["box_labels"] = list(self.box_labels)
+            return out
         out["multimask"] = self.wants_multimask
         return out
 
@@ -117,8 +129,10 @@ def parse_instance(
         raise InvalidRequest("return_logits must be true or false")
     generation = _generation(raw.get("generation"), gcs_uri)
     tiling = checked.get("tiling")
-    if return_logits and prompts is None:
-        raise InvalidRequest("return_logits needs prompts (points or boxes): automatic masks have no logits")
+    if return_logits and (prompts is None or prompts.text is not None):
+        raise InvalidRequest(
+            "return_logits needs point or box prompts: automatic masks and text concepts have no logits"
+        )
     if return_logits and tiling not in (None, False):
         raise tiled_logits_refused('"tiling" asks for it')
     return Instance(
@@ -144,6 +158,8 @@ def _prompt_fields(raw: dict[str, Any], params: dict[str, Any]) -> dict[str, Any
         if legacy in raw and key not in raw:
             fields[key] = raw[legacy]
     for key in PARAMETER_DEFAULTS:
+        if key == "multimask" and "text" in fields:
+            continue  # a request-wide default for its point and box prompts, not for concepts
         if key not in fields and params.get(key) is not None:
             fields[key] = params[key]
     amg = raw.get("amg")
@@ -160,6 +176,12 @@ def prompts_from(checked: dict[str, Any], *, multimask: bool | None = None) -> P
     None when there are none (automatic masks). ``multimask``: the default when the prompts say none
     (a batch's ``_READY`` body)."""
     points, boxes = checked.get("points"), checked.get("boxes")
+    if checked.get("text"):
+        return Prompts(
+            boxes=np.asarray(boxes, dtype=np.float32) if boxes else None,
+            text=tuple(checked["text"]),
+            box_labels=tuple(checked["box_labels"]) if boxes else None,
+        )
     if not points and not boxes:
         return None
     return Prompts(
@@ -199,6 +221,23 @@ def check_prompts_fit(prompts: Prompts, width: int, height: int) -> None:
         if outside.any():
             index = int(np.argmax(outside))
             raise InvalidPrompt(f"box {index} {b[index].tolist()} lies outside the {width}x{height} image")
+
+
+def check_model_takes(prompts: Prompts | None, model_type: str) -> None:
+    """Raise :class:`InvalidRequest` when ``model_type`` cannot answer ``prompts``: text concepts
+    to a model without text (naming the types that take it), or anything but text to a text-only
+    model (SAM 3 through transformers' ``Sam3Model`` segments concepts, not points or a grid)."""
+    info = model_info(model_type)
+    has_text = prompts is not None and prompts.text is not None
+    if has_text and not info.text:
+        raise InvalidRequest(text_refused(model_type))
+    if not has_text and info.text and not (info.prompts or info.automatic):
+        what = "points and boxes" if prompts is not None else "automatic masks (no prompts)"
+        raise InvalidRequest(
+            f"model {model_type} segments text concepts only and cannot make {what}: send "
+            f'{{"text": ["car"]}} (optionally with exemplar boxes), or use a SAM 2.1 type '
+            f"({', '.join(names('sam2.1'))}) for points, boxes and automatic masks"
+        )
 
 
 def refuse_sam2_options(amg: dict[str, Any], model_type: str) -> None:

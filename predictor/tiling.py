@@ -99,7 +99,9 @@ def tile_grid(width: int, height: int, tiling: Tiling) -> Grid:
 
 
 def run_jobs(engine: Engine, jobs: Sequence[Job], tilings: Sequence[Tiling | None]) -> list[MaskSet]:
-    """``engine.run(jobs)``, except that a job with a tiling runs tiled (see the module's docstring)."""
+    """``engine.run(jobs)``, except that a job with a tiling runs tiled (see the module's docstring).
+    Text concepts (SAM 3) always run whole: tiling is not implemented for them yet."""
+    tilings = [None if _is_text(job) else tiling for job, tiling in zip(jobs, tilings, strict=True)]
     results: list[MaskSet | None] = [None] * len(jobs)
     whole = [i for i, tiling in enumerate(tilings) if tiling is None]
     if whole:
@@ -114,6 +116,10 @@ def run_jobs(engine: Engine, jobs: Sequence[Job], tilings: Sequence[Tiling | Non
                 else segment_tiles(engine, job, tiling)
             )
     return [result for result in results if result is not None]
+
+
+def _is_text(job: Job) -> bool:
+    return job.prompts is not None and job.prompts.text is not None
 
 
 # -- automatic masks over a grid --------------------------------------------------------------

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 
 from samdrop.errors import InvalidPrompt
 
-# Budgets, to become settings: concepts per image (each costs one detector + mask-decoder pass)
-# and characters per concept (SAM 3's text encoder reads at most 32 tokens; a longer name is
-# refused, never cut). Exemplar boxes per image are bounded too (each is a geometry-encoder token).
+# Budgets, the defaults of SAMDROP_MAX_CONCEPTS and SAMDROP_MAX_CONCEPT_CHARS: concepts per image
+# (each costs one detector + mask-decoder pass) and characters per concept (SAM 3's text encoder
+# reads at most 32 tokens; a longer name is refused, never cut). Exemplar boxes per image are
+# bounded too (each is a geometry-encoder token).
 MAX_CONCEPTS_PER_IMAGE = 16
 MAX_CONCEPT_CHARS = 64
 MAX_EXEMPLAR_BOXES = 16
@@ -26,28 +27,32 @@ CheckedBox = tuple[list[float], bool]
 
 
 def check_concepts(
-    concepts: Sequence[str], *, max_concepts: int = MAX_CONCEPTS_PER_IMAGE, max_chars: int = MAX_CONCEPT_CHARS
+    concepts: Sequence[str],
+    *,
+    max_concepts: int | None = MAX_CONCEPTS_PER_IMAGE,
+    max_chars: int | None = MAX_CONCEPT_CHARS,
 ) -> list[str]:
     """The concepts of one image, stripped; :class:`InvalidPrompt` for none, too many, an empty or
-    over-long name, or a name listed twice."""
+    over-long name, or a name listed twice. A limit of None is not checked (the prompt validator
+    checks the shape; the budgets, which are settings, are checked where the settings are known)."""
     if isinstance(concepts, str) or not isinstance(concepts, Sequence):
         raise InvalidPrompt('"text" must be a list of concept names, e.g. {"text": ["solar panel", "car"]}')
     if not concepts:
         raise InvalidPrompt('"text" is empty: name at least one concept, e.g. {"text": ["car"]}')
-    if len(concepts) > max_concepts:
+    if max_concepts is not None and len(concepts) > max_concepts:
         raise InvalidPrompt(
-            f'"text" names {len(concepts)} concepts; at most {max_concepts} per image: '
-            "split them over several requests"
+            f'"text" names {len(concepts)} concepts; at most {max_concepts} per image '
+            f"(SAMDROP_MAX_CONCEPTS={max_concepts}): split them over several requests"
         )
     names: list[str] = []
     for concept in concepts:
         if not isinstance(concept, str) or not concept.strip():
             raise InvalidPrompt(f'every "text" entry must be a non-empty string, got {concept!r}')
         name = concept.strip()
-        if len(name) > max_chars:
+        if max_chars is not None and len(name) > max_chars:
             raise InvalidPrompt(
                 f"concept {name[:max_chars]!r}... is {len(name)} characters; "
-                f"at most {max_chars}: use a shorter name"
+                f"at most {max_chars} (SAMDROP_MAX_CONCEPT_CHARS={max_chars}): use a shorter name"
             )
         if name in names:
             raise InvalidPrompt(f'concept {name!r} is listed twice in "text": list it once')

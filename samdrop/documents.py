@@ -35,12 +35,15 @@ class Rle(TypedDict):
 
 class PromptsRecord(TypedDict, total=False):
     """The prompts a prediction used: points ``Nx2`` px XY (float), labels ``N`` of 1|0, boxes ``Mx4``
-    px XYXY (float), and ``multimask`` as resolved (three masks per prompt or one)."""
+    px XYXY (float), and ``multimask`` as resolved (three masks per prompt or one); for SAM 3,
+    ``text`` (the concepts, in order) with ``boxes`` as exemplars and ``box_labels`` (positive or not)."""
 
     points: list[list[float]]
     labels: list[int]
     boxes: list[list[float]]
     multimask: bool
+    text: list[str]
+    box_labels: list[bool]
 
 
 class Polygons(TypedDict):
@@ -520,6 +523,10 @@ def _prompts_record(raw: Any) -> PromptsRecord | None:
         record["boxes"] = [[float(c) for c in box] for box in raw["boxes"]]
     if raw.get("multimask") is not None:
         record["multimask"] = bool(raw["multimask"])
+    if raw.get("text") is not None:
+        record["text"] = [str(name) for name in raw["text"]]
+    if raw.get("box_labels") is not None:
+        record["box_labels"] = [bool(label) for label in raw["box_labels"]]
     return record
 
 

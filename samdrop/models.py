@@ -66,7 +66,8 @@ class ModelInfo:
 MODELS: tuple[ModelInfo, ...] = (
     ModelInfo(
         "sam3", "sam3", HF_REPO, "facebook/sam3", "SAM-License", gated=True, text=True,
-        note="text concepts and prompts; gated: accept the licence on Hugging Face and set HF_TOKEN",
+        prompts=False, automatic=False,  # concepts only (optionally with exemplar boxes)
+        note="text concepts; gated: accept the licence on Hugging Face and set HF_TOKEN",
     ),
     ModelInfo(
         "sam2.1_hiera_large", "sam2.1", HF_REPO, "facebook/sam2.1-hiera-large", "Apache-2.0",
@@ -159,9 +160,11 @@ def names(family: str | None = None, *, weights: str | None = None) -> tuple[str
 
 
 def auto_candidates() -> tuple[str, ...]:
-    """The types ``auto`` looks for in the cache, best first: newest family, then largest."""
+    """The types ``auto`` looks for in the cache, best first: newest family, then largest. Only
+    types that make automatic masks (an upload without prompts asks for them)."""
     ranked = sorted(
-        (info for info in MODELS if info.needs_weights), key=lambda info: FAMILIES.index(info.family)
+        (info for info in MODELS if info.needs_weights and info.automatic),
+        key=lambda info: FAMILIES.index(info.family),
     )
     return tuple(info.name for info in ranked)
 

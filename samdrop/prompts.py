@@ -4,7 +4,8 @@ metadata of a single upload, and one entry of a batch's ``prompts.json`` all sha
     {"points": [[x, y], ...], "labels": [1|0, ...], "boxes": [[x0, y0, x1, y1], ...],
      "multimask": bool, "amg": {automatic-mask parameters},
      "label": "car" | ["car", "tree", ...], "outputs": ["polygons"],
-     "tiling": true | false | {"tile": 1024, "overlap": 128}}
+     "tiling": true | false | {"tile": 1024, "overlap": 128},
+     "text": "car" | ["solar panel", "car", ...], "box_labels": [true|false, ...]}
 
 Coordinates are pixels of the image as displayed. ``labels`` default to 1 (foreground) per point.
 ``multimask`` left out means three masks for points alone and one per box (:func:`multimask_for`).
@@ -13,6 +14,10 @@ Coordinates are pixels of the image as displayed. ``labels`` default to 1 (foreg
 flows into ``masks.json``, COCO categories and YOLO classes. ``outputs: ["polygons"]`` adds COCO
 polygons to every mask record. ``tiling`` cuts a large image into overlapping tiles and stitches
 the masks back (``true``: the server's default tile and overlap; ``false``: never, whatever its size).
+``text`` names concepts for SAM 3 (every instance of each in the image; a mask's ``label`` is its
+concept, so ``label`` is refused beside it). With ``text``, ``boxes`` are exemplars shown to SAM 3
+for every concept, ``box_labels`` saying which are examples of it (true / 1, the default) and which
+of what it is not (false / 0); points, ``labels`` and ``multimask`` are refused beside ``text``.
 Whether the prompts fit inside the image is the predictor's check (it knows the size).
 
 This module is the one validator of that shape: ``samdrop upload``, the function (upload metadata),
@@ -29,13 +34,18 @@ from typing import TYPE_CHECKING, Any
 
 from samdrop import budgets
 from samdrop.budgets import DEFAULT_MAX_JSON_DEPTH, loads_limited
+from samdrop.concepts import MAX_EXEMPLAR_BOXES, check_concepts
 from samdrop.errors import InvalidPrompt
 
 if TYPE_CHECKING:
     from samdrop.settings import Settings
 
 PROMPTS_METADATA_KEY = "samdrop-prompts"
-PROMPT_KEYS = ("points", "labels", "boxes", "multimask", "amg", "label", "outputs", "tiling")
+PROMPT_KEYS = (
+    "points", "labels", "boxes", "multimask", "amg", "label", "outputs", "tiling", "text", "box_labels"
+)  # fmt: skip
+# What a concept prompt (``text``) takes beside its names; anything else would be ignored by SAM 3.
+TEXT_KEYS = ("text", "boxes", "box_labels", "amg", "outputs", "tiling")
 MAX_TILE = 4096
 MASK_OUTPUTS = ("polygons",)
 # SamAutomaticMaskGenerator's parameters (and defaults, for ViT-H), plus our ``max_masks``.
@@ -82,6 +92,10 @@ def check_prompts(value: Any, *, where: str) -> dict[str, Any] | None:
     unknown = sorted(set(value) - set(PROMPT_KEYS))
     if unknown:
         raise InvalidPrompt(f"{where} has unknown key(s) {unknown}; allowed: {list(PROMPT_KEYS)}")
+    if "text" in value:
+        return _check_concepts(value, where=where)
+    if "box_labels" in value:
+        raise InvalidPrompt(f"{where}.box_labels mark exemplar boxes of text concepts: give them with text")
     prompts: dict[str, Any] = {}
     points = _rows(value.get("points"), 2, f"{where}.points")
     labels = value.get("labels")
@@ -121,6 +135,48 @@ def check_prompts(value: Any, *, where: str) -> dict[str, Any] | None:
     if "tiling" in value:
         prompts["tiling"] = check_tiling(value["tiling"], where=f"{where}.tiling")
     return prompts or None
+
+
+def _check_concepts(value: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """A concept prompt: ``text`` names (a string or a list), optional exemplar ``boxes`` with
+    ``box_labels`` (one per box, true / 1 by default) and the keys every prompt may carry. The
+    budgets (how many concepts, how long a name) are :func:`check_budget`'s: they are settings."""
+    beside = sorted(set(value) - set(TEXT_KEYS))
+    if beside:
+        raise InvalidPrompt(
+            f"{where} gives {beside} with text: text concepts take only {list(TEXT_KEYS)} "
+            "(each mask is labelled with its concept; points go to a SAM 1 / SAM 2.1 request without text)"
+        )
+    text = value["text"]
+    names = [text] if isinstance(text, str) else text
+    try:
+        prompts: dict[str, Any] = {"text": check_concepts(names, max_concepts=None, max_chars=None)}
+    except InvalidPrompt as exc:
+        raise InvalidPrompt(f"{where}: {exc.message}") from None
+    boxes = _rows(value.get("boxes"), 4, f"{where}.boxes")
+    for box in boxes:
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise InvalidPrompt(f"{where}.boxes exemplar {box} is not [x0, y0, x1, y1] with x0 < x1, y0 < y1")
+    box_labels = value.get("box_labels", [True] * len(boxes))
+    if not isinstance(box_labels, list) or any(label not in (0, 1) for label in box_labels):
+        raise InvalidPrompt(
+            f"{where}.box_labels must be a list of true / 1 (an example of the concept) or false / 0 (not)"
+        )
+    if len(box_labels) != len(boxes):
+        raise InvalidPrompt(f"{where} has {len(boxes)} exemplar boxes but {len(box_labels)} box_labels")
+    if boxes:
+        prompts["boxes"], prompts["box_labels"] = boxes, [bool(label) for label in box_labels]
+    if "amg" in value:
+        check_amg(value["amg"], where=f"{where}.amg")
+        prompts["amg"] = dict(value["amg"])
+    if "outputs" in value:
+        outputs = value["outputs"]
+        if not isinstance(outputs, list) or any(o not in MASK_OUTPUTS for o in outputs):
+            raise InvalidPrompt(f"{where}.outputs must be a list of {list(MASK_OUTPUTS)}")
+        prompts["outputs"] = outputs
+    if "tiling" in value:
+        prompts["tiling"] = check_tiling(value["tiling"], where=f"{where}.tiling")
+    return prompts
 
 
 def multimask_for(boxes: int, multimask: bool | None) -> bool:
@@ -167,9 +223,19 @@ def check_amg(value: Any, *, where: str = "amg") -> dict[str, Any]:
 
 
 def check_budget(prompts: Mapping[str, Any] | None, settings: Settings) -> None:
-    """Refuse checked ``prompts`` over ``SAMDROP_MAX_PROMPTS`` / ``SAMDROP_MAX_MASKS``, or automatic-mask
-    parameters (``amg``, when given) over ``SAMDROP_MAX_AUTO_POINTS`` (:mod:`samdrop.budgets`)."""
+    """Refuse checked ``prompts`` over ``SAMDROP_MAX_PROMPTS`` / ``SAMDROP_MAX_MASKS``, text concepts
+    over ``SAMDROP_MAX_CONCEPTS`` / ``SAMDROP_MAX_CONCEPT_CHARS`` (:mod:`samdrop.concepts`), or
+    automatic-mask parameters (``amg``, when given) over ``SAMDROP_MAX_AUTO_POINTS``
+    (:mod:`samdrop.budgets`)."""
     prompts = prompts or {}
+    if prompts.get("text"):
+        check_concepts(
+            list(prompts["text"]), max_concepts=settings.max_concepts, max_chars=settings.max_concept_chars
+        )
+        exemplars = len(prompts.get("boxes") or [])
+        if exemplars > MAX_EXEMPLAR_BOXES:
+            raise InvalidPrompt(f"{exemplars} exemplar boxes; at most {MAX_EXEMPLAR_BOXES} per image")
+        return
     boxes, points = len(prompts.get("boxes") or []), len(prompts.get("points") or [])
     if boxes or points:
         budgets.check_prompts(

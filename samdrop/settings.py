@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from samdrop.budgets import DEFAULT_MAX_JSON_DEPTH
+from samdrop.concepts import MAX_CONCEPT_CHARS, MAX_CONCEPTS_PER_IMAGE
 from samdrop.errors import ConfigError
 from samdrop.models import MODEL_TYPES, NO_WEIGHTS, model_info, unknown_type_message
 
@@ -175,6 +176,18 @@ class Settings:
     )
     max_instances: int = _env("SAMDROP_MAX_INSTANCES", 32, "instances per :predict request", int)
     max_prompts: int = _env("SAMDROP_MAX_PROMPTS", 64, "boxes, and points, per image", int)
+    max_concepts: int = _env(
+        "SAMDROP_MAX_CONCEPTS", MAX_CONCEPTS_PER_IMAGE, "SAM 3 text concepts per image", int
+    )
+    max_concept_chars: int = _env(
+        "SAMDROP_MAX_CONCEPT_CHARS", MAX_CONCEPT_CHARS, "characters per SAM 3 text concept", int
+    )
+    concept_score_threshold: float = _env(
+        "SAMDROP_CONCEPT_SCORE_THRESHOLD",
+        0.5,
+        "SAM 3 keeps instances whose score (detection x presence) is above this, in [0, 1]",
+        float,
+    )
     max_auto_points: int = _env(
         "SAMDROP_MAX_AUTO_POINTS",
         65_536,
@@ -310,11 +323,15 @@ class Settings:
             "max_request_bytes",
             "max_instances",
             "max_prompts",
+            "max_concepts",
+            "max_concept_chars",
             "max_auto_points",
             "max_points_per_batch",
             "max_json_depth",
             "max_object_name_bytes",
         )
+        if not 0 <= self.concept_score_threshold <= 1:
+            yield f"SAMDROP_CONCEPT_SCORE_THRESHOLD must be within [0, 1], got {self.concept_score_threshold}"
         if self.tile_above_pixels < 0:
             yield f"SAMDROP_TILE_ABOVE_PIXELS must be 0 (off) or a pixel count, got {self.tile_above_pixels}"
         if not 0 <= self.tile_overlap < self.tile_size // 2 or self.tile_size < 64:

@@ -1,7 +1,7 @@
 """SAM 3 concept engine on a tiny random ``Sam3Config`` with an offline CLIP tokenizer.
 
-The model is saved with ``save_pretrained`` and loaded back through :meth:`ConceptEngine.from_pretrained`,
-as a real checkpoint would be; nothing reaches the hub.
+The model (tests/sam3_models.py) is saved with ``save_pretrained`` and loaded back through
+:meth:`ConceptEngine.from_pretrained`, as a real checkpoint would be; nothing reaches the hub.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import CLIPTokenizer, Sam3Config, Sam3Model, Sam3Processor
-from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
+from transformers import Sam3Model
 
 from predictor.concepts import (
     ConceptEngine,
@@ -24,70 +23,12 @@ from predictor.concepts import (
 )
 from samdrop.concepts import MAX_CONCEPT_CHARS, MAX_CONCEPTS_PER_IMAGE
 from samdrop.errors import ConfigError, InvalidImage, InvalidPrompt
-
-SIDE = 56  # model input side: 4x4 patches of 14
-WIDTH = 32
-
-
-def tiny_config() -> Sam3Config:
-    """Every sub-config shrunk: a forward takes ~0.1 s on one core."""
-    small = {"hidden_size": WIDTH, "num_attention_heads": 2, "intermediate_size": 64}
-    return Sam3Config(
-        vision_config={
-            "backbone_config": {
-                "model_type": "sam3_vit_model",
-                **small,
-                "num_hidden_layers": 2,
-                "image_size": SIDE,
-                "pretrain_image_size": SIDE,
-                "window_size": 2,
-                "global_attn_indexes": [1],
-            },
-            "fpn_hidden_size": WIDTH,
-            "backbone_feature_sizes": [[16, 16], [8, 8], [4, 4]],
-        },
-        text_config={
-            "model_type": "clip_text_model",
-            **small,
-            "vocab_size": 64,
-            "projection_dim": WIDTH,
-            "num_hidden_layers": 1,
-            "max_position_embeddings": 32,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-            "pad_token_id": 1,
-        },
-        geometry_encoder_config={**small, "num_layers": 1, "roi_size": 2},
-        detr_encoder_config={**small, "num_layers": 1},
-        detr_decoder_config={**small, "num_layers": 2, "num_queries": 8},
-        mask_decoder_config={"hidden_size": WIDTH, "num_attention_heads": 2},
-    )
-
-
-def tiny_tokenizer() -> CLIPTokenizer:
-    """A CLIP BPE tokenizer over single letters (no merges): every letter is one token."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for letter in string.ascii_lowercase:
-            vocab[letter + suffix] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[])
+from tests.sam3_models import write_tiny_sam3
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = Sam3Model(tiny_config())
-    # Random weights at the default init give near-constant scores; wider ones spread them out.
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.mul_(4.0)
-    processor = Sam3Processor(
-        image_processor=Sam3ImageProcessor(size={"height": SIDE, "width": SIDE}), tokenizer=tiny_tokenizer()
-    )
-    path = tmp_path_factory.mktemp("sam3-tiny")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return write_tiny_sam3(tmp_path_factory.mktemp("sam3-tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +256,14 @@ def test_bf16_runs_behind_the_same_interface(engine: ConceptEngine, images: list
 def test_a_directory_without_a_model_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"config\.json"):
         ConceptEngine.from_pretrained(tmp_path)
+
+
+def test_bf16_takes_exemplar_boxes_on_a_cpu(engine: ConceptEngine, images: list[np.ndarray]) -> None:
+    """torchvision's roi_align has no CPU autocast rule for the fp16 copy transformers makes of bf16
+    features: the exemplar boxes are encoded outside autocast, in fp32."""
+    bf16 = ConceptEngine(engine.model, engine.processor, precision="bf16")
+    boxes = [[([5.0, 5.0, 30.0, 25.0], True)]]
+    result = bf16.segment(images[:1], ["car"], boxes, ConceptThresholds(score=0.0))[0]
+    exact = engine.segment(images[:1], ["car"], boxes, ConceptThresholds(score=0.0))[0]
+    assert result.masks.shape == exact.masks.shape and result.labels == exact.labels
+    np.testing.assert_allclose(np.sort(result.scores), np.sort(exact.scores), atol=0.1)

@@ -161,3 +161,25 @@ def test_without_yolo_only_the_coco_file_is_written(fast_engine):
     assert not [name for (_, name) in store.objects if "/yolo/" in name]
     doc = store.json("results/batches/b1/a.png/masks.json")
     assert "polygons" not in doc["masks"][0] and doc["masks"][0]["label"] in ("car", "tree")
+
+
+def test_batch_concepts_are_the_categories_in_order_even_without_masks():
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from pipeline.exports import ExportImage, categories, coco_instances, label_counts
+
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[2:5, 2:6] = True
+    record = MaskRecord.from_json(
+        {"segmentation": mask_to_rle(mask), "score": 0.9, "box": mask_box(mask), "area": 12, "label": "tree"}
+    )
+    doc = SimpleNamespace(width=8, height=8, masks=[record])  # what the exports read of a masks.json
+    images = [ExportImage("a.png", cast(Any, doc))]
+    assert categories(images, ["tree", "car"]) == ["tree", "car"]
+    assert categories(images, ["zebra", "tree"]) == ["zebra", "tree"]
+    assert categories(images) == ["tree"]
+    coco = coco_instances(images, description="t", concepts=["zebra", "tree"])
+    assert [c["name"] for c in coco["categories"]] == ["zebra", "tree"]
+    assert coco["annotations"][0]["category_id"] == 2
+    assert label_counts(images, ["zebra", "tree"]) == {"zebra": 0, "tree": 1}

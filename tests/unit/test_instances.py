@@ -72,7 +72,8 @@ def test_legacy_shape_is_accepted():
         ({"gcs_uri": URI, "amg": {"pred_iou_thresh": 3}}, InvalidPrompt, "within \\[0, 1\\]"),
         ({"gcs_uri": URI, "amg": {"points_per_side": 0}}, InvalidPrompt, "1..128"),
         ("just a string", InvalidRequest, "JSON object"),
-        ({"gcs_uri": URI, "return_logits": True}, InvalidRequest, "needs prompts"),
+        ({"gcs_uri": URI, "return_logits": True}, InvalidRequest, "needs point or box prompts"),
+        ({"gcs_uri": URI, "text": "car", "return_logits": True}, InvalidRequest, "text concepts have no"),
         (
             {"gcs_uri": URI, "boxes": [[0, 0, 5, 5]], "return_logits": True, "tiling": True},
             InvalidRequest,

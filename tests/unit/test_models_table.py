@@ -112,12 +112,6 @@ def test_auto_reads_the_backbone_of_a_folder_its_name_does_not_explain(tmp_path)
         resolve_model(Settings(checkpoint=str(tmp_path / "other"), cache_dir=tmp_path))
 
 
-def test_sam3_without_its_engine_module_says_not_wired(tmp_path, monkeypatch):
-    monkeypatch.setattr("predictor.backends.concepts_available", lambda: False)
-    with pytest.raises(ConfigError, match="not wired yet"):
-        load_engine(Settings(model_type="sam3", cache_dir=tmp_path))
-
-
 def test_a_missing_sam2_checkpoint_says_what_a_checkpoint_is(tmp_path):
     with pytest.raises(ConfigError, match=r"config\.json and model\.safetensors"):
         load_engine(Settings(model_type="sam2.1_hiera_tiny", checkpoint=str(tmp_path / "none")))
@@ -183,17 +177,29 @@ def test_a_gs_folder_checkpoint_is_copied_once_and_serves(tmp_path, monkeypatch,
 
 
 def test_text_is_refused_by_models_that_take_none():
-    from types import SimpleNamespace
-
-    from predictor.cpr import refuse_text
+    from predictor.instances import check_model_takes, parse_instance
     from samdrop.errors import InvalidRequest
 
+    text = parse_instance({"text": "a cup", "gcs_uri": "gs://b/a.png"}).prompts
+    points = parse_instance({"points": [[1, 1]], "gcs_uri": "gs://b/a.png"}).prompts
     for model_type in ("vit_b", "sam2.1_hiera_tiny", "classic", "tiny"):
         with pytest.raises(InvalidRequest, match="text concepts need sam3") as caught:
-            refuse_text({"text": "a cup", "image": "…"}, SimpleNamespace(model_type=model_type))
+            check_model_takes(text, model_type)
         assert caught.value.code == "invalid_request" and model_type in caught.value.message
-    refuse_text({"text": "a cup"}, SimpleNamespace(model_type="sam3"))
-    refuse_text({"points": [[1, 1]]}, SimpleNamespace(model_type="vit_b"))
+        check_model_takes(points, model_type)
+        check_model_takes(None, model_type)
+    check_model_takes(text, "sam3")
+
+
+@pytest.mark.parametrize(("prompts", "what"), [({"points": [[1, 1]]}, "points and boxes"), ({}, "automatic")])
+def test_sam3_refuses_anything_but_text(prompts, what):
+    from predictor.instances import check_model_takes, parse_instance
+    from samdrop.errors import InvalidRequest
+
+    instance = parse_instance({**prompts, "gcs_uri": "gs://b/a.png"})
+    words = f"sam3 segments text concepts only and cannot make {what}.*SAM 2.1"
+    with pytest.raises(InvalidRequest, match=words):
+        check_model_takes(instance.prompts, "sam3")
 
 
 def test_amg_used_fills_the_family_threshold_and_keeps_a_given_one():

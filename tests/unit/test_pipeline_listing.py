@@ -68,6 +68,8 @@ def test_ready_body_sets_prompts_file_amg_shard_size_and_multimask():
         (b'{"prompts": "/abs.json"}', "prompts"),
         (b'{"amg": {"points_per_side": 0}}', "points_per_side"),
         (b'{"amg": {"colour": 1}}', "amg has unknown parameter"),
+        (b'{"text": []}', '"text" is empty'),
+        (b'{"text": ["car", "car"]}', "listed twice"),
     ],
 )
 def test_bad_ready_bodies_say_what_to_fix(body, fragment):
@@ -206,3 +208,11 @@ def test_written_plan_reads_back_and_is_reused_for_the_same_marker():
     # Writing again replaces exactly the versions seen (generation preconditions), never blindly.
     write_plan(PATHS, plan, store)
     assert store.writes().count(PATHS.plan) == 2
+
+
+def test_ready_text_is_the_prompt_of_every_image_without_its_own_entry():
+    options = parse_ready(b'{"text": "ellipse"}', default_shard_size=8)
+    assert options.text == ["ellipse"]
+    assert options.prompts_for(None) == {"text": ["ellipse"]}
+    assert options.prompts_for({"points": [[1, 2]], "labels": [1]}) == {"points": [[1, 2]], "labels": [1]}
+    assert parse_ready(b"", default_shard_size=8).prompts_for(None) == {}

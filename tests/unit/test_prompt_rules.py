@@ -33,6 +33,22 @@ BAD_PROMPTS: list[tuple[dict[str, Any], str]] = [
     ({"boxes": [[9, 0, 1, 5]]}, ".boxes entry [9, 0, 1, 5] is not [x0, y0, x1, y1] with x0 <= x1, y0 <= y1"),
     ({"points": [[-1, 2]]}, ".points entry [-1, 2] is not 2 non-negative numbers ([[x, y], ...])"),
     ({"boxes": [[0, 0, 5, 5]], "multimask": "yes"}, ".multimask must be true or false"),
+    (
+        {"text": ["car"], "points": [[1, 2]]},
+        " gives ['points'] with text: text concepts take only "
+        "['text', 'boxes', 'box_labels', 'amg', 'outputs', 'tiling'] (each mask is labelled with its "
+        "concept; points go to a SAM 1 / SAM 2.1 request without text)",
+    ),
+    ({"text": []}, ': "text" is empty: name at least one concept, e.g. {"text": ["car"]}'),
+    ({"text": ["car", " car"]}, ": concept 'car' is listed twice in \"text\": list it once"),
+    (
+        {"text": "car", "boxes": [[0, 0, 5, 5]], "box_labels": [1, 0]},
+        " has 1 exemplar boxes but 2 box_labels",
+    ),
+    (
+        {"boxes": [[0, 0, 5, 5]], "box_labels": [1]},
+        ".box_labels mark exemplar boxes of text concepts: give them with text",
+    ),
 ]
 
 
@@ -138,3 +154,46 @@ def test_points_without_labels_are_foreground_everywhere(fast_engine, routine):
 def test_the_multimask_default_is_decided_once():
     assert multimask_for(0, None) is True and multimask_for(2, None) is False
     assert multimask_for(0, False) is False and multimask_for(3, True) is True
+
+
+def test_text_concepts_are_checked_and_passed_through_unchanged():
+    from samdrop.prompts import check_prompts
+
+    assert check_prompts({"text": " solar panel "}, where="p") == {"text": ["solar panel"]}
+    checked = check_prompts(
+        {"text": ["car", "tree"], "boxes": [[0, 0, 5, 5], [1, 1, 4, 4]], "box_labels": [1, False]}, where="p"
+    )
+    assert checked == {
+        "text": ["car", "tree"],
+        "boxes": [[0, 0, 5, 5], [1, 1, 4, 4]],
+        "box_labels": [True, False],
+    }
+    endpoint = FakeEndpoint(width=96, height=64)
+    outcome, _ = _run_function({"text": ["car"]}, endpoint)
+    [([instance], _)] = endpoint.calls
+    assert outcome == "succeeded" and instance["text"] == ["car"]
+
+
+@pytest.mark.parametrize(
+    ("env", "prompts", "words"),
+    [
+        ({}, {"text": [f"thing {i}" for i in range(17)]}, r"at most 16 per image \(SAMDROP_MAX_CONCEPTS=16"),
+        ({"SAMDROP_MAX_CONCEPTS": "2"}, {"text": ["a", "b", "c"]}, r"SAMDROP_MAX_CONCEPTS=2\)"),
+        ({"SAMDROP_MAX_CONCEPT_CHARS": "4"}, {"text": "tiger"}, r"SAMDROP_MAX_CONCEPT_CHARS=4\)"),
+    ],
+)
+def test_concept_budgets_are_settings_named_in_the_refusal(env, prompts, words):
+    from samdrop.errors import InvalidPrompt
+    from samdrop.prompts import check_budget, check_prompts
+
+    checked = check_prompts(prompts, where="p")
+    with pytest.raises(InvalidPrompt, match=words):
+        check_budget(checked, Settings.from_env(env))
+
+
+def test_text_sent_to_a_model_without_text_names_sam3(fast_engine, routine):
+    prediction = _predict({"text": ["car"]}, routine)
+    assert prediction["error"]["code"] == "invalid_request"
+    assert "text concepts need sam3" in prediction["error"]["message"]
+    line, _ = _run_batch({"text": ["car"]}, fast_engine)
+    assert line["error"]["code"] == "invalid_request" and "need sam3" in line["error"]["message"]

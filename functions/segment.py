@@ -123,6 +123,7 @@ def completion_from_record(record: Record, paths: OutputPaths) -> CompletionMess
         generation=record.generation,
         outputs=dict(record.outputs),
         mask_count=record.mask_count,
+        label_counts=record.label_counts,
         model=record.model_type,
         timings_ms={k: timings[k] for k in ("total", "model", "endpoint") if k in timings},
     )

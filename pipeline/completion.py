@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline.exports import DEFAULT_CATEGORY
 from samdrop.batches import BatchPaths
 from samdrop.errors import ErrorInfo
 from samdrop.messages import CompletionMessage
@@ -29,6 +30,7 @@ def completion_from_summary(summary: Mapping[str, Any], paths: BatchPaths) -> Co
         images=int(summary["images"]),
         succeeded=int(summary["succeeded"]),
         failed=int(summary["failed"]),
+        label_counts=_labelled(summary.get("label_counts")),
         outputs={
             "manifest": paths.uri(paths.manifest),
             "report": paths.uri(paths.report("report.html")),
@@ -38,3 +40,10 @@ def completion_from_summary(summary: Mapping[str, Any], paths: BatchPaths) -> Co
         },
         error=error if status == "failed" else None,
     )
+
+
+def _labelled(counts: Mapping[str, int] | None) -> dict[str, int] | None:
+    """The batch's masks per label when any mask or concept had a label (not the unnamed default)."""
+    if not counts or set(counts) == {DEFAULT_CATEGORY}:
+        return None
+    return dict(counts)

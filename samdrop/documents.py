@@ -315,6 +315,16 @@ class MasksDocument:
         return len(self.masks)
 
     @property
+    def label_counts(self) -> dict[str, int] | None:
+        """Masks per label: the concepts asked (``prompts.text``) in order, a concept that found
+        nothing with 0, then any other label; None when no mask has a label and no text was asked."""
+        counts = dict.fromkeys((self.prompts or {}).get("text") or [], 0)
+        for mask in self.masks:
+            if mask.label is not None:
+                counts[mask.label] = counts.get(mask.label, 0) + 1
+        return counts or None
+
+    @property
     def model_type(self) -> str | None:
         value = self.model.get("type")
         return str(value) if value else None

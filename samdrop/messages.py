@@ -30,11 +30,24 @@ _IMAGE_KEYS = (
     "generation",
     "outputs",
     "mask_count",
+    "label_counts",
     "model",
     "timings_ms",
     "error",
 )
-_BATCH_KEYS = ("kind", "status", "batch_id", "input", "images", "succeeded", "failed", "outputs", "error")
+_BATCH_KEYS = (
+    "kind",
+    "status",
+    "batch_id",
+    "input",
+    "images",
+    "succeeded",
+    "failed",
+    "label_counts",
+    "outputs",
+    "error",
+)
+_ONLY_WHEN_SET = ("label_counts",)  # labelled masks only: other messages keep their shape
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,7 @@ class CompletionMessage:
     batch_id: str | None = None
     outputs: Mapping[str, Any] = field(default_factory=dict)
     mask_count: int | None = None
+    label_counts: Mapping[str, int] | None = None  # masks per label (concept prompts), in order
     model: str | None = None
     timings_ms: Mapping[str, float] | None = None
     images: int | None = None
@@ -74,7 +88,9 @@ class CompletionMessage:
     def to_json(self) -> dict[str, Any]:
         values = asdict(self)
         keys = _IMAGE_KEYS if self.kind == "image" else _BATCH_KEYS
-        return {key: _plain(values[key]) for key in keys}
+        return {
+            key: _plain(values[key]) for key in keys if key not in _ONLY_WHEN_SET or values[key] is not None
+        }
 
     def to_record(self, message_id: str) -> dict[str, Any]:
         """``completion.json``: the message as published, with the id Pub/Sub gave it and when."""

@@ -101,7 +101,7 @@ def test_one_ready_line_labels_a_batch_with_its_concept(sam3_stack, tmp_path: Pa
     masks = sum(len(masks) for masks in found.values())
     assert len(coco.getAnnIds()) == masks > 0
     summary = json.loads(results.blob(folder + "summary.json").download_as_bytes())
-    assert summary["label_counts"] == {CONCEPT: masks}
+    assert summary["label_counts"] == message["label_counts"] == {CONCEPT: masks}
     assert sorted(image["file_name"] for image in coco.dataset["images"]) == files
     for image in coco.dataset["images"]:
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]])):

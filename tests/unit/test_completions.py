@@ -138,3 +138,18 @@ def test_batches_without_pipelines_get_a_clear_failed_completion():
     assert body["input"] == "gs://samdrop-local/batches/b1/"
     assert body["error"]["code"] == "pipelines_not_configured"
     assert "not started" in body["error"]["message"] and "SAMDROP_PIPELINE_RUNNER" in body["error"]["message"]
+
+
+def test_label_counts_appear_only_for_labelled_masks_concepts_first():
+    from samdrop.messages import CompletionMessage
+
+    labelled = CompletionMessage(
+        kind="image", status="succeeded", input="gs://b/incoming/a.png", generation="1",
+        mask_count=3, label_counts={"solar panel": 2, "car": 0, "roof": 1},
+    )  # fmt: skip
+    body = labelled.to_json()
+    assert list(body)[list(body).index("mask_count") + 1] == "label_counts"
+    assert body["label_counts"] == {"solar panel": 2, "car": 0, "roof": 1}
+    plain = CompletionMessage(kind="image", status="succeeded", input="gs://b/incoming/a.png", generation="1")
+    assert "label_counts" not in plain.to_json()
+    assert CompletionMessage.from_json(body) == labelled

@@ -126,3 +126,31 @@ def test_a_planted_generation_that_is_not_ascii_digits_is_not_ours():
     assert input_generation({GENERATION_KEY: "²"}) is None  # isdigit() says yes, int() says no
     assert input_generation({GENERATION_KEY: "17"}) == 17
     assert input_generation(None) is None
+
+
+def test_masks_document_counts_masks_per_label_with_every_concept_asked():
+    from dataclasses import replace
+
+    from samdrop.documents import MaskRecord, MasksDocument
+
+    def mask(label):
+        return MaskRecord(
+            segmentation={"size": [2, 2], "counts": "04"}, score=0.9, box=[0, 0, 1, 1], area=4, label=label
+        )
+
+    base = MasksDocument.from_json(
+        {
+            "input": "gs://b/incoming/a.png",
+            "generation": "1",
+            "width": 2,
+            "height": 2,
+            "mode": "prompted",
+            "masks": [],
+            "outputs": {"masks": [], "metadata": "gs://r/m.json", "overlay": "gs://r/o.jpg"},
+        }
+    )
+    concepts = replace(
+        base, prompts={"text": ["car", "tree"], "multimask": False}, masks=[mask("tree"), mask("tree")]
+    )
+    assert concepts.label_counts == {"car": 0, "tree": 2}
+    assert replace(base, prompts=None, masks=[mask(None)]).label_counts is None

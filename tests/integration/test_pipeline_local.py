@@ -30,6 +30,7 @@ from pipeline.listing import BatchOptions, build_plan, parse_prompts_file
 from pipeline.shard import ShardWorker
 from predictor.engine import SamEngine
 from samdrop.batches import BatchPaths
+from samdrop.models import amg_used
 from samdrop.prompts import check_amg
 from samdrop.storage import GcsStore
 
@@ -213,7 +214,8 @@ def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack, tmp_pat
     by_file = {line["file"]: line for line in manifest}
     doc = stack.json(f"{folder}img_05.png/masks.json")  # automatic masks (no prompts entry)
     assert doc["mode"] == "automatic" and doc["batch_id"] == batch
-    assert doc["amg"] == check_amg(AMG)  # the parameters used, as the predictor records them
+    # the parameters used, as the predictor records them: pred_iou_thresh left out is tiny's 0.88
+    assert doc["amg"] == amg_used(check_amg(AMG), "tiny") and doc["amg"]["pred_iou_thresh"] == 0.88
     assert doc["mask_count"] == by_file["img_05.png"]["mask_count"]
     prompted = stack.json(f"{folder}img_02.jpg/masks.json")
     assert prompted["mode"] == "prompted" and prompted["mask_count"] == 3  # multimask for a points prompt

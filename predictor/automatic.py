@@ -156,21 +156,15 @@ class FastMaskGenerator(SamAutomaticMaskGenerator):
         point_rows = torch.as_tensor(points.repeat(3, axis=0))
         self.counts["candidates"] += len(iou_preds)
 
-        # The predicted-IoU filter needs no pixels: apply it before upsampling anything.
-        keep = torch.ones_like(iou_preds, dtype=torch.bool)
-        if self.pred_iou_thresh > 0.0:
-            keep = iou_preds > self.pred_iou_thresh
-        index = torch.nonzero(keep)[:, 0]
+        index = iou_passed(iou_preds, self.pred_iou_thresh)
         self.counts["upsampled"] += len(index)
-
         height, width = crop_size
-        budget = UPSAMPLE_BUDGET_PIXELS.get(low_res.device.type, UPSAMPLE_BUDGET_PIXELS["cpu"])
         out = kept_candidates(
             index,
             iou_preds,
             point_rows,
             lambda rows: upsample(low_res[rows], input_size, (height, width)),
-            chunk=max(1, budget // (1024 * 1024 + height * width)),
+            pixels_each=1024 * 1024 + height * width,  # the padded square, then the crop
             threshold=self.predictor.model.mask_threshold,
             stability_score_offset=self.stability_score_offset,
             stability_score_thresh=self.stability_score_thresh,
@@ -235,13 +229,21 @@ def crop_data(parts: Sequence[dict[str, Any]], crop_box: list[int], box_nms_thre
     return data
 
 
+def iou_passed(iou_preds: torch.Tensor, pred_iou_thresh: float) -> torch.Tensor:
+    """Indexes of the candidates over ``pred_iou_thresh`` (all when it is 0): a filter that needs
+    no pixels, so it runs before anything is upsampled."""
+    if pred_iou_thresh <= 0.0:
+        return torch.arange(len(iou_preds), device=iou_preds.device)
+    return torch.nonzero(iou_preds > pred_iou_thresh)[:, 0]
+
+
 def kept_candidates(
     index: torch.Tensor,
     iou_preds: torch.Tensor,
     point_rows: torch.Tensor,
     upsampled: Callable[[torch.Tensor], torch.Tensor],
     *,
-    chunk: int,
+    pixels_each: int,
     threshold: float,
     stability_score_offset: float,
     stability_score_thresh: float,
@@ -250,7 +252,10 @@ def kept_candidates(
 ) -> dict[str, Any]:
     """The candidates ``index`` (rows of ``iou_preds`` past the IoU filter) that pass the stability
     and crop-edge filters, upsampled ``chunk`` at a time by ``upsampled(rows)`` (``NxHxW`` float logits
-    at the crop's size): their RLEs at ``orig_size`` and the :data:`CANDIDATE_KEYS` tensors (on CPU)."""
+    at the crop's size): their RLEs at ``orig_size`` and the :data:`CANDIDATE_KEYS` tensors (on CPU).
+    ``pixels_each``: float pixels one candidate's upsampling holds, against the device's budget."""
+    budget = UPSAMPLE_BUDGET_PIXELS.get(iou_preds.device.type, UPSAMPLE_BUDGET_PIXELS["cpu"])
+    chunk = max(1, budget // pixels_each)
     out: dict[str, Any] = {"rles": [], **{key: [] for key in CANDIDATE_KEYS}}
     for start in range(0, len(index), chunk):
         rows = index[start : start + chunk]

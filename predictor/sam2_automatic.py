@@ -32,9 +32,9 @@ from segment_anything.utils.amg import (
 from torchvision.ops.boxes import batched_nms, box_area
 
 from predictor.automatic import (
-    UPSAMPLE_BUDGET_PIXELS,
     FastMaskGenerator,
     crop_data,
+    iou_passed,
     kept_candidates,
 )
 from samdrop.models import PRED_IOU_THRESH
@@ -171,15 +171,9 @@ class Sam2MaskGenerator:
         started = self._clock("decoder", started)
         self.counts["candidates"] += len(iou_preds)
 
-        keep = (
-            iou_preds > self.pred_iou_thresh
-            if self.pred_iou_thresh > 0.0
-            else torch.ones_like(iou_preds, dtype=torch.bool)
-        )
-        index = torch.nonzero(keep)[:, 0]
+        index = iou_passed(iou_preds, self.pred_iou_thresh)
         self.counts["upsampled"] += len(index)
         height, width = crop_size
-        budget = UPSAMPLE_BUDGET_PIXELS.get(low_res.device.type, UPSAMPLE_BUDGET_PIXELS["cpu"])
         out = kept_candidates(
             index,
             iou_preds,
@@ -187,7 +181,7 @@ class Sam2MaskGenerator:
             lambda rows: F.interpolate(
                 low_res[rows][:, None], (height, width), mode="bilinear", align_corners=False
             )[:, 0],
-            chunk=max(1, budget // (height * width)),
+            pixels_each=height * width,
             threshold=self.mask_threshold,
             stability_score_offset=self.stability_score_offset,
             stability_score_thresh=self.stability_score_thresh,

@@ -122,18 +122,9 @@ def check_prompts(value: Any, *, where: str) -> dict[str, Any] | None:
         if not isinstance(value["multimask"], bool):
             raise InvalidPrompt(f"{where}.multimask must be true or false")
         prompts["multimask"] = value["multimask"]
-    if "amg" in value:
-        check_amg(value["amg"], where=f"{where}.amg")
-        prompts["amg"] = dict(value["amg"])  # as given: the defaults stay the engine's
     if "label" in value:
         prompts["label"] = check_label(value["label"], where=f"{where}.label", prompts=len(boxes) or 1)
-    if "outputs" in value:
-        outputs = value["outputs"]
-        if not isinstance(outputs, list) or any(o not in MASK_OUTPUTS for o in outputs):
-            raise InvalidPrompt(f"{where}.outputs must be a list of {list(MASK_OUTPUTS)}")
-        prompts["outputs"] = outputs
-    if "tiling" in value:
-        prompts["tiling"] = check_tiling(value["tiling"], where=f"{where}.tiling")
+    prompts.update(_shared_keys(value, where=where))
     return prompts or None
 
 
@@ -166,17 +157,25 @@ def _check_concepts(value: dict[str, Any], *, where: str) -> dict[str, Any]:
         raise InvalidPrompt(f"{where} has {len(boxes)} exemplar boxes but {len(box_labels)} box_labels")
     if boxes:
         prompts["boxes"], prompts["box_labels"] = boxes, [bool(label) for label in box_labels]
+    prompts.update(_shared_keys(value, where=where))
+    return prompts
+
+
+def _shared_keys(value: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """The keys every kind of prompt may carry, checked: ``amg`` (as given: the defaults stay the
+    engine's), ``outputs`` and ``tiling``."""
+    shared: dict[str, Any] = {}
     if "amg" in value:
         check_amg(value["amg"], where=f"{where}.amg")
-        prompts["amg"] = dict(value["amg"])
+        shared["amg"] = dict(value["amg"])
     if "outputs" in value:
         outputs = value["outputs"]
         if not isinstance(outputs, list) or any(o not in MASK_OUTPUTS for o in outputs):
             raise InvalidPrompt(f"{where}.outputs must be a list of {list(MASK_OUTPUTS)}")
-        prompts["outputs"] = outputs
+        shared["outputs"] = outputs
     if "tiling" in value:
-        prompts["tiling"] = check_tiling(value["tiling"], where=f"{where}.tiling")
-    return prompts
+        shared["tiling"] = check_tiling(value["tiling"], where=f"{where}.tiling")
+    return shared
 
 
 def multimask_for(boxes: int, multimask: bool | None) -> bool:

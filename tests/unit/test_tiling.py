@@ -198,8 +198,8 @@ def test_a_batch_shard_records_the_tiling_in_masks_json(fast_engine):
     assert line["status"] == "succeeded"
     doc = json.loads(store.objects[(RESULTS, "results/batches/b1/big.png/masks.json")].data)
     assert doc["tiling"] == {"tile": 96, "overlap": 24, "tiles": 4, "grid": [2, 2]}
-    assert doc["mask_count"] > 0 and all(m.rle["size"] == [130, 160] for m in doc["masks"])
-    assert all(set(m.tiles) <= {0, 1, 2, 3} for m in doc["masks"])
+    assert doc["mask_count"] > 0 and all(m["segmentation"]["size"] == [130, 160] for m in doc["masks"])
+    assert all(set(m["tiles"]) <= {0, 1, 2, 3} for m in doc["masks"])
     assert line["tiling"] == doc["tiling"]
     markdown = _report_markdown([line])
     assert "from 4 tiles (2x2, 96 px / 24 overlap)" in markdown

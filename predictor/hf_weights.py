@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from predictor import weights
 from predictor.weights import DownloadError
@@ -41,6 +42,25 @@ ALLOW_PATTERNS = [
     # SAM 3's text side: its tokenizer
     "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
 ]  # fmt: skip
+
+
+def hf_description(
+    info: ModelInfo, checkpoint: str | None, model_class: str, random_weights: bool
+) -> dict[str, Any]:
+    """The ``model`` record fields every transformers-backed engine shares: type, family,
+    checkpoint, the backend that ran it, and the random-weights warning when it applies."""
+    import transformers
+
+    record: dict[str, Any] = {
+        "type": info.name,
+        "family": info.family,
+        "checkpoint": checkpoint,
+        "backend": f"transformers {transformers.__version__} {model_class}",
+        "random_weights": random_weights,
+    }
+    if random_weights:
+        record["note"] = "random weights: the masks are meaningless (testing only)"
+    return record
 
 
 def hub_cache(cache_dir: Path) -> Path:

@@ -131,20 +131,8 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
     @property
     def description(self) -> dict[str, Any]:
         """What produced the masks, for responses and ``masks.json``."""
-        import transformers
-
-        info: dict[str, Any] = {
-            "type": self.model_type,
-            "family": self.info.family,
-            "checkpoint": self.checkpoint,
-            "backend": f"transformers {transformers.__version__} Sam2Model",
-            "device": str(self.device),
-            "precision": self.precision,
-            "random_weights": self.random_weights,
-        }
-        if self.random_weights:
-            info["note"] = "random weights: the masks are meaningless (testing only)"
-        return info
+        record = hf_weights.hf_description(self.info, self.checkpoint, "Sam2Model", self.random_weights)
+        return {**record, "device": str(self.device), "precision": self.precision}
 
     @property
     def auto_points_per_side(self) -> int:

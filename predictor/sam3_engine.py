@@ -87,19 +87,8 @@ class Sam3Engine:
     @property
     def description(self) -> dict[str, Any]:
         """What produced the masks, for responses and ``masks.json``."""
-        import transformers
-
-        info: dict[str, Any] = {
-            **self.concepts.description,
-            "type": self.model_type,
-            "family": self.info.family,
-            "checkpoint": self.checkpoint,
-            "backend": f"transformers {transformers.__version__} Sam3Model",
-            "random_weights": self.random_weights,
-        }
-        if self.random_weights:
-            info["note"] = "random weights: the masks are meaningless (testing only)"
-        return info
+        record = hf_weights.hf_description(self.info, self.checkpoint, "Sam3Model", self.random_weights)
+        return {**self.concepts.description, **record}
 
     @property
     def auto_points_per_side(self) -> int:

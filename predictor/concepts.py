@@ -270,11 +270,7 @@ class ConceptEngine:
         for first in range(0, len(images), self.batch_size):
             chunk = range(first, min(first + self.batch_size, len(images)))
             start = time.perf_counter()
-            pixels = self.processor.image_processor([images[i] for i in chunk], return_tensors="pt")[
-                "pixel_values"
-            ]
-            with self._autocast():
-                vision = self.model.get_vision_features(pixel_values=pixels.to(self.device))
+            vision = self._vision([images[i] for i in chunk])
             vision_ms = (time.perf_counter() - start) * 1000 / len(chunk)
             for offset, index in enumerate(chunk):
                 names, boxes = per_image[index]
@@ -285,6 +281,26 @@ class ConceptEngine:
                     )
                 )
         return results
+
+    def embed(self, images: Sequence[np.ndarray]) -> list[Sam3VisionEncoderOutput]:
+        """Vision features of ``HxWx3 uint8`` RGB images (one per image, as :meth:`segment` uses
+        them), ``batch_size`` images per encoder pass."""
+        with self._lock, torch.inference_mode():
+            out = []
+            for first in range(0, len(images), self.batch_size):
+                chunk = list(images[first : first + self.batch_size])
+                vision = self._vision(chunk)
+                out += [_pick(vision, offset) for offset in range(len(chunk))]
+            return out
+
+    def _vision(self, images: Sequence[np.ndarray]) -> Sam3VisionEncoderOutput:
+        """One vision encoder pass over ``images``."""
+        pixels = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+        with self._autocast():
+            vision: Sam3VisionEncoderOutput = self.model.get_vision_features(
+                pixel_values=pixels.to(self.device)
+            )
+        return vision
 
     def _text_features(self, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{name: (1xTxD features, 1xT attention mask)}``; the text encoder runs once, on the names

@@ -97,8 +97,9 @@ class Sam3Engine:
         return 16
 
     def embed(self, images: Sequence[np.ndarray]) -> Sequence[Any]:
-        """Not kept: SAM 3's vision features are computed per call (text features are cached)."""
-        raise NotImplementedError("SAM 3 keeps no image embeddings; send text concepts to run()")
+        """SAM 3's vision features per image (not cached: :meth:`run` computes them once per call,
+        and text features are the cached part)."""
+        return self.concepts.embed(images)
 
     def clear_cache(self) -> None:
         self.concepts.clear_cache()

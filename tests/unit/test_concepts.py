@@ -267,3 +267,13 @@ def test_bf16_takes_exemplar_boxes_on_a_cpu(engine: ConceptEngine, images: list[
     exact = engine.segment(images[:1], ["car"], boxes, ConceptThresholds(score=0.0))[0]
     assert result.masks.shape == exact.masks.shape and result.labels == exact.labels
     np.testing.assert_allclose(np.sort(result.scores), np.sort(exact.scores), atol=0.1)
+
+
+def test_embed_gives_the_vision_features_segment_uses(
+    engine: ConceptEngine, images: list[np.ndarray], calls: Calls
+) -> None:
+    before = calls.vision
+    features = engine.embed(images)
+    assert len(features) == len(images) and calls.vision - before == len(images)
+    one = engine.embed(images[:1])[0]
+    torch.testing.assert_close(one.fpn_hidden_states[-1], features[0].fpn_hidden_states[-1])

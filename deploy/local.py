@@ -8,6 +8,7 @@ by ``down`` and restored by ``up`` (:mod:`deploy.store_snapshot`). See docs/desi
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import os
@@ -444,12 +445,8 @@ class LocalStack:
 
     def restore_objects(self) -> store_snapshot.RestoreReport:
         """Put the objects the last ``down`` saved into the (empty) fake-gcs-server just started."""
-        s = self.settings
-        client = emulator_storage_client(s.project, self.client_env()["STORAGE_EMULATOR_HOST"])
-        try:
+        with self._storage() as client:
             return store_snapshot.restore(client, self.snapshot_dir)
-        finally:
-            client.close()
 
     def migrate_legacy_store(self, gcs_binary: str) -> int:
         """Save the objects the filesystem backend kept under ``<state dir>/gcs`` as the snapshot
@@ -468,11 +465,8 @@ class LocalStack:
         )
         try:
             processes.wait_ready(proc, record, timeout_s=READY_TIMEOUT_S["gcs"])
-            client = emulator_storage_client(self.settings.project, url)
-            try:
+            with self._storage(url) as client:
                 saved = store_snapshot.save(client, self.snapshot_dir)
-            finally:
-                client.close()
         except Exception as exc:
             raise LocalStackError(
                 f"could not read the objects kept in {legacy} by the earlier filesystem backend ({exc}): "
@@ -485,12 +479,13 @@ class LocalStack:
 
     def save_objects(self) -> int:
         """Save every object of the running fake-gcs-server to the snapshot folder; returns the count."""
-        s = self.settings
-        client = emulator_storage_client(s.project, self.client_env()["STORAGE_EMULATOR_HOST"])
-        try:
+        with self._storage() as client:
             return store_snapshot.save(client, self.snapshot_dir)
-        finally:
-            client.close()
+
+    def _storage(self, url: str | None = None) -> contextlib.closing[storage.Client]:
+        """A storage client bound to fake-gcs-server at ``url`` (default: this stack's), closed after use."""
+        host = url or self.client_env()["STORAGE_EMULATOR_HOST"]
+        return contextlib.closing(emulator_storage_client(self.settings.project, host))
 
     def ensure_resources(self) -> list[resources.Change]:
         """Create (or confirm) the stack's buckets, topics and subscriptions through the client libraries."""

@@ -17,12 +17,12 @@ from .test_event_path import events  # noqa: F401  (the module's stack fixture, 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _large_photo(width: int = 4000, height: int = 3000) -> bytes:
+def _large_photo(width: int = 1800, height: int = 1300) -> bytes:
     rng = np.random.default_rng(12)
     pixels = np.full((height, width, 3), 60, np.uint8)
     for _ in range(40):  # flat shapes, some across tile borders
-        x, y = int(rng.integers(0, width - 400)), int(rng.integers(0, height - 400))
-        w, h = (int(v) for v in rng.integers(80, 400, 2))
+        x, y = int(rng.integers(0, width - 200)), int(rng.integers(0, height - 200))
+        w, h = (int(v) for v in rng.integers(40, 200, 2))
         pixels[y : y + h, x : x + w] = rng.integers(0, 255, 3)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, "JPEG", quality=90)
@@ -31,7 +31,8 @@ def _large_photo(width: int = 4000, height: int = 3000) -> bytes:
 
 def test_a_large_upload_with_tiling_gets_stitched_full_resolution_masks(events):  # noqa: F811
     prompts = {
-        "tiling": {"tile": 1024, "overlap": 128},
+        # Small tiles keep the pixels few; every tile costs one encoder pass, so the grid is 4 x 3.
+        "tiling": {"tile": 512, "overlap": 64},
         "outputs": ["polygons"],
         # tiny's random weights score low: keep every candidate so there is something to stitch.
         "amg": {"pred_iou_thresh": 0, "stability_score_thresh": 0, "max_masks": 40},
@@ -44,17 +45,17 @@ def test_a_large_upload_with_tiling_gets_stitched_full_resolution_masks(events):
     assert message["status"] == "succeeded", message["error"]
     outputs = events.results(name)
     doc = json.loads(outputs["masks.json"].download_as_bytes())
-    assert (doc["width"], doc["height"], doc["mode"]) == (4000, 3000, "automatic")
-    assert doc["tiling"] == {"tile": 1024, "overlap": 128, "tiles": 20, "grid": [5, 4]}
+    assert (doc["width"], doc["height"], doc["mode"]) == (1800, 1300, "automatic")
+    assert doc["tiling"] == {"tile": 512, "overlap": 64, "tiles": 12, "grid": [4, 3]}
     assert doc["tiling"]["tiles"] >= 12
     masks = doc["masks"]
     assert 0 < len(masks) == message["mask_count"]
     for mask in masks:
-        assert mask["segmentation"]["size"] == [3000, 4000]
-        assert mask["tiles"] and set(mask["tiles"]) <= set(range(20))
+        assert mask["segmentation"]["size"] == [1300, 1800]
+        assert mask["tiles"] and set(mask["tiles"]) <= set(range(12))
         assert mask["polygons"]["tolerance_px"] == 1.0
     with Image.open(io.BytesIO(outputs["mask_000.png"].download_as_bytes())) as png:
-        assert png.size == (4000, 3000)
+        assert png.size == (1800, 1300)
     rles = [{"size": m["segmentation"]["size"], "counts": m["segmentation"]["counts"]} for m in masks]
     iou = np.asarray(mask_utils.iou(rles, rles, [0] * len(rles)))
     np.fill_diagonal(iou, 0.0)

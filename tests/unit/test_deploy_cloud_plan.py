@@ -50,7 +50,8 @@ def sample_options(**changes) -> DeployOptions:
 
 def sample_settings(**changes) -> Settings:
     # from an empty mapping: the plan must not depend on the environment of whoever runs the tests
-    return Settings.from_env({}, **{"state_dir": Path(".samdrop"), **changes})
+    fixed = {"state_dir": Path(".samdrop"), "cache_dir": Path("~/.cache/samdrop")}  # not the user's home
+    return Settings.from_env({}, **{**fixed, **changes})
 
 
 def _check_golden(name: str, text: str) -> None:
@@ -65,6 +66,16 @@ def _check_golden(name: str, text: str) -> None:
 
 def test_deploy_plan_matches_the_golden_plan():
     _check_golden("plan_deploy_sample.txt", render_plan(deploy_steps(sample_options(), sample_settings())))
+
+
+def test_the_default_deploy_plan_matches_its_golden_plan():
+    """No model flag: the table's deploy default, its weights staged into the models bucket, on a GPU
+    that scales to zero."""
+    options = DeployOptions(
+        project="samdrop-demo", region="us-central1", bucket="samdrop-demo-images", image_tag="v1",
+        source_digest="0" * 64,
+    )  # fmt: skip
+    _check_golden("plan_deploy_default.txt", render_plan(deploy_steps(options, sample_settings())))
 
 
 def test_destroy_plan_matches_the_golden_plan():

@@ -1,6 +1,6 @@
 """The three service accounts, the two custom roles and the least roles each account needs.
 
-``grants()`` is the one list of roles: deploy adds them, destroy removes them, and the README's
+``grants()`` is the one list of roles: deploy adds them, destroy removes them, and docs/deploy.md's
 table says the same (a test checks that it names every role). The trust zones they draw are in
 docs/operations.md "Trust zones".
 """

@@ -398,7 +398,16 @@ def _model_step(options: DeployOptions) -> Step:
     names = options.names
     artifact_uri = checkpoint_folder(options.checkpoint_uri)
     environment = {"SAMDROP_MODEL_TYPE": options.model_type}
-    digest = _digest({"image": names.image, "artifact_uri": artifact_uri, "environment": environment})
+    # the weights' source too: other weights staged into the same folder make a new model, since a
+    # deployed one may serve its own copy of the folder (Vertex AI copies artifact_uri for it)
+    digest = _digest(
+        {
+            "image": names.image,
+            "artifact_uri": artifact_uri,
+            "environment": environment,
+            "weights": options.weights_source,
+        }
+    )
     return Step(
         f"Vertex AI Model {ENDPOINT_NAME} ({options.model_type}) serving the CPR image"
         + _weights_phrase(options.model_type, artifact_uri),

@@ -102,6 +102,7 @@ def test_deploy_creates_then_changes_nothing_and_dead_letters_arrive(emulators):
         "bucket:deploy-emu-bucket",
         "bucket:deploy-emu-bucket-results",
         "bucket:deploy-emu-bucket-pipelines",
+        "bucket:deploy-emu-bucket-models",
         f"topic:{s.uploads_topic}",
         f"topic:{s.completions_topic}",
         f"topic:{s.dead_letter_topic}",
@@ -119,7 +120,12 @@ def test_deploy_creates_then_changes_nothing_and_dead_letters_arrive(emulators):
     assert set(second.values()) == {"unchanged"}, second
 
     c = emulators.clients
-    for bucket in ("deploy-emu-bucket", "deploy-emu-bucket-results", "deploy-emu-bucket-pipelines"):
+    for bucket in (
+        "deploy-emu-bucket",
+        "deploy-emu-bucket-results",
+        "deploy-emu-bucket-pipelines",
+        "deploy-emu-bucket-models",
+    ):
         assert c.storage.lookup_bucket(bucket) is not None, bucket
     configured = c.subscriber.get_subscription(request={"subscription": eventarc})
     assert configured.dead_letter_policy.dead_letter_topic == c.publisher.topic_path(

@@ -207,3 +207,17 @@ def test_auto_model_type_is_decided_at_deploy_time():
     assert _deployed_type("auto", "gs://m/sam/sam_vit_h_4b8939.pth") == "vit_h"
     assert _deployed_type("auto", None) == models.DEPLOY_DEFAULT
     assert _deployed_type("classic", None) == "classic"
+
+
+def test_other_weights_in_the_same_folder_make_a_new_model():
+    def model_label(**changes):
+        options = sample_options(model_type="vit_b", checkpoint=None, **changes)
+        steps = deploy_steps(options, sample_settings())
+        (model,) = [s for s in steps if s.key == "model"]
+        assert isinstance(model.action, ApiCall)
+        return model.action.args["artifact_uri"], model.action.args["labels"]["samdrop_config"]
+
+    official = model_label()
+    mirrored = model_label(weights_url="https://mirror.example/sam/")
+    assert official[0] == mirrored[0]  # the same staged file name, the same folder
+    assert official[1] != mirrored[1]

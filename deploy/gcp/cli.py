@@ -120,6 +120,8 @@ def deploy_command(args: argparse.Namespace, settings: Settings) -> int:
 
     digest = source_digest()
     checkpoint = args.checkpoint if args.checkpoint is not None else settings.checkpoint
+    if checkpoint == "auto":  # SAMDROP_CHECKPOINT's word for the type's official weights
+        checkpoint = None
     options = DeployOptions(
         project=args.project,
         region=args.region,

@@ -221,3 +221,12 @@ def test_other_weights_in_the_same_folder_make_a_new_model():
     mirrored = model_label(weights_url="https://mirror.example/sam/")
     assert official[0] == mirrored[0]  # the same staged file name, the same folder
     assert official[1] != mirrored[1]
+
+
+def test_samdrop_checkpoint_auto_deploys_the_official_weights(monkeypatch, capsys):
+    from deploy.command import main
+
+    monkeypatch.setenv("SAMDROP_CHECKPOINT", "auto")  # the settings' word for "the type's own weights"
+    assert main(["deploy", "--project", "samdrop-demo", "--dry-run", "--model-type", "vit_b"]) == 0
+    out = capsys.readouterr().out
+    assert "stage_file(url='https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth'" in out

@@ -1,4 +1,4 @@
-"""The README's picture of a stitched result: ``docs/tiling-stitched.jpg``. Not a test.
+"""docs/usage.md's picture of a stitched result: ``docs/tiling-stitched.jpg``. Not a test.
 
 A 1800x1800 scene with a ring-shaped object (a hole, and an arm reaching into two tiles) across the
 four tiles of a 1024/128 grid, and a small square in one tile. The masks come from a stand-in mask

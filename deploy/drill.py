@@ -1,7 +1,7 @@
 """An outage drill on the running local stack: a burst of uploads, one server killed mid-burst
 (SIGKILL to its whole process group, as a crash or an OOM kill would), brought back after a while,
 and a count of what arrived. ``benchmarks/fault_bench.py`` prints its figures; the integration
-tests assert them. See README "Failures, duplicates, outages".
+tests assert them. See docs/usage.md "Failures, duplicates, outages".
 """
 
 from __future__ import annotations

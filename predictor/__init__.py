@@ -16,10 +16,14 @@ from predictor.instances import Prompts, check_model_takes, check_prompts_fit, p
 if TYPE_CHECKING:  # the same names for mypy; at run time __getattr__ imports them on first use
     from predictor.backends import Engine, load_engine
     from predictor.engine import Job, MaskSet
+    from predictor.hf_weights import download as download_hf_weights
     from predictor.polygons import mask_polygons, with_exports
     from predictor.tiling import Tiling, resolve_tiling, run_jobs
+    from predictor.weights import fetch as fetch_weights
+    from predictor.weights import official_url
 
-# name -> the private module it comes from (torch, segment-anything or OpenCV behind most of them)
+# name -> the private module it comes from (torch, segment-anything or OpenCV behind most of them);
+# ``module:attribute`` where the public name differs from the module's own
 _LAZY = {
     "Engine": "predictor.backends",
     "load_engine": "predictor.backends",
@@ -30,6 +34,10 @@ _LAZY = {
     "Tiling": "predictor.tiling",
     "resolve_tiling": "predictor.tiling",
     "run_jobs": "predictor.tiling",
+    # weights only (requests, huggingface_hub; no torch): deploy stages them into the models bucket
+    "official_url": "predictor.weights",
+    "fetch_weights": "predictor.weights:fetch",
+    "download_hf_weights": "predictor.hf_weights:download",
 }
 
 __all__ = [
@@ -40,8 +48,11 @@ __all__ = [
     "Tiling",
     "check_model_takes",
     "check_prompts_fit",
+    "download_hf_weights",
+    "fetch_weights",
     "load_engine",
     "mask_polygons",
+    "official_url",
     "parse_prompts",
     "prompts_from",
     "resolve_tiling",
@@ -53,6 +64,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'predictor' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
+    module, _, attribute = _LAZY[name].partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
     globals()[name] = value  # once loaded, a plain attribute
     return value

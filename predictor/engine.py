@@ -96,7 +96,7 @@ class Job:
     return_logits: bool = False
 
 
-# SAMDROP_AMG_POINTS_PER_SIDE=auto on a CPU (measured with tiny on 2 cores, README "Performance").
+# SAMDROP_AMG_POINTS_PER_SIDE=auto on a CPU (measured with tiny on 2 cores, docs/benchmarks.md).
 CPU_GRID_COMPILED = 24
 CPU_GRID_EAGER = 16
 

@@ -11,11 +11,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from deploy.gcp.options import DEFAULT_GPU, GPU_MACHINE_TYPES, DeployOptions
+from samdrop.models import BY_NAME, DEPLOY_DEFAULT
 from samdrop.settings import Settings
 
 if TYPE_CHECKING:  # the Google clients load only when a command runs
     from deploy.gcp.executor import Report
-    from deploy.gcp.options import DeployOptions
     from deploy.gcp.plan import Step, StepResult
 
 
@@ -27,25 +28,30 @@ def add_commands(subparsers: Any) -> None:
     _common(deploy)
     deploy.add_argument(
         "--model-type",
-        help="a model type of `samdrop models list` (default: SAMDROP_MODEL_TYPE, else tiny)",
+        help="a model type of `samdrop models list` (default: SAMDROP_MODEL_TYPE if set, else "
+        f"{DEPLOY_DEFAULT}; classic runs on a CPU machine with no GPU)",
     )
-
     deploy.add_argument(
         "--checkpoint",
-        help="gs:// URI of the weights: Meta's .pth (file or folder) or a save_pretrained folder "
-        "(not for tiny)",
+        help="the weights, if not the type's official ones: gs:// (Meta's .pth, file or folder, or a "
+        "save_pretrained folder; used where it is) or https:// (a SAM 1 .pth; copied to the models bucket)",
+    )
+    deploy.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="deploy --model-type tiny anyway (random weights, meaningless masks: pipeline tests only)",
     )
     deploy.add_argument(
         "--gpu",
-        default="NVIDIA_L4",
-        help="NVIDIA_L4 (default), NVIDIA_TESLA_T4, NVIDIA_A100_80GB or NVIDIA_H100_80GB",
+        help=f"{', '.join(GPU_MACHINE_TYPES)} (default {DEFAULT_GPU}; none for CPU-only model types)",
     )
     deploy.add_argument("--accelerator-count", type=int, default=1, help="GPUs per replica (default 1)")
     deploy.add_argument(
         "--min-replicas",
         type=int,
-        default=1,
-        help="endpoint replicas always running (default 1; 0 scales to zero when idle)",
+        default=0,
+        help="endpoint replicas always running (default 0: scales to zero when idle, and the first "
+        "request after that waits for a replica to start)",
     )
     deploy.add_argument("--max-replicas", type=int, default=1, help="endpoint autoscaling ceiling")
     deploy.add_argument("--function-memory", default="2Gi", help="function memory (default 2Gi)")
@@ -92,6 +98,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="bucket for the pipeline template, which only you write (default: <bucket>-pipelines)",
     )
     parser.add_argument(
+        "--models-bucket",
+        help="bucket deploy copies the weights into, which only you write (default: <bucket>-models)",
+    )
+    parser.add_argument(
         "--uploader",
         action="append",
         default=[],
@@ -106,20 +116,24 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def deploy_command(args: argparse.Namespace, settings: Settings) -> int:
     from deploy.gcp.function_source import source_digest
-    from deploy.gcp.options import DeployOptions
     from deploy.gcp.steps import deploy_steps
 
     digest = source_digest()
     checkpoint = args.checkpoint if args.checkpoint is not None else settings.checkpoint
+    if checkpoint == "auto":  # SAMDROP_CHECKPOINT's word for the type's official weights
+        checkpoint = None
     options = DeployOptions(
         project=args.project,
         region=args.region,
         bucket=args.bucket or f"{args.project}-samdrop",
         results_bucket=args.results_bucket or settings.results_bucket,
         pipelines_bucket=args.pipelines_bucket,
+        models_bucket=args.models_bucket,
         uploaders=tuple(args.uploader),
         model_type=_deployed_type(args.model_type or settings.model_type, checkpoint),
         checkpoint=checkpoint,
+        weights_url=settings.weights_url,
+        allow_random_weights=args.allow_random_weights,
         gpu=args.gpu,
         accelerator_count=args.accelerator_count,
         min_replicas=args.min_replicas,
@@ -133,9 +147,9 @@ def deploy_command(args: argparse.Namespace, settings: Settings) -> int:
         source_digest=digest,
     )
     steps = deploy_steps(options, settings, repo_root=_repo_root())
-    if options.model_type == "tiny":
+    if BY_NAME[options.model_type].random_weights:
         print(
-            "note: model type tiny has random weights: its masks are meaningless (use --model-type vit_h)",
+            f"note: model type {options.model_type} has random weights: its masks are meaningless",
             file=sys.stderr,
         )
     status = _run("deploy", steps, options, args.dry_run)
@@ -151,17 +165,16 @@ def deploy_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def _deployed_type(model_type: str, checkpoint: str | None) -> str:
     """``auto`` is decided here, not on the endpoint (whose artifacts folder has no type in its name):
-    the type the checkpoint's file name says, else ``tiny`` as before ``auto`` existed."""
+    the type the checkpoint's file name says, else the model table's deploy default."""
     from samdrop.models import type_from_name
 
     if model_type != "auto":
         return model_type
-    return (type_from_name(checkpoint) if checkpoint else None) or "tiny"
+    return (type_from_name(checkpoint) if checkpoint else None) or DEPLOY_DEFAULT
 
 
 def destroy_command(args: argparse.Namespace, settings: Settings) -> int:
     from deploy.gcp.destroy import destroy_steps
-    from deploy.gcp.options import DeployOptions
 
     options = DeployOptions(
         project=args.project,
@@ -169,6 +182,7 @@ def destroy_command(args: argparse.Namespace, settings: Settings) -> int:
         bucket=args.bucket or f"{args.project}-samdrop",
         results_bucket=args.results_bucket or settings.results_bucket,
         pipelines_bucket=args.pipelines_bucket,
+        models_bucket=args.models_bucket,
         uploaders=tuple(args.uploader),
         checkpoint=args.checkpoint,
     )

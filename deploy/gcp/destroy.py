@@ -111,7 +111,7 @@ def destroy_steps(options: DeployOptions, settings: Settings, *, delete_data: bo
         )
     )
     if delete_data:
-        for bucket in (options.pipelines, s.output_bucket, s.bucket):
+        for bucket in (options.models, options.pipelines, s.output_bucket, s.bucket):
             steps.append(
                 Step(
                     f"Delete gs://{bucket} with every object in it (--delete-data)",

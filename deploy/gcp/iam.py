@@ -1,6 +1,6 @@
 """The three service accounts, the two custom roles and the least roles each account needs.
 
-``grants()`` is the one list of roles: deploy adds them, destroy removes them, and the README's
+``grants()`` is the one list of roles: deploy adds them, destroy removes them, and docs/deploy.md's
 table says the same (a test checks that it names every role). The trust zones they draw are in
 docs/operations.md "Trust zones".
 """
@@ -147,8 +147,12 @@ def grants(options: DeployOptions, completions_topic: str) -> list[Grant]:
         )
         for member in options.uploaders
     ]
-    if options.checkpoint is not None:
-        models = options.checkpoint.removeprefix("gs://").split("/", 1)[0]
+    # The weights: the models bucket deploy stages them into, and a --checkpoint gs:// bucket elsewhere.
+    # The endpoint needs neither (Vertex AI copies artifact_uri for it); the pipeline's tasks load them.
+    weights_buckets = [options.models]
+    if options.checkpoint is not None and options.checkpoint.startswith("gs://"):
+        weights_buckets.append(options.checkpoint.removeprefix("gs://").split("/", 1)[0])
+    for models in dict.fromkeys(weights_buckets):
         if models not in (bucket, results):
             out.append(
                 Grant(

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from samdrop.errors import ConfigError
-from samdrop.models import BY_NAME, META_FILE, unknown_type_message
+from samdrop.models import BY_NAME, DEPLOY_DEFAULT, HF_REPO, META_FILE, ModelInfo, unknown_type_message
 from samdrop.settings import RESULTS_SUFFIX
 
 # The GPU decides the machine: Vertex AI accepts each accelerator on one machine family only.
@@ -17,12 +17,17 @@ GPU_MACHINE_TYPES = {
     "NVIDIA_A100_80GB": "a2-ultragpu-1g",
     "NVIDIA_H100_80GB": "a3-highgpu-1g",
 }
+DEFAULT_GPU = "NVIDIA_L4"
+# A model that never uses a GPU (the table's ``uses_gpu``) gets this machine and no accelerator:
+# 4 vCPUs and 16 GB, enough for classic's OpenCV and scikit-image on one image at a time.
+CPU_MACHINE_TYPE = "n2-standard-4"
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")  # no dots: those need domain verification
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _MEMORY = re.compile(r"^[1-9][0-9]*(Mi|Gi)$")
 _MEMBER = re.compile(r"^(user|group|serviceAccount|domain):[^\s,=]+$")
+_GS_URI = re.compile(r"^gs://[a-z0-9][a-z0-9._-]+/.+")
 
 FUNCTION_NAME = "samdrop-on-upload"
 ENDPOINT_NAME = "samdrop-sam"
@@ -34,6 +39,9 @@ CONFIG_LABEL = "samdrop_config"  # label holding a digest of what deploy asked f
 PIPELINE_TEMPLATE_OBJECT = "templates/samdrop_pipeline.yaml"
 PIPELINE_ROOT_PREFIX = "pipeline-root/"
 PIPELINES_SUFFIX = "-pipelines"
+# Deploy copies the weights here (only the deployer writes it), one folder per model type, so the
+# endpoint and the pipeline never depend on Meta's server or the Hugging Face hub being reachable.
+MODELS_SUFFIX = "-models"
 
 
 @dataclass(frozen=True)
@@ -45,12 +53,17 @@ class DeployOptions:
     bucket: str
     results_bucket: str | None = None  # None: <bucket>-results
     pipelines_bucket: str | None = None  # None: <bucket>-pipelines
+    models_bucket: str | None = None  # None: <bucket>-models
     uploaders: tuple[str, ...] = ()  # IAM members granted write on the upload bucket only
-    model_type: str = "tiny"
+    model_type: str = DEPLOY_DEFAULT
+    # gs:// (used where it is), https:// (staged into the models bucket); None: the type's official
+    # weights, staged into the models bucket (Meta's file under SAMDROP_WEIGHTS_URL, or the HF repo)
     checkpoint: str | None = None
-    gpu: str = "NVIDIA_L4"
+    weights_url: str | None = None  # a mirror of Meta's SAM 1 files (SAMDROP_WEIGHTS_URL)
+    allow_random_weights: bool = False  # tiny's meaningless masks, asked for by name
+    gpu: str | None = None  # None: DEFAULT_GPU, or no GPU for a CPU-only model type
     accelerator_count: int = 1
-    min_replicas: int = 1
+    min_replicas: int = 0  # scale to zero when idle (Vertex AI's preview API; vertex_calls._deploy)
     max_replicas: int = 1
     function_memory: str = "2Gi"
     function_cpu: int = 1
@@ -80,7 +93,11 @@ class DeployOptions:
                 f"--bucket {self.bucket!r} is not a valid bucket name "
                 "(3-63 of a-z 0-9 _ -, starting and ending with a letter or digit, no 'goog')"
             )
-        buckets = {"--results-bucket": self.results, "--pipelines-bucket": self.pipelines}
+        buckets = {
+            "--results-bucket": self.results,
+            "--pipelines-bucket": self.pipelines,
+            "--models-bucket": self.models,
+        }
         for flag, name in buckets.items():
             if not _BUCKET.match(name) or name.startswith("goog") or "google" in name:
                 problems.append(
@@ -92,30 +109,21 @@ class DeployOptions:
                     f"{flag} must differ from --bucket {self.bucket}: whoever may upload could then "
                     "write there too (results, or the pipeline's code)"
                 )
-        if self.results == self.pipelines:
-            problems.append("--results-bucket and --pipelines-bucket must differ")
+        if len({self.results, self.pipelines, self.models}) < 3:
+            problems.append("--results-bucket, --pipelines-bucket and --models-bucket must all differ")
         for member in self.uploaders:
             if not _MEMBER.match(member):
                 problems.append(
                     f"--uploader {member!r} is not an IAM member like user:ana@example.com, "
                     "group:team@example.com, serviceAccount:… or domain:example.com"
                 )
-        if self.gpu not in GPU_MACHINE_TYPES:
-            problems.append(f"--gpu {self.gpu!r} is not one of {', '.join(GPU_MACHINE_TYPES)}")
         info = BY_NAME.get(self.model_type)
         if info is None:
             problems.append(unknown_type_message(self.model_type, where="--model-type", allow_auto=False))
-        elif (info.weights == META_FILE or info.gated) and not self.checkpoint:
-            # Meta's SAM 1 files live on a server the endpoint should not depend on; a gated repo
-            # would need a token on the endpoint. Open Hugging Face repos are fetched at start-up.
-            what = (
-                "Meta's checkpoint"
-                if info.weights == META_FILE
-                else f"{info.source} saved with save_pretrained"
-            )
-            problems.append(f"--model-type {self.model_type} needs --checkpoint gs://… ({what} in a bucket)")
-        if self.checkpoint is not None and not re.match(r"^gs://[a-z0-9][a-z0-9._-]+/.+", self.checkpoint):
-            problems.append(f"--checkpoint {self.checkpoint!r} must be a gs://bucket/path URI")
+        else:
+            problems += self._model_problems(info)
+        if self.gpu is not None and self.gpu not in GPU_MACHINE_TYPES:
+            problems.append(f"--gpu {self.gpu!r} is not one of {', '.join(GPU_MACHINE_TYPES)}")
         if self.max_replicas < 1:
             problems.append(f"--max-replicas must be at least 1, got {self.max_replicas}")
         if self.min_replicas < 0:
@@ -142,6 +150,80 @@ class DeployOptions:
             problems.append(f"--image-tag {self.image_tag!r} is not a valid image tag")
         return problems
 
+    def _model_problems(self, info: ModelInfo) -> list[str]:
+        problems = []
+        if info.random_weights and not self.allow_random_weights:
+            problems.append(
+                f"--model-type {info.name} has random weights: its masks are meaningless. Deploy a real "
+                f"model (leave --model-type out for {DEPLOY_DEFAULT}), or add --allow-random-weights to "
+                "deploy it anyway for a pipeline test"
+            )
+        if not info.uses_gpu and self.gpu is not None:
+            problems.append(
+                f"--model-type {info.name} runs on CPU only: leave --gpu out (it gets a {CPU_MACHINE_TYPE})"
+            )
+        checkpoint = self.checkpoint
+        if checkpoint is None:
+            return problems
+        if not info.needs_weights:
+            problems.append(f"--model-type {info.name} takes no weights: leave --checkpoint out")
+        elif checkpoint.startswith("gs://"):
+            if not _GS_URI.match(checkpoint):
+                problems.append(f"--checkpoint {checkpoint!r} is not a gs://bucket/path URI")
+        elif checkpoint.startswith("https://"):
+            if info.weights == HF_REPO:
+                problems.append(
+                    f"--checkpoint {checkpoint}: {info.name} weights are a Hugging Face repo, not one file: "
+                    "give a gs:// folder (what save_pretrained writes), or set HF_ENDPOINT to a mirror of "
+                    "the hub and leave --checkpoint out"
+                )
+        else:
+            problems.append(
+                f"--checkpoint {checkpoint!r} must be a gs://bucket/path URI or an https:// URL "
+                "(a local file: copy it to a bucket first)"
+            )
+        return problems
+
+    @property
+    def weights_source(self) -> str | None:
+        """What deploy copies into the models bucket: an https:// URL of a SAM 1 file, a Hugging
+        Face repo id (``facebook/…``); None when nothing is copied (a gs:// checkpoint is used where
+        it is; classic and tiny take no weights)."""
+        info = BY_NAME[self.model_type]
+        if not info.needs_weights or (self.checkpoint or "").startswith("gs://"):
+            return None
+        if self.checkpoint is not None:
+            return self.checkpoint
+        if info.weights == META_FILE:
+            from predictor import official_url  # requests only; no ML stack
+
+            return official_url(info.name, self.weights_url)
+        return info.source
+
+    @property
+    def checkpoint_uri(self) -> str | None:
+        """The gs:// checkpoint the endpoint and the pipeline load: ``--checkpoint gs://…`` as given,
+        else where deploy stages the weights (the SAM 1 file, or the repo's folder); None: no weights."""
+        source = self.weights_source
+        if source is None:
+            return self.checkpoint
+        folder = f"gs://{self.models}/{self.model_type}/"
+        if BY_NAME[self.model_type].weights == META_FILE:
+            return folder + source.split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        return folder
+
+    @property
+    def accelerator(self) -> str | None:
+        """The GPU each replica gets; None for a CPU-only model type."""
+        if not BY_NAME[self.model_type].uses_gpu:
+            return None
+        return self.gpu or DEFAULT_GPU
+
+    @property
+    def accelerators(self) -> int:
+        """GPUs per replica: ``accelerator_count``, or 0 without a GPU."""
+        return self.accelerator_count if self.accelerator is not None else 0
+
     @property
     def results(self) -> str:
         """The results bucket: ``--results-bucket``, else ``<bucket>-results``."""
@@ -153,8 +235,13 @@ class DeployOptions:
         return self.pipelines_bucket or self.bucket + PIPELINES_SUFFIX
 
     @property
+    def models(self) -> str:
+        """The bucket deploy stages weights into: ``--models-bucket``, else ``<bucket>-models``."""
+        return self.models_bucket or self.bucket + MODELS_SUFFIX
+
+    @property
     def machine_type(self) -> str:
-        return GPU_MACHINE_TYPES[self.gpu]
+        return CPU_MACHINE_TYPE if self.accelerator is None else GPU_MACHINE_TYPES[self.accelerator]
 
     @property
     def names(self) -> Names:

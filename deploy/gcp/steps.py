@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from deploy.gcp import function_source, iam, pubsub_calls, storage_calls, vertex_calls
+from deploy.gcp import function_source, iam, pubsub_calls, storage_calls, vertex_calls, weights_calls
 from deploy.gcp.options import (
     CONFIG_LABEL,
     ENDPOINT_NAME,
@@ -22,7 +22,7 @@ from deploy.gcp.options import (
     checkpoint_folder,
 )
 from deploy.gcp.plan import ApiCall, Gcloud, Probe, Step
-from samdrop.models import BY_NAME, HF_REPO
+from samdrop.models import BY_NAME, META_FILE
 from samdrop.settings import Settings
 
 APIS = (
@@ -62,7 +62,7 @@ def deployed_settings(options: DeployOptions, settings: Settings) -> Settings:
         bucket=options.bucket,
         results_bucket=options.results,
         model_type=options.model_type,
-        checkpoint=options.checkpoint,
+        checkpoint=options.checkpoint_uri,
         endpoint=names.endpoint,
         pipeline_runner="vertex",
         pipeline_template=names.pipeline_template,
@@ -70,8 +70,8 @@ def deployed_settings(options: DeployOptions, settings: Settings) -> Settings:
         pipeline_service_account=names.service_account("pipeline"),
         pipeline_image=names.image,
         pipeline_machine_type=options.machine_type,
-        pipeline_accelerator_type=options.gpu,
-        pipeline_accelerator_count=options.accelerator_count,
+        pipeline_accelerator_type=options.accelerator or "",
+        pipeline_accelerator_count=options.accelerators,
     )
 
 
@@ -140,7 +140,7 @@ def deploy_steps(options: DeployOptions, settings: Settings, *, repo_root: str =
             key="gcs-service-agent",
         ),
     ]
-    for bucket in (s.bucket, s.output_bucket, options.pipelines):
+    for bucket in (s.bucket, s.output_bucket, options.pipelines, options.models):
         steps += [
             Step(
                 f"Bucket gs://{bucket} in {region}",
@@ -250,19 +250,21 @@ def deploy_steps(options: DeployOptions, settings: Settings, *, repo_root: str =
             ),
             key="image",
         ),
+        *_weights_steps(options, settings),
         _model_step(options),
         Step(
-            f"Endpoint {ENDPOINT_NAME}: the model on {options.accelerator_count} x {options.gpu} "
-            f"({options.machine_type}), {options.min_replicas}..{options.max_replicas} replicas, "
-            "100% of the traffic",
+            f"Endpoint {ENDPOINT_NAME}: the model on {_hardware(options)}, "
+            f"{options.min_replicas}..{options.max_replicas} replicas"
+            + (" (scales to zero when idle)" if options.min_replicas == 0 else "")
+            + ", 100% of the traffic",
             ApiCall(
                 vertex_calls.ensure_deployment,
                 {
                     "endpoint_display_name": ENDPOINT_NAME,
                     "model": "${model}",
                     "machine_type": options.machine_type,
-                    "accelerator_type": options.gpu,
-                    "accelerator_count": options.accelerator_count,
+                    "accelerator_type": options.accelerator,
+                    "accelerator_count": options.accelerators,
                     "min_replicas": options.min_replicas,
                     "max_replicas": options.max_replicas,
                     "service_account": names.service_account("endpoint"),
@@ -350,13 +352,43 @@ def deploy_steps(options: DeployOptions, settings: Settings, *, repo_root: str =
     return steps
 
 
+def _hardware(options: DeployOptions) -> str:
+    """``1 x NVIDIA_L4 (g2-standard-8)``, or ``n2-standard-4, no GPU``."""
+    if options.accelerator is None:
+        return f"{options.machine_type}, no GPU ({options.model_type} runs on CPU)"
+    return f"{options.accelerators} x {options.accelerator} ({options.machine_type})"
+
+
+def _weights_steps(options: DeployOptions, settings: Settings) -> list[Step]:
+    """The step copying the weights into the models bucket, if deploy stages any."""
+    source, target = options.weights_source, options.checkpoint_uri
+    if source is None or target is None:
+        return []
+    bucket, _, name = target.removeprefix("gs://").partition("/")
+    cache_dir = str(settings.cache_dir)
+    if BY_NAME[options.model_type].weights == META_FILE:
+        description = f"Stage the weights: download {source} (once, into {cache_dir}) and copy it to {target}"
+        action = ApiCall(
+            weights_calls.stage_file,
+            {"url": source, "bucket": bucket, "object_name": name, "cache_dir": cache_dir},
+        )
+    else:
+        description = (
+            f"Stage the weights: download the Hugging Face repo {source} (once, into {cache_dir}) and "
+            f"copy its files to {target}"
+        )
+        action = ApiCall(
+            weights_calls.stage_repo,
+            {"model_type": options.model_type, "bucket": bucket, "prefix": name, "cache_dir": cache_dir},
+        )
+    return [Step(description, action, key="weights")]
+
+
 def _weights_phrase(model_type: str, artifact_uri: str | None) -> str:
     """Where the endpoint's weights come from, for the plan's line."""
     info = BY_NAME[model_type]
     if artifact_uri:
         return f" with the checkpoint folder {artifact_uri}"
-    if info.weights == HF_REPO:
-        return f" (weights fetched from Hugging Face {info.source} at start-up)"
     if info.random_weights:
         return f" ({model_type}: random weights, masks are meaningless)"
     return f" ({model_type}: no weights)"
@@ -364,9 +396,18 @@ def _weights_phrase(model_type: str, artifact_uri: str | None) -> str:
 
 def _model_step(options: DeployOptions) -> Step:
     names = options.names
-    artifact_uri = checkpoint_folder(options.checkpoint)
+    artifact_uri = checkpoint_folder(options.checkpoint_uri)
     environment = {"SAMDROP_MODEL_TYPE": options.model_type}
-    digest = _digest({"image": names.image, "artifact_uri": artifact_uri, "environment": environment})
+    # the weights' source too: other weights staged into the same folder make a new model, since a
+    # deployed one may serve its own copy of the folder (Vertex AI copies artifact_uri for it)
+    digest = _digest(
+        {
+            "image": names.image,
+            "artifact_uri": artifact_uri,
+            "environment": environment,
+            "weights": options.weights_source,
+        }
+    )
     return Step(
         f"Vertex AI Model {ENDPOINT_NAME} ({options.model_type}) serving the CPR image"
         + _weights_phrase(options.model_type, artifact_uri),

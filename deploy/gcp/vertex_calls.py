@@ -55,7 +55,7 @@ def ensure_deployment(
     endpoint_display_name: str,
     model: str,
     machine_type: str,
-    accelerator_type: str,
+    accelerator_type: str | None,
     accelerator_count: int,
     min_replicas: int,
     max_replicas: int,
@@ -154,11 +154,12 @@ def _deployment_shape(deployed: Any) -> dict[str, Any]:
     """What deploy sets on a DeployedModel, in the shape of ``ensure_deployment``'s wanted dict."""
     resources = deployed.dedicated_resources
     spec = resources.machine_spec
-    accelerator = spec.accelerator_type
+    accelerator = getattr(spec.accelerator_type, "name", str(spec.accelerator_type))
     return {
         "model": _unversioned(deployed.model),
         "machine_type": spec.machine_type,
-        "accelerator_type": getattr(accelerator, "name", str(accelerator)),
+        # no GPU reads back as the enum's zero value; deploy asks for None
+        "accelerator_type": None if accelerator == "ACCELERATOR_TYPE_UNSPECIFIED" else accelerator,
         "accelerator_count": spec.accelerator_count,
         "min_replicas": resources.min_replica_count,
         "max_replicas": resources.max_replica_count,

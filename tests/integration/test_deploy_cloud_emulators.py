@@ -10,9 +10,13 @@ is not Storage or Pub/Sub. Those are covered by the unit tests with recorded gcl
 from __future__ import annotations
 
 import dataclasses
+import functools
+import http.server
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -21,9 +25,10 @@ from deploy.gcp.clients import CloudClients
 from deploy.gcp.destroy import destroy_steps
 from deploy.gcp.executor import Executor
 from deploy.gcp.options import DeployOptions
-from deploy.gcp.plan import Step
+from deploy.gcp.plan import ApiCall, Step
 from deploy.gcp.steps import deploy_steps
 from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
+from samdrop import models
 from samdrop.settings import Settings
 
 from .local_stack_support import stack_settings
@@ -97,6 +102,7 @@ def test_deploy_creates_then_changes_nothing_and_dead_letters_arrive(emulators):
         "bucket:deploy-emu-bucket",
         "bucket:deploy-emu-bucket-results",
         "bucket:deploy-emu-bucket-pipelines",
+        "bucket:deploy-emu-bucket-models",
         f"topic:{s.uploads_topic}",
         f"topic:{s.completions_topic}",
         f"topic:{s.dead_letter_topic}",
@@ -114,7 +120,12 @@ def test_deploy_creates_then_changes_nothing_and_dead_letters_arrive(emulators):
     assert set(second.values()) == {"unchanged"}, second
 
     c = emulators.clients
-    for bucket in ("deploy-emu-bucket", "deploy-emu-bucket-results", "deploy-emu-bucket-pipelines"):
+    for bucket in (
+        "deploy-emu-bucket",
+        "deploy-emu-bucket-results",
+        "deploy-emu-bucket-pipelines",
+        "deploy-emu-bucket-models",
+    ):
         assert c.storage.lookup_bucket(bucket) is not None, bucket
     configured = c.subscriber.get_subscription(request={"subscription": eventarc})
     assert configured.dead_letter_policy.dead_letter_topic == c.publisher.topic_path(
@@ -199,3 +210,67 @@ def test_pipeline_template_step_compiles_and_uploads_once(emulators):
     blob = templates.get_blob("templates/samdrop_pipeline.yaml")
     assert blob is not None and blob.size > 0
     assert OPTIONS.names.image in blob.download_as_text(), "the components must run the deployed image"
+
+
+def test_the_weights_step_stages_a_file_once_and_keeps_its_folder_to_one_model(emulators, tmp_path):
+    """``--checkpoint https://…`` for a SAM 1 type: fetched once (served here over local HTTP) and
+    copied into the models bucket; a second run uploads nothing; a stale file in the folder goes."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "my_vit_b.pth").write_bytes(b"SAM 1 weights " * 1000)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        options = dataclasses.replace(
+            OPTIONS,
+            bucket="deploy-emu-weights",
+            model_type="vit_b",
+            checkpoint="https://mirror.example/weights/my_vit_b.pth",
+        )
+        settings = emulators.settings.replace(cache_dir=tmp_path / "cache")
+        steps = {s.key: s for s in deploy_steps(options, settings)}
+        # the plan's step, pointed at this test's plain-HTTP server (deploy itself takes https:// only)
+        local = f"http://127.0.0.1:{server.server_address[1]}/my_vit_b.pth"
+        action = steps["weights"].action
+        assert isinstance(action, ApiCall) and action.args["url"] == options.checkpoint
+        weights = dataclasses.replace(
+            steps["weights"], action=ApiCall(action.func, {**action.args, "url": local})
+        )
+        run(emulators, [steps["bucket:deploy-emu-weights-models"]])
+        bucket = emulators.clients.storage.bucket("deploy-emu-weights-models")
+        bucket.blob("vit_b/old_vit_b.pth").upload_from_string(b"an older checkpoint")
+        assert run(emulators, [weights]) == {"weights": "updated"}
+        assert run(emulators, [weights]) == {"weights": "unchanged"}
+        server.shutdown()
+    assert options.checkpoint_uri == "gs://deploy-emu-weights-models/vit_b/my_vit_b.pth"
+    assert [b.name for b in bucket.list_blobs(prefix="vit_b/")] == ["vit_b/my_vit_b.pth"]
+    assert bucket.blob("vit_b/my_vit_b.pth").download_as_bytes() == b"SAM 1 weights " * 1000
+
+
+def test_the_weights_step_stages_a_hugging_face_snapshot(emulators, tmp_path, monkeypatch):
+    """The default model: its repo snapshot (here a folder standing in for the hub's download) copied
+    file by file under ``<models bucket>/<type>/``."""
+    import predictor
+
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "config.json").write_text('{"model_type": "sam2"}')
+    (snapshot / "model.safetensors").write_bytes(b"\0" * 4096)
+    asked = []
+
+    def download(info: models.ModelInfo, cache_dir: Path) -> Path:
+        asked.append((info.source, cache_dir))
+        return snapshot
+
+    monkeypatch.setattr(predictor, "download_hf_weights", download)
+    options = dataclasses.replace(OPTIONS, bucket="deploy-emu-repo")
+    steps = {s.key: s for s in deploy_steps(options, emulators.settings.replace(cache_dir=tmp_path))}
+    run(emulators, [steps["bucket:deploy-emu-repo-models"]])
+    assert run(emulators, [steps["weights"]]) == {"weights": "created"}
+    assert run(emulators, [steps["weights"]]) == {"weights": "unchanged"}
+    info = models.model_info(models.DEPLOY_DEFAULT)
+    assert asked == [(info.source, tmp_path)] * 2
+    folder = f"{models.DEPLOY_DEFAULT}/"
+    names = sorted(b.name for b in emulators.clients.storage.bucket("deploy-emu-repo-models").list_blobs())
+    assert names == [folder + "config.json", folder + "model.safetensors"]
+    assert options.checkpoint_uri == f"gs://deploy-emu-repo-models/{folder}"

@@ -158,7 +158,10 @@ class FakeDeployed:
         self.dedicated_resources = SimpleNamespace(
             machine_spec=SimpleNamespace(
                 machine_type=args["machine_type"],
-                accelerator_type=SimpleNamespace(name=args["accelerator_type"]),
+                # a CPU deployment reads back as the enum's zero value, as the real proto does
+                accelerator_type=SimpleNamespace(
+                    name=args["accelerator_type"] or "ACCELERATOR_TYPE_UNSPECIFIED"
+                ),
                 accelerator_count=args["accelerator_count"],
             ),
             min_replica_count=args["min_replica_count"],
@@ -348,6 +351,18 @@ def test_scale_to_zero_goes_through_the_preview_api():
     vertex_calls.ensure_deployment(clients, model=model, **{**DEPLOYMENT, "min_replicas": 0})
     assert calls == [clients.vertex.endpoints[0].resource_name]
     assert clients.vertex.deploy_calls[0]["min_replica_count"] == 0
+
+
+def test_a_cpu_deployment_has_no_accelerator_and_is_left_alone_the_second_time():
+    clients = vertex_clients()
+    model = vertex_calls.ensure_model(clients, **MODEL).outputs["model"]
+    cpu = {**DEPLOYMENT, "machine_type": "n2-standard-4", "accelerator_type": None, "accelerator_count": 0}
+    first = vertex_calls.ensure_deployment(clients, model=model, **cpu)
+    again = vertex_calls.ensure_deployment(clients, model=model, **cpu)
+    assert (first.outcome, again.outcome) == ("created", "unchanged")
+    (call,) = clients.vertex.deploy_calls
+    hardware = (call["machine_type"], call["accelerator_type"], call["accelerator_count"])
+    assert hardware == ("n2-standard-4", None, 0)
 
 
 def test_two_endpoints_with_our_name_is_an_error():

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from deploy.gcp.destroy import destroy_steps
 from deploy.gcp.executor import CommandResult, Executor, preflight
 from deploy.gcp.plan import ApiCall, DeployError, Gcloud, Probe, Step, StepResult, policy_binds
 from deploy.gcp.steps import deploy_steps
+from samdrop import models
 
 from .test_deploy_cloud_plan import sample_options, sample_settings
 
@@ -319,16 +321,26 @@ def test_subprocess_gcloud_runs_without_prompts(tmp_path):
     assert (result.returncode, result.stdout.strip()) == (3, "prompts=1 args=a b")
 
 
-def _samdrop(args, tmp_path, path_dirs):
+def installed_samdrop() -> list[str]:
+    """The ``samdrop`` command as pyproject.toml installs it (what its console script runs), with this
+    checkout's code: the shared virtualenv's script may have been installed from another tree."""
+    entry = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]["samdrop"]
+    module, function = entry.split(":")
+    code = f"import sys; from {module} import {function}; sys.argv[0] = 'samdrop'; sys.exit({function}())"
+    return [sys.executable, "-c", code]
+
+
+def _samdrop(args, tmp_path, path_dirs, extra_env=None):
     """``samdrop`` in a clean process: no credentials, a private gcloud config, a chosen PATH."""
     env = {
         "PATH": os.pathsep.join(str(p) for p in path_dirs),
         "HOME": str(tmp_path),
         "CLOUDSDK_CONFIG": str(tmp_path / "gcloud-config"),
         "PYTHONPATH": str(REPO_ROOT),
+        **(extra_env or {}),
     }
     return subprocess.run(
-        [sys.executable, "-m", "deploy.command", *args],
+        [*installed_samdrop(), *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -369,6 +381,51 @@ def test_dry_run_calls_no_gcloud_even_when_present(tmp_path):
     assert not (tmp_path / "gcloud-calls.txt").exists()
 
 
+def test_dry_run_with_no_model_flag_stages_a_real_model_and_classic_gets_no_gpu(tmp_path):
+    done = _samdrop(["deploy", "--project", "samdrop-demo", "--dry-run"], tmp_path, [tmp_path / "none"])
+    assert done.returncode == 0, done.stderr
+    real = models.DEPLOY_DEFAULT
+    staged = f"gs://samdrop-demo-samdrop-models/{real}/"
+    assert f"call deploy.gcp.weights_calls.stage_repo(model_type='{real}'" in done.stdout
+    model = f"Vertex AI Model samdrop-sam ({real}) serving the CPR image with the checkpoint folder {staged}"
+    assert model in done.stdout
+    assert "1 x NVIDIA_L4 (g2-standard-8), 0..1 replicas (scales to zero when idle)" in done.stdout
+    assert "random weights" not in done.stdout + done.stderr
+    classic = _samdrop(
+        ["deploy", "--project", "samdrop-demo", "--dry-run", "--model-type", "classic"], tmp_path, [tmp_path]
+    )
+    assert classic.returncode == 0, classic.stderr
+    assert "the model on n2-standard-4, no GPU (classic runs on CPU)" in classic.stdout
+    assert "accelerator_type=None, accelerator_count=0" in classic.stdout
+    assert "NVIDIA" not in classic.stdout and "weights_calls" not in classic.stdout
+
+
+def test_tiny_is_refused_with_a_message_unless_the_flag_asks_for_it(tmp_path):
+    refused = _samdrop(
+        ["deploy", "--project", "samdrop-demo", "--dry-run", "--model-type", "tiny"], tmp_path, [tmp_path]
+    )
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "--model-type tiny has random weights: its masks are meaningless" in refused.stderr
+    assert "--allow-random-weights" in refused.stderr
+    # from the environment too: SAMDROP_MODEL_TYPE=tiny is not a way around the flag
+    from_env = _samdrop(
+        ["deploy", "--project", "samdrop-demo", "--dry-run"],
+        tmp_path,
+        [tmp_path],
+        {"SAMDROP_MODEL_TYPE": "tiny"},
+    )
+    assert from_env.returncode == 2 and "--allow-random-weights" in from_env.stderr
+    flags = ["--model-type", "tiny", "--allow-random-weights"]
+    allowed = _samdrop(
+        ["deploy", "--project", "samdrop-demo", "--dry-run", *flags],
+        tmp_path,
+        [tmp_path],
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert "(tiny: random weights, masks are meaningless)" in allowed.stdout
+    assert "random weights: its masks are meaningless" in allowed.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "named"),
     [
@@ -377,7 +434,9 @@ def test_dry_run_calls_no_gcloud_even_when_present(tmp_path):
         (["--max-replicas", "0", "--min-replicas", "0"], "--max-replicas must be at least 1"),
         (["--region", "Central-US"], "--region"),
         (["--bucket", "Bad_Bucket!"], "--bucket"),
-        (["--model-type", "vit_h"], "--checkpoint"),
+        (["--model-type", "tiny"], "--allow-random-weights"),
+        (["--model-type", "classic", "--gpu", "NVIDIA_L4"], "runs on CPU only"),
+        (["--checkpoint", "/local/sam.pth"], "--checkpoint"),
     ],
 )
 def test_invalid_options_fail_before_any_gcloud_call(tmp_path, args, named):

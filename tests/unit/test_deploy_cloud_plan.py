@@ -50,7 +50,8 @@ def sample_options(**changes) -> DeployOptions:
 
 def sample_settings(**changes) -> Settings:
     # from an empty mapping: the plan must not depend on the environment of whoever runs the tests
-    return Settings.from_env({}, **{"state_dir": Path(".samdrop"), **changes})
+    fixed = {"state_dir": Path(".samdrop"), "cache_dir": Path("~/.cache/samdrop")}  # not the user's home
+    return Settings.from_env({}, **{**fixed, **changes})
 
 
 def _check_golden(name: str, text: str) -> None:
@@ -65,6 +66,16 @@ def _check_golden(name: str, text: str) -> None:
 
 def test_deploy_plan_matches_the_golden_plan():
     _check_golden("plan_deploy_sample.txt", render_plan(deploy_steps(sample_options(), sample_settings())))
+
+
+def test_the_default_deploy_plan_matches_its_golden_plan():
+    """No model flag: the table's deploy default, its weights staged into the models bucket, on a GPU
+    that scales to zero."""
+    options = DeployOptions(
+        project="samdrop-demo", region="us-central1", bucket="samdrop-demo-images", image_tag="v1",
+        source_digest="0" * 64,
+    )  # fmt: skip
+    _check_golden("plan_deploy_default.txt", render_plan(deploy_steps(options, sample_settings())))
 
 
 def test_destroy_plan_matches_the_golden_plan():
@@ -320,10 +331,9 @@ def test_a_checkpoint_in_another_bucket_is_readable_by_the_pipeline_and_revoked_
     assert revoke in [s.key for s in destroy_steps(sample_options(), sample_settings())]
 
 
-def test_readme_section_names_every_role_and_why():
-    text = (REPO_ROOT / "README.md").read_text()
-    assert "\n## Deploy to Google Cloud\n" in text
-    readme = text.split("\n## Deploy to Google Cloud\n", 1)[1].split("\n## ", 1)[0]
+def test_the_deploy_reference_names_every_role_and_why():
+    readme = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    assert "\n## Service accounts and their roles\n" in readme
     grant_list = iam.grants(sample_options(), "samdrop-completions")
     for grant in grant_list:
         assert grant.role.rsplit("/", 1)[-1] in readme, grant.role

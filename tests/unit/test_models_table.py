@@ -25,6 +25,7 @@ def test_every_type_has_one_entry_and_a_known_family():
     assert set(models.MODEL_TYPES) == {info.name for info in models.MODELS} | {"auto"}
     assert {info.family for info in models.MODELS} == set(models.FAMILIES)
     assert [info.name for info in models.MODELS if info.recommended] == [models.RECOMMENDED]
+    assert [info.name for info in models.MODELS if info.deploy_default] == [models.DEPLOY_DEFAULT]
     assert models.names("sam2.1") == (
         "sam2.1_hiera_large", "sam2.1_hiera_base_plus", "sam2.1_hiera_small", "sam2.1_hiera_tiny"
     )  # fmt: skip
@@ -78,9 +79,8 @@ def test_settings_and_deploy_take_sam2_types():
     Settings(model_type="sam2.1_hiera_tiny", checkpoint="/models/sam2")
     with pytest.raises(ConfigError, match="classic uses no weights"):
         Settings(model_type="classic", checkpoint="/models/sam2")
-    sample_options(model_type="sam2.1_hiera_small", checkpoint=None).validate()  # fetched from its repo
-    with pytest.raises(ConfigError, match="--model-type sam3 needs --checkpoint"):
-        sample_options(model_type="sam3", checkpoint=None).validate()
+    sample_options(model_type="sam2.1_hiera_small", checkpoint=None).validate()  # staged from its repo
+    sample_options(model_type="sam3", checkpoint=None).validate()  # staged with the deployer's HF_TOKEN
     assert _deployed_type("auto", "gs://m/sam2.1-hiera-large/") == "sam2.1_hiera_large"
 
 

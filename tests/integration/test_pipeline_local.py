@@ -280,8 +280,8 @@ def test_bad_batches_fail_without_starting_a_run(pipeline_stack: Stack, tmp_path
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / f"b.{ext}").write_bytes(data)
-    amg = '{"points_per_side": 0}'
-    upload = _samdrop(stack, "batch", "start", str(folder), "--id", "bad-amg-cli", "--amg", amg)
+    zero = '{"points_per_side": 0}'
+    upload = _samdrop(stack, "batch", "start", str(folder), "--id", "bad-amg-cli", "--amg", zero)
     assert upload.returncode == 2 and "points_per_side must be within 1..128" in upload.stderr, upload
     assert list(stack.client.list_blobs(stack.settings.bucket, prefix="batches/bad-amg-cli/")) == []
     # ... and a marker written by other means with the same options is refused by the starter.

@@ -19,12 +19,14 @@ kfp) load only for the commands that need them. What every command shares lives 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 
 from samdrop.commandline import ExitStatus
 from samdrop.errors import ConfigError, PermanentError, SamdropError
@@ -84,7 +86,8 @@ def settings_env(env: MutableMapping[str, str], command: str) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
-            status = run(argv)
+            with _sigterm_unwinds():
+                status = run(argv)
         finally:  # argparse's --help and usage errors leave by SystemExit: flushed here too
             sys.stdout.flush()  # a reader gone after the last line shows here, not at exit
     except BrokenPipeError:
@@ -96,8 +99,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # a usage error exits 2 here (argparse)
-    # SIGTERM unwinds like Ctrl-C, so `finally` blocks run (watch deletes its subscription).
-    signal.signal(signal.SIGTERM, _terminate)
     try:
         settings = Settings.from_env(settings_env(os.environ, args.command))
     except (SamdropError, ValueError) as exc:  # a bad SAMDROP_* value: its message names it
@@ -121,8 +122,22 @@ def run(argv: Sequence[str] | None = None) -> int:
         return status
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(ExitStatus.TERMINATED)
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C while a command runs, so its ``finally`` blocks run (``watch``
+    deletes its subscription); the previous handler comes back after (``main`` called in process)."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(ExitStatus.TERMINATED)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: not Python's
 
 
 def user_error(exc: BaseException) -> tuple[str, ExitStatus] | None:

@@ -3,32 +3,39 @@
 every unit (docs/design.md "Layers").
 
 Units are imported lazily so ``samdrop --help`` stays fast and a unit's heavy imports (torch,
-kfp) load only for the commands that need them. Two things every command shares live here:
+kfp) load only for the commands that need them. What every command shares lives here:
 
-* the local stack is found one way: for the commands that talk to the bucket or the topics, a
-  running local stack's client variables (emulator hosts, bucket, topics) are added to the
+* the local stack is found one way, from any folder: its state is in the user's state directory
+  (:func:`deploy.target.user_state_dir`), and for the commands that talk to the bucket or the
+  topics a running stack's client variables (emulator hosts, buckets, topics) are added to the
   environment unless already set, so plain Google clients reach it (``deploy``/``destroy`` never:
-  they speak to Google Cloud);
-* a user's mistake (a bad argument, missing credentials, a stack that is down) ends with one line
-  on stderr and exit status 2, never a traceback.
+  they speak to Google Cloud). Without a stack the project is gcloud's
+  (:func:`deploy.target.gcloud_project`) unless ``SAMDROP_PROJECT`` names one;
+* how a command ends: the exit statuses of :class:`samdrop.commandline.ExitStatus`; a user's
+  mistake or a failure the user can act on is one line on stderr, never a traceback; a reader that
+  goes away (``| head``) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, MutableMapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 
-from samdrop.errors import SamdropError
+from samdrop.commandline import ExitStatus
+from samdrop.errors import ConfigError, PermanentError, SamdropError
 from samdrop.settings import Settings
 
 # Modules exposing ``add_commands(subparsers)``; each sub-command sets ``func(args, settings) -> int``.
 COMMAND_MODULES = ("predictor.cli", "predictor.models_cli", "deploy.cli", "deploy.gcp.cli", "pipeline.cli")
 # Commands that use the local stack when one runs (and the environment names no other target).
-STACK_COMMANDS = ("upload", "watch", "batch", "sweep", "redrive")
+STACK_COMMANDS = ("upload", "watch", "results", "batch", "sweep", "redrive")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,59 +52,121 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_settings(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy.target import STATE_DIR_DEFAULT, STATE_DIR_VAR
+
     for name, default, text in Settings.describe():
-        print(f"{name:36} {default:28} {text}")
+        # The samdrop command fills the state dir in before building settings (deploy.target).
+        shown = STATE_DIR_DEFAULT if name == STATE_DIR_VAR else default
+        print(f"{name:36} {shown:28} {text}")
     return 0
 
 
-def use_local_stack(env: MutableMapping[str, str], find: Callable[[Settings], dict[str, str]]) -> None:
+def use_local_stack(env: MutableMapping[str, str], stack: Mapping[str, str]) -> None:
     """Add the running local stack's client variables to ``env`` where ``env`` has none of its own."""
-    for key, value in find(Settings.from_env(env)).items():
+    for key, value in stack.items():
         env.setdefault(key, value)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        if args.command in STACK_COMMANDS:
-            from deploy.local import running_stack_env
+def settings_env(env: MutableMapping[str, str], command: str) -> dict[str, str]:
+    """The variables ``command``'s settings are built from: ``env`` with the state dir and, for the
+    commands of :data:`STACK_COMMANDS`, the running local stack's client variables (added to ``env``
+    itself, where the Google clients read them) or, with no stack, gcloud's project."""
+    from deploy.target import STATE_DIR_VAR, gcloud_project, user_state_dir
 
-            use_local_stack(os.environ, running_stack_env)
-        settings = Settings.from_env(os.environ)
-        logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    extra = {STATE_DIR_VAR: str(user_state_dir(env))}
+    if command in STACK_COMMANDS:
+        from deploy.local import running_stack_env
+
+        use_local_stack(env, running_stack_env(Settings.from_env({**env, **extra})))
+        if "SAMDROP_PROJECT" not in env and (project := gcloud_project(env)):
+            extra["SAMDROP_PROJECT"] = project
+    return {**env, **extra}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            with _sigterm_unwinds():
+                status = run(argv)
+        finally:  # argparse's --help and usage errors leave by SystemExit: flushed here too
+            sys.stdout.flush()  # a reader gone after the last line shows here, not at exit
+    except BrokenPipeError:
+        # Python's advice: point stdout at devnull so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitStatus.BROKEN_PIPE
+    return status
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # a usage error exits 2 here (argparse)
+    try:
+        settings = Settings.from_env(settings_env(os.environ, args.command))
+    except (SamdropError, ValueError) as exc:  # a bad SAMDROP_* value: its message names it
+        print(f"samdrop: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return ExitStatus.USAGE
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    # google-auth warns about each credential source it tried; the missing-credentials line says it all.
+    logging.getLogger("google.auth._default").setLevel(logging.ERROR)
+    try:
         return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:
-        return 130
+        return ExitStatus.INTERRUPTED
+    except BrokenPipeError:
+        raise
     except Exception as exc:
-        message = user_error(exc)
-        if message is None:
+        known = user_error(exc)
+        if known is None:
             raise
+        message, status = known
         print(f"samdrop: error: {message}", file=sys.stderr)
-        return 2
+        return status
 
 
-def user_error(exc: BaseException) -> str | None:
-    """One line for an error the user can fix, or None for a bug (which keeps its traceback)."""
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C while a command runs, so its ``finally`` blocks run (``watch``
+    deletes its subscription); the previous handler comes back after (``main`` called in process)."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(ExitStatus.TERMINATED)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: not Python's
+
+
+def user_error(exc: BaseException) -> tuple[str, ExitStatus] | None:
+    """One line and the exit status for an error the user can act on, or None for a bug (which
+    keeps its traceback). The user's own input at fault (an argument, a setting, a path) is
+    :attr:`ExitStatus.USAGE`; a service, the credentials or the stack failing is ``FAILED``."""
     from google.api_core import exceptions as api_exceptions
     from google.auth import exceptions as auth_exceptions
     from requests import exceptions as http_exceptions
 
+    failed = ExitStatus.FAILED
+    if isinstance(exc, PermanentError | ConfigError):
+        return exc.message, ExitStatus.USAGE
     if isinstance(exc, SamdropError):
-        return exc.message
+        return exc.message, failed
     if isinstance(exc, auth_exceptions.DefaultCredentialsError):
         return (
-            "no Google Cloud credentials: start the local stack (samdrop local up) to work locally, or "
-            "run `gcloud auth application-default login` for Google Cloud"
-        )
+            "no local stack and no Google Cloud credentials: start the local stack with `samdrop local up`, "
+            "or log in to Google Cloud with `gcloud auth application-default login`"
+        ), failed
     if isinstance(exc, auth_exceptions.GoogleAuthError):
-        return f"Google Cloud refused the credentials ({exc}): run `gcloud auth application-default login`"
+        message = f"Google Cloud refused the credentials ({exc}): `gcloud auth application-default login`"
+        return message, failed
     if isinstance(exc, api_exceptions.GoogleAPICallError):
-        return f"Google Cloud answered {exc.code}: {exc.message}"
+        return f"Google Cloud answered {exc.code}: {exc.message}", failed
     if isinstance(exc, http_exceptions.ConnectionError | ConnectionError):
-        return f"cannot connect ({exc}): is the local stack up? Check with `samdrop local status`"
-    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
-        return f"{exc.strerror}: {exc.filename}"
+        return f"cannot connect ({exc}): is the local stack up? Check with `samdrop local status`", failed
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
+        return f"{exc.strerror}: {exc.filename}", ExitStatus.USAGE
     return None
 
 

@@ -23,6 +23,7 @@ from deploy.harness import (
     sample_image,
     upload_file,
 )
+from deploy.own_subscription import own_subscription
 from samdrop.errors import SamdropError
 from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S, Settings
 
@@ -158,23 +159,26 @@ def run_demo(
     files = write_samples(samples, out_dir / "inputs")
     result = DemoResult()
     with running_stack(settings, keep_running=keep_running, say=say) as stack:
-        client, subscriber, subscription = completion_clients(stack, settings)
+        client, subscriber, _ = completion_clients(stack, settings)
         try:
-            say(
-                f"uploading {len(files)} photos to gs://{settings.bucket}/{settings.incoming_prefix}{DEMO_FOLDER}"
-            )
-            for sample, path in zip(samples, files, strict=True):
-                name = f"{settings.incoming_prefix}{DEMO_FOLDER}{path.name}"
-                result.uploads.append(upload_file(client, settings.bucket, path, name, sample.prompts))
-                mode = "automatic masks" if not sample.prompts or "amg" in sample.prompts else "prompts"
-                say(f"  {result.uploads[-1].uri}  ({mode})")
-            await_completions(
-                subscriber,
-                subscription,
-                result.uploads,
-                timeout_s=timeout_s,
-                progress=progress or ProgressBar(),
-            )
+            # A subscription of the demo's own, made before the first upload: a user's consumer of
+            # the shared one keeps every message.
+            with own_subscription(subscriber, settings.project, settings.completions_topic) as subscription:
+                say(
+                    f"uploading {len(files)} photos to gs://{settings.bucket}/{settings.incoming_prefix}{DEMO_FOLDER}"
+                )
+                for sample, path in zip(samples, files, strict=True):
+                    name = f"{settings.incoming_prefix}{DEMO_FOLDER}{path.name}"
+                    result.uploads.append(upload_file(client, settings.bucket, path, name, sample.prompts))
+                    mode = "automatic masks" if not sample.prompts or "amg" in sample.prompts else "prompts"
+                    say(f"  {result.uploads[-1].uri}  ({mode})")
+                await_completions(
+                    subscriber,
+                    subscription,
+                    result.uploads,
+                    timeout_s=timeout_s,
+                    progress=progress or ProgressBar(),
+                )
             result.overlays = save_overlays(client, result.uploads, out_dir)
         finally:
             subscriber.close()

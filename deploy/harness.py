@@ -68,8 +68,10 @@ def await_completions(
     *,
     timeout_s: float,
     progress: Callable[[int, int, float], None] = lambda done, total, elapsed: None,
+    on_completion: Callable[[Upload], None] = lambda upload: None,
 ) -> None:
-    """Pull completions until every upload has its own (same input and generation) or time runs out.
+    """Pull completions until every upload has its own (same input and generation) or time runs out;
+    ``on_completion`` gets each upload as its completion arrives (acknowledged by then).
 
     Only matching messages are acknowledged; others (a user's own uploads) are left for them.
     """
@@ -86,7 +88,7 @@ def await_completions(
         except (gexc.DeadlineExceeded, gexc.ServiceUnavailable):
             continue
         received_at = time.monotonic()
-        mine = []
+        mine, arrived = [], []
         for received in response.received_messages:
             try:
                 body = json.loads(received.message.data)
@@ -96,10 +98,13 @@ def await_completions(
             if upload is not None:
                 upload.completion, upload.latency_s = body, received_at - upload.uploaded_at
                 mine.append(received.ack_id)
+                arrived.append(upload)
         if mine:
             subscriber.acknowledge(
                 request={"subscription": subscription, "ack_ids": mine}, timeout=DEFAULT_REQUEST_TIMEOUT_S
             )
+        for upload in arrived:
+            on_completion(upload)
         progress(len(uploads) - len(waiting), len(uploads), received_at - started)
 
 

@@ -57,6 +57,7 @@ CLIENT_ENV_KEYS = (
     "GOOGLE_CLOUD_PROJECT",
     "SAMDROP_PROJECT",
     "SAMDROP_BUCKET",
+    "SAMDROP_RESULTS_BUCKET",
     "SAMDROP_UPLOADS_TOPIC",
     "SAMDROP_COMPLETIONS_TOPIC",
     "SAMDROP_COMPLETIONS_SUBSCRIPTION",
@@ -95,6 +96,7 @@ def client_env(settings: Settings, *, gcs_port: int, pubsub_port: int) -> dict[s
         "GOOGLE_CLOUD_PROJECT": settings.project,
         "SAMDROP_PROJECT": settings.project,
         "SAMDROP_BUCKET": settings.bucket,
+        "SAMDROP_RESULTS_BUCKET": settings.output_bucket,
         "SAMDROP_UPLOADS_TOPIC": settings.uploads_topic,
         "SAMDROP_COMPLETIONS_TOPIC": settings.completions_topic,
         "SAMDROP_COMPLETIONS_SUBSCRIPTION": settings.completions_subscription,
@@ -568,7 +570,8 @@ class LocalStack:
 def running_stack_env(settings: Settings) -> dict[str, str]:
     """The client variables of the local stack started from ``settings.state_dir``, or {} when none
     was started there. Every ``samdrop`` command that talks to storage or Pub/Sub finds the stack
-    this way (``deploy.command``), so nobody has to ``eval "$(samdrop local env)"`` first."""
+    this way (``deploy.command``; the state dir is the user's, :func:`deploy.target.user_state_dir`,
+    whatever folder the command runs in), so nobody has to ``eval "$(samdrop local env)"`` first."""
     state = processes.load_state(LocalStack(settings).state_path)
     return dict(state.client_env) if state is not None else {}
 

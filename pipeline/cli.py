@@ -1,6 +1,6 @@
-"""``samdrop batch PATH... --id ID`` (upload a folder, ``_READY`` last), ``samdrop batch status ID
-[--json] [--watch]`` and ``samdrop batch run ID`` (run a claimed batch's pipeline here, in the
-foreground: resumes it).
+"""``samdrop batch start PATH... --id ID`` (upload a folder, ``_READY`` last), ``samdrop batch
+status ID [--json] [--watch]`` (exit status by the batch's state, :data:`STATE_EXIT`) and ``samdrop
+batch run ID`` (run a claimed batch's pipeline here, in the foreground: resumes it).
 
 A running local stack is found by ``deploy.command`` (as for every command); otherwise the clients
 reach Google Cloud.
@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.listing import parse_prompts_file
 from samdrop.batches import PROMPTS_FILE, READY, BatchPaths
+from samdrop.commandline import ExitStatus, positive_number, whole_number
 from samdrop.errors import InputNotFound, InvalidRequest, PermanentError
 from samdrop.images import is_image_name
 from samdrop.layout import GENERATION_KEY, input_generation
@@ -41,39 +42,59 @@ def add_commands(subparsers: Any) -> None:
     batch = subparsers.add_parser(
         "batch",
         help="bulk drops: upload a folder as a batch, show a batch's progress, or run it here",
-        description="samdrop batch PATH... --id ID | samdrop batch status ID | samdrop batch run ID",
+        description="samdrop batch start PATH... --id ID | samdrop batch status ID | samdrop batch run ID",
     )
-    batch.add_argument(
-        "target", nargs="+", metavar="PATH|status ID|run ID", help="folders or images to upload"
+    actions = batch.add_subparsers(dest="batch_command", required=True, metavar="ACTION")
+    start = actions.add_parser(
+        "start", help="upload folders or images as batch ID, then its _READY marker (which starts it)"
     )
-    batch.add_argument("--id", dest="batch_id", help="batch id (uploads go to batches/<id>/)")
-    batch.add_argument("--prompts", type=Path, help=f"a prompts file to upload as {PROMPTS_FILE}")
-    batch.add_argument(
+    start.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="folders or images to upload")
+    start.add_argument("--id", dest="batch_id", required=True, help="batch id (uploads go to batches/<id>/)")
+    start.add_argument("--prompts", type=Path, help=f"a prompts file to upload as {PROMPTS_FILE}")
+    start.add_argument(
         "--amg", help='automatic-mask parameters for the _READY body, JSON like {"points_per_side": 16}'
     )
-    batch.add_argument("--shard-size", type=int, help="images per shard task (default SAMDROP_SHARD_SIZE)")
-    batch.add_argument("--json", action="store_true", help="status: print the status as JSON, for scripts")
-    batch.add_argument("--watch", action="store_true", help="status: follow the batch with a progress bar")
-    batch.add_argument("--interval", type=float, default=2.0, help="status --watch: seconds between looks")
-    batch.set_defaults(func=batch_command)
+    start.add_argument(
+        "--shard-size", type=whole_number(1), help="images per shard task (default SAMDROP_SHARD_SIZE)"
+    )
+    start.set_defaults(func=start_command)
+    status = actions.add_parser(
+        "status",
+        help="where batch ID stands; exit 0: running or succeeded, 1: failed or not started, 3: partial",
+    )
+    status.add_argument("batch_id", metavar="ID", help="the batch id given to `batch start --id`")
+    status.add_argument("--json", action="store_true", help="print the status as JSON, for scripts")
+    status.add_argument(
+        "--watch", action="store_true", help="follow the batch with a progress bar until it ends"
+    )
+    status.add_argument(
+        "--interval", type=positive_number, default=2.0, help="--watch: seconds between looks (default 2)"
+    )
+    status.set_defaults(func=_status)
+    run = actions.add_parser(
+        "run", help="run (or resume) claimed batch ID's pipeline here, in the foreground"
+    )
+    run.add_argument("batch_id", metavar="ID", help="the batch id")
+    run.set_defaults(func=_run)
 
 
-def batch_command(args: argparse.Namespace, settings: Settings) -> int:
-    action, *rest = args.target
-    if action in ("status", "run") and len(rest) == 1 and args.batch_id is None:
-        if action == "run":
-            return run_command(settings, rest[0])
-        return status_command(
-            settings, rest[0], as_json=args.json, watch=args.watch, interval_s=args.interval
-        )
-    if not args.batch_id:
-        raise InvalidRequest("give the batch id: samdrop batch PATH... --id ID")
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    return status_command(
+        settings, args.batch_id, as_json=args.json, watch=args.watch, interval_s=args.interval
+    )
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    return run_command(settings, args.batch_id)
+
+
+def start_command(args: argparse.Namespace, settings: Settings) -> int:
     body = ready_body(args.amg, args.shard_size)
-    planned = plan_batch_upload([Path(p) for p in args.target], args.batch_id, settings, prompts=args.prompts)
+    planned = plan_batch_upload(args.paths, args.batch_id, settings, prompts=args.prompts)
     client = _storage_client(settings)
     for uri in upload_batch(client, settings, args.batch_id, planned, body):
         print(uri)
-    return 0
+    return ExitStatus.DONE
 
 
 def ready_body(amg: str | None, shard_size: int | None) -> bytes:
@@ -182,10 +203,12 @@ def status_command(
 
     status = follow(look, interval_s=interval_s) if watch else look()
     print(json.dumps(status, indent=1) if as_json else summary(status, paths))
-    return 0 if status["state"] != "not started" else 1
+    return STATE_EXIT.get(status["state"], ExitStatus.DONE)
 
 
 FINISHED = ("succeeded", "partial", "failed")
+# `batch status`'s exit status by the batch's state; the others (claimed, running, succeeded): DONE.
+STATE_EXIT = {"not started": ExitStatus.FAILED, "failed": ExitStatus.FAILED, "partial": ExitStatus.PARTIAL}
 
 
 def follow(look: Callable[[], dict[str, Any]], *, interval_s: float) -> dict[str, Any]:
@@ -213,7 +236,7 @@ def summary(status: Mapping[str, Any], paths: BatchPaths) -> str:
     if status["state"] == "not started":
         return (
             f"batch {status['batch_id']}: not started ({paths.uri(paths.claim)} does not exist). Upload the "
-            f"images, then {READY} last: samdrop batch PATH... --id {status['batch_id']}"
+            f"images, then {READY} last: samdrop batch start PATH... --id {status['batch_id']}"
         )
     lines = [f"batch {status['batch_id']}: {status['state']}  ({status['input']})"]
     completion = status.get("completion") or {}

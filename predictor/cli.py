@@ -6,6 +6,7 @@ import argparse
 import os
 from typing import Any
 
+from samdrop.commandline import PORT
 from samdrop.models import MODEL_TYPES
 from samdrop.settings import Settings
 
@@ -19,7 +20,7 @@ def add_commands(subparsers: Any) -> None:
     serve = commands.add_parser(
         "serve", help="serve /predict and /health with the aiplatform CPR model server"
     )
-    serve.add_argument("--port", type=int, help="port (default SAMDROP_PREDICTOR_PORT)")
+    serve.add_argument("--port", type=PORT, help="port (default SAMDROP_PREDICTOR_PORT)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--model-type", choices=MODEL_TYPES, help="default SAMDROP_MODEL_TYPE (auto)")
     serve.add_argument(

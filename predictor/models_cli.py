@@ -1,13 +1,15 @@
 """``samdrop models list|pull``: every model type of the table, where its weights come from and
-whether they are cached, and fetching them."""
+whether they are cached, and fetching them.
+
+The predictor's modules (torch among their imports: seconds) load when a command runs, not when
+``samdrop`` builds its parser for every command.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from predictor import weights
-from predictor.backends import cached_weights, resolve_model
 from samdrop.models import BUILT, HF_REPO, META_FILE, MODELS, RECOMMENDED, ModelInfo, model_info, names
 from samdrop.settings import Settings
 
@@ -24,6 +26,8 @@ def add_commands(subparsers: Any) -> None:
 
 
 def list_command(args: argparse.Namespace, settings: Settings) -> int:
+    from predictor.backends import resolve_model
+
     print(f"{'TYPE':24} {'FAMILY':8} {'CACHED':7} {'CAN DO':22} {'LICENCE':12} SOURCE")
     for info in MODELS:
         mark = " (recommended)" if info.recommended else ""
@@ -42,6 +46,8 @@ def list_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def pull_command(args: argparse.Namespace, settings: Settings) -> int:
+    from predictor import weights
+
     info = model_info(args.model_type)
     if info.weights == HF_REPO:
         from predictor import hf_weights
@@ -56,6 +62,8 @@ def pull_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cached(info: ModelInfo, settings: Settings) -> str:
+    from predictor.backends import cached_weights
+
     if not info.needs_weights:
         return "-"
     return "yes" if cached_weights(info.name, settings) is not None else "no"
@@ -71,6 +79,8 @@ def _capabilities(info: ModelInfo) -> str:
 
 
 def _source(info: ModelInfo, settings: Settings) -> str:
+    from predictor import weights
+
     if info.weights == META_FILE:
         url = weights.official_url(info.name, settings.weights_url)
         return f"{url} -> {weights.source(url, settings.cache_dir).target}"

@@ -14,6 +14,15 @@ from skimage import data as skdata
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_state_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The samdrop command keeps the local stack's state under $XDG_STATE_HOME/samdrop: a test run
+    never reads or writes the user's own (a test that starts a stack gives it a state dir of its own)."""
+    home = tmp_path_factory.mktemp("xdg-state")
+    os.environ["XDG_STATE_HOME"] = str(home)
+    return home
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("samdrop-cache")

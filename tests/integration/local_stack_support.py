@@ -34,6 +34,23 @@ class RunningStack:
         return self.stack.client_env()
 
 
+def own_subscriptions(running: RunningStack) -> list[str]:
+    """Subscriptions that ``samdrop watch`` or ``upload --wait`` made for themselves on the
+    completions topic (deploy/own_subscription.py)."""
+    from deploy.local import pubsub_clients
+    from deploy.own_subscription import PREFIX
+
+    s = running.settings
+    publisher, subscriber = pubsub_clients(running.env["PUBSUB_EMULATOR_HOST"])
+    try:
+        topic = publisher.topic_path(s.project, s.completions_topic)
+        names = publisher.list_topic_subscriptions(request={"topic": topic})
+        return [name for name in names if name.rsplit("/", 1)[-1].startswith(PREFIX)]
+    finally:
+        subscriber.close()
+        publisher.transport.close()
+
+
 def stack_settings(state_dir: Path, **overrides) -> Settings:
     """Settings on free ports; quick retries so the dead-letter path runs in seconds."""
     ports = free_ports()

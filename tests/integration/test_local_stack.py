@@ -18,7 +18,7 @@ from google.cloud import storage
 from deploy import processes
 from deploy.local import LocalStack, emulator_storage_client, port_in_use, pubsub_clients
 
-from .local_stack_support import RECORDER, RunningStack, stack_settings, until
+from .local_stack_support import RECORDER, RunningStack, own_subscriptions, stack_settings, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -148,15 +148,25 @@ def test_local_env_upload_and_watch_work_for_plain_clients(local_stack, tmp_path
         ")\n"
         'publisher.publish(topic, b\'{"kind": "image", "status": "succeeded"}\', kind=\'image\').result(30)\n'
     )
-    clean = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}
+    # `watch` reads a subscription of its own, made when it starts: it sees what is published after.
+    before = set(own_subscriptions(local_stack))
+    base = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}
+    watch = subprocess.Popen(
+        [PYTHON, "-m", "deploy.command", "watch", "--count", "1", "--timeout", "30"],
+        env={**base, **local_stack.settings.to_env(), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    until(lambda: set(own_subscriptions(local_stack)) - before, 30, "watch's own subscription")
     run = subprocess.run(
-        [PYTHON, "-c", user_code], env={**clean, **env}, capture_output=True, text=True, timeout=60
+        [PYTHON, "-c", user_code], env={**base, **env}, capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 0, run.stderr
 
-    watched = _samdrop(local_stack, "watch", "--count", "1", "--timeout", "30", env=env)
-    assert watched.returncode == 0, watched.stderr
-    assert json.loads(watched.stdout) == {"kind": "image", "status": "succeeded"}
+    watched, errors = watch.communicate(timeout=60)
+    assert watch.returncode == 0, errors
+    assert json.loads(watched) == {"kind": "image", "status": "succeeded"}
 
     folder = tmp_path / "drop"
     (folder / "sub").mkdir(parents=True)

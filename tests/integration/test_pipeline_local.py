@@ -251,7 +251,7 @@ def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack, tmp_pat
 
     # samdrop batch status reads the finished batch back: for scripts, and for people.
     status = _samdrop(stack, "batch", "status", batch, "--json")
-    assert status.returncode == 0, status.stderr
+    assert status.returncode == 3, status.stderr  # partial (samdrop/commandline.py ExitStatus)
     body = json.loads(status.stdout)
     assert body["state"] == "partial" and body["images"] == 30 and body["images_done"] == 30
     assert body["images_failed"] == CORRUPT and body["elapsed_s"] > 0
@@ -280,7 +280,8 @@ def test_bad_batches_fail_without_starting_a_run(pipeline_stack: Stack, tmp_path
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / f"b.{ext}").write_bytes(data)
-    upload = _samdrop(stack, "batch", str(folder), "--id", "bad-amg-cli", "--amg", '{"points_per_side": 0}')
+    zero = '{"points_per_side": 0}'
+    upload = _samdrop(stack, "batch", "start", str(folder), "--id", "bad-amg-cli", "--amg", zero)
     assert upload.returncode == 2 and "points_per_side must be within 1..128" in upload.stderr, upload
     assert list(stack.client.list_blobs(stack.settings.bucket, prefix="batches/bad-amg-cli/")) == []
     # ... and a marker written by other means with the same options is refused by the starter.

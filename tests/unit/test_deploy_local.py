@@ -35,6 +35,7 @@ def test_export_lines_cover_every_client_variable_in_order_and_quote(tmp_path):
     assert "export SAMDROP_COMPLETIONS_SUBSCRIPTION='subs with space'" in lines
     parsed = dict(shlex.split(line)[1].split("=", 1) for line in lines)
     assert parsed == env
+    assert parsed["SAMDROP_RESULTS_BUCKET"] == settings.output_bucket == "samdrop-local-results"
 
 
 def test_client_env_without_a_running_stack_uses_the_settings_ports(tmp_path):

@@ -87,7 +87,9 @@ def test_a_bad_prompts_file_is_refused_before_any_upload(tmp_path):
 
 def test_the_batch_command_is_registered():
     args = build_parser().parse_args(["batch", "status", "run-1"])
-    assert args.target == ["status", "run-1"] and args.batch_id is None
+    assert args.batch_command == "status" and args.batch_id == "run-1"
+    args = build_parser().parse_args(["batch", "start", "drop", "--id", "run-1", "--shard-size", "3"])
+    assert args.paths == [Path("drop")] and args.batch_id == "run-1" and args.shard_size == 3
 
 
 PATHS = BatchPaths.of(SETTINGS, "run-1")
@@ -140,27 +142,27 @@ def test_watch_follows_until_the_batch_finishes(capsys):
 def test_commands_that_use_the_bucket_find_a_running_local_stack():
     env = {"SAMDROP_BUCKET": "mine"}
     stack = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:4443", "SAMDROP_BUCKET": "samdrop-local"}
-    use_local_stack(env, lambda settings: stack)
+    use_local_stack(env, stack)
     assert env == {"SAMDROP_BUCKET": "mine", "STORAGE_EMULATOR_HOST": "http://127.0.0.1:4443"}
 
 
 @pytest.mark.parametrize(
-    ("error", "says"),
+    ("error", "says", "status"),
     [
-        (DefaultCredentialsError("no ADC"), "samdrop local up"),
-        (requests.ConnectionError("refused"), "samdrop local status"),
-        (api_exceptions.NotFound("bucket b"), "404"),
-        (InvalidRequest("give the batch id"), "give the batch id"),
+        (DefaultCredentialsError("no ADC"), "samdrop local up", 1),
+        (requests.ConnectionError("refused"), "samdrop local status", 1),
+        (api_exceptions.NotFound("bucket b"), "404", 1),
+        (InvalidRequest("give the batch id"), "give the batch id", 2),
     ],
 )
-def test_user_mistakes_are_one_line_not_a_traceback(error, says):
-    message = user_error(error)
-    assert message is not None and says in message
+def test_user_mistakes_are_one_line_not_a_traceback(error, says, status):
+    known = user_error(error)
+    assert known is not None and says in known[0] and known[1] == status
     assert user_error(ZeroDivisionError("a bug")) is None  # bugs keep their traceback
 
 
 def test_a_user_mistake_exits_2_with_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SAMDROP_STATE_DIR", str(tmp_path))  # no local stack there
-    assert main(["batch", str(tmp_path / "missing")]) == 2
+    assert main(["batch", "start", str(tmp_path / "missing"), "--id", "run-1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("samdrop: error: ") and len(err.strip().splitlines()) == 1

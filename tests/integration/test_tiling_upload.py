@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from tests.schema_check import check_document
+
 from .test_event_path import events  # noqa: F401  (the module's stack fixture, started for this module)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,7 +45,7 @@ def test_a_large_upload_with_tiling_gets_stitched_full_resolution_masks(events):
 
     assert message["status"] == "succeeded", message["error"]
     outputs = events.results(name)
-    doc = json.loads(outputs["masks.json"].download_as_bytes())
+    doc = check_document("masks", json.loads(outputs["masks.json"].download_as_bytes()))
     assert (doc["width"], doc["height"], doc["mode"]) == (4000, 3000, "automatic")
     assert doc["tiling"] == {"tile": 1024, "overlap": 128, "tiles": 20, "grid": [5, 4]}
     assert doc["tiling"]["tiles"] >= 12

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import core_schema
 
 from samdrop.documents import ErrorRecord, ManifestLine, MasksDocument
 from samdrop.messages import COMPLETION
@@ -27,10 +29,26 @@ DOCUMENTS: dict[str, tuple[str, TypeAdapter[Any]]] = {
 }
 
 
+class AsWritten(GenerateJsonSchema):
+    """Schemas of documents as written: a key the class always writes is required (the documents'
+    ``json_schema_serialization_defaults_required``), but a TypedDict's optional keys stay optional
+    (``PromptsRecord``: that setting would mark them required too)."""
+
+    def field_is_required(
+        self,
+        field: core_schema.ModelField | core_schema.DataclassField | core_schema.TypedDictField,
+        total: bool,
+    ) -> bool:
+        if field["type"] == "typed-dict-field":
+            return field.get("required", total)
+        return super().field_is_required(field, total)
+
+
 def schema(name: str) -> dict[str, Any]:
     """The JSON Schema of document ``name`` as written (``mode="serialization"``)."""
     title, adapter = DOCUMENTS[name]
-    return {"$schema": DIALECT, "title": title, **adapter.json_schema(mode="serialization")}
+    generated = adapter.json_schema(mode="serialization", schema_generator=AsWritten)
+    return {"$schema": DIALECT, "title": title, **generated}
 
 
 def render(name: str) -> str:

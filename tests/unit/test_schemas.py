@@ -12,6 +12,7 @@ from tests.schema_check import check_document
 MASK = MaskRecord({"size": [2, 3], "counts": "abc"}, 0.9, [0, 0, 2, 1], 5, prompt_index=0)
 DOC = MasksDocument(
     input="gs://b/incoming/a.png", generation="1712345678901234", width=3, height=2, mode="prompted",
+    prompts={"boxes": [[0.0, 0.0, 2.0, 1.0]], "multimask": False},  # no points: optional keys
     masks=[MASK], model={"type": "tiny", "random_weights": True},
     outputs={"masks": ["gs://r/m0.png"], "metadata": "gs://r/masks.json", "overlay": "gs://r/o.jpg"},
 )  # fmt: skip

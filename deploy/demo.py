@@ -204,7 +204,7 @@ def _report(
             say(f"  {upload.name:10} failed: {error.get('code')}: {error.get('message')}")
     if result.overlays:
         say(f"overlays saved in {out_dir.resolve()}/ (*.overlay.jpg); summary in {out_dir / 'summary.json'}")
-    models = {(u.completion or {}).get("model") for u in result.uploads}
+    models = {((u.completion or {}).get("model") or {}).get("type") for u in result.uploads}
     if "tiny" in models or settings.model_type == "tiny":
         say("")
         say(RANDOM_WEIGHTS_WARNING)

@@ -29,7 +29,7 @@ from samdrop.errors import (
     public_error,
 )
 from samdrop.logs import fields as log_fields
-from samdrop.messages import CompletionMessage, Publisher, publish_completion
+from samdrop.messages import CompletionMessage, ImageCompletion, Publisher, publish_completion
 from samdrop.settings import Settings
 from samdrop.storage import ObjectStore
 
@@ -156,7 +156,7 @@ def _report_malformed(exc: EventDecodeError, deps: Deps) -> None:
         "code": "invalid_request",
         "message": f"the upload notification is malformed: {exc.message}",
     }
-    message = CompletionMessage(kind="image", status="failed", input=subject.uri, error=error)
+    message = ImageCompletion(status="failed", input=subject.uri, error=error)
     publish_completion(deps.publisher, deps.settings.completions_topic, message)
 
 
@@ -172,13 +172,12 @@ def _fail_unrecorded(
         exc_info=None if isinstance(exc, SamdropError) else exc,  # a bug's trace; a refusal needs none
         extra=log_fields(outcome="failed", error=error, **about),
     )
+    message: CompletionMessage
     if batch_id is not None:
         paths = BatchPaths.of(deps.settings, batch_id, event.bucket)
         message = failed_completion(paths, error["code"], error["message"])
     else:
-        message = CompletionMessage(
-            kind="image", status="failed", input=event.uri, generation=event.generation, error=error
-        )
+        message = ImageCompletion(status="failed", input=event.uri, generation=event.generation, error=error)
     publish_completion(deps.publisher, deps.settings.completions_topic, message)
     return "failed"
 

@@ -23,7 +23,7 @@ from samdrop.errors import ConfigError, InputNotFound, TransientError, as_samdro
 from samdrop.images import decode_image
 from samdrop.layout import OutputPaths, json_record, output_paths, write_output
 from samdrop.logs import fields as log_fields
-from samdrop.messages import CompletionMessage, Publisher, publish_completion
+from samdrop.messages import CompletionMessage, ImageCompletion, Publisher, publish_completion
 from samdrop.outputs import Decision, Listing, Record, Step
 from samdrop.prompts import check_budget
 from samdrop.settings import Settings
@@ -104,11 +104,10 @@ def segment_upload(
     return Outcome("succeeded", "segmented", message, timings)
 
 
-def completion_from_record(record: Record, paths: OutputPaths) -> CompletionMessage:
+def completion_from_record(record: Record, paths: OutputPaths) -> ImageCompletion:
     """The completion message for a masks.json or error.json document (same for every delivery)."""
     if isinstance(record, ErrorRecord):
-        return CompletionMessage(
-            kind="image",
+        return ImageCompletion(
             status="failed",
             input=record.input,
             generation=record.generation,
@@ -116,15 +115,14 @@ def completion_from_record(record: Record, paths: OutputPaths) -> CompletionMess
             error=record.error,
         )
     timings = record.timings_ms
-    return CompletionMessage(
-        kind="image",
+    return ImageCompletion(
         status="succeeded",
         input=record.input,
         generation=record.generation,
         outputs=dict(record.outputs),
         mask_count=record.mask_count,
         label_counts=record.label_counts,
-        model=record.model_type,
+        model=record.model,
         timings_ms={k: timings[k] for k in ("total", "model", "endpoint") if k in timings},
     )
 
@@ -178,7 +176,7 @@ def _segment_and_write(
 
 
 def _publish_and_mark(
-    message: CompletionMessage,
+    message: ImageCompletion,
     paths: OutputPaths,
     listing: Listing,
     generation: int,

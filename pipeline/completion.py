@@ -8,10 +8,10 @@ from typing import Any
 from pipeline.exports import DEFAULT_CATEGORY
 from samdrop.batches import BatchPaths
 from samdrop.errors import ErrorInfo
-from samdrop.messages import CompletionMessage
+from samdrop.messages import BatchCompletion
 
 
-def completion_from_summary(summary: Mapping[str, Any], paths: BatchPaths) -> CompletionMessage:
+def completion_from_summary(summary: Mapping[str, Any], paths: BatchPaths) -> BatchCompletion:
     status = summary["status"]
     raw = summary.get("error")
     error = ErrorInfo(code=str(raw["code"]), message=str(raw["message"])) if raw else None
@@ -22,8 +22,7 @@ def completion_from_summary(summary: Mapping[str, Any], paths: BatchPaths) -> Co
                 f"none of the {summary['images']} images could be segmented: see {paths.uri(paths.manifest)}"
             ),
         )
-    return CompletionMessage(
-        kind="batch",
+    return BatchCompletion(
         status=status,
         batch_id=paths.batch_id,
         input=paths.input_uri,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from samdrop.errors import ErrorInfo
 from samdrop.layout import READY
-from samdrop.messages import CompletionMessage
+from samdrop.messages import BatchCompletion
 from samdrop.settings import Settings
 
 __all__ = ["CLAIM", "PROMPTS_FILE", "READY", "BatchPaths", "failed_completion"]
@@ -93,10 +93,9 @@ class BatchPaths:
         return name[len(self.input_folder) :] if name.startswith(self.input_folder) else name
 
 
-def failed_completion(paths: BatchPaths, code: str, message: str, *, images: int = 0) -> CompletionMessage:
+def failed_completion(paths: BatchPaths, code: str, message: str, *, images: int = 0) -> BatchCompletion:
     """The ``failed`` batch completion for a batch that did not run (or whose run failed as a whole)."""
-    return CompletionMessage(
-        kind="batch",
+    return BatchCompletion(
         status="failed",
         batch_id=paths.batch_id,
         input=paths.input_uri,

@@ -6,24 +6,63 @@
 * :class:`ErrorRecord` — ``results/<input path>/error.json``;
 * :class:`ManifestLine` — one line of a batch's ``manifest.jsonl``.
 
-The completion message lives in :mod:`samdrop.messages`. ``from_json`` coerces numbers, because
-Vertex AI passes predictions through protobuf ``Value`` (every number arrives as a float), and raises
-``KeyError``/``TypeError``/``ValueError`` on a document that is off-contract. See docs/design.md
-"Documents".
+The completion message lives in :mod:`samdrop.messages`. The classes are pydantic dataclasses: the
+types below are the contract, checked when a document is built or read, and the JSON Schemas in
+``schemas/`` are generated from them (:mod:`samdrop.schemas`). Reading is lax where Vertex AI needs
+it: predictions pass through protobuf ``Value``, so every number may arrive as a float (``3.0`` is
+read as the int 3, a box is rounded). An off-contract document raises ``pydantic.ValidationError``
+(a ``ValueError``). See docs/design.md "Documents" and "Schemas".
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field, fields
 from datetime import UTC, datetime
-from typing import Any, Literal, TypedDict, cast
+from typing import Annotated, Any, Literal, Self, TypeVar, cast
+
+from pydantic import ConfigDict, Field, TypeAdapter, computed_field, field_serializer, field_validator
+from pydantic.dataclasses import dataclass
+from typing_extensions import TypedDict  # pydantic reads TypedDicts from here before Python 3.12
 
 from samdrop.errors import ErrorInfo
 
 JsonObject = dict[str, Any]
 Mode = Literal["prompted", "automatic"]
-MODES: tuple[Mode, ...] = ("prompted", "automatic")
+# The version of every document below and of the completion message. Additive changes keep it; a
+# removed or renamed field, or a changed type, bumps it (docs/design.md "Schemas").
+SchemaVersion = Literal[1]
+SCHEMA_VERSION: SchemaVersion = 1
+# Lax reading (numbers as floats, generations as ints): see the module docstring. The schemas
+# describe documents as written, so a field is required there unless it is left out when unset.
+DOCUMENT = ConfigDict(coerce_numbers_to_str=True, json_schema_serialization_defaults_required=True)
+T = TypeVar("T")
+
+
+def absent_when_none() -> Any:
+    """An optional field that is left out of the JSON when unset (its absence carries meaning)."""
+    return Field(default=None, exclude_if=lambda value: value is None)
+
+
+_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
+
+
+def _adapter(cls: type[T]) -> TypeAdapter[T]:
+    """The one validator and serializer of ``cls``, built on first use."""
+    if cls not in _ADAPTERS:
+        _ADAPTERS[cls] = TypeAdapter(cls)
+    return _ADAPTERS[cls]
+
+
+class Document:
+    """``to_json``/``from_json`` of the pydantic dataclasses below, through their one schema."""
+
+    def to_json(self) -> JsonObject:
+        return cast(JsonObject, _adapter(type(self)).dump_python(self, mode="json"))
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Self:
+        return _adapter(cls).validate_python(dict(raw))
 
 
 class Rle(TypedDict):
@@ -76,25 +115,32 @@ class MaskOutputs(TypedDict):
     overlay: str
 
 
-@dataclass(frozen=True)
-class MaskRecord:
+@dataclass(frozen=True, config=DOCUMENT)
+class MaskRecord(Document):
     """One mask. ``segmentation``: COCO RLE at the input's displayed size (a base64 PNG string only
     in a predictor answer asked for ``mask_format: "png"``); ``score``: predicted IoU; ``box``: XYXY
     int px, x1/y1 inclusive; ``area``: px; ``stability_score``; ``prompt_index`` (prompt mode: which
     prompt made it) or ``point_coords`` (automatic mode: the grid point(s) that made it, px XY);
     ``label``: the prompt's label, when the prompts named one; ``polygons``: only when asked for;
-    ``tiles``: a tiled image's tiles the mask spans (indexes into its tile grid)."""
+    ``tiles``: a tiled image's tiles the mask spans (indexes into its tile grid). Optional fields
+    are left out when unset (their absence says which mode made the mask)."""
 
     segmentation: Rle | str
     score: float
-    box: list[int]
+    box: Annotated[list[int], Field(min_length=4, max_length=4)]  # [x0, y0, x1, y1]
     area: int
-    stability_score: float | None = None
-    prompt_index: int | None = None
-    point_coords: list[list[float]] | None = None
-    label: str | None = None
-    polygons: Polygons | None = None
-    tiles: list[int] | None = None
+    stability_score: float | None = absent_when_none()
+    prompt_index: int | None = absent_when_none()
+    point_coords: list[list[float]] | None = absent_when_none()
+    label: str | None = absent_when_none()
+    polygons: Polygons | None = absent_when_none()
+    tiles: list[int] | None = absent_when_none()
+
+    @field_validator("box", mode="before")
+    @classmethod
+    def _round_box(cls, value: Any) -> Any:
+        """A box read back through protobuf ``Value`` has float coordinates: whole pixels again."""
+        return [round(float(v)) for v in value] if isinstance(value, list | tuple) else value
 
     @property
     def rle(self) -> Rle:
@@ -102,57 +148,24 @@ class MaskRecord:
             raise TypeError("segmentation must be a COCO RLE (ask the predictor for mask_format 'rle')")
         return self.segmentation
 
-    def to_json(self) -> JsonObject:
-        """Optional fields are left out when unset (their absence says which mode made the mask)."""
-        out: JsonObject = {
-            "segmentation": self.segmentation,
-            "score": self.score,
-            "box": list(self.box),
-            "area": self.area,
-        }
-        if self.stability_score is not None:
-            out["stability_score"] = self.stability_score
-        if self.prompt_index is not None:
-            out["prompt_index"] = self.prompt_index
-        if self.point_coords is not None:
-            out["point_coords"] = [list(point) for point in self.point_coords]
-        if self.label is not None:
-            out["label"] = self.label
-        if self.polygons is not None:
-            out["polygons"] = self.polygons
-        if self.tiles is not None:
-            out["tiles"] = list(self.tiles)
-        return out
+
+@dataclass(frozen=True, config=DOCUMENT)
+class _MaskPlace:
+    index: int
+    png: str
+
+
+@dataclass(frozen=True, config=DOCUMENT)
+class IndexedMask(MaskRecord, _MaskPlace):
+    """A mask as ``masks.json`` lists it: its ``index`` and its PNG's URI first, then the record."""
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> MaskRecord:
-        segmentation = raw["segmentation"]
-        if not isinstance(segmentation, str):
-            counts = segmentation["counts"]
-            if not isinstance(counts, str):
-                raise TypeError("segmentation.counts must be a COCO RLE string")
-            segmentation = Rle(
-                size=[int(segmentation["size"][0]), int(segmentation["size"][1])], counts=counts
-            )
-        box = [round(float(v)) for v in raw["box"]]
-        if len(box) != 4:
-            raise ValueError(f"box must be [x0, y0, x1, y1], got {raw['box']!r}")
-        points = raw.get("point_coords")
-        return cls(
-            segmentation=segmentation,
-            score=float(raw["score"]),
-            box=box,
-            area=int(raw["area"]),
-            stability_score=_float_or_none(raw.get("stability_score")),
-            prompt_index=int(raw["prompt_index"]) if raw.get("prompt_index") is not None else None,
-            point_coords=[[float(c) for c in p] for p in points] if points is not None else None,
-            label=str(raw["label"]) if raw.get("label") is not None else None,
-            polygons=_polygons(raw.get("polygons")),
-            tiles=[int(t) for t in raw["tiles"]] if raw.get("tiles") is not None else None,
-        )
+    def of(cls, mask: MaskRecord, index: int, png: str) -> IndexedMask:
+        values = {f.name: getattr(mask, f.name) for f in fields(MaskRecord)}
+        return cls(index=index, png=png, **values)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=DOCUMENT)
 class PredictInstance:
     """One ``:predict`` instance as the function sends it (docs/design.md "Predictor request and
     response"): the image by ``gs://`` reference, never its bytes, pinned to ``generation`` (a
@@ -190,8 +203,8 @@ class PredictInstance:
         )
 
 
-@dataclass(frozen=True)
-class Prediction:
+@dataclass(frozen=True, config=DOCUMENT)
+class Prediction(Document):
     """One image's masks as the predictor answers them (and as the pipeline's engine gives them).
 
     ``width``/``height``: the input as displayed, px; ``mode``: ``prompted`` (``prompts`` set) or
@@ -210,67 +223,35 @@ class Prediction:
     timings_ms: dict[str, float] = field(default_factory=dict)
     file_path: str | None = None
     mask_format: str = "rle"
-    logits: list[JsonObject] | None = None
+    logits: list[JsonObject] | None = absent_when_none()
     tiling: TilingRecord | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def scores(self) -> list[float]:
+        return [mask.score for mask in self.masks]
 
     @property
     def random_weights(self) -> bool:
         return bool(self.model.get("random_weights"))
 
-    def to_json(self) -> JsonObject:
-        out: JsonObject = {
-            "file_path": self.file_path,
-            "width": self.width,
-            "height": self.height,
-            "masks": [mask.to_json() for mask in self.masks],
-            "scores": [mask.score for mask in self.masks],
-            "mask_format": self.mask_format,
-            "mode": self.mode,
-            "prompts": self.prompts,
-            "amg": self.amg,
-            "model": self.model,
-            "timings_ms": self.timings_ms,
-            "tiling": self.tiling,
-        }
-        if self.logits is not None:
-            out["logits"] = self.logits
-        return out
-
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> Prediction:
+    def from_json(cls, raw: Mapping[str, Any]) -> Self:
         mode = raw.get("mode") or ("prompted" if raw.get("prompts") else "automatic")
         if mode == "prompts":  # the predictor's name for it before masks.json and it agreed
             mode = "prompted"
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        return cls(
-            width=int(raw["width"]),
-            height=int(raw["height"]),
-            masks=[MaskRecord.from_json(m) for m in raw.get("masks") or []],
-            mode=cast(Mode, mode),
-            prompts=_prompts_record(raw.get("prompts")),
-            amg=dict(raw["amg"]) if raw.get("amg") is not None else None,
-            model=dict(raw.get("model") or {}),
-            timings_ms={key: float(value) for key, value in (raw.get("timings_ms") or {}).items()},
-            file_path=raw.get("file_path"),
-            mask_format=str(raw.get("mask_format") or "rle"),
-            logits=list(raw["logits"]) if raw.get("logits") is not None else None,
-            tiling=tiling_record(raw.get("tiling")),
-        )
+        return super().from_json({**raw, "mode": mode})
 
 
-@dataclass(frozen=True)
-class FailedPrediction:
+@dataclass(frozen=True, config=DOCUMENT)
+class FailedPrediction(Document):
     """A predictor slot whose instance could not be segmented; it never fails its neighbours."""
 
     error: ErrorInfo
     file_path: str | None = None
 
-    def to_json(self) -> JsonObject:
-        return {"file_path": self.file_path, "error": self.error}
-
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> FailedPrediction:
+    def from_json(cls, raw: Mapping[str, Any]) -> Self:
         error = raw["error"]
         if not isinstance(error, Mapping):
             return cls(ErrorInfo(code="invalid_input", message=str(error)), raw.get("file_path"))
@@ -283,33 +264,41 @@ def prediction_from_json(raw: Mapping[str, Any]) -> Prediction | FailedPredictio
     return FailedPrediction.from_json(raw) if raw.get("error") else Prediction.from_json(raw)
 
 
-@dataclass(frozen=True)
-class MasksDocument:
+@dataclass(frozen=True, kw_only=True, config=DOCUMENT)
+class MasksDocument(Document):
     """``masks.json``: everything about one image's masks, the same from a single upload and a batch.
 
     ``generation``: the input's generation (a string: it exceeds JSON's safe integers);
     ``batch_id``: None for a single upload; ``masks``: written with their ``index`` and ``png`` URI;
+    ``model``: what produced the masks (``type`` …, the shape completion messages carry too);
     ``note``: says when the masks come from random weights; ``predictor_timings_ms``: the model's
     stages; ``timings_ms``: the path's own stages (reading, endpoint or compute, writing);
     ``tiling``: how the image was tiled (None: it ran whole)."""
 
+    schema_version: SchemaVersion = SCHEMA_VERSION
     input: str
     generation: str
+    batch_id: str | None = None
     width: int
     height: int
     mode: Mode
-    masks: list[MaskRecord]
-    outputs: MaskOutputs
-    batch_id: str | None = None
     prompts: PromptsRecord | None = None
     amg: JsonObject | None = None
+    tiling: TilingRecord | None = None
+    masks: list[MaskRecord]
     model: JsonObject = field(default_factory=dict)
     note: str | None = None
     predictor_timings_ms: dict[str, float] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
-    tiling: TilingRecord | None = None
+    outputs: MaskOutputs
     created: str = field(default_factory=lambda: now_iso())
 
+    @field_serializer("masks")
+    def _indexed(self, masks: list[MaskRecord]) -> list[IndexedMask]:
+        pngs = self.outputs["masks"]
+        return [IndexedMask.of(mask, i, png) for i, (png, mask) in enumerate(zip(pngs, masks, strict=True))]
+
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def mask_count(self) -> int:
         return len(self.masks)
@@ -329,61 +318,12 @@ class MasksDocument:
         value = self.model.get("type")
         return str(value) if value else None
 
-    def to_json(self) -> JsonObject:
-        return {
-            "input": self.input,
-            "generation": self.generation,
-            "batch_id": self.batch_id,
-            "width": self.width,
-            "height": self.height,
-            "mode": self.mode,
-            "prompts": self.prompts,
-            "amg": self.amg,
-            "tiling": self.tiling,
-            "mask_count": self.mask_count,
-            "masks": [
-                {"index": i, "png": uri, **mask.to_json()}
-                for i, (uri, mask) in enumerate(zip(self.outputs["masks"], self.masks, strict=True))
-            ],
-            "model": self.model,
-            "note": self.note,
-            "predictor_timings_ms": self.predictor_timings_ms,
-            "timings_ms": self.timings_ms,
-            "outputs": self.outputs,
-            "created": self.created,
-        }
 
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> MasksDocument:
-        outputs = raw["outputs"]
-        return cls(
-            input=str(raw["input"]),
-            generation=str(raw["generation"]),
-            width=int(raw["width"]),
-            height=int(raw["height"]),
-            mode=cast(Mode, raw["mode"]),
-            masks=[MaskRecord.from_json(m) for m in raw["masks"]],
-            outputs=MaskOutputs(
-                masks=[str(uri) for uri in outputs["masks"]],
-                metadata=str(outputs["metadata"]),
-                overlay=str(outputs["overlay"]),
-            ),
-            batch_id=raw.get("batch_id"),
-            prompts=_prompts_record(raw.get("prompts")),
-            amg=dict(raw["amg"]) if raw.get("amg") is not None else None,
-            model=dict(raw.get("model") or {}),
-            note=raw.get("note"),
-            predictor_timings_ms=dict(raw.get("predictor_timings_ms") or {}),
-            timings_ms=dict(raw.get("timings_ms") or {}),
-            tiling=tiling_record(raw.get("tiling")),
-            created=str(raw.get("created") or ""),
-        )
-
-
-@dataclass(frozen=True)
-class ErrorRecord:
+@dataclass(frozen=True, config=DOCUMENT)
+class ErrorRecord(Document):
     """``error.json``: why an input could not be segmented (``code`` from ``samdrop.errors.ERROR_CODES``)."""
 
+    schema_version: SchemaVersion = Field(default=SCHEMA_VERSION, kw_only=True)  # written first
     code: str
     message: str
     input: str
@@ -393,40 +333,30 @@ class ErrorRecord:
     def error(self) -> ErrorInfo:
         return ErrorInfo(code=self.code, message=self.message)
 
-    def to_json(self) -> JsonObject:
-        return {
-            "code": self.code,
-            "message": self.message,
-            "input": self.input,
-            "generation": self.generation,
-        }
 
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> ErrorRecord:
-        return cls(str(raw["code"]), str(raw["message"]), str(raw["input"]), str(raw["generation"]))
-
-
-@dataclass(frozen=True)
-class ManifestLine:
+@dataclass(frozen=True, kw_only=True, config=DOCUMENT)
+class ManifestLine(Document):
     """One image of a batch in ``manifest.jsonl``. ``status``: ``succeeded`` or ``failed``;
     ``resumed``: an earlier run had written its record; ``outputs``: the masks document's outputs, or
     ``{"error": uri}`` when ``error.json`` was written (none for a transient failure, which the next
     run retries); ``timings_ms``: this image's stages plus ``finished`` (a wall-clock timestamp, s);
     ``tiling``: the masks document's, for a tiled image."""
 
+    schema_version: SchemaVersion = SCHEMA_VERSION
     input: str
     file: str
     generation: str
     status: Literal["succeeded", "failed"]
-    resumed: bool
-    shard: int
-    mask_count: int | None
-    scores: list[float]
-    outputs: dict[str, Any]
-    error: ErrorInfo | None
-    timings_ms: dict[str, float]
+    resumed: bool = False
+    shard: int = 0
+    mask_count: int | None = None
+    scores: list[float] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: ErrorInfo | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
     tiling: TilingRecord | None = None
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def mean_score(self) -> float | None:
         return round(sum(self.scores) / len(self.scores), 4) if self.scores else None
@@ -477,86 +407,7 @@ class ManifestLine:
             timings_ms=dict(timings_ms),
         )
 
-    def to_json(self) -> JsonObject:
-        return {
-            "input": self.input,
-            "file": self.file,
-            "generation": self.generation,
-            "status": self.status,
-            "resumed": self.resumed,
-            "shard": self.shard,
-            "mask_count": self.mask_count,
-            "scores": self.scores,
-            "mean_score": self.mean_score,
-            "outputs": self.outputs,
-            "error": self.error,
-            "timings_ms": self.timings_ms,
-            "tiling": self.tiling,
-        }
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> ManifestLine:
-        error = raw.get("error")
-        return cls(
-            input=str(raw["input"]),
-            file=str(raw["file"]),
-            generation=str(raw["generation"]),
-            status="succeeded" if raw["status"] == "succeeded" else "failed",
-            resumed=bool(raw.get("resumed")),
-            shard=int(raw.get("shard") or 0),
-            mask_count=int(raw["mask_count"]) if raw.get("mask_count") is not None else None,
-            scores=[float(s) for s in raw.get("scores") or []],
-            outputs=dict(raw.get("outputs") or {}),
-            error=ErrorInfo(code=str(error["code"]), message=str(error["message"])) if error else None,
-            timings_ms=dict(raw.get("timings_ms") or {}),
-            tiling=tiling_record(raw.get("tiling")),
-        )
-
 
 def now_iso() -> str:
     """Now, UTC, to the second: the ``created`` stamp of documents."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _float_or_none(value: Any) -> float | None:
-    return float(value) if value is not None else None
-
-
-def _prompts_record(raw: Any) -> PromptsRecord | None:
-    if not raw:
-        return None
-    record = PromptsRecord()
-    if raw.get("points") is not None:
-        record["points"] = [[float(c) for c in point] for point in raw["points"]]
-        record["labels"] = [int(label) for label in raw.get("labels") or []]
-    if raw.get("boxes") is not None:
-        record["boxes"] = [[float(c) for c in box] for box in raw["boxes"]]
-    if raw.get("multimask") is not None:
-        record["multimask"] = bool(raw["multimask"])
-    if raw.get("text") is not None:
-        record["text"] = [str(name) for name in raw["text"]]
-    if raw.get("box_labels") is not None:
-        record["box_labels"] = [bool(label) for label in raw["box_labels"]]
-    return record
-
-
-def _polygons(raw: Any) -> Polygons | None:
-    if raw is None:
-        return None
-    return Polygons(
-        outer=[[float(c) for c in ring] for ring in raw["outer"]],
-        holes=[[float(c) for c in ring] for ring in raw["holes"]],
-        tolerance_px=float(raw["tolerance_px"]),
-    )
-
-
-def tiling_record(raw: Any) -> TilingRecord | None:
-    """A ``tiling`` entry from JSON (numbers back to ints), or None."""
-    if raw is None:
-        return None
-    return TilingRecord(
-        tile=int(raw["tile"]),
-        overlap=int(raw["overlap"]),
-        tiles=int(raw["tiles"]),
-        grid=[int(raw["grid"][0]), int(raw["grid"][1])],
-    )

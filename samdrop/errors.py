@@ -15,11 +15,12 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import Any
 
 import requests
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
+from typing_extensions import TypedDict  # pydantic reads TypedDicts from here before Python 3.12
 
 
 class RetryRule(enum.Enum):

@@ -1,8 +1,8 @@
 """Completion messages (docs/design.md "Completion messages") and publishing them to Pub/Sub.
 
-Body: UTF-8 JSON; attributes: ``kind``, ``status`` and ``batch_id`` (when set) so subscribers can
-filter. ``(input, generation)`` identifies an image's work: a subscriber that must not act twice
-dedupes on it (Pub/Sub itself delivers at least once).
+Body: UTF-8 JSON; attributes: ``schema_version``, ``kind``, ``status`` and ``batch_id`` (batches)
+so subscribers can filter. ``(input, generation)`` identifies an image's work: a subscriber that must
+not act twice dedupes on it (Pub/Sub itself delivers at least once).
 """
 
 from __future__ import annotations
@@ -10,87 +10,31 @@ from __future__ import annotations
 import concurrent.futures
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias
 
 from google.api_core import exceptions as api_exceptions
+from pydantic import Field, TypeAdapter
+from pydantic.dataclasses import dataclass
 
+from samdrop.documents import DOCUMENT, SCHEMA_VERSION, Document, JsonObject, SchemaVersion, absent_when_none
 from samdrop.errors import ConfigError, ErrorInfo, TransientError
 from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
 
-Kind = Literal["image", "batch"]
-Status = Literal["succeeded", "partial", "failed"]  # partial: batches only
-KINDS: tuple[Kind, ...] = get_args(Kind)
-STATUSES: dict[Kind, tuple[Status, ...]] = {"image": ("succeeded", "failed"), "batch": get_args(Status)}
-_IMAGE_KEYS = (
-    "kind",
-    "status",
-    "input",
-    "generation",
-    "outputs",
-    "mask_count",
-    "label_counts",
-    "model",
-    "timings_ms",
-    "error",
-)
-_BATCH_KEYS = (
-    "kind",
-    "status",
-    "batch_id",
-    "input",
-    "images",
-    "succeeded",
-    "failed",
-    "label_counts",
-    "outputs",
-    "error",
-)
-_ONLY_WHEN_SET = ("label_counts",)  # labelled masks only: other messages keep their shape
 
-
-@dataclass(frozen=True)
-class CompletionMessage:
-    """One completion. ``input`` is a ``gs://`` URI (a folder URI for batches); ``outputs`` maps a
-    role (``masks`` → list of URIs, ``metadata``, ``overlay``, ``manifest``, ``report``) to URIs;
+class _Completion(Document):
+    """What both kinds share: the body (``to_json``), the attributes, the ``completion.json`` record.
     ``error`` is ``{"code", "message"}`` exactly when ``status`` is ``failed``."""
 
-    kind: Kind
-    status: Status
-    input: str
-    generation: str | None = None
-    batch_id: str | None = None
-    outputs: Mapping[str, Any] = field(default_factory=dict)
-    mask_count: int | None = None
-    label_counts: Mapping[str, int] | None = None  # masks per label (concept prompts), in order
-    model: str | None = None
-    timings_ms: Mapping[str, float] | None = None
-    images: int | None = None
-    succeeded: int | None = None
-    failed: int | None = None
-    error: ErrorInfo | None = None
+    if TYPE_CHECKING:  # fields of each kind, declared there in the order they are written
+        kind: str
+        status: str
+        error: ErrorInfo | None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.status not in STATUSES[self.kind]:
-            raise ValueError(
-                f"a {self.kind} status must be one of {STATUSES[self.kind]}, got {self.status!r}"
-            )
-        if self.kind == "batch" and not self.batch_id:
-            raise ValueError("a batch completion needs batch_id")
         if (self.status == "failed") != (self.error is not None):
             raise ValueError("error is set exactly when status is 'failed'")
-        if self.error is not None and not {"code", "message"} <= set(self.error):
-            raise ValueError("error needs 'code' and 'message'")
-
-    def to_json(self) -> dict[str, Any]:
-        values = asdict(self)
-        keys = _IMAGE_KEYS if self.kind == "image" else _BATCH_KEYS
-        return {
-            key: _plain(values[key]) for key in keys if key not in _ONLY_WHEN_SET or values[key] is not None
-        }
 
     def to_record(self, message_id: str) -> dict[str, Any]:
         """``completion.json``: the message as published, with the id Pub/Sub gave it and when."""
@@ -101,23 +45,57 @@ class CompletionMessage:
         return json.dumps(self.to_json(), ensure_ascii=False, sort_keys=False).encode("utf-8")
 
     def attributes(self) -> dict[str, str]:
-        attributes: dict[str, str] = {"kind": self.kind, "status": self.status}
-        if self.batch_id:
-            attributes["batch_id"] = self.batch_id
-        return attributes
-
-    @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> CompletionMessage:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{key: value for key, value in body.items() if key in known})
+        return {"schema_version": str(SCHEMA_VERSION), "kind": self.kind, "status": self.status}
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
+@dataclass(frozen=True, kw_only=True, config=DOCUMENT)
+class ImageCompletion(_Completion):
+    """One image's completion. ``input``: its ``gs://`` URI; ``outputs`` maps a role (``masks`` →
+    list of URIs, ``metadata``, ``overlay``, or ``error``) to URIs; ``model``: the ``masks.json``
+    ``model`` object (``type`` …); ``label_counts``: masks per label (concept prompts), in order,
+    present only for labelled masks."""
+
+    schema_version: SchemaVersion = SCHEMA_VERSION
+    kind: Literal["image"] = "image"
+    status: Literal["succeeded", "failed"]
+    input: str
+    generation: str | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    mask_count: int | None = None
+    label_counts: dict[str, int] | None = absent_when_none()
+    model: JsonObject | None = None
+    timings_ms: dict[str, float] | None = None
+    error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True, kw_only=True, config=DOCUMENT)
+class BatchCompletion(_Completion):
+    """One batch's completion. ``input``: the batch folder's ``gs://`` URI; ``outputs``: ``manifest``,
+    ``report``, ``report_md``, ``summary`` and the exports' URIs; ``partial``: some images failed."""
+
+    schema_version: SchemaVersion = SCHEMA_VERSION
+    kind: Literal["batch"] = "batch"
+    status: Literal["succeeded", "partial", "failed"]
+    batch_id: Annotated[str, Field(min_length=1)]
+    input: str
+    images: int
+    succeeded: int
+    failed: int
+    label_counts: dict[str, int] | None = absent_when_none()
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: ErrorInfo | None = None
+
+    def attributes(self) -> dict[str, str]:
+        return {**super().attributes(), "batch_id": self.batch_id}
+
+
+CompletionMessage: TypeAlias = ImageCompletion | BatchCompletion
+COMPLETION = TypeAdapter[CompletionMessage](Annotated[CompletionMessage, Field(discriminator="kind")])
+
+
+def completion_from_json(body: Mapping[str, Any]) -> CompletionMessage:
+    """A completion body as published (its ``kind`` says which); ``ValueError`` when off-contract."""
+    return COMPLETION.validate_python(dict(body))
 
 
 class Publisher(Protocol):

@@ -37,7 +37,7 @@ def test_demo_runs_the_whole_story_and_cleans_up(tmp_path):
         assert Image.open(overlay).format == "JPEG"
     assert len(summary["overlays"]) == 5
     # No weights here: the default (auto) serves the classic backend and says how to switch to SAM.
-    assert all(c["model"] == "classic" for c in summary["completions"])
+    assert all(c["model"]["type"] == "classic" for c in summary["completions"])
     assert "'classic' backend" in done.stdout and "samdrop models pull vit_b" in done.stdout
     assert "waiting for completions" in done.stderr and "5/5" in done.stderr
     # It stopped what it started: no state file, every port free again.

@@ -14,6 +14,7 @@ from google.cloud.storage import Blob
 
 from deploy.local import LocalStack, free_ports
 from samdrop.settings import Settings
+from tests.schema_check import check_document
 
 RECORDER = Path(__file__).resolve().parent / "recorder_function" / "main.py"
 # How long "nothing else arrived" waits after the last message: a redelivery (backoff 1-2 s in
@@ -137,7 +138,8 @@ class Completions:
             timeout=10,
         )
         for received in response.received_messages:
-            body = json.loads(received.message.data)
+            body = check_document("completion", json.loads(received.message.data))
+            assert received.message.attributes["schema_version"] == str(body["schema_version"])
             body["_attributes"] = dict(received.message.attributes)
             self.seen.append(body)
         if response.received_messages:

@@ -19,6 +19,7 @@ from pycocotools.coco import COCO
 from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
 from samdrop.batches import BatchPaths
 from tests.sam3_models import write_tiny_sam3
+from tests.schema_check import check_document
 
 from .local_stack_support import Completions, stack_settings
 
@@ -88,7 +89,8 @@ def test_one_ready_line_labels_a_batch_with_its_concept(sam3_stack, tmp_path: Pa
     folder = f"results/batches/{batch}/"
     found = {}
     for name in files:
-        doc = json.loads(results.blob(f"{folder}{name}/masks.json").download_as_bytes())
+        raw = json.loads(results.blob(f"{folder}{name}/masks.json").download_as_bytes())
+        doc = check_document("masks", raw)
         found[name] = doc["masks"]
         assert doc["mode"] == "prompted" and doc["prompts"] == {"text": [CONCEPT]}
         assert doc["model"]["type"] == "sam3" and doc["model"]["family"] == "sam3"

@@ -32,6 +32,7 @@ from samdrop.batches import BatchPaths
 from samdrop.settings import Settings
 from samdrop.storage import GcsStore
 from tests.helpers import json_shape
+from tests.schema_check import check_document
 
 from .local_stack_support import Completions, key_of, stack_settings, until
 
@@ -161,8 +162,8 @@ def test_upload_with_prompts_gets_masks_metadata_overlay_and_a_success(events):
     message = events.await_completion(blob)
 
     assert message["status"] == "succeeded" and message["error"] is None
-    assert message["kind"] == "image" and message["model"] == "tiny"
-    assert message["_attributes"] == {"kind": "image", "status": "succeeded"}
+    assert message["kind"] == "image" and message["model"]["type"] == "tiny"
+    assert message["_attributes"] == {"schema_version": "1", "kind": "image", "status": "succeeded"}
     outputs = events.results(name)
     pngs = sorted(n for n in outputs if n.startswith("mask_"))
     assert len(pngs) == message["mask_count"] >= 2
@@ -171,7 +172,7 @@ def test_upload_with_prompts_gets_masks_metadata_overlay_and_a_success(events):
     for png in pngs:
         mask = Image.open(io.BytesIO(outputs[png].download_as_bytes()))
         assert mask.size == (160, 120) and mask.mode in ("1", "L")
-    doc = json.loads(outputs["masks.json"].download_as_bytes())
+    doc = check_document("masks", json.loads(outputs["masks.json"].download_as_bytes()))
     assert doc["generation"] == str(blob.generation) and doc["mode"] == "prompted"
     assert doc["prompts"]["boxes"] == prompts["boxes"] and doc["prompts"]["points"] == prompts["points"]
     assert {m["prompt_index"] for m in doc["masks"]} >= {0, 1}
@@ -188,7 +189,7 @@ def test_no_prompts_means_automatic_masks_with_the_servers_grid(events):
     message = events.await_completion(blob)
 
     assert message["status"] == "succeeded"
-    doc = json.loads(events.results(name)["masks.json"].download_as_bytes())
+    doc = check_document("masks", json.loads(events.results(name)["masks.json"].download_as_bytes()))
     assert doc["mode"] == "automatic" and doc["prompts"] is None
     assert doc["mask_count"] == message["mask_count"] == len(doc["masks"])
 
@@ -201,7 +202,7 @@ def test_corrupt_image_gets_error_json_and_a_failure_then_the_next_image_works(e
     assert failed["_attributes"]["status"] == "failed"
     outputs = events.results(bad.name)
     assert set(outputs) == {"error.json", "completion.json"}
-    error = json.loads(outputs["error.json"].download_as_bytes())
+    error = check_document("error", json.loads(outputs["error.json"].download_as_bytes()))
     assert error["code"] == "invalid_image" and error["generation"] == str(bad.generation)
     assert error["input"] == f"gs://{events.settings.bucket}/{bad.name}"
     bad.reload()
@@ -283,7 +284,7 @@ def test_single_upload_and_batch_shard_write_the_same_masks_json(events):
     name = unique("same.png")
     blob = events.upload(name, photo(seed=3), prompts)
     assert events.await_completion(blob)["status"] == "succeeded"
-    single = json.loads(events.results(name)["masks.json"].download_as_bytes())
+    single = check_document("masks", json.loads(events.results(name)["masks.json"].download_as_bytes()))
 
     batch_name = f"{events.settings.batches_prefix}same-{uuid.uuid4().hex[:6]}/same.png"
     batch_blob = events.upload(batch_name, photo(seed=3))
@@ -298,7 +299,7 @@ def test_single_upload_and_batch_shard_write_the_same_masks_json(events):
     )
     (line,) = worker.run([PlanItem(batch_name, batch_blob.generation, prompts)]).lines
     assert line["status"] == "succeeded", line["error"]
-    batch = json.loads(events.results(batch_name)["masks.json"].download_as_bytes())
+    batch = check_document("masks", json.loads(events.results(batch_name)["masks.json"].download_as_bytes()))
 
     assert single["batch_id"] is None and batch["batch_id"] == paths.batch_id
     for doc in (single, batch):

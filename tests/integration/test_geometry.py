@@ -27,6 +27,7 @@ from samdrop.images import decode_image
 from samdrop.masks import png_to_mask, rle_to_mask
 from samdrop.settings import Settings
 from tests.scenes import ENCODINGS, best_iou, encode_as, iou, shapes_scene
+from tests.schema_check import check_document
 
 from .local_stack_support import Completions, key_of, stack_settings
 
@@ -86,9 +87,9 @@ def segment(stack: Stack, kind: str, label: str, prompts: dict[str, Any] | None)
     started = time.monotonic()
     message = stack.await_completion(stack.upload(name, data, prompts))
     assert message["status"] == "succeeded", message
-    assert message["model"] == "classic"
+    assert message["model"]["type"] == "classic"
     outputs = stack.outputs(name)
-    doc = json.loads(outputs["masks.json"])
+    doc = check_document("masks", json.loads(outputs["masks.json"]))
     assert doc["model"]["type"] == "classic" and "samdrop models pull" in doc["model"]["note"]
     assert (doc["height"], doc["width"]) == SCENE.image.shape[:2], f"{kind} not in display coordinates"
     for record in doc["masks"]:
@@ -156,7 +157,7 @@ def test_a_batch_through_the_pipeline_masks_the_objects(stack):
     assert message["kind"] == "batch" and message["status"] == "succeeded", message
     for kind in ENCODINGS:
         outputs = stack.outputs(f"batches/{batch_id}/{kind}.{SUFFIX[kind]}")
-        doc = json.loads(outputs["masks.json"])
+        doc = check_document("masks", json.loads(outputs["masks.json"]))
         assert doc["model"]["type"] == "classic"
         found = [rle_to_mask(r["segmentation"]) for r in doc["masks"]]
         for index, mask in enumerate(found):

@@ -33,6 +33,7 @@ from samdrop.batches import BatchPaths
 from samdrop.models import amg_used
 from samdrop.prompts import check_amg
 from samdrop.storage import GcsStore
+from tests.schema_check import check_document, check_file
 
 from .local_stack_support import Completions, Key, stack_settings, until
 
@@ -71,7 +72,8 @@ class Stack:
         return {blob.name: blob for blob in blobs}
 
     def json(self, name: str) -> Any:
-        return json.loads(self.results.blob(name).download_as_bytes())
+        """An output object's JSON, checked against its schema when it is a published document."""
+        return check_file(name, json.loads(self.results.blob(name).download_as_bytes()))
 
     def function_log(self) -> str:
         return (self.settings.state_dir / "logs" / "function.log").read_text(errors="replace")
@@ -204,7 +206,7 @@ def test_ready_runs_the_pipeline_once_and_resumes(pipeline_stack: Stack, tmp_pat
     assert after == before
 
     manifest = [
-        json.loads(line)
+        check_document("manifest-line", json.loads(line))
         for line in stack.results.blob(folder + "manifest.jsonl").download_as_text().splitlines()
     ]
     assert len(manifest) == 30

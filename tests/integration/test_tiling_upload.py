@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from tests.schema_check import check_document
+
 from .test_event_path import events  # noqa: F401  (the module's stack fixture, started for this module)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -44,7 +46,7 @@ def test_a_large_upload_with_tiling_gets_stitched_full_resolution_masks(events):
 
     assert message["status"] == "succeeded", message["error"]
     outputs = events.results(name)
-    doc = json.loads(outputs["masks.json"].download_as_bytes())
+    doc = check_document("masks", json.loads(outputs["masks.json"].download_as_bytes()))
     assert (doc["width"], doc["height"], doc["mode"]) == (1800, 1300, "automatic")
     assert doc["tiling"] == {"tile": 512, "overlap": 64, "tiles": 12, "grid": [4, 3]}
     assert doc["tiling"]["tiles"] >= 12

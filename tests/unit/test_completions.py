@@ -7,11 +7,16 @@ from google.api_core import exceptions as api_exceptions
 
 from functions.batches import BatchStart, pipelines_not_configured
 from samdrop.errors import ConfigError, TransientError
-from samdrop.messages import CompletionMessage, PubsubPublisher, publish_completion
+from samdrop.messages import (
+    BatchCompletion,
+    ImageCompletion,
+    PubsubPublisher,
+    completion_from_json,
+    publish_completion,
+)
 from tests.unit.function_fakes import FakePublisher, FakeStore, settings
 
-SUCCESS = CompletionMessage(
-    kind="image",
+SUCCESS = ImageCompletion(
     status="succeeded",
     input="gs://b/incoming/cat.jpg",
     generation="1712345678901234",
@@ -21,7 +26,7 @@ SUCCESS = CompletionMessage(
         "overlay": "gs://b/results/incoming/cat.jpg/overlay.jpg",
     },
     mask_count=1,
-    model="vit_h",
+    model={"type": "vit_h", "device": "cuda:0"},
     timings_ms={"total": 812, "model": 640},
 )
 
@@ -29,15 +34,16 @@ SUCCESS = CompletionMessage(
 def test_image_success_matches_design_example():
     body = json.loads(SUCCESS.data().decode("utf-8"))
     assert list(body) == [
-        "kind", "status", "input", "generation", "outputs", "mask_count", "model", "timings_ms", "error"
+        "schema_version", "kind", "status", "input", "generation", "outputs", "mask_count", "model",
+        "timings_ms", "error",
     ]  # fmt: skip
     assert body["error"] is None and body["generation"] == "1712345678901234"
-    assert SUCCESS.attributes() == {"kind": "image", "status": "succeeded"}
+    assert SUCCESS.attributes() == {"schema_version": "1", "kind": "image", "status": "succeeded"}
 
 
 def test_image_failure_carries_code_and_message():
-    failed = CompletionMessage(
-        kind="image", status="failed", input="gs://b/incoming/x.jpg", generation="1",
+    failed = ImageCompletion(
+        status="failed", input="gs://b/incoming/x.jpg", generation="1",
         error={"code": "invalid_image", "message": "not an image"},
     )  # fmt: skip
     body = failed.to_json()
@@ -45,22 +51,25 @@ def test_image_failure_carries_code_and_message():
         "code": "invalid_image",
         "message": "not an image",
     }
-    assert failed.attributes() == {"kind": "image", "status": "failed"}
+    assert failed.attributes() == {"schema_version": "1", "kind": "image", "status": "failed"}
 
 
 def test_batch_message_has_batch_fields_and_attribute():
-    batch = CompletionMessage(
-        kind="batch", status="partial", batch_id="2026-11-25-a", input="gs://b/batches/2026-11-25-a/",
+    batch = BatchCompletion(
+        status="partial", batch_id="2026-11-25-a", input="gs://b/batches/2026-11-25-a/",
         images=1000, succeeded=998, failed=2, outputs={"manifest": "gs://m", "report": "gs://r"},
     )  # fmt: skip
     assert list(batch.to_json()) == [
-        "kind", "status", "batch_id", "input", "images", "succeeded", "failed", "outputs", "error"
+        "schema_version", "kind", "status", "batch_id", "input", "images", "succeeded", "failed",
+        "outputs", "error",
     ]  # fmt: skip
-    assert batch.attributes() == {"kind": "batch", "status": "partial", "batch_id": "2026-11-25-a"}
+    assert batch.attributes() == {
+        "schema_version": "1", "kind": "batch", "status": "partial", "batch_id": "2026-11-25-a"
+    }  # fmt: skip
 
 
 def test_round_trip():
-    assert CompletionMessage.from_json(json.loads(SUCCESS.data())) == SUCCESS
+    assert completion_from_json(json.loads(SUCCESS.data())) == SUCCESS
 
 
 @pytest.mark.parametrize(
@@ -76,7 +85,7 @@ def test_round_trip():
 )
 def test_invalid_messages_are_refused(fields):
     with pytest.raises(ValueError):
-        CompletionMessage(input="gs://b/x", **fields)
+        completion_from_json({"input": "gs://b/x", **fields})
 
 
 def test_publish_completion_sends_body_and_attributes():
@@ -134,22 +143,20 @@ def test_batches_without_pipelines_get_a_clear_failed_completion():
     outcome = pipelines_not_configured(request, settings=settings(), store=FakeStore(), publisher=publisher)
     assert outcome == "batch_not_started"
     [(_, body, attributes)] = publisher.messages
-    assert attributes == {"kind": "batch", "status": "failed", "batch_id": "b1"}
+    assert attributes == {"schema_version": "1", "kind": "batch", "status": "failed", "batch_id": "b1"}
     assert body["input"] == "gs://samdrop-local/batches/b1/"
     assert body["error"]["code"] == "pipelines_not_configured"
     assert "not started" in body["error"]["message"] and "SAMDROP_PIPELINE_RUNNER" in body["error"]["message"]
 
 
 def test_label_counts_appear_only_for_labelled_masks_concepts_first():
-    from samdrop.messages import CompletionMessage
-
-    labelled = CompletionMessage(
-        kind="image", status="succeeded", input="gs://b/incoming/a.png", generation="1",
+    labelled = ImageCompletion(
+        status="succeeded", input="gs://b/incoming/a.png", generation="1",
         mask_count=3, label_counts={"solar panel": 2, "car": 0, "roof": 1},
     )  # fmt: skip
     body = labelled.to_json()
     assert list(body)[list(body).index("mask_count") + 1] == "label_counts"
     assert body["label_counts"] == {"solar panel": 2, "car": 0, "roof": 1}
-    plain = CompletionMessage(kind="image", status="succeeded", input="gs://b/incoming/a.png", generation="1")
+    plain = ImageCompletion(status="succeeded", input="gs://b/incoming/a.png", generation="1")
     assert "label_counts" not in plain.to_json()
-    assert CompletionMessage.from_json(body) == labelled
+    assert completion_from_json(body) == labelled

@@ -315,9 +315,9 @@ def test_permanent_errors_are_recorded_and_acknowledged(endpoint, metadata, code
     assert handle_upload(event, make_deps(store, publisher, endpoint)) == "failed"
     error = store.json(FOLDER + "error.json")
     assert error["code"] == code and error["input"] == event.uri and error["generation"] == event.generation
-    assert set(error) == {"code", "message", "input", "generation"}
+    assert set(error) == {"schema_version", "code", "message", "input", "generation"}
     [(_, body, attributes)] = publisher.messages
-    assert attributes == {"kind": "image", "status": "failed"}
+    assert attributes == {"schema_version": "1", "kind": "image", "status": "failed"}
     assert body["error"]["code"] == code
 
 

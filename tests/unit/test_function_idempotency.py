@@ -76,9 +76,9 @@ def test_first_delivery_writes_everything_and_publishes_once():
         assert (png_to_mask(store.objects[(RESULTS, f"{FOLDER}mask_{i:03d}.png")].data) == mask).all()
     [(topic, body, attributes)] = publisher.messages
     assert topic == "samdrop-completions"
-    assert attributes == {"kind": "image", "status": "succeeded"}
+    assert attributes == {"schema_version": "1", "kind": "image", "status": "succeeded"}
     assert body["outputs"]["metadata"] == f"gs://{RESULTS}/{FOLDER}masks.json"
-    assert body["model"] == "tiny" and body["mask_count"] == 3
+    assert body["model"]["type"] == "tiny" and body["mask_count"] == 3
     assert body["timings_ms"]["model"] == 12.5 and body["timings_ms"]["total"] >= 0
     assert store.json(FOLDER + "completion.json")["generation"] == event.generation
 

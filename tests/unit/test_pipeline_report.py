@@ -147,7 +147,7 @@ def test_aggregate_fills_in_shards_that_never_reported_and_publish_sends_once(fa
     assert publish_step(ctx, "b1", BUCKET, marker) == body
     assert len(publisher.messages) == 1
     (_, _, attributes) = publisher.messages[0]
-    assert attributes == {"kind": "batch", "status": "partial", "batch_id": "b1"}
+    assert attributes == {"schema_version": "1", "kind": "batch", "status": "partial", "batch_id": "b1"}
 
 
 def test_a_batch_where_every_image_fails_publishes_failed(fast_engine):

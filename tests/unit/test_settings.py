@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from samdrop.errors import ConfigError
 from samdrop.settings import Settings
@@ -45,8 +49,8 @@ def test_results_may_share_the_upload_bucket_and_a_long_bucket_needs_its_own():
 
 def test_settings_are_frozen():
     settings = Settings.from_env({})
-    with pytest.raises(AttributeError):
-        settings.bucket = "x"  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.bucket = "x"
 
 
 @pytest.mark.parametrize(
@@ -99,3 +103,47 @@ def test_classic_accepts_checkpoint_auto_and_nothing_else():
     )
     with pytest.raises(ConfigError, match="SAMDROP_CHECKPOINT"):
         Settings.from_env({"SAMDROP_MODEL_TYPE": "classic", "SAMDROP_CHECKPOINT": "/m/sam_vit_b.pth"})
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SAMDROP_BATCH_SIZE": "abc"}, "SAMDROP_BATCH_SIZE='abc' should be a valid integer"),
+        ({"SAMDROP_BATCH_SIZE": "0"}, "SAMDROP_BATCH_SIZE='0' should be greater than 0"),
+        ({"SAMDROP_ENDPOINT_TIMEOUT_S": "-1"}, "SAMDROP_ENDPOINT_TIMEOUT_S='-1' should be greater than 0"),
+        ({"SAMDROP_REQUEST_TIMEOUT_S": "soon"}, "SAMDROP_REQUEST_TIMEOUT_S='soon' should be a valid number"),
+        ({"SAMDROP_GCS_PORT": "70000"}, "SAMDROP_GCS_PORT='70000' should be less than 65536"),
+        ({"SAMDROP_DEVICE": "tpu"}, "SAMDROP_DEVICE='tpu' should be 'auto', 'cpu' or 'cuda'"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_the_form_expected(env, expected):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.message.startswith(f"invalid settings: {expected}")
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"SAMDROP_BATCH_SIZE": "abc", "SAMDROP_MAX_MASKS": "0"})
+    assert "SAMDROP_BATCH_SIZE" in caught.value.message and "SAMDROP_MAX_MASKS" in caught.value.message
+
+
+def test_settings_never_read_the_process_environment(monkeypatch):
+    monkeypatch.setenv("SAMDROP_BATCH_SIZE", "77")
+    assert Settings().batch_size == Settings.from_env({}).batch_size == 4
+    assert Settings.from_env(os.environ).batch_size == 77
+
+
+def test_the_command_reports_a_bad_setting_in_one_line():
+    """``samdrop settings`` as the console script runs it (``deploy.command:main``), in a fresh process."""
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-m", "deploy.command", "settings"],
+        env={**os.environ, "SAMDROP_BATCH_SIZE": "abc", "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "SAMDROP_BATCH_SIZE='abc'" in run.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""

@@ -7,7 +7,6 @@ import argparse
 from typing import Any
 
 from predictor import weights
-from predictor.backends import cached_weights, resolve_model
 from samdrop.models import BUILT, HF_REPO, META_FILE, MODELS, RECOMMENDED, ModelInfo, model_info, names
 from samdrop.settings import Settings
 
@@ -24,6 +23,8 @@ def add_commands(subparsers: Any) -> None:
 
 
 def list_command(args: argparse.Namespace, settings: Settings) -> int:
+    from predictor.backends import resolve_model  # loads torch: only for this command, not every samdrop
+
     print(f"{'TYPE':24} {'FAMILY':8} {'CACHED':7} {'CAN DO':22} {'LICENCE':12} SOURCE")
     for info in MODELS:
         mark = " (recommended)" if info.recommended else ""
@@ -56,6 +57,8 @@ def pull_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cached(info: ModelInfo, settings: Settings) -> str:
+    from predictor.backends import cached_weights
+
     if not info.needs_weights:
         return "-"
     return "yes" if cached_weights(info.name, settings) is not None else "no"

@@ -51,6 +51,9 @@ if TYPE_CHECKING:  # torch is imported by the shard task only: the other tasks s
 
 EngineFactory = Callable[[Settings], "Engine"]
 log = logging.getLogger(__name__)
+# Longest side of the image inlined in a batch's viewer pages (px): a 4000x3000 photo keeps 26% of
+# its pixels, for up to MAX_ROWS pages; `samdrop view` inlines it whole.
+VIEW_IMAGE_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -287,12 +290,14 @@ def write_viewer_pages(
     marker_generation: int,
 ) -> set[str]:
     """Write one viewer page (:mod:`samdrop.viewer`) per image as ``view/<file>.html`` in the batch's
-    report folder; returns the files that have one. A page that cannot be made (its input was
-    replaced meanwhile, say) only leaves its report row without a link."""
+    report folder, the image at most ``VIEW_IMAGE_SIDE`` px; returns the files that have one. A page
+    that cannot be made (its input was replaced meanwhile, say) only leaves its row without a link."""
 
     def one(image: ExportImage) -> str | None:
         try:
-            page = page_from_store(store, image.doc, max_pixels=settings.max_image_pixels)
+            page = page_from_store(
+                store, image.doc, max_pixels=settings.max_image_pixels, max_side=VIEW_IMAGE_SIDE
+            )
             name = paths.report(view_name(image.file))
             _write(store, paths.output_bucket, name, page.encode("utf-8"), "text/html", marker_generation)
         except SamdropError as exc:

@@ -27,9 +27,10 @@ JPEG_QUALITY = 90
 UNLABELLED = "(no label)"
 
 
-def viewer_page(doc: MasksDocument, image: np.ndarray) -> str:
+def viewer_page(doc: MasksDocument, image: np.ndarray, *, max_side: int | None = None) -> str:
     """The page's HTML. image: ``HxWx3 uint8`` RGB as displayed, ``doc.height`` x ``doc.width``
-    (the pixels the masks were made on)."""
+    (the pixels the masks were made on). ``max_side``: inline the image shrunk to this longest side
+    (px; the page still lays it out at full size, and the masks stay at full resolution)."""
     height, width = image.shape[:2]
     if (height, width) != (doc.height, doc.width):
         raise PermanentError(
@@ -63,7 +64,7 @@ def viewer_page(doc: MasksDocument, image: np.ndarray) -> str:
         TEMPLATE,
         doc=doc,
         model=doc.model.get("type", "?"),
-        image=_data_uri("image/jpeg", _jpeg(image)),
+        image=_data_uri("image/jpeg", _jpeg(image, max_side)),
         data=data,
     )
 
@@ -83,9 +84,11 @@ def read_image(store: ObjectStore, doc: MasksDocument, *, max_pixels: int) -> np
     return decode_image(data, max_pixels=max_pixels, name=doc.input)
 
 
-def page_from_store(store: ObjectStore, doc: MasksDocument, *, max_pixels: int) -> str:
+def page_from_store(
+    store: ObjectStore, doc: MasksDocument, *, max_pixels: int, max_side: int | None = None
+) -> str:
     """:func:`viewer_page` for ``doc``, its image read from the bucket."""
-    return viewer_page(doc, read_image(store, doc, max_pixels=max_pixels))
+    return viewer_page(doc, read_image(store, doc, max_pixels=max_pixels), max_side=max_side)
 
 
 def _layer_png(mask: np.ndarray) -> bytes:
@@ -98,9 +101,12 @@ def _layer_png(mask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _jpeg(image: np.ndarray) -> bytes:
+def _jpeg(image: np.ndarray, max_side: int | None) -> bytes:
+    picture = Image.fromarray(image, mode="RGB")
+    if max_side is not None:
+        picture.thumbnail((max_side, max_side))  # keeps the aspect ratio; never enlarges
     buffer = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    picture.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
 
 

@@ -83,6 +83,18 @@ def test_labels_get_one_colour_each_the_concepts_first_and_unlabelled_masks_thei
     assert [m["label"] for m in data["masks"]] == ["car", None]
 
 
+def test_a_batch_page_inlines_a_smaller_image_and_full_size_masks():
+    page = viewer_page(_doc([None, None]), np.zeros((40, 60, 3), np.uint8), max_side=30)
+    jpeg = re.search(r'src="data:image/jpeg;base64,([^"]+)"', page)
+    assert jpeg is not None
+    with Image.open(io.BytesIO(base64.b64decode(jpeg.group(1)))) as inlined:
+        assert inlined.size == (30, 20)
+    assert 'width="60" height="40"' in page  # laid out at the masks' size
+    png = _page_data(page)["masks"][0]["png"].removeprefix("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(png))) as layer:
+        assert layer.size == (60, 40)
+
+
 def test_an_image_of_another_size_is_refused():
     with pytest.raises(PermanentError, match="60x40"):
         viewer_page(_doc([None, None]), np.zeros((41, 60, 3), np.uint8))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,7 +49,6 @@ from deploy.processes import live_members  # noqa: E402
 from predictor.engine import Job, SamEngine  # noqa: E402
 from predictor.hardware import cpu_name  # noqa: E402
 from predictor.instances import parse_prompts  # noqa: E402
-from samdrop.pidfile import stat_fields  # noqa: E402
 from samdrop.settings import Settings  # noqa: E402
 
 # Eight different photos (skimage's `cat` is `chelsea` again: it gave cache hits, not encoder work).
@@ -121,15 +121,17 @@ def burst(
 
 def stack_cpu_s(stack: LocalStack) -> dict[str, float]:
     """CPU seconds (user + system) used so far by each service's process group, and this process."""
-    tick = os.sysconf("SC_CLK_TCK")
-    used = {s.name: sum(_cpu_ticks(pid) for pid in live_members(s.pid)) / tick for s in stack.status()}
+    used = {s.name: sum(_cpu_seconds(pid) for pid in live_members(s.pid)) for s in stack.status()}
     times = os.times()
     return {**used, "benchmark": times.user + times.system}
 
 
-def _cpu_ticks(pid: int) -> int:
-    fields = stat_fields(pid)  # utime and stime are the 12th and 13th after the command name
-    return int(fields[11]) + int(fields[12]) if fields is not None else 0
+def _cpu_seconds(pid: int) -> float:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:  # ended meanwhile
+        return 0.0
+    return float(times.user + times.system)
 
 
 def own_stack_settings(workdir: Path) -> Settings:

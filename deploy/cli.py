@@ -1,5 +1,5 @@
-"""``samdrop local up|down|status|env``, ``samdrop upload``, ``watch``, ``results get``, ``sweep`` and
-``redrive``.
+"""``samdrop local up|down|status|env``, ``samdrop upload``, ``watch``, ``results get``, ``view``,
+``sweep`` and ``redrive``.
 
 Heavy imports (Google clients) wait until a command runs, so ``samdrop --help`` stays fast.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -121,6 +122,14 @@ def add_commands(subparsers: Any) -> None:
         help='only messages whose attributes match, in Pub/Sub filter syntax: attributes.kind = "batch"',
     )
     watch.set_defaults(func=watch_command)
+
+    view = subparsers.add_parser(
+        "view", help="write one self-contained HTML page of an upload and its masks, and open it"
+    )
+    view.add_argument("input", metavar="INPUT", help="an upload (incoming/cat.jpg) or its gs:// URI")
+    view.add_argument("--out", type=Path, help="where to write the page (default: <file name>.html here)")
+    view.add_argument("--no-open", action="store_true", help="only write the page; do not open a browser")
+    view.set_defaults(func=view_command)
 
     add_redrive_commands(subparsers)
 
@@ -287,6 +296,18 @@ def watch_command(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         subscriber.close()
     return ExitStatus.DONE
+
+
+def view_command(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy import view
+    from samdrop.storage import GcsStore
+
+    store = GcsStore(_storage_client(settings), timeout_s=settings.request_timeout_s)
+    path = view.write_view(store, settings, args.input, args.out)
+    print(path)
+    if not args.no_open and view.can_open_browser(os.environ) and not view.open_page(path):
+        print(f"no browser could be started: open {path.resolve().as_uri()}")
+    return 0
 
 
 # --- samdrop sweep / redrive (deploy/redrive.py): unfinished work back through the function ---------

@@ -19,8 +19,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
+
 from samdrop.errors import SamdropError
-from samdrop.pidfile import start_ticks, stat_fields
+from samdrop.pidfile import start_ticks
 
 STATE_VERSION = 1
 PROBE_TIMEOUT_S = 2.0
@@ -223,20 +225,11 @@ def _reap(pid: int) -> None:
 
 def live_members(pgid: int) -> list[int]:
     """Pids in group ``pgid`` that are not zombies (a zombie holds its pid but runs nothing)."""
-    proc = Path("/proc")
-    if not proc.is_dir():  # not Linux: a signal 0 says whether any member exists
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return []
-        return [pgid]
     members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = stat_fields(int(entry.name))
-        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
+    for process in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, OSError):  # gone meanwhile, or not ours to ask about
+            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == pgid:
+                members.append(process.pid)
     return members
 
 

@@ -17,6 +17,8 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import yaml
+
 from samdrop.documents import JsonObject, MasksDocument, now_iso
 from samdrop.masks import rle_to_mask
 
@@ -116,14 +118,12 @@ def yolo_labels(image: ExportImage, names: Sequence[str]) -> str:
 
 def yolo_data_yaml(names: Sequence[str], *, batch_uri: str) -> str:
     """``data.yaml`` for Ultralytics: the class names; images are the batch folder's inputs."""
-    listed = "\n".join(f"  {index}: {_yaml_string(name)}" for index, name in enumerate(names))
-    return (
+    header = (
         f"# YOLO-seg labels written by samdrop for {batch_uri}\n"
-        f"# labels: yolo/<image path without extension>.txt, one line per polygon\n"
-        f"path: {_yaml_string(batch_uri)}\n"
-        f"nc: {len(names)}\n"
-        f"names:\n{listed}\n"
+        "# labels: yolo/<image path without extension>.txt, one line per polygon\n"
     )
+    body = {"path": batch_uri, "nc": len(names), "names": dict(enumerate(names))}
+    return header + str(yaml.safe_dump(body, sort_keys=False, allow_unicode=True))
 
 
 def parse_yolo_line(line: str, width: int, height: int) -> tuple[int, list[float]]:
@@ -131,7 +131,3 @@ def parse_yolo_line(line: str, width: int, height: int) -> tuple[int, list[float
     cls, *values = line.split()
     ring = [float(v) * (width if i % 2 == 0 else height) for i, v in enumerate(values)]
     return int(cls), ring
-
-
-def _yaml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

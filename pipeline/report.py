@@ -8,27 +8,24 @@ each overlay relatively, so it renders beside the outputs in the bucket or a dow
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from PIL import Image
 
 from pipeline.listing import PlanSummary
 from pipeline.plots import bar_chart, histogram, line_chart
+from samdrop.html_pages import render_page
 
 MAX_THUMBNAILS = 200  # overlays embedded in report.html; the manifest lists every image
 MAX_ROWS = 2000  # rows in the report tables
 THUMBNAIL_SIDE = 160  # px
-STYLE = (
-    "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-    "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
-    "figure{display:inline-block;margin:0 1em 1em 0}.note{background:#fff3b0;padding:.5em}"
-)
+VIEW_FOLDER = "view/"  # one viewer page per listed image (samdrop/viewer.py), beside the report
 PLOTS = {
     "throughput.png": "Images per second over the run",
     "time_per_image.png": "Time per image (read + decode + compute + write)",
@@ -96,16 +93,24 @@ def build_report(
     thumbnails: Mapping[str, bytes],
     *,
     note: str | None = None,
+    views: Collection[str] = (),
 ) -> list[ReportFile]:
     """``manifest.jsonl``, ``report.md``, ``report.html`` and the plots. ``thumbnails``: overlay JPEG
-    bytes by manifest ``file``; ``note`` is shown on top (e.g. that the model has random weights)."""
+    bytes by manifest ``file``; ``note`` is shown on top (e.g. that the model has random weights);
+    ``views``: the files whose viewer page (:func:`view_name`) was written, which the rows link."""
     plots = {name: _plot(name, lines) for name in PLOTS}
     files = [ReportFile("manifest.jsonl", manifest_body(lines), "application/x-ndjson")]
     files += [ReportFile(name, data, "image/png") for name, data in plots.items()]
-    files.append(ReportFile("report.md", _markdown(summary, lines, note).encode("utf-8"), "text/markdown"))
-    page = _html(summary, lines, thumbnails, plots, note)
+    markdown = _markdown(summary, lines, note, views)
+    files.append(ReportFile("report.md", markdown.encode("utf-8"), "text/markdown"))
+    page = _html(summary, lines, thumbnails, plots, note, views)
     files.append(ReportFile("report.html", page.encode("utf-8"), "text/html"))
     return files
+
+
+def view_name(file: str) -> str:
+    """``view/a/b.jpg.html``: the viewer page of ``file``, relative to the batch's report folder."""
+    return f"{VIEW_FOLDER}{file}.html"
 
 
 def thumbnail(jpeg: bytes) -> bytes:
@@ -177,7 +182,9 @@ def _throughput(lines: Sequence[Mapping[str, Any]], bins: int = 12) -> list[tupl
 # --- documents ---------------------------------------------------------------------------------
 
 
-def _markdown(summary: Mapping[str, Any], lines: Sequence[Mapping[str, Any]], note: str | None) -> str:
+def _markdown(
+    summary: Mapping[str, Any], lines: Sequence[Mapping[str, Any]], note: str | None, views: Collection[str]
+) -> str:
     out = [f"# Batch {summary['batch_id']}: {summary['status']}", ""]
     if note:
         out += [f"> **{note}**", ""]
@@ -202,7 +209,8 @@ def _markdown(summary: Mapping[str, Any], lines: Sequence[Mapping[str, Any]], no
             status = "succeeded" + (" (earlier run)" if line.get("resumed") else "")
             top = ", ".join(f"{s:.3f}" for s in line["scores"][:5])
             masks = f"{line['mask_count']}{_tiles(line)}"
-            out.append(f"| {cell} | `{file}` | {status} | {masks} | {_score(line)} | {top} |")
+            view = f" [view masks]({quote(view_name(file))})" if file in views else ""
+            out.append(f"| {cell} | `{file}`{view} | {status} | {masks} | {_score(line)} | {top} |")
         else:
             error = line["error"]
             message = error["message"].replace("|", "\\|")
@@ -218,47 +226,28 @@ def _html(
     thumbnails: Mapping[str, bytes],
     plots: Mapping[str, bytes],
     note: str | None,
+    views: Collection[str],
 ) -> str:
-    e = html.escape
-    rows = []
-    for line in lines[:MAX_ROWS]:
-        file = line["file"]
-        thumb = thumbnails.get(file)
-        cell = f'<img src="data:image/jpeg;base64,{_b64(thumb)}" alt="overlay">' if thumb else ""
-        if line["status"] == "succeeded":
-            detail = f"{line['mask_count']} masks{_tiles(line)}, mean score {_score(line)}"
-            scores = ", ".join(f"{s:.3f}" for s in line["scores"][:5])
-        else:
-            detail = f"<b>{e(line['error']['code'])}</b>: {e(line['error']['message'])}"
-            scores = ""
-        status = line["status"] + (" (earlier run)" if line.get("resumed") else "")
-        cells = [cell, f"<code>{e(file)}</code>", e(status), detail, scores]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    images = "".join(
-        f'<figure><img src="data:image/png;base64,{_b64(data)}" alt="{e(PLOTS[name])}"></figure>'
-        for name, data in plots.items()
+    thumbs = {file: _data_uri("image/jpeg", data) for file, data in thumbnails.items()}
+    rows = [
+        {
+            "line": line,
+            "thumbnail": thumbs.get(line["file"]),
+            "view": quote(view_name(line["file"])) if line["file"] in views else None,
+            "tiles": _tiles(line),
+            "score": _score(line),
+        }
+        for line in lines[:MAX_ROWS]
+    ]
+    return render_page(
+        "pipeline",
+        "report.html.j2",
+        summary=summary,
+        note=note,
+        plots=[(PLOTS[name], _data_uri("image/png", data)) for name, data in plots.items()],
+        rows=rows,
+        more=max(0, len(lines) - MAX_ROWS),
     )
-    split = "".join(
-        f"<tr><td>{e(k)}</td><td>{v / 1000:.2f}</td></tr>" for k, v in summary["timings_ms"].items()
-    )
-    warnings = "".join(f"<li>{e(w)}</li>" for w in summary.get("warnings", []))
-    error = summary.get("error")
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>Batch {e(summary["batch_id"])}</title>
-<style>{STYLE}</style></head><body>
-<h1>Batch {e(summary["batch_id"])}: {e(summary["status"])}</h1>
-{f'<p class="note">{e(note)}</p>' if note else ""}
-<p>Input <code>{e(summary["input"])}</code>: {summary["images"]} images, {summary["succeeded"]} with masks,
-{summary["failed"]} failed, {summary["resumed"]} from an earlier run; {summary["masks"]} masks in all.</p>
-{f"<p><b>Batch error {e(error['code'])}</b>: {e(error['message'])}</p>" if error else ""}
-<ul>{warnings}</ul>
-<table><tr><th>stage</th><th>seconds (summed over shards)</th></tr>{split}</table>
-<div>{images}</div>
-<table><tr><th>overlay</th><th>file</th><th>status</th><th>masks</th><th>top scores</th></tr>
-{"".join(rows)}</table>
-{f"<p>{len(lines) - MAX_ROWS} more images: see manifest.jsonl</p>" if len(lines) > MAX_ROWS else ""}
-</body></html>
-"""
 
 
 def _tiles(line: Mapping[str, Any]) -> str:
@@ -272,8 +261,8 @@ def _tiles(line: Mapping[str, Any]) -> str:
     )
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+def _data_uri(content_type: str, data: bytes) -> str:
+    return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _score(line: Mapping[str, Any]) -> str:

@@ -8,6 +8,7 @@ and the completion is published once (``completion.json`` records it).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -35,19 +36,24 @@ from pipeline.listing import (
     read_shard,
     write_plan,
 )
-from pipeline.report import MAX_THUMBNAILS, build_report, summarize, thumbnail
+from pipeline.report import MAX_ROWS, MAX_THUMBNAILS, build_report, summarize, thumbnail, view_name
 from samdrop.batches import BatchPaths, failed_completion
 from samdrop.documents import ManifestLine, MasksDocument
 from samdrop.errors import ErrorInfo, SamdropError
 from samdrop.layout import input_generation, json_record, write_output
 from samdrop.messages import Publisher, publish_completion
 from samdrop.settings import Settings
-from samdrop.storage import ObjectStore
+from samdrop.storage import ObjectStore, split_uri
+from samdrop.viewer import page_from_store
 
 if TYPE_CHECKING:  # torch is imported by the shard task only: the other tasks start in 0.5 s, not 4
     from predictor import Engine
 
 EngineFactory = Callable[[Settings], "Engine"]
+log = logging.getLogger(__name__)
+# Longest side of the image inlined in a batch's viewer pages (px): a 4000x3000 photo keeps 26% of
+# its pixels, for up to MAX_ROWS pages; `samdrop view` inlines it whole.
+VIEW_IMAGE_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,12 @@ def aggregate_step(ctx: Context, batch_id: str, bucket: str) -> tuple[dict[str, 
     summary["model"] = model
     thumbnails = _thumbnails(ctx.store, lines)
     note = model.get("note") if model.get("random_weights") else None
-    files = build_report(summary, lines, thumbnails, note=note)
+    images = _masks_documents(ctx.store, lines)
+    listed = {line["file"] for line in lines[:MAX_ROWS]}
+    views = write_viewer_pages(
+        ctx.store, paths, [image for image in images if image.file in listed], ctx.settings, marker_generation
+    )
+    files = build_report(summary, lines, thumbnails, note=note, views=views)
     for file in files:
         _write(
             ctx.store,
@@ -191,7 +202,7 @@ def aggregate_step(ctx: Context, batch_id: str, bucket: str) -> tuple[dict[str, 
             file.content_type,
             marker_generation,
         )
-    exports, counts = write_exports(ctx.store, paths, lines, plan.options, marker_generation)
+    exports, counts = write_exports(ctx.store, paths, images, plan.options, marker_generation)
     summary["exports"] = exports
     summary["label_counts"] = counts
     _write_json(ctx.store, paths.output_bucket, paths.summary, summary, marker_generation)
@@ -240,21 +251,13 @@ def publish_step(
 def write_exports(
     store: ObjectStore,
     paths: BatchPaths,
-    lines: list[dict[str, Any]],
+    images: list[ExportImage],
     options: BatchOptions,
     marker_generation: int,
 ) -> tuple[dict[str, str], dict[str, int]]:
     """Write ``annotations.coco.json`` (always) and the YOLO-seg labels (``"outputs": ["yolo"]``)
     from the succeeded images' ``masks.json``; returns ``{"coco": uri[, "yolo": data.yaml uri]}``
     and the masks per label (:func:`pipeline.exports.label_counts`)."""
-    succeeded = [line for line in lines if line["status"] == "succeeded" and line["outputs"].get("metadata")]
-
-    def one(line: Mapping[str, Any]) -> ExportImage:
-        bucket, _, name = str(line["outputs"]["metadata"]).removeprefix("gs://").partition("/")
-        return ExportImage(line["file"], MasksDocument.from_json(json.loads(store.read(bucket, name))))
-
-    with ThreadPoolExecutor(8, thread_name_prefix="samdrop-export") as pool:
-        images = list(pool.map(one, succeeded))
     bucket = paths.output_bucket
     concepts = options.text or ()
     coco = coco_instances(images, description=f"samdrop batch {paths.batch_id}", concepts=concepts)
@@ -279,11 +282,50 @@ def write_exports(
     return written, label_counts(images, concepts)
 
 
+def write_viewer_pages(
+    store: ObjectStore,
+    paths: BatchPaths,
+    images: list[ExportImage],
+    settings: Settings,
+    marker_generation: int,
+) -> set[str]:
+    """Write one viewer page (:mod:`samdrop.viewer`) per image as ``view/<file>.html`` in the batch's
+    report folder, the image at most ``VIEW_IMAGE_SIDE`` px; returns the files that have one. A page
+    that cannot be made (its input was replaced meanwhile, say) only leaves its row without a link."""
+
+    def one(image: ExportImage) -> str | None:
+        try:
+            page = page_from_store(
+                store, image.doc, max_pixels=settings.max_image_pixels, max_side=VIEW_IMAGE_SIDE
+            )
+            name = paths.report(view_name(image.file))
+            _write(store, paths.output_bucket, name, page.encode("utf-8"), "text/html", marker_generation)
+        except SamdropError as exc:
+            log.warning("no viewer page for %s: %s", image.file, exc.message)
+            return None
+        return image.file
+
+    with ThreadPoolExecutor(settings.io_threads, thread_name_prefix="samdrop-view") as pool:
+        return {file for file in pool.map(one, images) if file is not None}
+
+
+def _masks_documents(store: ObjectStore, lines: list[dict[str, Any]]) -> list[ExportImage]:
+    """The ``masks.json`` of every succeeded image, read once for the viewer pages and the exports."""
+    succeeded = [line for line in lines if line["status"] == "succeeded" and line["outputs"].get("metadata")]
+
+    def one(line: Mapping[str, Any]) -> ExportImage:
+        bucket, name = split_uri(str(line["outputs"]["metadata"]))
+        return ExportImage(line["file"], MasksDocument.from_json(json.loads(store.read(bucket, name))))
+
+    with ThreadPoolExecutor(8, thread_name_prefix="samdrop-export") as pool:
+        return list(pool.map(one, succeeded))
+
+
 def _thumbnails(store: ObjectStore, lines: list[dict[str, Any]]) -> dict[str, bytes]:
     wanted = [line for line in lines if line["status"] == "succeeded"][:MAX_THUMBNAILS]
 
     def one(line: Mapping[str, Any]) -> tuple[str, bytes | None]:
-        bucket, _, name = line["outputs"]["overlay"].removeprefix("gs://").partition("/")
+        bucket, name = split_uri(line["outputs"]["overlay"])
         try:
             return line["file"], thumbnail(store.read(bucket, name))
         except (SamdropError, OSError):

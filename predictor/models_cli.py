@@ -26,7 +26,7 @@ def add_commands(subparsers: Any) -> None:
 
 
 def list_command(args: argparse.Namespace, settings: Settings) -> int:
-    from predictor.backends import resolve_model
+    from predictor.backends import resolve_model  # loads torch: only for this command, not every samdrop
 
     print(f"{'TYPE':24} {'FAMILY':8} {'CACHED':7} {'CAN DO':22} {'LICENCE':12} SOURCE")
     for info in MODELS:

@@ -233,3 +233,11 @@ def _translated(uri: str) -> Iterator[None]:
         if error is None:
             raise
         raise error from exc
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``("b", "a/c.jpg")`` for ``gs://b/a/c.jpg``; raises ``InvalidRequest`` for anything else."""
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    if not uri.startswith("gs://") or not bucket or not name:
+        raise InvalidRequest(f"{uri!r} is not a gs://bucket/object URI")
+    return bucket, name

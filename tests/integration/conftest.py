@@ -1,4 +1,5 @@
-"""One local stack per test session on free ports and a temporary state dir; torn down after."""
+"""One local stack per test session on free ports and a temporary state dir; torn down after.
+Headless Chromium for tests that open a page, installed with apt-get when missing (tests/chromium.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from deploy.local import LocalStack
+from tests.chromium import chromium_binary
 
 from .local_stack_support import RECORDER, RunningStack, stack_settings
 
@@ -29,3 +31,9 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSta
         yield RunningStack(stack, settings, record_file)
     finally:
         stack.down()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The Chromium binary: Debian's ``chromium``, installed when missing and root; else a skip."""
+    return chromium_binary()

@@ -3,12 +3,17 @@ without weights (``auto`` → ``classic``): synthetic scenes with known objects 
 JPEG, CMYK JPEG, 16-bit PNG, RGBA PNG and WebP, with box prompts, a point prompt and no prompts, one
 by one and as a batch through the pipeline; every mask PNG, every RLE in ``masks.json`` and the
 overlay's tint must match its object (IoU >= 0.85) in the coordinates of the image as displayed.
+``samdrop view`` of such an upload opens in headless Chromium with each mask's layer on its object.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +31,7 @@ from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
 from samdrop.images import decode_image
 from samdrop.masks import png_to_mask, rle_to_mask
 from samdrop.settings import Settings
+from tests.chromium import headless_page
 from tests.scenes import ENCODINGS, best_iou, encode_as, iou, shapes_scene
 from tests.schema_check import check_document
 
@@ -167,3 +173,67 @@ def test_a_batch_through_the_pipeline_masks_the_objects(stack):
         else:
             for target, mask in zip(SCENE.objects, found, strict=True):
                 assert iou(mask, target.mask) >= MIN_IOU, (kind, target.name)
+    report = stack.outputs(f"batches/{batch_id}")  # the report folder
+    for kind in ENCODINGS:
+        file = f"{kind}.{SUFFIX[kind]}"
+        assert f'href="view/{file}.html"' in report["report.html"].decode(), file
+        page = report[f"view/{file}.html"].decode()
+        assert f"<h1>gs://{stack.settings.bucket}/{folder}{file}</h1>" in page, file
+
+
+def test_samdrop_view_shows_each_mask_on_its_object_in_chromium(stack, chromium, tmp_path):
+    """The page ``samdrop view`` writes for an EXIF-rotated upload, opened in headless Chromium: each
+    mask's layer tints its object in the layer's colour at the slider's opacity, nothing else is
+    tinted, and a real click on the disc's row removes its layer (and only it)."""
+    labels = [o.name for o in SCENE.objects]
+    message, doc, _ = segment(
+        stack, "exif_jpeg", "view", {"boxes": [list(o.box) for o in SCENE.objects], "label": labels}
+    )
+    page = tmp_path / "view.html"
+    env = {**os.environ, **stack.settings.to_env()}
+    for found_by_the_command in ("STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST"):
+        env.pop(found_by_the_command, None)  # `samdrop view` finds the running stack by its state dir
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy.command", "view", message["input"], "--out", str(page), "--no-open"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(page)
+    html = page.read_text()
+    assert not re.findall(r"""(?:src|href)=["'](?!data:)""", html) and "url(http" not in html  # no network
+
+    with headless_page(chromium, width=900, height=420) as browser:
+        browser.open(page)
+        left, top, width = browser.evaluate(
+            "(() => { const r = document.getElementById('image').getBoundingClientRect();"
+            " return [r.x, r.y, r.width]; })()"
+        )
+        assert width == doc["width"], "the page must show the image at 1:1 in this window"
+        colours = browser.evaluate(
+            "[...document.querySelectorAll('.layer')].map((l) => getComputedStyle(l).backgroundColor)"
+        )
+        alpha = browser.evaluate("Number(document.getElementById('opacity').value) / 100")
+        shown_png, shown = browser.screenshot()
+        browser.click('#masks tr[data-index="0"]')
+        browser.move_away()
+        _, toggled = browser.screenshot()
+
+    height = doc["height"]
+    shown = shown[top : top + height, left : left + width].astype(np.float64)
+    toggled = toggled[top : top + height, left : left + width].astype(np.float64)
+    scene = SCENE.image.astype(np.float64)
+    for index, target in enumerate(SCENE.objects):
+        inside = cv2.erode(target.mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+        colour = np.array([int(v) for v in re.findall(r"\d+", colours[index])[:3]], np.float64)
+        tinted = (1 - alpha) * scene[inside] + alpha * colour
+        assert np.abs(shown[inside] - tinted).mean() < 12, f"{target.name}: not its layer's colour"
+    objects = np.logical_or.reduce([o.mask for o in SCENE.objects])
+    outside = ~cv2.dilate(objects.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert np.abs(shown[outside] - scene[outside]).mean() < 8, "the page tints what no mask covers"
+    changed = np.abs(shown - toggled).sum(axis=2) > 30
+    assert iou(changed, SCENE.objects[0].mask) >= MIN_IOU, "the click did not remove exactly the disc's layer"
+    disc = cv2.erode(SCENE.objects[0].mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    assert np.abs(toggled[disc] - scene[disc]).mean() < 8, "the disc is still tinted after the toggle"
+    if os.environ.get("SAMDROP_VIEWER_SCREENSHOT"):  # docs/viewer.png is made this way (docs/viewer.md)
+        with open(os.environ["SAMDROP_VIEWER_SCREENSHOT"], "wb") as out:
+            out.write(shown_png)

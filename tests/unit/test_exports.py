@@ -8,9 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 from pycocotools.coco import COCO
 
-from pipeline.exports import parse_yolo_line, yolo_label_name
+from pipeline.exports import parse_yolo_line, yolo_data_yaml, yolo_label_name
 from pipeline.listing import plan_batch, write_plan
 from pipeline.steps import Context, aggregate_step, shard_step
 from predictor.instances import parse_instance
@@ -147,7 +148,12 @@ def test_a_batch_writes_a_coco_file_and_yolo_labels(fast_engine, tmp_path: Path)
             assert parsed_cls == cls and len(parsed) == len(ring)
             assert np.abs(np.array(parsed) - np.array(ring)).max() <= POLYGON_TOLERANCE_PX
     data_yaml = store.objects[(RESULTS, "results/batches/b1/yolo/data.yaml")].data.decode()
-    assert "nc: 3" in data_yaml and '0: "car"' in data_yaml
+    parsed = yaml.safe_load(data_yaml)
+    assert (
+        parsed["nc"] == 3
+        and parsed["names"][0] == "car"
+        and parsed["path"] == "gs://samdrop-local/batches/b1/"
+    )
     assert summary["exports"]["coco"] == "gs://samdrop-local-results/results/batches/b1/annotations.coco.json"
 
 
@@ -183,3 +189,10 @@ def test_batch_concepts_are_the_categories_in_order_even_without_masks():
     assert [c["name"] for c in coco["categories"]] == ["zebra", "tree"]
     assert coco["annotations"][0]["category_id"] == 2
     assert label_counts(images, ["zebra", "tree"]) == {"zebra": 0, "tree": 1}
+
+
+def test_data_yaml_keeps_every_class_name_as_written():
+    names = ["car", "yes", "1", 'a "quoted": name #1', "ünïcode", "- dash"]
+    text = yolo_data_yaml(names, batch_uri="gs://b/batches/x: y/")
+    assert text.startswith("# YOLO-seg labels written by samdrop for gs://b/batches/x: y/\n")
+    assert yaml.safe_load(text) == {"path": "gs://b/batches/x: y/", "nc": 6, "names": dict(enumerate(names))}

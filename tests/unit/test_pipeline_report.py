@@ -87,7 +87,8 @@ def test_report_files_hold_thumbnails_scores_and_plots():
     overlay = io.BytesIO()
     Image.new("RGB", (400, 300), (200, 10, 10)).save(overlay, format="JPEG")
     thumbs = {"a.png": thumbnail(overlay.getvalue())}
-    files = {f.name: f for f in build_report(summary, lines, thumbs, note="RANDOM weights")}
+    report = build_report(summary, lines, thumbs, note="RANDOM weights", views={"a.png", "b b.png"})
+    files = {f.name: f for f in report}
     assert set(files) == {"manifest.jsonl", "report.md", "report.html", *PLOTS}
     manifest = [json.loads(line) for line in files["manifest.jsonl"].data.decode().splitlines()]
     assert [m["file"] for m in manifest] == ["a.png", "b b.png", "c.png", "d.png"]
@@ -95,7 +96,10 @@ def test_report_files_hold_thumbnails_scores_and_plots():
     assert '<img src="a.png/overlay.jpg"' in md and "b%20b.png/overlay.jpg" in md
     assert "| 2 | 0.700 | 0.900, 0.500 |" in md and "not \\| an image" in md and "RANDOM weights" in md
     assert "(earlier run)" in md and "partial" in md.splitlines()[0]
+    assert "[view masks](view/b%20b.png.html)" in md and md.count("[view masks]") == 2
     page = files["report.html"].data.decode()
+    assert '<a href="view/a.png.html">' in page and page.count("view masks") == 2
+    assert "not | an image" in page and "<b>invalid_image</b>" in page
     assert page.count("data:image/jpeg;base64,") == 1 and page.count("data:image/png;base64,") == 3
     for name in PLOTS:
         with Image.open(io.BytesIO(files[name].data)) as image:
@@ -140,6 +144,9 @@ def test_aggregate_fills_in_shards_that_never_reported_and_publish_sends_once(fa
     assert json.loads(manifest[2])["error"]["code"] == "not_processed"
     assert "# Batch b1: partial" in markdown and "<html>" in page
     assert "tiny model with random weights" in markdown
+    views = sorted(n for (b, n) in store.objects if b == RESULTS and "/view/" in n)
+    assert views == [paths.report("view/a.png.html"), paths.report("view/b.png.html")]
+    assert 'href="view/a.png.html"' in page
 
     body = publish_step(ctx, "b1", BUCKET, marker)
     assert body["status"] == "partial" and body["images"] == 3 and body["failed"] == 1

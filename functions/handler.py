@@ -114,21 +114,23 @@ def handle_upload(event: UploadEvent, deps: Deps) -> str:
         log.warning(
             "transient failure, Pub/Sub will redeliver: %s",
             exc.message,
-            extra=log_fields(outcome="retry", **about),
+            extra=log_fields(outcome="retry", error_code=exc.code, **about),
         )
         raise
     except ConfigError as exc:
         log.error(
             "configuration error, Pub/Sub will redeliver: %s",
             exc.message,
-            extra=log_fields(outcome="config_error", **about),
+            extra=log_fields(outcome="config_error", error_code=exc.code, **about),
         )
         raise
     except Exception as exc:
         error = as_samdrop_error(exc, where=f"handling {event.uri}", log=log, extra=log_fields(**about))
         if not error.permanent:  # e.g. a write conflict or a network failure: look again later
             log.warning(
-                "%s, Pub/Sub will redeliver", error.message, extra=log_fields(outcome="retry", **about)
+                "%s, Pub/Sub will redeliver",
+                error.message,
+                extra=log_fields(outcome="retry", error_code=error.code, **about),
             )
             raise error from exc
         # Permanent, and not recorded where it happened (outputs that cannot be written, a bug):
@@ -136,12 +138,18 @@ def handle_upload(event: UploadEvent, deps: Deps) -> str:
         return _fail_unrecorded(event, decision.batch_id, error, deps, about)
     timings = {**result.timings_ms, "handler": _ms(deps.clock() - started)}
     level = logging.WARNING if result.outcome == "failed" else logging.INFO
+    failure = result.message.error if result.message is not None else None
     log.log(
         level,
         "%s: %s",
         result.outcome,
         result.reason,
-        extra=log_fields(outcome=result.outcome, timings_ms=timings, **about),
+        extra=log_fields(
+            outcome=result.outcome,
+            error_code=failure["code"] if failure is not None else None,
+            timings_ms=timings,
+            **about,
+        ),
     )
     return result.outcome
 
@@ -170,7 +178,7 @@ def _fail_unrecorded(
         "permanent failure without a record: %s",
         error["message"],
         exc_info=None if isinstance(exc, SamdropError) else exc,  # a bug's trace; a refusal needs none
-        extra=log_fields(outcome="failed", error=error, **about),
+        extra=log_fields(outcome="failed", error=error, error_code=error["code"], **about),
     )
     if batch_id is not None:
         paths = BatchPaths.of(deps.settings, batch_id, event.bucket)

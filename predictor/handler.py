@@ -38,12 +38,16 @@ class SamHandler(PredictionHandler):
         super().__init__(artifacts_uri, predictor)
         routine = self._predictor
         assert isinstance(routine, SamRoutine) and routine.settings is not None
+        assert routine.metrics is not None
+        self.metrics = routine.metrics
         self._batcher: RequestBatcher[Slot] = RequestBatcher(
             routine.predict,
             max_images=routine.settings.batch_size,
             window_s=routine.settings.batch_window_ms / 1000,
             count=lambda slots: sum(slot.image is not None for slot in slots),
+            on_group=self.metrics.engine_run,
         )
+        self.metrics.watch_queue(self._batcher.depth)
 
     async def handle(self, request: Request) -> Response:  # type: ignore[override]  # the SDK awaits it
         settings = self._settings
@@ -59,7 +63,12 @@ class SamHandler(PredictionHandler):
                 raise InvalidRequest(f"request body is not JSON: {exc}") from None
             result = await run_in_threadpool(self._run, payload)
         except InvalidRequest as exc:
+            self.metrics.request("invalid_request")
             raise HTTPException(status_code=400, detail=exc.to_json()) from None
+        except Exception:
+            self.metrics.request("error")  # the SDK's server answers 500
+            raise
+        self.metrics.request("ok")
         return Response(content=json.dumps(result), media_type="application/json")
 
     @property

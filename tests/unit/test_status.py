@@ -1,0 +1,57 @@
+"""``samdrop status``'s arithmetic, and the bridge's tally of the topics, without servers."""
+
+from __future__ import annotations
+
+from deploy.status import predictor_figures, summarize_completions
+from deploy.tally import Tally
+from predictor.metrics import PredictorMetrics
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_uploads_wait_from_their_publish_until_acked_or_dead_lettered_in_any_order():
+    clock = Clock()
+    tally = Tally(clock)
+    tally.published("a", 990.0)
+    tally.published("b", 995.0)
+    tally.done("c")  # acked before the tally pulled its publish
+    tally.published("c", 996.0)
+    assert tally.snapshot()["uploads_waiting"] == 2
+    assert tally.snapshot()["oldest_upload_age_s"] == 10.0
+    tally.done("a")
+    clock.now = 1005.0
+    assert (tally.snapshot()["uploads_waiting"], tally.snapshot()["oldest_upload_age_s"]) == (1, 10.0)
+    tally.done("b")
+    assert (tally.snapshot()["uploads_waiting"], tally.snapshot()["oldest_upload_age_s"]) == (0, None)
+
+
+def test_completions_are_counted_for_an_hour_by_status_and_code_with_a_five_minute_rate():
+    clock = Clock()
+    tally = Tally(clock)
+    tally.completed({"kind": "image", "status": "failed", "error": {"code": "invalid_image", "message": ""}})
+    clock.now += 3000
+    for _ in range(10):
+        tally.completed({"kind": "image", "status": "succeeded"})
+    tally.completed({"kind": "batch", "status": "partial", "batch_id": "b"})
+    by_status, by_code, rate = summarize_completions(tally.snapshot()["completions"], clock.now)
+    assert by_status == {"failed": 1, "succeeded": 10, "partial": 1}
+    assert by_code == {"invalid_image": 1}
+    assert rate == 2.0  # ten images in the last five minutes
+    clock.now += 700  # the failure is now more than an hour old
+    by_status, by_code, _ = summarize_completions(tally.snapshot()["completions"], clock.now)
+    assert by_status == {"succeeded": 10, "partial": 1} and by_code == {}
+
+
+def test_batch_fill_and_queue_depth_come_from_the_predictor_metrics():
+    metrics = PredictorMetrics("tiny", "fp32", batch_size=4)
+    assert predictor_figures(metrics.exposition().decode()) == (0.0, None)
+    metrics.engine_run(4, [0.1])
+    metrics.engine_run(2, [0.0, 0.2])
+    metrics.watch_queue(lambda: 3)
+    assert predictor_figures(metrics.exposition().decode()) == (3.0, 0.75)

@@ -32,6 +32,7 @@ from samdrop.logs import fields as log_fields
 from samdrop.messages import CompletionMessage, Publisher, publish_completion
 from samdrop.settings import Settings
 from samdrop.storage import ObjectStore
+from samdrop.tracing import tracer
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,16 @@ def handle_cloud_event(cloud_event: Any, deps: Deps) -> str:
 
 
 def handle_upload(event: UploadEvent, deps: Deps) -> str:
-    """Route ``event`` and act on it; exactly one log line per event. Returns the outcome."""
+    """Route ``event`` and act on it; exactly one log line per event. Returns the outcome.
+    One trace per event (``SAMDROP_TRACES``): this span is its root."""
+    attributes = {"samdrop.object": event.uri, "samdrop.generation": event.generation}
+    with tracer().start_as_current_span("function.handle_upload", attributes=attributes) as span:
+        outcome = _handle_upload(event, deps)
+        span.set_attribute("samdrop.outcome", outcome)
+        return outcome
+
+
+def _handle_upload(event: UploadEvent, deps: Deps) -> str:
     started = deps.clock()
     about: dict[str, Any] = {
         "object": event.uri,

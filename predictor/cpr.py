@@ -50,6 +50,7 @@ from samdrop.models import BY_NAME, amg_used
 from samdrop.prompts import check_budget
 from samdrop.settings import Settings
 from samdrop.storage import GcsStore
+from samdrop.tracing import configure as configure_traces
 
 log = logging.getLogger(__name__)
 # (gs:// URI, generation or None for the live object) -> the object's bytes.
@@ -72,6 +73,7 @@ class Slot:
     # Wall-clock (start, end) ns of the stages this slot ran on its own: read, decode,
     # encode_outputs (metrics and trace spans; the shared engine run is timed by its request).
     stages_ns: dict[str, tuple[int, int]] = field(default_factory=dict)
+    model_ns: tuple[int, int] | None = None  # the engine run this image was part of
 
 
 class SamRoutine(Predictor):
@@ -99,6 +101,7 @@ class SamRoutine(Predictor):
         ):
             overrides["checkpoint"] = artifacts_uri
         settings = Settings.from_env(env, **overrides)
+        configure_traces(settings.traces, "samdrop-predictor")
         self.setup(settings, load_engine(settings), kwargs.get("read_object"))
 
     def setup(self, settings: Settings, engine: Engine, read_object: ReadObject | None = None) -> None:
@@ -192,6 +195,16 @@ class SamRoutine(Predictor):
         ready = [s for s in instances if s.error is None and s.image is not None and s.instance is not None]
         if not ready:
             return instances
+        started = time.time_ns()
+        try:
+            return self._predict(instances, ready)
+        finally:
+            ended = time.time_ns()
+            for slot in ready:
+                slot.model_ns = (started, ended)
+
+    def _predict(self, instances: list[Slot], ready: list[Slot]) -> list[Slot]:
+        assert self.engine is not None
         tilings = [s.tiling for s in ready]
         try:
             results = run_jobs(self.engine, [_job(s) for s in ready], tilings)

@@ -309,6 +309,7 @@ class MasksDocument:
     timings_ms: dict[str, float] = field(default_factory=dict)
     tiling: TilingRecord | None = None
     created: str = field(default_factory=lambda: now_iso())
+    trace_id: str | None = None  # the image's OpenTelemetry trace, when traces are on
 
     @property
     def mask_count(self) -> int:
@@ -351,6 +352,7 @@ class MasksDocument:
             "timings_ms": self.timings_ms,
             "outputs": self.outputs,
             "created": self.created,
+            **({"trace_id": self.trace_id} if self.trace_id else {}),
         }
 
     @classmethod
@@ -377,6 +379,7 @@ class MasksDocument:
             timings_ms=dict(raw.get("timings_ms") or {}),
             tiling=tiling_record(raw.get("tiling")),
             created=str(raw.get("created") or ""),
+            trace_id=raw.get("trace_id"),
         )
 
 

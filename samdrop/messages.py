@@ -10,7 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, get_args
 
@@ -18,6 +18,7 @@ from google.api_core import exceptions as api_exceptions
 
 from samdrop.errors import ConfigError, ErrorInfo, TransientError
 from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
+from samdrop.tracing import current_trace_id
 
 Kind = Literal["image", "batch"]
 Status = Literal["succeeded", "partial", "failed"]  # partial: batches only
@@ -34,6 +35,7 @@ _IMAGE_KEYS = (
     "model",
     "timings_ms",
     "error",
+    "trace_id",
 )
 _BATCH_KEYS = (
     "kind",
@@ -47,7 +49,8 @@ _BATCH_KEYS = (
     "outputs",
     "error",
 )
-_ONLY_WHEN_SET = ("label_counts",)  # labelled masks only: other messages keep their shape
+# labelled masks only, traces on only (SAMDROP_TRACES): other messages keep their shape
+_ONLY_WHEN_SET = ("label_counts", "trace_id")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class CompletionMessage:
     succeeded: int | None = None
     failed: int | None = None
     error: ErrorInfo | None = None
+    trace_id: str | None = None  # the image's OpenTelemetry trace (samdrop/tracing.py)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -152,5 +156,15 @@ class PubsubPublisher:
 
 
 def publish_completion(publisher: Publisher, topic: str, message: CompletionMessage) -> str:
-    """Publish ``message`` to ``topic``; returns the message id. Raises ``TransientError`` on failure."""
+    """Publish ``message`` to ``topic``; returns the message id. Raises ``TransientError`` on failure.
+    Inside a trace (``SAMDROP_TRACES``), a message without a ``trace_id`` gets the current one."""
+    message = traced(message)
     return publisher.publish(topic, message.data(), message.attributes())
+
+
+def traced(message: CompletionMessage) -> CompletionMessage:
+    """``message`` with the current trace's id, unless it has one or no trace is in progress."""
+    trace_id = current_trace_id()
+    if message.trace_id is not None or trace_id is None:
+        return message
+    return replace(message, trace_id=trace_id)

@@ -23,6 +23,7 @@ RESULTS_SUFFIX = "-results"  # the default results bucket is <upload bucket>-res
 PIPELINE_RUNNERS = ("local", "vertex", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_CHOICES = ("auto", "on", "off")
+TRACES_MODES = ("off", "console", "otlp", "cloud")  # where spans go (samdrop/tracing.py)
 # SAMDROP_REQUEST_TIMEOUT_S's default, for the callers that run without settings (deploy's admin calls).
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
@@ -256,6 +257,10 @@ class Settings:
     bridge_port: int = _env("SAMDROP_BRIDGE_PORT", 8082, "local delivery bridge's status port", int)
 
     log_level: str = _env("SAMDROP_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    # OpenTelemetry spans (samdrop/tracing.py).
+    traces: str = _env(
+        "SAMDROP_TRACES", "off", "off, console, otlp (to OTEL_EXPORTER_OTLP_ENDPOINT) or cloud (Cloud Trace)"
+    )
 
     # Pub/Sub delivery to the function (deploy/resources.py; checked there against Pub/Sub's bounds).
     uploads_subscription: str = _env(
@@ -370,6 +375,8 @@ class Settings:
             yield "SAMDROP_PIPELINE_ACCELERATOR_COUNT must be >= 0"
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             yield f"SAMDROP_LOG_LEVEL={self.log_level!r} is not DEBUG, INFO, WARNING or ERROR"
+        if self.traces not in TRACES_MODES:
+            yield f"SAMDROP_TRACES={self.traces!r} is not one of {', '.join(TRACES_MODES)}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from deploy.status import predictor_figures, summarize_completions
+from deploy.status import predictor_figures, project_status, summarize_completions
 from deploy.tally import Tally
 from predictor.metrics import PredictorMetrics
+from samdrop.settings import Settings
 
 
 class Clock:
@@ -55,3 +56,42 @@ def test_batch_fill_and_queue_depth_come_from_the_predictor_metrics():
     metrics.engine_run(2, [0.0, 0.2])
     metrics.watch_queue(lambda: 3)
     assert predictor_figures(metrics.exposition().decode()) == (3.0, 0.75)
+
+
+class FakeReader:
+    """What Cloud Monitoring and Vertex AI would answer for a deployment."""
+
+    def trigger_subscriptions(self, topic: str) -> list[str]:
+        assert topic == "samdrop-uploads"
+        return ["eventarc-a", "eventarc-b"]
+
+    def latest(self, metric: str, subscription: str) -> float | None:
+        values = {
+            ("num_undelivered_messages", "eventarc-a"): 7.0,
+            ("num_undelivered_messages", "eventarc-b"): 1.0,
+            ("oldest_unacked_message_age", "eventarc-a"): 42.0,
+            ("oldest_unacked_message_age", "eventarc-b"): 3.0,
+            ("num_undelivered_messages", "samdrop-dead-letter-sub"): 2.0,
+        }
+        return values.get((metric, subscription))
+
+    def image_outcomes(self, seconds: int) -> dict[tuple[str, str], float]:
+        if seconds == 3600:
+            return {("succeeded", ""): 100.0, ("failed", "invalid_image"): 3.0, ("failed", "internal"): 1.0}
+        return {("succeeded", ""): 50.0}
+
+    def endpoint_replicas(self) -> int | None:
+        return 2
+
+    def running_pipelines(self) -> int | None:
+        return 1
+
+
+def test_a_project_status_sums_the_trigger_subscriptions_and_the_log_metric():
+    status = project_status(Settings.from_env({}), "p", "europe-west4", clients=FakeReader())
+    assert (status.uploads_waiting, status.oldest_upload_age_s, status.dead_letters) == (8, 42.0, 2)
+    assert status.completions_last_hour == {"succeeded": 100, "failed": 4}
+    assert status.errors_last_hour == {"invalid_image": 3, "internal": 1}
+    assert status.images_per_minute == 10.0
+    assert (status.endpoint_replicas, status.batches_running) == (2, 1)
+    assert status.predictor_queue_depth is None

@@ -14,17 +14,16 @@ It keeps no state of its own: every figure is read, each time, from what the ser
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from deploy.tally import RATE_WINDOW_S
 from samdrop.settings import Settings
 
-RATE_WINDOW_S = 300.0  # images per minute: completions over the last five minutes
 HTTP_TIMEOUT_S = 5.0
 
 
@@ -68,23 +67,6 @@ class Status:
             f"  predictor queue      {show(self.predictor_queue_depth)} waiting, batch fill {show(fill)}",
             *(f"  note: {note}" for note in self.notes),
         ]
-
-
-def summarize_completions(
-    completions: Iterable[Mapping[str, Any]], now: float
-) -> tuple[dict[str, int], dict[str, int], float]:
-    """From ``{"at", "kind", "status", "code"}`` entries of the last hour: counts by status, failed
-    images by error code, and image completions per minute over :data:`RATE_WINDOW_S`."""
-    by_status: collections.Counter[str] = collections.Counter()
-    by_code: collections.Counter[str] = collections.Counter()
-    recent = 0
-    for entry in completions:
-        by_status[str(entry["status"])] += 1
-        if entry.get("kind") == "image":
-            if entry.get("code"):
-                by_code[str(entry["code"])] += 1
-            recent += float(entry["at"]) >= now - RATE_WINDOW_S
-    return dict(by_status), dict(by_code), round(recent * 60.0 / RATE_WINDOW_S, 1)
 
 
 def predictor_figures(metrics_text: str) -> tuple[float | None, float | None]:
@@ -135,10 +117,9 @@ def local_status(settings: Settings, *, fetch: Callable[[str], bytes | None] = _
         status.uploads_waiting = tally.get("uploads_waiting")
         status.oldest_upload_age_s = tally.get("oldest_upload_age_s")
         status.dead_letters = counters.get("dead_lettered")
-        now = time.time()
-        by_status, by_code, rate = summarize_completions(tally.get("completions", []), now)
-        status.completions_last_hour, status.errors_last_hour = by_status, by_code
-        status.images_per_minute = rate
+        status.completions_last_hour = tally.get("completions_last_hour", {})
+        status.errors_last_hour = tally.get("errors_last_hour", {})
+        status.images_per_minute = tally.get("images_per_minute")
         status.notes.append("counted since the bridge started; dead letters: moved there since then")
     metrics = fetch(f"http://{HOST}:{ports['predictor']}/metrics") if "predictor" in ports else None
     status.endpoint_replicas = 0 if metrics is None else 1

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 WINDOW_S = 3600.0  # completions are counted over the last hour
+RATE_WINDOW_S = 300.0  # images per minute: image completions over the last five minutes
 SUFFIX = "-tally"
 
 
@@ -79,17 +80,24 @@ class Tally:
             self._completions.append(entry)
 
     def snapshot(self) -> dict[str, Any]:
-        """``uploads_waiting``, ``oldest_upload_age_s`` (None: none waits) and ``completions``: the
-        last hour's as ``[{"at", "kind", "status", "code"}]`` (epoch seconds)."""
+        """``uploads_waiting``, ``oldest_upload_age_s`` (None: none waits), the last hour's
+        completions by status (``completions_last_hour``) and failed images by error code
+        (``errors_last_hour``), and ``images_per_minute`` over :data:`RATE_WINDOW_S`."""
         now = self.clock()
         with self._lock:
             self._forget(now)
             oldest = min(self._waiting.values(), default=None)
-            return {
-                "uploads_waiting": len(self._waiting),
-                "oldest_upload_age_s": None if oldest is None else round(max(0.0, now - oldest), 1),
-                "completions": [c.__dict__ for c in self._completions],
-            }
+            completions = list(self._completions)
+            waiting = len(self._waiting)
+        images = [c for c in completions if c.kind == "image"]
+        recent = sum(c.at >= now - RATE_WINDOW_S for c in images)
+        return {
+            "uploads_waiting": waiting,
+            "oldest_upload_age_s": None if oldest is None else round(max(0.0, now - oldest), 1),
+            "completions_last_hour": dict(collections.Counter(c.status for c in completions)),
+            "errors_last_hour": dict(collections.Counter(c.code for c in images if c.code)),
+            "images_per_minute": round(recent * 60.0 / RATE_WINDOW_S, 1),
+        }
 
     def _forget(self, now: float) -> None:
         while self._completions and self._completions[0].at < now - WINDOW_S:

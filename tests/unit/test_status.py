@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploy.status import predictor_figures, project_status, summarize_completions
+from deploy.status import predictor_figures, project_status
 from deploy.tally import Tally
 from predictor.metrics import PredictorMetrics
 from samdrop.settings import Settings
@@ -40,13 +40,14 @@ def test_completions_are_counted_for_an_hour_by_status_and_code_with_a_five_minu
     for _ in range(10):
         tally.completed({"kind": "image", "status": "succeeded"})
     tally.completed({"kind": "batch", "status": "partial", "batch_id": "b"})
-    by_status, by_code, rate = summarize_completions(tally.snapshot()["completions"], clock.now)
-    assert by_status == {"failed": 1, "succeeded": 10, "partial": 1}
-    assert by_code == {"invalid_image": 1}
-    assert rate == 2.0  # ten images in the last five minutes
+    snapshot = tally.snapshot()
+    assert snapshot["completions_last_hour"] == {"failed": 1, "succeeded": 10, "partial": 1}
+    assert snapshot["errors_last_hour"] == {"invalid_image": 1}
+    assert snapshot["images_per_minute"] == 2.0  # ten images in the last five minutes
     clock.now += 700  # the failure is now more than an hour old
-    by_status, by_code, _ = summarize_completions(tally.snapshot()["completions"], clock.now)
-    assert by_status == {"succeeded": 10, "partial": 1} and by_code == {}
+    snapshot = tally.snapshot()
+    assert snapshot["completions_last_hour"] == {"succeeded": 10, "partial": 1}
+    assert snapshot["errors_last_hour"] == {} and snapshot["images_per_minute"] == 0.0
 
 
 def test_batch_fill_and_queue_depth_come_from_the_predictor_metrics():

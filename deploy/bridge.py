@@ -19,7 +19,8 @@ stack"), keeping the retry schedule itself:
 
 If the bridge dies, what it held comes back from the emulator once the ack deadline passes.
 ``python -m deploy.bridge`` runs it with the settings from the environment and serves its counters
-as JSON on ``SAMDROP_BRIDGE_PORT`` (the stack's health probe).
+as JSON on ``SAMDROP_BRIDGE_PORT`` (the stack's health probe), with what its :class:`~deploy.tally.Tally`
+saw on the topics under ``tally`` (``samdrop status`` reads them).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from deploy.tally import Tally, TallyPuller
 from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
 
 if TYPE_CHECKING:
@@ -142,8 +144,10 @@ class Bridge:
         publish: Publish,
         post: Post = http_post,
         clock: Callable[[], float] = time.monotonic,
+        tally: Tally | None = None,
     ) -> None:
         self.subscriber = subscriber
+        self.tally = tally
         self.policy = policy
         self.publish = publish
         self.post = post
@@ -167,9 +171,12 @@ class Bridge:
         for worker in self._workers:
             worker.join(timeout_s)
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return asdict(self.counters)
+            counters: dict[str, Any] = asdict(self.counters)
+        if self.tally is not None:
+            counters["tally"] = self.tally.snapshot()
+        return counters
 
     def step(self) -> bool:
         """One unit of work: a held message that is due, else one pulled message; False if idle."""
@@ -241,8 +248,10 @@ class Bridge:
         if status in ACK_STATUSES:
             self._ack(received.ack_id)
             self._count(acked=1, in_flight=-1)
+            self._done(message_id)
         elif attempt >= policy.max_delivery_attempts:
-            self._dead_letter(received, attempt)
+            if self._dead_letter(received, attempt):
+                self._done(message_id)
             self._count(failed=1, dead_lettered=1, in_flight=-1)
         else:
             now = self.clock()
@@ -254,8 +263,13 @@ class Bridge:
                 self.counters.waiting += 1
             self._count(failed=1, in_flight=-1)
 
-    def _dead_letter(self, received: pubsub_types.ReceivedMessage, attempts: int) -> None:
-        """Publish to the dead-letter topic as Pub/Sub does, then acknowledge the original."""
+    def _done(self, message_id: str) -> None:
+        if self.tally is not None:
+            self.tally.done(message_id)
+
+    def _dead_letter(self, received: pubsub_types.ReceivedMessage, attempts: int) -> bool:
+        """Publish to the dead-letter topic as Pub/Sub does, then acknowledge the original; False
+        when the publish failed (the message comes back after its ack deadline)."""
         _, project, _, name = self.policy.subscription.split("/")
         message = received.message
         attributes = {
@@ -271,9 +285,10 @@ class Bridge:
             self.publish(self.policy.dead_letter_topic, message.data, attributes)
         except Exception as exc:  # not acknowledged: Pub/Sub delivers it again after the deadline
             log.error("dead-lettering %s failed: %s", message.message_id, exc)
-            return
+            return False
         log.warning("message %s dead-lettered after %d attempts", message.message_id, attempts)
         self._ack(received.ack_id)
+        return True
 
     def _ack(self, ack_id: str) -> None:
         try:
@@ -354,8 +369,12 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         publisher.publish(topic, data, **attributes).result(timeout=DEFAULT_REQUEST_TIMEOUT_S)  # type: ignore[arg-type]
 
     policy = policy_from_settings(settings, f"http://{HOST}:{settings.function_port}")
-    bridge = Bridge(subscriber, policy, publish=publish)
+    tally = Tally()
+    _, tally_subscriber = pubsub_clients(env["PUBSUB_EMULATOR_HOST"])  # its own channel: no waits
+    puller = TallyPuller(tally_subscriber, settings, tally)
+    bridge = Bridge(subscriber, policy, publish=publish, tally=tally)
     server = serve_counters(bridge, HOST, settings.bridge_port)
+    puller.start()
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
@@ -363,6 +382,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     log.info("delivering %s to %s", policy.subscription, policy.endpoint)
     stopped.wait()
     bridge.stop()
+    puller.stop()
     server.shutdown()
     return 0
 

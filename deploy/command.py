@@ -33,7 +33,14 @@ from samdrop.errors import ConfigError, PermanentError, SamdropError
 from samdrop.settings import Settings
 
 # Modules exposing ``add_commands(subparsers)``; each sub-command sets ``func(args, settings) -> int``.
-COMMAND_MODULES = ("predictor.cli", "predictor.models_cli", "deploy.cli", "deploy.gcp.cli", "pipeline.cli")
+COMMAND_MODULES = (
+    "predictor.cli",
+    "predictor.models_cli",
+    "deploy.cli",
+    "deploy.gcp.cli",
+    "deploy.status",
+    "pipeline.cli",
+)
 # Commands that use the local stack when one runs (and the environment names no other target).
 STACK_COMMANDS = ("upload", "watch", "results", "view", "batch", "sweep", "redrive")
 

@@ -493,6 +493,7 @@ class LocalStack:
         """Create (or confirm) the stack's buckets, topics and subscriptions through the client libraries."""
 
         from deploy import resources
+        from deploy.tally import tally_subscriptions
 
         env = self.client_env()
         s = self.settings
@@ -501,7 +502,11 @@ class LocalStack:
         try:
             # The emulator's push stalls (two messages in flight, lost after an outage): the
             # bridge pulls this subscription and posts to the function instead.
-            return resources.ensure_all(storage_client, publisher, subscriber, s, push_endpoint=None)
+            changes = resources.ensure_all(storage_client, publisher, subscriber, s, push_endpoint=None)
+            # What stands in for Cloud Monitoring's subscription metrics here (deploy/tally.py).
+            for name, topic in tally_subscriptions(s).items():
+                changes.append(resources.ensure_pull_subscription(subscriber, s.project, name, topic))
+            return changes
         finally:
             subscriber.close()
             publisher.transport.close()

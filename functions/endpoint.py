@@ -31,6 +31,7 @@ from samdrop.errors import (
 )
 from samdrop.settings import Settings
 from samdrop.storage import skip_environment_lookups
+from samdrop.tracing import outgoing_headers
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 CONFIG_STATUS = frozenset({401, 403, 404})
@@ -82,7 +83,9 @@ class HttpEndpoint:
     def predict(self, instances: list[dict[str, Any]], parameters: dict[str, Any]) -> list[Any]:
         body = {"instances": instances, "parameters": parameters}
         try:
-            response = self._session.post(self.url, json=body, timeout=self._timeout)
+            # traceparent: the predictor's spans join this image's trace (samdrop/tracing.py)
+            traced = {"headers": headers} if (headers := outgoing_headers()) else {}
+            response = self._session.post(self.url, json=body, timeout=self._timeout, **traced)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(f"{self.url} unreachable ({type(exc).__name__}: {exc})") from exc
         if response.status_code >= 300:

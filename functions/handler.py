@@ -32,6 +32,7 @@ from samdrop.logs import fields as log_fields
 from samdrop.messages import CompletionMessage, ImageCompletion, Publisher, publish_completion
 from samdrop.settings import Settings
 from samdrop.storage import ObjectStore
+from samdrop.tracing import tracer
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,16 @@ def handle_cloud_event(cloud_event: Any, deps: Deps) -> str:
 
 
 def handle_upload(event: UploadEvent, deps: Deps) -> str:
-    """Route ``event`` and act on it; exactly one log line per event. Returns the outcome."""
+    """Route ``event`` and act on it; exactly one log line per event. Returns the outcome.
+    One trace per event (``SAMDROP_TRACES``): this span is its root."""
+    attributes = {"samdrop.object": event.uri, "samdrop.generation": event.generation}
+    with tracer().start_as_current_span("function.handle_upload", attributes=attributes) as span:
+        outcome = _handle_upload(event, deps)
+        span.set_attribute("samdrop.outcome", outcome)
+        return outcome
+
+
+def _handle_upload(event: UploadEvent, deps: Deps) -> str:
     started = deps.clock()
     about: dict[str, Any] = {
         "object": event.uri,
@@ -114,21 +124,23 @@ def handle_upload(event: UploadEvent, deps: Deps) -> str:
         log.warning(
             "transient failure, Pub/Sub will redeliver: %s",
             exc.message,
-            extra=log_fields(outcome="retry", **about),
+            extra=log_fields(outcome="retry", error_code=exc.code, **about),
         )
         raise
     except ConfigError as exc:
         log.error(
             "configuration error, Pub/Sub will redeliver: %s",
             exc.message,
-            extra=log_fields(outcome="config_error", **about),
+            extra=log_fields(outcome="config_error", error_code=exc.code, **about),
         )
         raise
     except Exception as exc:
         error = as_samdrop_error(exc, where=f"handling {event.uri}", log=log, extra=log_fields(**about))
         if not error.permanent:  # e.g. a write conflict or a network failure: look again later
             log.warning(
-                "%s, Pub/Sub will redeliver", error.message, extra=log_fields(outcome="retry", **about)
+                "%s, Pub/Sub will redeliver",
+                error.message,
+                extra=log_fields(outcome="retry", error_code=error.code, **about),
             )
             raise error from exc
         # Permanent, and not recorded where it happened (outputs that cannot be written, a bug):
@@ -136,12 +148,18 @@ def handle_upload(event: UploadEvent, deps: Deps) -> str:
         return _fail_unrecorded(event, decision.batch_id, error, deps, about)
     timings = {**result.timings_ms, "handler": _ms(deps.clock() - started)}
     level = logging.WARNING if result.outcome == "failed" else logging.INFO
+    failure = result.message.error if result.message is not None else None
     log.log(
         level,
         "%s: %s",
         result.outcome,
         result.reason,
-        extra=log_fields(outcome=result.outcome, timings_ms=timings, **about),
+        extra=log_fields(
+            outcome=result.outcome,
+            error_code=failure["code"] if failure is not None else None,
+            timings_ms=timings,
+            **about,
+        ),
     )
     return result.outcome
 
@@ -170,7 +188,7 @@ def _fail_unrecorded(
         "permanent failure without a record: %s",
         error["message"],
         exc_info=None if isinstance(exc, SamdropError) else exc,  # a bug's trace; a refusal needs none
-        extra=log_fields(outcome="failed", error=error, **about),
+        extra=log_fields(outcome="failed", error=error, error_code=error["code"], **about),
     )
     message: CompletionMessage
     if batch_id is not None:

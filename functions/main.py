@@ -14,6 +14,7 @@ import functions_framework
 
 from functions.handler import Deps, handle_cloud_event
 from samdrop.logs import configure as configure_logs
+from samdrop.tracing import configure as configure_traces
 
 _deps: Deps | None = None
 _deps_lock = threading.Lock()
@@ -56,4 +57,5 @@ def on_upload(cloud_event: Any, deps: Deps | None = None) -> None:
     """Handle one GCS notification CloudEvent (``google.cloud.pubsub.topic.v1.messagePublished``)."""
     deps = deps if deps is not None else default_deps()
     configure_logs(deps.settings.log_level)
+    configure_traces(deps.settings.traces, "samdrop-function")
     handle_cloud_event(cloud_event, deps)

@@ -23,11 +23,12 @@ from samdrop.errors import ConfigError, InputNotFound, TransientError, as_samdro
 from samdrop.images import decode_image
 from samdrop.layout import OutputPaths, json_record, output_paths, write_output
 from samdrop.logs import fields as log_fields
-from samdrop.messages import CompletionMessage, ImageCompletion, Publisher, publish_completion
+from samdrop.messages import CompletionMessage, ImageCompletion, Publisher, publish_completion, traced
 from samdrop.outputs import Decision, Listing, Record, Step
 from samdrop.prompts import check_budget
 from samdrop.settings import Settings
 from samdrop.storage import ObjectStore, WriteConflict
+from samdrop.tracing import tracer
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -140,39 +141,44 @@ def _segment_and_write(
     t0 = clock()
     generation = int(event.generation)
     metadata, size = event.metadata, event.size
-    if metadata is None or size is None:  # notification without payload: stat that exact generation
-        info = store.stat(event.bucket, event.name, generation=generation)
-        if info is None:
-            raise InputNotFound(f"{event.uri} generation {generation} no longer exists (deleted or replaced)")
-        metadata, size = info.metadata, info.size
-    # Budgets first: nothing is downloaded or sent to the endpoint for an input over a limit.
-    check_input_bytes(size, limit=settings.max_input_bytes, name=event.uri)
-    prompts = prompts_from_metadata(metadata, max_json_depth=settings.max_json_depth)
-    check_budget(prompts, settings)
-    data = store.read(event.bucket, event.name, generation=generation)
-    image = decode_image(data, max_pixels=settings.max_image_pixels, name=event.uri)
-    height, width = image.shape[:2]
-    check_image_shape(width, height, max_aspect_ratio=settings.max_aspect_ratio, name=event.uri)
+    with tracer().start_as_current_span("function.read"):
+        if metadata is None or size is None:  # notification without payload: stat that exact generation
+            info = store.stat(event.bucket, event.name, generation=generation)
+            if info is None:
+                raise InputNotFound(
+                    f"{event.uri} generation {generation} no longer exists (deleted or replaced)"
+                )
+            metadata, size = info.metadata, info.size
+        # Budgets first: nothing is downloaded or sent to the endpoint for an input over a limit.
+        check_input_bytes(size, limit=settings.max_input_bytes, name=event.uri)
+        prompts = prompts_from_metadata(metadata, max_json_depth=settings.max_json_depth)
+        check_budget(prompts, settings)
+        data = store.read(event.bucket, event.name, generation=generation)
+        image = decode_image(data, max_pixels=settings.max_image_pixels, name=event.uri)
+        height, width = image.shape[:2]
+        check_image_shape(width, height, max_aspect_ratio=settings.max_aspect_ratio, name=event.uri)
     t1 = clock()
-    raw = endpoint.predict([build_instance(event, prompts).to_json()], {})[0]
+    with tracer().start_as_current_span("function.endpoint"):  # the predictor's spans are children
+        raw = endpoint.predict([build_instance(event, prompts).to_json()], {})[0]
     prediction = parse_prediction(raw, where=event.uri)
     t2 = clock()
     timings = {"read": outputs.ms(t1 - t0), "endpoint": outputs.ms(t2 - t1)}
     if "model" in prediction.timings_ms:
         timings["model"] = prediction.timings_ms["model"]
-    return outputs.write_masks(
-        store,
-        paths,
-        listing,
-        image=image,
-        prediction=prediction,
-        input_uri=event.uri,
-        generation=generation,
-        timings_ms=timings,
-        threads=settings.io_threads,
-        clock=clock,
-        total_since=t0,
-    )
+    with tracer().start_as_current_span("function.write_outputs"):
+        return outputs.write_masks(
+            store,
+            paths,
+            listing,
+            image=image,
+            prediction=prediction,
+            input_uri=event.uri,
+            generation=generation,
+            timings_ms=timings,
+            threads=settings.io_threads,
+            clock=clock,
+            total_since=t0,
+        )
 
 
 def _publish_and_mark(
@@ -186,7 +192,9 @@ def _publish_and_mark(
 ) -> None:
     """Publish, then record that it was published. Publishing first means a crash in between
     republishes on redelivery instead of losing the completion."""
-    message_id = publish_completion(publisher, settings.completions_topic, message)
+    message = traced(message)  # completion.json records the trace id the message carries
+    with tracer().start_as_current_span("function.publish_completion"):
+        message_id = publish_completion(publisher, settings.completions_topic, message)
     try:
         write_output(
             store,

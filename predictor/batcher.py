@@ -29,6 +29,7 @@ class _Request(Generic[Item]):
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     group_size: int = 0  # requests that ran together
+    queued: float = field(default_factory=time.monotonic)
 
 
 class RequestBatcher(Generic[Item]):
@@ -45,8 +46,12 @@ class RequestBatcher(Generic[Item]):
         max_images: int,
         window_s: float,
         count: Callable[[Sequence[Item]], int] = len,
+        on_group: Callable[[int, list[float]], None] | None = None,
     ) -> None:
+        """``on_group(images, waits_s)`` hears of each group before it runs: its images and how long
+        each of its requests waited (the predictor's metrics)."""
         self._run = run
+        self._on_group = on_group
         self._max_images = max(1, max_images)
         self._window_s = max(0.0, window_s)
         self._count = count
@@ -66,9 +71,16 @@ class RequestBatcher(Generic[Item]):
             raise request.error
         return request.group_size
 
+    def depth(self) -> int:
+        """Requests waiting for the worker (approximate, as ``qsize`` is)."""
+        return self._queue.qsize()
+
     def _loop(self) -> None:
         while True:
             group = self._gather(self._queue.get())
+            if self._on_group is not None:
+                now = time.monotonic()
+                self._on_group(sum(r.images for r in group), [now - r.queued for r in group])
             try:
                 self._run([item for request in group for item in request.items])
                 for request in group:

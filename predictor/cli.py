@@ -18,7 +18,7 @@ def add_commands(subparsers: Any) -> None:
     group = subparsers.add_parser("predictor", help="the SAM prediction server (Vertex CPR)")
     commands = group.add_subparsers(dest="predictor_command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
-        "serve", help="serve /predict and /health with the aiplatform CPR model server"
+        "serve", help="serve /predict, /health and /metrics with the aiplatform CPR model server"
     )
     serve.add_argument("--port", type=PORT, help="port (default SAMDROP_PREDICTOR_PORT)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -52,9 +52,9 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     os.environ.update(server_env(settings, port))
     import uvicorn
 
-    # The SDK's own server (the one Vertex runs in the container), bound to loopback by default.
+    # The SDK's server plus /metrics (the one Vertex runs in the container), bound to loopback by default.
     uvicorn.run(
-        "google.cloud.aiplatform.prediction.model_server:CprModelServer",
+        "predictor.server:SamModelServer",
         host=args.host,
         port=port,
         factory=True,

@@ -9,6 +9,7 @@ on a group of images each is run again alone, so the failure lands only in its o
 from __future__ import annotations
 
 import base64
+import collections
 import io
 import logging
 import os
@@ -30,6 +31,7 @@ from predictor.instances import (
     parse_instance,
     tiled_logits_refused,
 )
+from predictor.metrics import PredictorMetrics
 from predictor.polygons import with_exports
 from predictor.tiling import Tiling, resolve_tiling, run_jobs
 from samdrop import budgets
@@ -48,6 +50,7 @@ from samdrop.models import BY_NAME, amg_used
 from samdrop.prompts import check_budget
 from samdrop.settings import Settings
 from samdrop.storage import GcsStore
+from samdrop.tracing import configure as configure_traces
 
 log = logging.getLogger(__name__)
 # (gs:// URI, generation or None for the live object) -> the object's bytes.
@@ -67,6 +70,10 @@ class Slot:
     error: SamdropError | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     requests_batched: int = 1  # requests whose images ran through the model together with this one
+    # Wall-clock (start, end) ns of the stages this slot ran on its own: read, decode,
+    # encode_outputs (metrics and trace spans; the shared engine run is timed by its request).
+    stages_ns: dict[str, tuple[int, int]] = field(default_factory=dict)
+    model_ns: tuple[int, int] | None = None  # the engine run this image was part of
 
 
 class SamRoutine(Predictor):
@@ -79,6 +86,7 @@ class SamRoutine(Predictor):
         self.settings: Settings | None = None
         self._read_object: ReadObject | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self.metrics: PredictorMetrics | None = None
 
     def load(self, artifacts_uri: str | None, **kwargs: Any) -> None:
         """Load the model once. ``artifacts_uri`` is ``AIP_STORAGE_URI``: a folder holding the
@@ -93,6 +101,7 @@ class SamRoutine(Predictor):
         ):
             overrides["checkpoint"] = artifacts_uri
         settings = Settings.from_env(env, **overrides)
+        configure_traces(settings.traces, "samdrop-predictor")
         self.setup(settings, load_engine(settings), kwargs.get("read_object"))
 
     def setup(self, settings: Settings, engine: Engine, read_object: ReadObject | None = None) -> None:
@@ -101,6 +110,11 @@ class SamRoutine(Predictor):
         self.engine = engine
         self._read_object = read_object
         self._pool = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="samdrop-io")
+        precision = str(engine.description.get("precision", "fp32"))
+        self.metrics = PredictorMetrics(engine.model_type, precision, settings.batch_size)
+        self.metrics.watch_cache(
+            lambda: (getattr(engine, "cache_hits", 0), getattr(engine, "cache_misses", 0))
+        )
 
     def preprocess(self, prediction_input: Any) -> list[Slot]:
         """Parse every instance and fetch + decode its image on the I/O pool."""
@@ -141,12 +155,14 @@ class SamRoutine(Predictor):
         started = time.perf_counter()
         instance = slot.instance
         name = instance.gcs_uri or instance.file_path or f"instance {slot.index}"
+        stage_start = time.time_ns()
         try:
             data = (
                 instance.image_bytes
                 if instance.image_bytes is not None
                 else self._read(instance.gcs_uri or "", instance.generation)
             )
+            slot.stages_ns["read"] = (stage_start, stage_start := time.time_ns())
             budgets.check_input_bytes(len(data), limit=self.settings.max_input_bytes, name=name)
             slot.image = decode_image(data, max_pixels=self.settings.max_image_pixels, name=name)
             height, width = slot.image.shape[:2]
@@ -163,6 +179,7 @@ class SamRoutine(Predictor):
             slot.error = exc
         except Exception as exc:  # stays in this slot: an I/O failure is transient, a bug internal
             slot.error = as_samdrop_error(exc, where=f"reading {name}", log=log)
+        slot.stages_ns["decode" if "read" in slot.stages_ns else "read"] = (stage_start, time.time_ns())
         slot.timings_ms["read_decode"] = round((time.perf_counter() - started) * 1000, 2)
 
     def _read(self, uri: str, generation: int | None) -> bytes:
@@ -178,6 +195,16 @@ class SamRoutine(Predictor):
         ready = [s for s in instances if s.error is None and s.image is not None and s.instance is not None]
         if not ready:
             return instances
+        started = time.time_ns()
+        try:
+            return self._predict(instances, ready)
+        finally:
+            ended = time.time_ns()
+            for slot in ready:
+                slot.model_ns = (started, ended)
+
+    def _predict(self, instances: list[Slot], ready: list[Slot]) -> list[Slot]:
+        assert self.engine is not None
         tilings = [s.tiling for s in ready]
         try:
             results = run_jobs(self.engine, [_job(s) for s in ready], tilings)
@@ -193,20 +220,47 @@ class SamRoutine(Predictor):
             return instances
         for slot, result in zip(ready, results, strict=True):
             slot.result = result
+        self._count_encoder_passes(results)
         return instances
+
+    def _count_encoder_passes(self, results: list[MaskSet]) -> None:
+        """Each image records the size of the encoder pass that embedded it (0: from the cache):
+        ``n`` images that say ``b`` were ``n / b`` passes of ``b``."""
+        if self.metrics is None:
+            return
+        sizes = collections.Counter(r.encoder_batch for r in results if r.encoder_batch > 0)
+        for size, images in sizes.items():
+            for _ in range(max(1, images // size)):
+                self.metrics.encoder_pass(size)
 
     def postprocess(self, prediction_results: list[Slot]) -> dict[str, Any]:
         """``{"predictions": [...]}``, one per instance, in order (:mod:`samdrop.documents`)."""
         assert self.engine is not None
         predictions = []
         for slot in prediction_results:
+            started = time.time_ns()
             try:
-                predictions.append(self._prediction(slot).to_json())
+                answer = self._prediction(slot).to_json()
             except Exception as exc:  # this slot's answer only; its neighbours keep theirs
-                predictions.append(
-                    FailedPrediction(_model_error(exc, slot).to_json(), slot.file_path).to_json()
-                )
+                answer = FailedPrediction(_model_error(exc, slot).to_json(), slot.file_path).to_json()
+            slot.stages_ns["encode_outputs"] = (started, time.time_ns())
+            self._observe(slot, answer)
+            predictions.append(answer)
         return {"predictions": predictions}
+
+    def _observe(self, slot: Slot, answer: dict[str, Any]) -> None:
+        """One answered instance in the metrics: its outcome and where its time went."""
+        if self.metrics is None:
+            return
+        error = answer.get("error")
+        self.metrics.image(str(error.get("code")) if isinstance(error, dict) else None)
+        for stage, (start, end) in slot.stages_ns.items():
+            self.metrics.stage(stage, (end - start) / 1e9)
+        if slot.result is not None:
+            model_ms = slot.result.timings_ms
+            encode_ms = model_ms.get("encoder", 0.0)
+            self.metrics.stage("encode", encode_ms / 1000)
+            self.metrics.stage("decode_masks", (sum(model_ms.values()) - encode_ms) / 1000)
 
     def _prediction(self, slot: Slot) -> Prediction | FailedPrediction:
         if slot.error is not None or slot.result is None or slot.instance is None:

@@ -292,6 +292,7 @@ class MasksDocument(Document):
     timings_ms: dict[str, float] = field(default_factory=dict)
     outputs: MaskOutputs
     created: str = field(default_factory=lambda: now_iso())
+    trace_id: str | None = absent_when_none()  # the image's OpenTelemetry trace, when traces are on
 
     @field_serializer("masks")
     def _indexed(self, masks: list[MaskRecord]) -> list[IndexedMask]:

@@ -15,6 +15,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from samdrop.tracing import current_trace_id
+
 SEVERITY = {
     logging.DEBUG: "DEBUG",
     logging.INFO: "INFO",
@@ -48,6 +50,9 @@ class CloudLoggingFormatter(logging.Formatter):
             },
             "logger": record.name,
         }
+        trace_id = current_trace_id()
+        if trace_id is not None:  # traces on (SAMDROP_TRACES): the line names its image's trace
+            entry["trace_id"] = trace_id
         entry.update(getattr(record, _FIELDS, {}))
         return json.dumps(entry, default=str, separators=(",", ":"))
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import concurrent.futures
 import json
 from collections.abc import Mapping
-from dataclasses import field
+from dataclasses import field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias, TypeVar
 
 from google.api_core import exceptions as api_exceptions
 from pydantic import Field, TypeAdapter
@@ -21,6 +21,7 @@ from pydantic.dataclasses import dataclass
 from samdrop.documents import DOCUMENT, SCHEMA_VERSION, Document, JsonObject, SchemaVersion, absent_when_none
 from samdrop.errors import ConfigError, ErrorInfo, TransientError
 from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
+from samdrop.tracing import current_trace_id
 
 
 class _Completion(Document):
@@ -66,6 +67,7 @@ class ImageCompletion(_Completion):
     model: JsonObject | None = None
     timings_ms: dict[str, float] | None = None
     error: ErrorInfo | None = None
+    trace_id: str | None = absent_when_none()  # the image's OpenTelemetry trace (SAMDROP_TRACES)
 
 
 @dataclass(frozen=True, kw_only=True, config=DOCUMENT)
@@ -130,5 +132,19 @@ class PubsubPublisher:
 
 
 def publish_completion(publisher: Publisher, topic: str, message: CompletionMessage) -> str:
-    """Publish ``message`` to ``topic``; returns the message id. Raises ``TransientError`` on failure."""
+    """Publish ``message`` to ``topic``; returns the message id. Raises ``TransientError`` on failure.
+    Inside a trace (``SAMDROP_TRACES``), a message without a ``trace_id`` gets the current one."""
+    message = traced(message)
     return publisher.publish(topic, message.data(), message.attributes())
+
+
+C = TypeVar("C", bound=ImageCompletion | BatchCompletion)
+
+
+def traced(message: C) -> C:
+    """An image's ``message`` with the current trace's id, unless it has one or no trace is in
+    progress; a batch's message as it is (a batch spans many traces)."""
+    trace_id = current_trace_id()
+    if not isinstance(message, ImageCompletion) or message.trace_id is not None or trace_id is None:
+        return message
+    return replace(message, trace_id=trace_id)

@@ -35,6 +35,7 @@ from samdrop.layout import OutputPaths, input_generation, json_record, write_out
 from samdrop.masks import mask_to_png, overlay_jpeg, rle_to_mask
 from samdrop.storage import ObjectInfo, ObjectStore
 from samdrop.tiles import tile_boxes
+from samdrop.tracing import current_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ def write_masks(
             metadata=paths.uri(paths.masks_json),
             overlay=paths.uri(paths.overlay),
         ),
+        trace_id=current_trace_id(),
     )
     write_record(store, paths, listing, doc)
     return doc

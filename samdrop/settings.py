@@ -28,10 +28,12 @@ Device = Literal["auto", "cpu", "cuda"]
 PipelineRunner = Literal["local", "vertex", "none"]
 Precision = Literal["auto", "fp32", "bf16"]
 CompileChoice = Literal["auto", "on", "off"]
+TracesMode = Literal["off", "console", "otlp", "cloud"]  # where spans go (samdrop/tracing.py)
 DEVICES: tuple[str, ...] = get_args(Device)
 PIPELINE_RUNNERS: tuple[str, ...] = get_args(PipelineRunner)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 COMPILE_CHOICES: tuple[str, ...] = get_args(CompileChoice)
+TRACES_MODES: tuple[str, ...] = get_args(TracesMode)
 RESULTS_SUFFIX = "-results"  # the default results bucket is <upload bucket>-results
 # SAMDROP_REQUEST_TIMEOUT_S's default, for the callers that run without settings (deploy's admin calls).
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
@@ -199,6 +201,10 @@ class Settings(BaseSettings):
     bridge_port: int = _env(8082, "local delivery bridge's status port", gt=0, lt=65536)
 
     log_level: str = _env("INFO", "DEBUG, INFO, WARNING or ERROR")
+    # OpenTelemetry spans (samdrop/tracing.py).
+    traces: TracesMode = _env(
+        "off", "off, console, otlp (to OTEL_EXPORTER_OTLP_ENDPOINT) or cloud (Cloud Trace)"
+    )
 
     # Pub/Sub delivery to the function (deploy/resources.py; checked there against Pub/Sub's bounds).
     uploads_subscription: str = _env("samdrop-uploads-sub", "subscription feeding the function (local)")

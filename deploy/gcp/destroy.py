@@ -8,7 +8,7 @@ deploy's, a pure function of (options, settings).
 
 from __future__ import annotations
 
-from deploy.gcp import iam, pubsub_calls, storage_calls, vertex_calls
+from deploy.gcp import iam, monitoring, pubsub_calls, storage_calls, vertex_calls
 from deploy.gcp.options import (
     ENDPOINT_NAME,
     FUNCTION_NAME,
@@ -29,6 +29,7 @@ def destroy_steps(options: DeployOptions, settings: Settings, *, delete_data: bo
     names = options.names
     project, region = options.project, options.region
     steps = [
+        *monitoring.destroy_monitoring_steps(),
         Step(
             f"Undeploy the models from endpoint {ENDPOINT_NAME} and delete it",
             ApiCall(vertex_calls.delete_endpoint, {"display_name": ENDPOINT_NAME}),

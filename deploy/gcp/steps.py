@@ -11,7 +11,15 @@ import json
 import re
 from pathlib import Path
 
-from deploy.gcp import function_source, iam, pubsub_calls, storage_calls, vertex_calls, weights_calls
+from deploy.gcp import (
+    function_source,
+    iam,
+    monitoring,
+    pubsub_calls,
+    storage_calls,
+    vertex_calls,
+    weights_calls,
+)
 from deploy.gcp.options import (
     CONFIG_LABEL,
     ENDPOINT_NAME,
@@ -36,6 +44,7 @@ APIS = (
     "artifactregistry.googleapis.com",
     "iam.googleapis.com",
     "logging.googleapis.com",
+    "monitoring.googleapis.com",  # the dashboard and alert policies (deploy/gcp/monitoring.py)
 )
 PUBSUB_AGENT = "serviceAccount:service-${project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 GCS_AGENT = "serviceAccount:${gcs_service_agent}"
@@ -349,6 +358,7 @@ def deploy_steps(options: DeployOptions, settings: Settings, *, repo_root: str =
             key="trigger-subscriber",
         ),
     ]
+    steps += monitoring.deploy_monitoring_steps(s, FUNCTION_NAME, ENDPOINT_NAME)
     return steps
 
 

@@ -24,7 +24,7 @@ from deploy.local import emulator_storage_client, pubsub_clients
 from samdrop.batches import BatchPaths
 from samdrop.commandline import ExitStatus
 from samdrop.layout import output_paths, tag
-from samdrop.messages import CompletionMessage, PubsubPublisher, publish_completion
+from samdrop.messages import ImageCompletion, PubsubPublisher, publish_completion
 from tests.samdrop_command import REPO, run, user_env, write_console_script
 
 from .local_stack_support import RunningStack, own_subscriptions, settled, until
@@ -72,8 +72,7 @@ def function(local_stack: RunningStack) -> Iterator[None]:
                         blob = bucket.blob(object_name)
                         blob.metadata = tag(generation)
                         blob.upload_from_string(data, timeout=30)
-                    message = CompletionMessage(
-                        kind="image",
+                    message = ImageCompletion(
                         status="succeeded",
                         input=f"gs://{s.bucket}/{name}",
                         generation=str(generation),
@@ -200,14 +199,13 @@ def test_the_subscriber_in_the_docs_gets_what_its_filter_names(local_stack):
         topic = publisher.topic_path(s.project, s.completions_topic)
         listed = lambda: path in publisher.list_topic_subscriptions(request={"topic": topic})  # noqa: E731
         until(listed, 30, "the docs' subscription")
-        failed = CompletionMessage(
-            kind="image",
+        failed = ImageCompletion(
             status="failed",
             input=f"gs://{s.bucket}/incoming/docs-{uuid.uuid4().hex[:6]}.jpg",
             generation="1",
             error={"code": "invalid_image", "message": "not an image"},
         )
-        succeeded = CompletionMessage(kind="image", status="succeeded", input=failed.input, generation="2")
+        succeeded = ImageCompletion(status="succeeded", input=failed.input, generation="2")
         for message in (succeeded, failed):
             publish_completion(PubsubPublisher(publisher, s.project), s.completions_topic, message)
         printed, _ = reader.communicate(timeout=60)  # ends when its 8 s wait runs out

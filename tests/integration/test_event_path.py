@@ -7,10 +7,12 @@ bring it back.
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import os
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import pytest
 from google.cloud import pubsub_v1, storage
 from google.cloud.storage import Blob, Bucket
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy import processes
 from deploy.local import LocalStack, emulator_storage_client, pubsub_clients
@@ -310,3 +313,39 @@ def test_single_upload_and_batch_shard_write_the_same_masks_json(events):
     assert single["prompts"] == batch["prompts"]
     assert [m["box"] for m in single["masks"]] == [m["box"] for m in batch["masks"]]
     assert all(isinstance(v, int) for m in batch["masks"] for v in m["box"])
+
+
+def _predictor_images(events: EventStack) -> collections.Counter[tuple[str, str]]:
+    """``samdrop_predictor_images_total`` from the predictor's /metrics, by (outcome, code)."""
+    url = f"http://{HOST}:{events.settings.predictor_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "samdrop_predictor_images_total":
+                counts[(sample.labels["outcome"], sample.labels["code"])] += int(sample.value)
+    return counts
+
+
+def test_metrics_and_log_lines_count_a_burst_exactly_as_its_completions(events):
+    before = _predictor_images(events)
+    boxes = [{"boxes": [[10, 10, 60 + i, 60]]} for i in range(5)] + [{"boxes": [[10, 10, 900, 60]]}]
+    blobs = [events.upload(unique(f"burst{i}.png"), photo(seed=10 + i), p) for i, p in enumerate(boxes)]
+    messages = events.completions.exactly(*(key_of(b) for b in blobs), expect=len(blobs))
+
+    by_outcome = collections.Counter(
+        (m["status"], m["error"]["code"] if m["error"] else "") for m in messages
+    )
+    assert by_outcome == {("succeeded", ""): 5, ("failed", "invalid_prompt"): 1}
+    assert _predictor_images(events) - before == by_outcome
+
+    # The function's one line per image, as the log-based metric counts them (written after the
+    # completion is published: wait for the last of them).
+    def logged() -> collections.Counter[tuple[str, str]]:
+        lines = [line for blob in blobs for line in events.function_log(blob.name)]
+        finished = [line for line in lines if line["outcome"] in ("succeeded", "failed")]
+        return collections.Counter((line["outcome"], line.get("error_code", "")) for line in finished)
+
+    until(lambda: sum(logged().values()) == len(blobs), 30, "a log line per image")
+    assert logged() == by_outcome

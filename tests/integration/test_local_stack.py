@@ -126,7 +126,8 @@ def test_a_failing_function_dead_letters_after_max_attempts(local_stack):
 def test_second_resource_creation_is_a_no_op(local_stack):
     changes = local_stack.stack.ensure_resources()
     assert {c.outcome for c in changes} == {"unchanged"}
-    assert len(changes) == 8  # two buckets (uploads, results), 3 topics, 3 subscriptions
+    # two buckets (uploads, results), 3 topics, 3 subscriptions, the bridge's 2 tally subscriptions
+    assert len(changes) == 10
 
 
 def test_local_env_upload_and_watch_work_for_plain_clients(local_stack, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import collections
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import encode
 
@@ -157,3 +159,57 @@ def test_server_keeps_serving_after_bad_requests(server: str, coffee):
     )
     assert ok.status_code == 200 and "masks" in ok.json()["predictions"][0]
     assert requests.get(f"{server}/health", timeout=10).status_code == 200
+
+
+def _series(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_each_answer_by_outcome_and_time_each_stage(server: str, coffee):
+    before = _series(server)
+    good = {"image": b64(encode(coffee)), "boxes": [[10, 10, 200, 200]]}
+    bodies = [
+        {"instances": [good, {"image": b64(b"not an image")}]},
+        {"instances": [good]},
+        {"instances": [{**good, "boxes": [[50, 50, 10, 10]]}]},
+    ]
+    codes: collections.Counter[str] = collections.Counter()
+    for body in bodies:
+        response = requests.post(f"{server}/predict", json=body, timeout=300)
+        assert response.status_code == 200, response.text
+        for prediction in response.json()["predictions"]:
+            codes[prediction["error"]["code"] if "error" in prediction else ""] += 1
+    assert requests.post(f"{server}/predict", data=b"{not json", timeout=10).status_code == 400
+    after = _series(server)
+
+    def delta(name: str, **labels: str) -> float:
+        def total(series: dict) -> float:
+            wanted = set(labels.items())
+            return sum(v for (n, ls), v in series.items() if n == name and wanted <= ls)
+
+        return total(after) - total(before)
+
+    assert codes == {"": 2, "invalid_image": 1, "invalid_prompt": 1}
+    for code, count in codes.items():
+        outcome = "failed" if code else "succeeded"
+        assert delta("samdrop_predictor_images_total", outcome=outcome, code=code) == count
+    assert delta("samdrop_predictor_images_total") == sum(codes.values())
+    assert delta("samdrop_predictor_requests_total", outcome="ok") == len(bodies)
+    assert delta("samdrop_predictor_requests_total", outcome="invalid_request") == 1
+    # The inverted box is refused before its image is read; the two good ones ran the encoder.
+    assert delta("samdrop_predictor_stage_seconds_count", stage="read") == 3
+    assert delta("samdrop_predictor_stage_seconds_count", stage="decode") == 3
+    assert delta("samdrop_predictor_stage_seconds_count", stage="encode") == 2
+    assert delta("samdrop_predictor_stage_seconds_count", stage="decode_masks") == 2
+    assert delta("samdrop_predictor_stage_seconds_count", stage="encode_outputs") == 4
+    assert delta("samdrop_predictor_stage_seconds_sum", stage="encode") > 0
+    # The same coffee twice: the second is an embedding-cache hit.
+    assert delta("samdrop_predictor_embedding_cache_total", result="hit") >= 1
+    assert delta("samdrop_predictor_queue_wait_seconds_count") >= 2
+    labels = {dict(ls).get("model") for (n, ls) in after if n == "samdrop_predictor_images_total"}
+    assert labels == {"tiny"}

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from deploy import processes
 from deploy.drill import CompletionLog, outage_drill
 from deploy.harness import upload_file
 from deploy.local import LocalStack, emulator_storage_client
+from deploy.status import Status, local_status
 from samdrop.pidfile import WORKERS_DIR
 from samdrop.settings import Settings
 
@@ -93,16 +95,26 @@ def test_a_burst_outlasts_a_predictor_outage_with_one_completion_each(full_stack
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    report = outage_drill(
-        full_stack,
-        files,
-        lambda i: {"boxes": [[10 + i % 60, 30, 50 + i % 60, 70]]},
-        restart=restart,
-        kill_after_s=15.0,
-        outage_s=OUTAGE_S,
-        timeout_s=900.0,
-        prefix="outage",
-    )
+    with StatusSamples(settings) as samples:
+        report = outage_drill(
+            full_stack,
+            files,
+            lambda i: {"boxes": [[10 + i % 60, 30, 50 + i % 60, 70]]},
+            restart=restart,
+            kill_after_s=15.0,
+            outage_s=OUTAGE_S,
+            timeout_s=900.0,
+            prefix="outage",
+        )
+        # What `samdrop status --json` says once the burst is done: nothing waits, and its
+        # counts equal the completions received.
+        final = until(
+            lambda: (
+                (s := json.loads(_samdrop(settings, "status", "--json").stdout))["uploads_waiting"] == 0 and s
+            ),
+            30,
+            "an empty backlog in samdrop status",
+        )
     # `local up` on the partly running stack started the predictor alone.
     lines = report.restart_output.splitlines()
     assert any(line.startswith("started predictor") for line in lines), report.restart_output
@@ -111,6 +123,37 @@ def test_a_burst_outlasts_a_predictor_outage_with_one_completion_each(full_stack
     assert report.outage_s >= OUTAGE_S
     counts = {k: getattr(report, k) for k in ("completed", "succeeded", "duplicates", "dead_letters")}
     assert counts == {"completed": BURST, "succeeded": BURST, "duplicates": 0, "dead_letters": 0}, report
+    # The backlog rose while the predictor was down and drained after the restart.
+    waiting = [sample.uploads_waiting or 0 for sample in samples.seen]
+    peak = waiting.index(max(waiting))
+    assert max(waiting) >= 20, waiting
+    assert any(age and age >= 10 for age in (s.oldest_upload_age_s for s in samples.seen)), samples.seen
+    assert min(waiting[peak:]) == 0, waiting
+    assert final["completions_last_hour"] == {"succeeded": BURST}
+    assert final["errors_last_hour"] == {} and final["dead_letters"] == 0
+    assert final["endpoint_replicas"] == 1 and final["predictor_batch_fill"] > 0
+
+
+class StatusSamples:
+    """``deploy.status.local_status`` every second in a thread, while a drill runs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.seen: list[Status] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> StatusSamples:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.seen.append(local_status(self.settings))
 
 
 def test_sweep_after_deleting_five_results_redrives_exactly_those_five(full_stack, tmp_path):

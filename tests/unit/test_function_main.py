@@ -48,7 +48,7 @@ def test_on_upload_segments_the_captured_emulator_event(capsys):
     [body] = publisher.bodies
     assert body["status"] == "succeeded" and body["generation"] == str(generation)
     [line] = logged(capsys)
-    assert line["severity"] == "INFO" and line["outcome"] == "succeeded"
+    assert line["severity"] == "INFO" and line["outcome"] == "succeeded" and "error_code" not in line
     assert line["object"] == f"gs://{BUCKET}/{name}" and line["generation"] == str(generation)
     assert "total" in line["timings_ms"]
 
@@ -96,4 +96,16 @@ def test_on_upload_lets_transient_errors_escape_for_redelivery(capsys):
     deps = make_deps(store, endpoint=FakeEndpoint(error=TransientError("HTTP 503")))
     with pytest.raises(TransientError):
         on_upload(cloud_event("finalize_incoming.json"), deps)
-    assert logged(capsys)[0]["outcome"] == "retry"
+    [line] = logged(capsys)
+    assert line["outcome"] == "retry" and line["error_code"] == TransientError.code
+
+
+def test_on_upload_logs_one_line_per_image_with_its_error_code(capsys):
+    """The line a log-based metric counts: one per image, outcome and error code as fields."""
+    store, publisher = FakeStore(), FakePublisher()
+    store.put(BUCKET, "incoming/cat.jpg", b"not a jpeg")
+    store.objects[(BUCKET, "incoming/cat.jpg")].generation = 1764065702512799
+    on_upload(cloud_event("finalize_incoming.json"), make_deps(store, publisher, FakeEndpoint()))
+    [body] = publisher.bodies
+    [line] = logged(capsys)
+    assert line["outcome"] == "failed" and line["error_code"] == body["error"]["code"] == "invalid_image"

@@ -229,11 +229,15 @@ def image_to_tokens(
     image: torch.Tensor | None,
     tokens: torch.Tensor,
     tokens_pos: torch.Tensor,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``attn(q=image, k=tokens + pos, v=tokens)`` for N image tokens over T prompt tokens, ``BxNxC``.
 
     Either ``queries`` (``1xNxHxd``, already projected and shared) or ``image`` (``BxNxC``, projected
     here through the T keys) is given. The value and output projections are folded into the T values.
+    With ``residual`` (``BxNxC`` or ``1xNxC``) the result is ``residual + attn(...)`` in the same
+    product: the output bias rides in the values (each head's weights sum to one), so no ``BxNxC``
+    pass adds it.
     """
     batch, count, _ = tokens.shape
     heads = attn.num_heads
@@ -253,4 +257,6 @@ def image_to_tokens(
         scores = (image @ through).reshape(batch, -1, heads, count)
         scores = scores + torch.einsum("bthd,hd->bht", keys, b_q)[:, None]
     weights = torch.softmax(scores * scale, dim=-1).reshape(batch, -1, heads * count)
-    return torch.baddbmm(attn.out_proj.bias, weights, values_out)
+    if residual is None:
+        return torch.baddbmm(attn.out_proj.bias, weights, values_out)
+    return torch.baddbmm(residual, weights, values_out + attn.out_proj.bias / heads)

@@ -58,9 +58,10 @@ class Sam2DecoderContext(DecoderContext):
     prompt) and what SAM 2.1 adds.
 
     image: ``1xNxC`` the image embedding alone (mask prompts add their own dense embedding to it);
-    feat_s1: ``1xNx4xC1`` the 128x128 features, pixel (i, j) of 64x64 and sub-pixel (a, c) at
-    ``(2i + a, 2j + c)``; feat_s0: ``1x(N*16)xC0`` the 256x256 features, in the order
-    ``(i, j, a, c, a2, c2)`` at ``(4i + 2a + a2, 4j + 2c + c2)``.
+    feat_s1: ``1xNx(4*C1)`` the 128x128 features plus ``upscale_conv1``'s bias, pixel (i, j) of
+    64x64 then sub-pixel (a, c) at ``(2i + a, 2j + c)``; feat_s0: ``1xNx(16*C0)`` the 256x256
+    features plus ``upscale_conv2``'s bias, in the order ``(i, j, a, c, a2, c2)`` at
+    ``(4i + 2a + a2, 4j + 2c + c2)``.
     """
 
     image: torch.Tensor
@@ -90,11 +91,11 @@ class Sam2FastDecoder:
         self._final = Sam2Attention.of(transformer.final_attn_token_to_image)
         conv1, conv2 = self.decoder.upscale_conv1, self.decoder.upscale_conv2
         # ConvTranspose2d weight (in, out, 2, 2) -> (in, 2*2*out): each input pixel's four sub-pixels.
-        self._up1_w = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1).t()
+        self._up1_w = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1)
         self._up1_b = conv1.bias.repeat(4)
         self._up1_out = conv1.out_channels
-        self._up2_w = conv2.weight.permute(0, 2, 3, 1).reshape(conv2.in_channels, -1).t()
-        self._up2_b = conv2.bias.repeat(4)
+        self._up2_w = conv2.weight.permute(0, 2, 3, 1).reshape(conv2.in_channels, -1)
+        self._up2_b = conv2.bias.repeat(16)  # for all 16 sub-sub-pixels of a 64x64 pixel
         self._up2_out = conv2.out_channels
 
     @torch.no_grad()
@@ -114,12 +115,10 @@ class Sam2FastDecoder:
         feat_s1 = s1[0].reshape(channels1, side, 2, side, 2).permute(1, 3, 2, 4, 0)
         # (c, i, a, a2, j, c', c2) -> (i, j, a, c', a2, c2, c)
         feat_s0 = s0[0].reshape(channels0, side, 2, 2, side, 2, 2).permute(1, 4, 2, 5, 3, 6, 0)
-        return Sam2DecoderContext(
-            **vars(shared),
-            image=image,
-            feat_s1=feat_s1.reshape(1, side * side, 4, channels1),
-            feat_s0=feat_s0.reshape(1, side * side * 16, channels0),
-        )
+        # The transposed convolutions' biases are per-pixel constants too: added here, once.
+        feat_s1 = feat_s1.reshape(1, side * side, 4 * channels1) + self._up1_b
+        feat_s0 = feat_s0.reshape(1, side * side, 16 * channels0) + self._up2_b
+        return Sam2DecoderContext(**vars(shared), image=image, feat_s1=feat_s1, feat_s0=feat_s0)
 
     @torch.no_grad()
     def __call__(
@@ -162,9 +161,9 @@ class Sam2FastDecoder:
         queries = first.layer_norm2(queries + attended)
         queries = first.layer_norm3(queries + first.mlp(queries))
         if dense is None:
-            keys = first.layer_norm4(src + image_to_tokens(i2t1, context.queries0, None, queries, tokens))
+            keys = first.layer_norm4(image_to_tokens(i2t1, context.queries0, None, queries, tokens, src))
         else:
-            keys = first.layer_norm4(src + image_to_tokens(i2t1, None, src + context.pos, queries, tokens))
+            keys = first.layer_norm4(image_to_tokens(i2t1, None, src + context.pos, queries, tokens, src))
 
         # Block 2.
         q = queries + tokens
@@ -172,7 +171,7 @@ class Sam2FastDecoder:
         keys_pos = keys + context.pos
         queries = second.layer_norm2(queries + tokens_to_image(t2i2, queries + tokens, keys_pos, keys))
         queries = second.layer_norm3(queries + second.mlp(queries))
-        keys = second.layer_norm4(keys + image_to_tokens(i2t2, None, keys_pos, queries, tokens))
+        keys = second.layer_norm4(image_to_tokens(i2t2, None, keys_pos, queries, tokens, keys))
 
         # Final token-to-image attention (only the tokens' side is used afterwards).
         attended = tokens_to_image(self._final, queries + tokens, keys + context.pos, keys)
@@ -209,10 +208,10 @@ class Sam2FastDecoder:
         batch, tokens, _ = keys.shape
         side = math.isqrt(tokens)
         norm = self.decoder.upscale_layer_norm
-        x = F.linear(keys, self._up1_w, self._up1_b).reshape(batch, tokens, 4, self._up1_out)
-        x = F.gelu(F.layer_norm(x + context.feat_s1, (self._up1_out,), norm.weight, norm.bias, norm.eps))
-        x = F.linear(x, self._up2_w, self._up2_b).reshape(batch, tokens * 16, self._up2_out)
-        x = F.gelu(x + context.feat_s0)
+        x = torch.add(keys @ self._up1_w, context.feat_s1).reshape(batch, tokens, 4, self._up1_out)
+        x = F.gelu(F.layer_norm(x, (self._up1_out,), norm.weight, norm.bias, norm.eps))
+        x = (x @ self._up2_w).reshape(batch, tokens, 16 * self._up2_out)
+        x = F.gelu(torch.add(x, context.feat_s0)).reshape(batch, tokens * 16, self._up2_out)
         masks = x @ hyper.transpose(1, 2)  # B x (N*16) x M
         count = masks.shape[-1]
         # (i, j, a, c, a2, c2) -> row 4i + 2a + a2, column 4j + 2c + c2

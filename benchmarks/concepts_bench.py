@@ -63,11 +63,11 @@ def small_config() -> Sam3Config:
     return config
 
 
-def build_engine(config_name: str) -> ConceptEngine:
-    """A fp32 engine over a seeded random model of ``config_name``'s architecture."""
+def build_engine(config_name: str, device: torch.device) -> ConceptEngine:
+    """A fp32 engine over a seeded random model of ``config_name``'s architecture on ``device``."""
     torch.manual_seed(SEED)
     config = {"full": Sam3Config, "small": small_config, "tiny": tiny_config}[config_name]()
-    model = Sam3Model(config)
+    model = Sam3Model(config).eval().to(device)  # type: ignore[no-untyped-call]
     side = SIDE if config_name == "tiny" else config.image_size
     processor = Sam3Processor(
         image_processor=Sam3ImageProcessor(size={"height": side, "width": side}), tokenizer=tiny_tokenizer()
@@ -79,6 +79,8 @@ def timed(engine: ConceptEngine, images: list[np.ndarray], thresholds: ConceptTh
     engine.clear_cache()
     start, cpu_start = time.perf_counter(), time.process_time()
     results = engine.segment(images, CONCEPTS, thresholds=thresholds)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     stages: dict[str, float] = {}
     for result in results:
@@ -124,16 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     # covers every mask (and both paths upsample 200 masks per pair, more than real weights keep).
     parser.add_argument("--score-threshold", type=float, default=0.0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (benchmarks/gpu.sh)")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
 
     images = [getattr(data, name)() for name in PHOTOS]
     load_before = os.getloadavg()
     thresholds = ConceptThresholds(score=args.score_threshold)
     start = time.perf_counter()
-    fp32 = build_engine(args.config)
+    fp32 = build_engine(args.config, device)
     fp32.batch_size = args.batch_size
     build_s = time.perf_counter() - start
-    device = torch.device("cpu")
     precision = resolve_precision("auto", device)
     runs: dict[str, dict[str, Any]] = {}
     if precision == "bf16":
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "concepts": CONCEPTS,
         "score_threshold": args.score_threshold,
         "batch_size": args.batch_size,
-        "machine": {**machine_record(torch.device("cpu")), "transformers": transformers.__version__},
+        "machine": {**machine_record(device), "transformers": transformers.__version__},
         "auto_precision": precision,
         "bf16_ran": "ours_bf16" in runs,
         "build_model_s": round(build_s, 1),
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "ours_bf16" in results:
         report["agreement_bf16_vs_reference"] = agreement(results["ours_bf16"], results["reference"])
-    out = args.out or ROOT / "benchmarks" / "results" / f"concepts-{args.config}-cpu.json"
+    out = args.out or ROOT / "benchmarks" / "results" / f"concepts-{args.config}-{device.type}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("speedup", "bf16_ran", "peak_rss_mb")}, indent=2))
     print(f"wrote {out}")

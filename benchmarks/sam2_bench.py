@@ -1,20 +1,32 @@
-"""SAM 2.1 automatic masks: transformers' ``mask-generation`` pipeline vs samdrop's ``Sam2Engine``.
+"""SAM 2.1 side by side: automatic masks, prompts, and SAM 2.1 tiny against SAM 1 vit_b.
 
-Both run in this process on the same ``Sam2Model`` (the same weights object), the same image, grid
-and thresholds: by default an 8x8 grid, thresholds at 0 (so random weights still give masks to
-count) and one crop layer off. Weights: ``--checkpoint`` (a ``save_pretrained`` folder, e.g. Meta's
-``facebook/sam2.1-hiera-tiny`` fetched by ``samdrop models pull``), else seeded random weights of the
-real hiera-tiny architecture (``Sam2Config()``'s defaults) — Meta's weights cannot be downloaded
-where this was written, and the JSON says which was used. Images are square crops: the pipeline
-scales grid points as SAM 1 does (longest side), which is right for SAM 2 only on square images.
+``--mode amg`` (default): transformers' ``mask-generation`` pipeline vs samdrop's ``Sam2Engine`` on
+the same ``Sam2Model`` object, image, grid and thresholds (issue #20's measurement: a 16x16 grid on a
+640x480 image). ``--thresholds zero`` (default) keeps every candidate, the worst case for ours (every
+mask upsampled, and random weights still leave masks); ``--thresholds meta`` uses Meta's 0.8 / 0.95,
+where ours skips the upscaling of prompts that cannot pass. The pipeline scales grid points by the
+longest side as SAM 1 does, which is SAM 2's geometry only on square images: on 640x480 the points
+differ, not the work (the same number of prompts and masks).
 
-The pipeline runs fp32 (as published; it has no autocast); ours runs the precision
-``SAMDROP_PRECISION=auto`` picks here. Runs alternate (pipeline, ours) after one warm-up each.
-Prints the ratio and writes ``benchmarks/results/sam2-amg-<device>-<precision>.json`` with the CPU
-named. Not a test.
+``--mode prompts``: plain transformers use (``Sam2Processor`` -> ``Sam2Model(**inputs)`` ->
+``post_process_masks``, one call per image and prompt set, as its docs show) vs ``Sam2Engine.run``
+on the same images with 4 box prompts each.
 
-    python benchmarks/sam2_bench.py                   # 8x8 grid, 2 runs, random hiera-tiny weights
-    python benchmarks/sam2_bench.py --grid 16 --runs 3 --checkpoint ~/sam2.1-hiera-tiny
+``--mode families``: per-image automatic masks of SAM 2.1 tiny (``Sam2Engine``) and SAM 1 vit_b
+(``SamEngine``, compiled where ``SAMDROP_COMPILE=auto`` would) on the same image, grid and
+thresholds.
+
+Weights: ``--checkpoint`` (a ``save_pretrained`` folder) or seeded random weights of the real
+hiera-tiny (and vit_b) architecture, which is what the JSON says: Meta's weights cannot be
+downloaded where this was written, so the masks are meaningless and only the seconds count. The
+reference runs fp32 (as published; it has no autocast); ours the precision ``auto`` picks. One
+warm-up each on a 2x2 grid, then the two alternate run by run, so a shared machine's load hits both;
+the 1-minute load average is recorded. Writes ``benchmarks/results/sam2-<mode>-<device>-<precision>.json``.
+Not a test.
+
+    python benchmarks/sam2_bench.py                          # amg, 16x16, 640x480, 1 run
+    python benchmarks/sam2_bench.py --mode prompts --runs 2
+    python benchmarks/sam2_bench.py --mode families
 """
 
 from __future__ import annotations
@@ -24,7 +36,9 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +48,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from predictor.engine import pick_device  # noqa: E402
-from predictor.hardware import machine_record, resolve_precision  # noqa: E402
+from benchmarks.amg_bench import sample_images  # noqa: E402
+from benchmarks.predictor_bench import boxes_for  # noqa: E402
+from predictor.engine import Job, SamEngine, pick_device  # noqa: E402
+from predictor.hardware import machine_record, resolve_compile, resolve_precision  # noqa: E402
+from predictor.instances import Prompts  # noqa: E402
+from predictor.registry import build_sam, load_sam  # noqa: E402
 from predictor.sam2_engine import Sam2Engine  # noqa: E402
 
 SEED = 20261203
+THRESHOLDS = {"zero": (0.0, 0.0), "meta": (0.8, 0.95)}  # (pred_iou_thresh, stability_score_thresh)
+BOXES = 4
 
 
 def load_model(checkpoint: str | None, device: torch.device) -> tuple[Any, str]:
@@ -53,110 +73,247 @@ def load_model(checkpoint: str | None, device: torch.device) -> tuple[Any, str]:
     return model.eval().to(device), weights  # type: ignore[no-untyped-call]
 
 
-def square_image(side: int) -> np.ndarray:
+def astronaut(width: int, height: int) -> np.ndarray:
     from PIL import Image
     from skimage import data
 
-    astronaut = Image.fromarray(data.astronaut())  # type: ignore[no-untyped-call]  # 512x512
-    return np.asarray(astronaut.resize((side, side), Image.Resampling.BILINEAR))
+    photo = Image.fromarray(data.astronaut())  # type: ignore[no-untyped-call]  # 512x512
+    return np.asarray(photo.resize((width, height), Image.Resampling.BILINEAR))
 
 
-def run_pipeline(generator: Any, image: np.ndarray, args: argparse.Namespace) -> tuple[float, int]:
-    from PIL import Image
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
+
+def timed(call: Callable[[], int], device: torch.device) -> tuple[float, int]:
+    """Seconds and mask count of one call."""
     started = time.perf_counter()
-    out = generator(
-        Image.fromarray(image),
-        points_per_batch=args.points_per_batch,
-        points_per_crop=args.grid,
-        crops_n_layers=0,
-        pred_iou_thresh=0.0,
-        stability_score_thresh=0.0,
-        crops_nms_thresh=args.box_nms_thresh,
-    )
-    return time.perf_counter() - started, len(out["masks"])
+    with torch.inference_mode():
+        count = call()
+    sync(device)
+    return time.perf_counter() - started, count
 
 
-def run_ours(engine: Sam2Engine, image: np.ndarray, args: argparse.Namespace) -> tuple[float, int]:
-    amg = {
-        "points_per_side": args.grid,
-        "points_per_batch": args.points_per_batch,
-        "pred_iou_thresh": 0.0,
-        "stability_score_thresh": 0.0,
-        "box_nms_thresh": args.box_nms_thresh,
-        "max_masks": 10_000,
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def alternate(
+    runs: int, reference: Callable[[], tuple[float, int]], ours: Callable[[], tuple[float, int]]
+) -> dict[str, Any]:
+    """``runs`` (reference, ours) pairs, each with the load average before it."""
+    pairs = []
+    for run in range(runs):
+        load_before = load()
+        ref_s, ref_n = reference()
+        ours_s, ours_n = ours()
+        pairs.append(
+            {
+                "load_1m": load_before,
+                "reference_s": round(ref_s, 3),
+                "ours_s": round(ours_s, 3),
+                "ratio": round(ref_s / ours_s, 2),
+            }
+        )
+        print(
+            f"run {run + 1}: reference {ref_s:.2f} s ({ref_n} masks), ours {ours_s:.2f} s ({ours_n} masks), "
+            f"{ref_s / ours_s:.2f}x, load {load_before}"
+        )
+    reference_s = statistics.median(p["reference_s"] for p in pairs)
+    ours_s = statistics.median(p["ours_s"] for p in pairs)
+    return {
+        "runs": pairs,
+        "reference_s": reference_s,
+        "ours_s": ours_s,
+        "speedup": round(reference_s / ours_s, 2),
+        "masks": {"reference": ref_n, "ours": ours_n},
     }
-    engine.clear_cache()  # each run encodes the image, as the pipeline does
-    started = time.perf_counter()
-    result = engine.generate(image, amg)
-    return time.perf_counter() - started, len(result.masks)
+
+
+def amg_params(args: argparse.Namespace, grid: int) -> dict[str, Any]:
+    iou, stability = THRESHOLDS[args.thresholds]
+    return {
+        "points_per_side": grid,
+        "points_per_batch": args.points_per_batch,
+        "pred_iou_thresh": iou,
+        "stability_score_thresh": stability,
+        "box_nms_thresh": 0.7,
+        "max_masks": 100_000,
+    }
+
+
+def ours_amg(engine: Sam2Engine | SamEngine, image: np.ndarray, params: dict[str, Any]) -> Callable[[], int]:
+    def call() -> int:
+        engine.clear_cache()  # each run encodes the image, as the pipeline does
+        return len(engine.run([Job(image, None, params)])[0].masks)
+
+    return call
+
+
+def amg(args: argparse.Namespace, device: torch.device, model: Any, precision: str) -> dict[str, Any]:
+    from PIL import Image
+    from transformers import Sam2ImageProcessor, pipeline
+
+    engine = Sam2Engine(model, "sam2.1_hiera_tiny", precision=precision, max_masks=100_000)
+    generator = pipeline("mask-generation", model=model, image_processor=Sam2ImageProcessor(), device=device)
+    image = astronaut(args.width, args.height)
+
+    def theirs(grid: int) -> Callable[[], int]:
+        iou, stability = THRESHOLDS[args.thresholds]
+        return lambda: len(
+            generator(
+                Image.fromarray(image),
+                points_per_batch=args.points_per_batch,
+                points_per_crop=grid,
+                crops_n_layers=0,
+                pred_iou_thresh=iou,
+                stability_score_thresh=stability,
+                crops_nms_thresh=0.7,
+            )["masks"]
+        )
+
+    timed(theirs(2), device)  # warm-ups
+    timed(ours_amg(engine, image, amg_params(args, 2)), device)
+    figures = alternate(
+        args.runs,
+        lambda: timed(theirs(args.grid), device),
+        lambda: timed(ours_amg(engine, image, amg_params(args, args.grid)), device),
+    )
+    result = engine.run([Job(image, None, amg_params(args, args.grid))])[0]
+    return {
+        "image": f"scikit-image astronaut resized to {args.width}x{args.height}",
+        "grid": args.grid,
+        "points_per_batch": args.points_per_batch,
+        "thresholds": amg_params(args, args.grid),
+        "reference": "transformers mask-generation pipeline, fp32",
+        "ours": f"Sam2Engine.generate, {precision}",
+        "our_stages_ms": result.stages_ms,
+        "our_counts": result.counts,
+        **figures,
+        "note": (
+            "mask counts differ by design: the pipeline has no per-crop box NMS and keeps stability "
+            "> thresh where Meta's generator (ours) keeps >= and NMSes within the crop first"
+        ),
+    }
+
+
+def prompts(args: argparse.Namespace, device: torch.device, model: Any, precision: str) -> dict[str, Any]:
+    from transformers import Sam2ImageProcessor, Sam2Processor
+
+    engine = Sam2Engine(model, "sam2.1_hiera_tiny", precision=precision, batch_size=args.images)
+    processor = Sam2Processor(Sam2ImageProcessor())
+    images = [image for _, image in sample_images(args.images)]
+    boxes = [boxes_for(image, BOXES, seed) for seed, image in enumerate(images)]
+
+    def theirs() -> int:
+        count = 0
+        for image, image_boxes in zip(images, boxes, strict=True):
+            inputs = processor(images=image, input_boxes=[image_boxes.tolist()], return_tensors="pt").to(
+                device
+            )
+            output = model(**inputs, multimask_output=False)
+            masks = processor.post_process_masks(  # type: ignore[no-untyped-call]
+                output.pred_masks.cpu(), inputs["original_sizes"].cpu()
+            )
+            count += int(masks[0].shape[0])
+        return count
+
+    def ours() -> int:
+        engine.clear_cache()
+        jobs = [
+            Job(image, Prompts(boxes=b.astype(np.float32))) for image, b in zip(images, boxes, strict=True)
+        ]
+        return sum(len(result.masks) for result in engine.run(jobs))
+
+    timed(theirs, device)  # warm-ups
+    timed(ours, device)
+    figures = alternate(args.runs, lambda: timed(theirs, device), lambda: timed(ours, device))
+    return {
+        "images": f"scikit-image photos {[list(i.shape[:2]) for i in images]}, {BOXES} boxes each",
+        "reference": "Sam2Processor -> Sam2Model(**inputs) -> post_process_masks per image, fp32",
+        "ours": f"Sam2Engine.run (one encoder pass for all images, Sam2FastDecoder), {precision}",
+        **figures,
+    }
+
+
+def families(args: argparse.Namespace, device: torch.device, model: Any, precision: str) -> dict[str, Any]:
+    sam2 = Sam2Engine(model, "sam2.1_hiera_tiny", precision=precision, max_masks=100_000)
+    compile_sam1 = resolve_compile(args.compile, device)
+    with tempfile.TemporaryDirectory() as workdir:
+        torch.manual_seed(SEED)
+        checkpoint = Path(workdir) / "vit_b-random.pth"
+        torch.save(build_sam("vit_b").state_dict(), checkpoint)
+        sam1 = SamEngine(
+            load_sam("vit_b", str(checkpoint), Path(workdir), device),
+            "vit_b",
+            precision=precision,
+            compile=compile_sam1,
+            max_masks=100_000,
+        )
+    image = astronaut(args.width, args.height)
+    timed(ours_amg(sam1, image, amg_params(args, args.grid)), device)  # warm-ups (and SAM 1's compile)
+    timed(ours_amg(sam2, image, amg_params(args, 2)), device)
+    figures = alternate(
+        args.runs,
+        lambda: timed(ours_amg(sam1, image, amg_params(args, args.grid)), device),
+        lambda: timed(ours_amg(sam2, image, amg_params(args, args.grid)), device),
+    )
+    return {
+        "image": f"scikit-image astronaut resized to {args.width}x{args.height}",
+        "grid": args.grid,
+        "thresholds": amg_params(args, args.grid),
+        "reference": f"SAM 1 vit_b SamEngine, {precision}, decoder compiled: {compile_sam1} (random weights)",
+        "ours": f"SAM 2.1 hiera tiny Sam2Engine, {precision} (random weights)",
+        "ratio_meaning": "reference_s / ours_s: how many times faster SAM 2.1 tiny is than SAM 1 vit_b here",
+        **figures,
+    }
+
+
+MODES = {"amg": amg, "prompts": prompts, "families": families}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--mode", choices=tuple(MODES), default="amg")
     parser.add_argument("--checkpoint", help="a save_pretrained folder (real weights) instead of random ones")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--side", type=int, default=512, help="the square image's side, px")
-    parser.add_argument("--grid", type=int, default=8)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--grid", type=int, default=16)
     parser.add_argument("--points-per-batch", type=int, default=64)
-    parser.add_argument("--box-nms-thresh", type=float, default=0.7)
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--thresholds", choices=tuple(THRESHOLDS), default="zero")
+    parser.add_argument("--images", type=int, default=3, help="prompt mode: photos")
+    parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument(
+        "--compile", default="auto", choices=("auto", "on", "off"), help="families: SAM 1's decoder"
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
     import transformers
-    from transformers import Sam2ImageProcessor, pipeline
 
     device = pick_device(args.device)
     model, weights = load_model(args.checkpoint, device)
     precision = resolve_precision(args.precision, device)
-    engine = Sam2Engine(model, "sam2.1_hiera_tiny", precision=precision, checkpoint=args.checkpoint)
-    generator = pipeline("mask-generation", model=model, image_processor=Sam2ImageProcessor(), device=device)
-    image = square_image(args.side)
-    machine = {
-        **machine_record(device),
-        "transformers": transformers.__version__,
-        "load_average_1m_at_start": round(os.getloadavg()[0], 2),  # a shared machine inflates both
-    }
-    print(f"{machine['gpu'] or machine['cpu']} ({machine['threads']} threads); weights: {weights}")
-    run_pipeline(generator, image, args)  # warm-ups
-    run_ours(engine, image, args)
-    theirs, ours = [], []
-    for _ in range(args.runs):
-        theirs.append(run_pipeline(generator, image, args))
-        ours.append(run_ours(engine, image, args))
-    pipeline_s = statistics.median(t for t, _ in theirs)
-    ours_s = statistics.median(t for t, _ in ours)
+    machine = {**machine_record(device), "transformers": transformers.__version__, "load_1m_at_start": load()}
+    print(
+        f"{machine['gpu'] or machine['cpu']} ({machine['threads']} threads); weights: {weights}; {args.mode}"
+    )
     doc = {
         "machine": machine,
         "weights": weights,
         "random_weights": args.checkpoint is None,
-        "image": f"scikit-image astronaut resized to {args.side}x{args.side}",
-        "grid": args.grid,
-        "points_per_batch": args.points_per_batch,
-        "thresholds": f"pred_iou_thresh 0, stability_score_thresh 0, NMS {args.box_nms_thresh}",
-        "pipeline": {
-            "precision": "fp32",
-            "seconds": [round(t, 3) for t, _ in theirs],
-            "masks": theirs[-1][1],
-        },
-        "ours": {"precision": precision, "seconds": [round(t, 3) for t, _ in ours], "masks": ours[-1][1]},
-        "speedup": round(pipeline_s / ours_s, 2),
-        "note": (
-            "mask counts differ by design: the pipeline has no per-crop box NMS and keeps stability "
-            "> thresh where Meta's generator (ours) keeps >= and NMSes within the crop first"
-        ),
+        **MODES[args.mode](args, device, model, precision),
     }
-    print(
-        f"pipeline {pipeline_s:.2f} s ({theirs[-1][1]} masks), ours {ours_s:.2f} s ({ours[-1][1]} masks, "
-        f"{precision}): {doc['speedup']}x"
-    )
+    doc["machine"]["load_1m_at_end"] = load()
+    print(f"{args.mode}: reference {doc['reference_s']:.2f} s, ours {doc['ours_s']:.2f} s: {doc['speedup']}x")
     args.output.mkdir(parents=True, exist_ok=True)
-    doc["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
-    path = args.output / f"sam2-amg-{device.type}-{precision}.json"
+    suffix = "" if args.mode != "amg" or args.thresholds == "zero" else f"-{args.thresholds}"
+    path = args.output / f"sam2-{args.mode}{suffix}-{device.type}-{precision}.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {path}")
 

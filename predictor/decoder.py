@@ -27,11 +27,29 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
-from segment_anything.modeling.transformer import Attention
+
+
+class AttentionWeights(Protocol):
+    """What the re-associated attention below reads of an attention layer: segment-anything's
+    ``Attention`` as it is, SAM 2.1's through :class:`predictor.sam2_decoder.Sam2Attention`."""
+
+    @property
+    def q_proj(self) -> torch.nn.Linear: ...
+    @property
+    def k_proj(self) -> torch.nn.Linear: ...
+    @property
+    def v_proj(self) -> torch.nn.Linear: ...
+    @property
+    def out_proj(self) -> torch.nn.Linear: ...
+    @property
+    def num_heads(self) -> int: ...
+    @property
+    def internal_dim(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -82,12 +100,7 @@ class FastDecoder:
         src = (features.flatten(2).transpose(1, 2).float() + dense).to(self.dtype)
         pos = prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2).to(self.dtype)
         first = self.transformer.layers[0]
-        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
-        keys0 = _heads(t2i.k_proj(src + pos), t2i.num_heads)
-        values0 = _heads(t2i.v_proj(src), t2i.num_heads)
-        queries0 = i2t.q_proj(src + pos)
-        queries0 = queries0.reshape(1, queries0.shape[1], i2t.num_heads, -1)
-        return DecoderContext(src, pos, keys0, values0, queries0)
+        return shared_context(first.cross_attn_token_to_image, first.cross_attn_image_to_token, src, pos)
 
     @torch.no_grad()
     def __call__(
@@ -107,12 +120,12 @@ class FastDecoder:
         # Block 1: the image side comes from the context.
         queries = first.norm1(first.self_attn(q=tokens, k=tokens, v=tokens))
         queries = first.norm2(
-            queries + _attend_shared(first.cross_attn_token_to_image, queries + tokens, context)
+            queries + attend_shared(first.cross_attn_token_to_image, queries + tokens, context)
         )
         queries = first.norm3(queries + first.mlp(queries))
         keys = first.norm4(
             context.src
-            + _image_to_tokens(first.cross_attn_image_to_token, context.queries0, None, queries, tokens)
+            + image_to_tokens(first.cross_attn_image_to_token, context.queries0, None, queries, tokens)
         )
 
         # Block 2.
@@ -120,15 +133,15 @@ class FastDecoder:
         queries = second.norm1(queries + second.self_attn(q=q, k=q, v=queries))
         keys_pos = keys + context.pos
         queries = second.norm2(
-            queries + _tokens_to_image(second.cross_attn_token_to_image, queries + tokens, keys_pos, keys)
+            queries + tokens_to_image(second.cross_attn_token_to_image, queries + tokens, keys_pos, keys)
         )
         queries = second.norm3(queries + second.mlp(queries))
         attn = second.cross_attn_image_to_token
-        keys = second.norm4(keys + _image_to_tokens(attn, None, keys_pos, queries, tokens))
+        keys = second.norm4(keys + image_to_tokens(attn, None, keys_pos, queries, tokens))
 
         # Final token-to-image attention (only the tokens' side is used afterwards).
         final = self.transformer.final_attn_token_to_image
-        attn_out = _tokens_to_image(final, queries + tokens, keys + context.pos, keys)
+        attn_out = tokens_to_image(final, queries + tokens, keys + context.pos, keys)
         queries = self.transformer.norm_final_attn(queries + attn_out)
 
         picked = range(1, decoder.num_mask_tokens) if multimask else range(0, 1)
@@ -156,13 +169,25 @@ class FastDecoder:
         return masks.reshape(batch, count, side * 4, side * 4)
 
 
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+def shared_context(
+    t2i: AttentionWeights, i2t: AttentionWeights, src: torch.Tensor, pos: torch.Tensor
+) -> DecoderContext:
+    """The first block's image side for ``src`` (``1xNxC``, image embedding plus dense prompt) and
+    ``pos``: ``t2i``'s keys and values, ``i2t``'s queries."""
+    keys0 = split_heads(t2i.k_proj(src + pos), t2i.num_heads)
+    values0 = split_heads(t2i.v_proj(src), t2i.num_heads)
+    queries0 = i2t.q_proj(src + pos)
+    queries0 = queries0.reshape(1, queries0.shape[1], i2t.num_heads, -1)
+    return DecoderContext(src, pos, keys0, values0, queries0)
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """``BxNx(H*d)`` -> ``BxHxNxd``."""
     batch, count, width = x.shape
     return x.reshape(batch, count, heads, width // heads).transpose(1, 2)
 
 
-def _attend_shared(attn: Attention, q: torch.Tensor, context: DecoderContext) -> torch.Tensor:
+def attend_shared(attn: AttentionWeights, q: torch.Tensor, context: DecoderContext) -> torch.Tensor:
     """First block's token-to-image attention against the context's shared keys and values."""
     batch, count, _ = q.shape
     heads = attn.num_heads
@@ -176,7 +201,9 @@ def _attend_shared(attn: Attention, q: torch.Tensor, context: DecoderContext) ->
     return projected
 
 
-def _tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def tokens_to_image(
+    attn: AttentionWeights, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
     """``attn(q, k, v)`` for T tokens ``q`` (``BxTxC``) over N image tokens ``k``, ``v`` (``BxNxC``),
     without projecting the N image tokens: products with the T queries instead."""
     batch, count, _ = q.shape
@@ -196,17 +223,21 @@ def _tokens_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch
     return projected
 
 
-def _image_to_tokens(
-    attn: Attention,
+def image_to_tokens(
+    attn: AttentionWeights,
     queries: torch.Tensor | None,
     image: torch.Tensor | None,
     tokens: torch.Tensor,
     tokens_pos: torch.Tensor,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``attn(q=image, k=tokens + pos, v=tokens)`` for N image tokens over T prompt tokens, ``BxNxC``.
 
     Either ``queries`` (``1xNxHxd``, already projected and shared) or ``image`` (``BxNxC``, projected
     here through the T keys) is given. The value and output projections are folded into the T values.
+    With ``residual`` (``BxNxC`` or ``1xNxC``) the result is ``residual + attn(...)`` in the same
+    product: the output bias rides in the values (each head's weights sum to one), so no ``BxNxC``
+    pass adds it.
     """
     batch, count, _ = tokens.shape
     heads = attn.num_heads
@@ -226,4 +257,6 @@ def _image_to_tokens(
         scores = (image @ through).reshape(batch, -1, heads, count)
         scores = scores + torch.einsum("bthd,hd->bht", keys, b_q)[:, None]
     weights = torch.softmax(scores * scale, dim=-1).reshape(batch, -1, heads * count)
-    return torch.baddbmm(attn.out_proj.bias, weights, values_out)
+    if residual is None:
+        return torch.baddbmm(attn.out_proj.bias, weights, values_out)
+    return torch.baddbmm(residual, weights, values_out + attn.out_proj.bias / heads)

@@ -45,9 +45,12 @@ M2M_LOGIT_CLAMP = 32.0  # SAM2ImagePredictor clamps low-res logits before they b
 
 # (crop HxWx3 uint8) -> the crop's embedding, opaque to the generator.
 EmbedCrop = Callable[[np.ndarray], Any]
-# (embedding, points Bx1x2 in model-input pixels, low-res mask prompts Bx1xhxw or None, multimask)
+# (embedding, points Bx1x2 in model-input pixels, low-res mask prompts Bx1xhxw or None, multimask,
+#  min_iou: prompts with no IoU over it may come back with zero logits, or None)
 #   -> (low-res logits BxMxhxw float32, predicted IoU BxM float32)
-DecodePoints = Callable[[Any, torch.Tensor, torch.Tensor | None, bool], tuple[torch.Tensor, torch.Tensor]]
+DecodePoints = Callable[
+    [Any, torch.Tensor, torch.Tensor | None, bool, float | None], tuple[torch.Tensor, torch.Tensor]
+]
 
 
 class Sam2MaskGenerator:
@@ -162,7 +165,10 @@ class Sam2MaskGenerator:
         started = time.perf_counter()
         scale = np.array([self.input_size / crop_size[1], self.input_size / crop_size[0]])
         coords = torch.as_tensor(points * scale, dtype=torch.float)[:, None, :]
-        low_res, iou_preds = self._decode(embedding, coords, None, self.multimask_output)
+        # With m2m every candidate is refined before the IoU filter (Meta's order): all need logits.
+        low_res, iou_preds = self._decode(
+            embedding, coords, None, self.multimask_output, None if self.use_m2m else self._min_iou
+        )
         per_point = low_res.shape[1]
         low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
         point_rows = torch.as_tensor(points).repeat_interleave(per_point, dim=0)
@@ -200,11 +206,20 @@ class Sam2MaskGenerator:
         for start in range(0, len(coords), self.points_per_batch):
             prompt = low_res[start : start + self.points_per_batch].clamp(-M2M_LOGIT_CLAMP, M2M_LOGIT_CLAMP)
             refined, iou = self._decode(
-                embedding, coords[start : start + self.points_per_batch], prompt[:, None], False
+                embedding,
+                coords[start : start + self.points_per_batch],
+                prompt[:, None],
+                False,
+                self._min_iou,
             )
             masks.append(refined[:, 0])
             ious.append(iou[:, 0])
         return torch.cat(masks), torch.cat(ious)
+
+    @property
+    def _min_iou(self) -> float | None:
+        """What the decoder may skip upscaling under: ``pred_iou_thresh`` when it filters."""
+        return self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None
 
     def _clock(self, stage: str, started: float) -> float:
         now = time.perf_counter()

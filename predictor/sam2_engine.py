@@ -33,6 +33,7 @@ from predictor.hardware import resolve_precision
 from predictor.instances import Prompts
 from predictor.records import generator_record, prompt_record
 from predictor.sam2_automatic import Sam2MaskGenerator
+from predictor.sam2_decoder import Sam2DecoderContext, Sam2FastDecoder
 from samdrop.budgets import check_auto_points, points_per_batch_for
 from samdrop.documents import MaskRecord
 from samdrop.errors import ConfigError
@@ -113,6 +114,8 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         self.input_size = int(model.config.prompt_encoder_config.image_size)
         self._mean = torch.tensor(IMAGE_MEAN, device=self.device)[:, None, None]
         self._std = torch.tensor(IMAGE_STD, device=self.device)[:, None, None]
+        self._decoder = Sam2FastDecoder(model, torch.bfloat16 if precision == "bf16" else torch.float32)
+        self._last_context: tuple[Sam2Embedding, Sam2DecoderContext] | None = None
         self._init_cache(cache_size)
 
     @classmethod
@@ -169,26 +172,38 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         boxes: torch.Tensor | None,
         mask_prompts: torch.Tensor | None,
         multimask: bool,
+        min_iou: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """B prompts on one image in one decoder call.
+        """B prompts on one image in one decoder call (``min_iou``: see
+        :meth:`~predictor.sam2_decoder.Sam2FastDecoder.__call__`).
 
         points: ``BxNx2`` and labels ``BxN`` (1 foreground, 0 background), boxes ``Bx4`` XYXY, all in
-        pixels of the model's input (S x S); mask_prompts: ``Bx1xhxw`` low-res logits. Returns
+        pixels of the model's input (S x S); mask_prompts: ``Bx1xhxw`` low-res logits (h = w = S/4,
+        as the decoder gives them). :class:`~predictor.sam2_decoder.Sam2FastDecoder` runs it. Returns
         low-res logits ``BxMxhxw`` float32 (h = w = S/4) and predicted IoU ``BxM`` float32, M = 3
         with ``multimask`` else 1 (SAM 2's single mask falls back to the best of three when unstable).
         """
-        count = next(t for t in (points, boxes) if t is not None).shape[0]
-        features = [level.expand(count, -1, -1, -1) for level in embedding.features]
-        with self._autocast():
-            output = self.model(
-                image_embeddings=features,
-                input_points=None if points is None else points[:, None].to(self.device),
-                input_labels=None if labels is None else labels[:, None].to(self.device),
-                input_boxes=None if boxes is None else boxes[:, None].to(self.device),
-                input_masks=None if mask_prompts is None else mask_prompts.to(self.device),
-                multimask_output=multimask,
-            )
-        return output.pred_masks[:, 0].float(), output.iou_scores[:, 0].float()
+        sparse, dense = self.model.prompt_encoder(
+            input_points=None if points is None else points[:, None].to(self.device),
+            input_labels=None if labels is None else labels[:, None].to(self.device),
+            input_boxes=None if boxes is None else boxes[:, None].to(self.device),
+            input_masks=None if mask_prompts is None else mask_prompts.to(self.device),
+        )
+        return self._decoder(
+            self._context(embedding),
+            sparse[:, 0],
+            multimask,
+            None if mask_prompts is None else dense,
+            min_iou,
+        )
+
+    def _context(self, embedding: Sam2Embedding) -> Sam2DecoderContext:
+        """The decoder's image side for ``embedding``, kept for the next call on the same one (an
+        automatic-mask image asks once per point batch)."""
+        last = self._last_context
+        if last is None or last[0] is not embedding:
+            last = self._last_context = (embedding, self._decoder.context(embedding.features))
+        return last[1]
 
     def _decode_points(
         self,
@@ -196,10 +211,11 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         coords: torch.Tensor,
         mask_prompts: torch.Tensor | None,
         multimask: bool,
+        min_iou: float | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Automatic masks' decoder call: one foreground point per prompt (``Bx1x2``)."""
         labels = torch.ones(coords.shape[:2], dtype=torch.int32)
-        return self.decode(embedding, coords, labels, None, mask_prompts, multimask)
+        return self.decode(embedding, coords, labels, None, mask_prompts, multimask, min_iou)
 
     # -- jobs --------------------------------------------------------------------------------
 

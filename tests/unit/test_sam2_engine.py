@@ -158,3 +158,22 @@ def test_automatic_masks_match_transformers_pipeline_with_its_filters_off(model:
     our_areas = sorted(m.area for m in ours.masks)
     their_areas = sorted(int(np.asarray(m).sum()) for m in theirs["masks"])
     np.testing.assert_allclose(our_areas, their_areas, rtol=0.02, atol=20)
+    # Mask by mask: each of our top masks (Sam2FastDecoder, IoU-gated) is one of the pipeline's
+    # (Sam2Model's own decoder, one full-size mask per candidate).
+    their_masks = [np.asarray(m, bool) for m in theirs["masks"]]
+    for record in sorted(ours.masks, key=lambda m: m.score, reverse=True)[:10]:
+        mine = rle_to_mask(record.rle).astype(bool)
+        best = max((mine & other).sum() / max((mine | other).sum(), 1) for other in their_masks)
+        assert best >= 0.9
+
+
+def test_iou_filter_before_upscaling_keeps_the_same_masks(engine: Sam2Engine, small: np.ndarray):
+    """pred_iou_thresh lets the decoder skip upscaling prompts that cannot pass: the masks kept are
+    exactly those of the unfiltered run over the threshold."""
+    everything = engine.generate(small, {**OPEN_AMG, "box_nms_thresh": 1.0})
+    scores = sorted({m.score for m in everything.masks})  # records round scores: cut between two
+    threshold = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
+    gated = engine.generate(small, {**OPEN_AMG, "box_nms_thresh": 1.0, "pred_iou_thresh": threshold})
+    expected = [m for m in everything.masks if m.score > threshold]
+    assert 0 < len(gated.masks) < len(everything.masks)
+    assert [(m.rle, m.score) for m in gated.masks] == [(m.rle, m.score) for m in expected]

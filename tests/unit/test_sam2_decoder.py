@@ -1,0 +1,80 @@
+"""Sam2FastDecoder against transformers' own Sam2Model decoder call, on a small random model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from predictor.sam2_decoder import Sam2FastDecoder
+from tests.sam2_models import INPUT_SIDE, tiny_sam2
+
+PROMPTS = 6
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    return tiny_sam2()
+
+
+@pytest.fixture(scope="module")
+def features(model: Any) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(7)
+    with torch.inference_mode():
+        return list(
+            model.get_image_embeddings(torch.randn(1, 3, INPUT_SIDE, INPUT_SIDE, generator=generator))
+        )
+
+
+def _prompts() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(11)
+    points = torch.rand(PROMPTS, 1, 2, 2, generator=generator) * INPUT_SIDE
+    labels = torch.tensor([[[1, 0]]] * PROMPTS, dtype=torch.int32)
+    masks = torch.randn(PROMPTS, 1, INPUT_SIDE // 4, INPUT_SIDE // 4, generator=generator) * 8
+    return points, labels, masks
+
+
+def _close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    scale = float(theirs.abs().max())
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_fp32_matches_sam2_model(model: Any, features: list[torch.Tensor], multimask: bool, with_mask: bool):
+    points, labels, masks = _prompts()
+    mask_prompts = masks if with_mask else None
+    decoder = Sam2FastDecoder(model)
+    with torch.inference_mode():
+        theirs = model(
+            image_embeddings=[level.expand(PROMPTS, -1, -1, -1) for level in features],
+            input_points=points,
+            input_labels=labels,
+            input_masks=mask_prompts,
+            multimask_output=multimask,
+        )
+        sparse, dense = model.prompt_encoder(points, labels, None, mask_prompts)
+        logits, iou = decoder(
+            decoder.context(tuple(features)), sparse[:, 0], multimask, dense if with_mask else None
+        )
+    assert logits.shape == (PROMPTS, 3 if multimask else 1, INPUT_SIDE // 4, INPUT_SIDE // 4)
+    _close(logits, theirs.pred_masks[:, 0])
+    _close(iou, theirs.iou_scores[:, 0])
+
+
+def test_min_iou_skips_only_prompts_that_cannot_pass(model: Any, features: list[torch.Tensor]):
+    points, labels, _ = _prompts()
+    decoder = Sam2FastDecoder(model)
+    with torch.inference_mode():
+        context = decoder.context(tuple(features))
+        sparse, _ = model.prompt_encoder(points, labels, None, None)
+        logits, iou = decoder(context, sparse[:, 0], True)
+        threshold = float(iou.max(dim=1).values.median())
+        gated, gated_iou = decoder(context, sparse[:, 0], True, min_iou=threshold)
+    passing = iou.max(dim=1).values > threshold
+    assert 0 < int(passing.sum()) < PROMPTS
+    torch.testing.assert_close(gated_iou, iou)
+    torch.testing.assert_close(gated[passing], logits[passing])
+    assert not gated[~passing].any()  # never upscaled

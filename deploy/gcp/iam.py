@@ -119,6 +119,12 @@ def grants(options: DeployOptions, completions_topic: str) -> list[Grant]:
             bucket,
             "read the images the function passes by gs:// URI (and no other bucket)",
         ),
+        # Granted whatever SAMDROP_TRACES says, so a later `SAMDROP_TRACES=cloud samdrop deploy` and
+        # destroy need no second list; the role only writes spans.
+        *(
+            Grant(account, "roles/cloudtrace.agent", "project", project, "write spans (SAMDROP_TRACES=cloud)")
+            for account in ("function", "endpoint")
+        ),
         Grant("pipeline", "roles/storage.objectViewer", "bucket", bucket, "read the batch's images"),
         Grant(
             "pipeline",

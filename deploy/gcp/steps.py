@@ -45,6 +45,7 @@ APIS = (
     "iam.googleapis.com",
     "logging.googleapis.com",
     "monitoring.googleapis.com",  # the dashboard and alert policies (deploy/gcp/monitoring.py)
+    "cloudtrace.googleapis.com",  # spans, when SAMDROP_TRACES=cloud (samdrop/tracing.py)
 )
 PUBSUB_AGENT = "serviceAccount:service-${project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 GCS_AGENT = "serviceAccount:${gcs_service_agent}"
@@ -260,7 +261,7 @@ def deploy_steps(options: DeployOptions, settings: Settings, *, repo_root: str =
             key="image",
         ),
         *_weights_steps(options, settings),
-        _model_step(options),
+        _model_step(options, s),
         Step(
             f"Endpoint {ENDPOINT_NAME}: the model on {_hardware(options)}, "
             f"{options.min_replicas}..{options.max_replicas} replicas"
@@ -404,10 +405,12 @@ def _weights_phrase(model_type: str, artifact_uri: str | None) -> str:
     return f" ({model_type}: no weights)"
 
 
-def _model_step(options: DeployOptions) -> Step:
+def _model_step(options: DeployOptions, settings: Settings) -> Step:
     names = options.names
     artifact_uri = checkpoint_folder(options.checkpoint_uri)
     environment = {"SAMDROP_MODEL_TYPE": options.model_type}
+    if settings.traces != "off":  # the predictor's spans join the function's trace (samdrop/tracing.py)
+        environment["SAMDROP_TRACES"] = settings.traces
     # the weights' source too: other weights staged into the same folder make a new model, since a
     # deployed one may serve its own copy of the folder (Vertex AI copies artifact_uri for it)
     digest = _digest(

@@ -287,9 +287,10 @@ def test_trust_zones_who_writes_where():
         for g in iam.grants(sample_options(), "samdrop-completions")
         if g.account == "endpoint"
     }
-    assert endpoint == {("roles/storage.objectViewer", "samdrop-demo-images")}, (
-        "the predictor reads its inputs only"
-    )
+    assert endpoint == {
+        ("roles/storage.objectViewer", "samdrop-demo-images"),
+        ("roles/cloudtrace.agent", "samdrop-demo"),
+    }, "the predictor reads its inputs only (and may write spans)"
 
 
 def test_the_function_may_predict_on_its_endpoint_and_launch_pipelines_nothing_wider():
@@ -482,3 +483,13 @@ def test_every_document_the_code_names_is_in_the_repository():
             named |= set(re.findall(r"docs/[\w/.-]+\.md", text))
     assert "docs/design.md" in named
     assert all((REPO_ROOT / name).is_file() for name in named), sorted(named)
+
+
+@pytest.mark.parametrize(("traces", "expected"), [("off", None), ("cloud", "cloud")])
+def test_the_endpoint_traces_as_the_function_does(traces, expected):
+    steps = deploy_steps(sample_options(), sample_settings(traces=traces))
+    (model,) = [s for s in steps if s.key == "model"]
+    (function,) = [s for s in steps if s.key == "function"]
+    assert isinstance(model.action, ApiCall) and isinstance(function.action, Gcloud)
+    assert model.action.args["environment"].get("SAMDROP_TRACES") == expected
+    assert any(f"SAMDROP_TRACES={traces}" in arg for arg in function.action.argv) == (expected is not None)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.listing import parse_prompts_file
+from pipeline.listing import parse_prompts_file, parse_ready
 from samdrop.batches import PROMPTS_FILE, READY, BatchPaths
 from samdrop.commandline import ExitStatus, positive_number, whole_number
 from samdrop.errors import InputNotFound, InvalidRequest, PermanentError
@@ -53,6 +53,13 @@ def add_commands(subparsers: Any) -> None:
     start.add_argument("--prompts", type=Path, help=f"a prompts file to upload as {PROMPTS_FILE}")
     start.add_argument(
         "--amg", help='automatic-mask parameters for the _READY body, JSON like {"points_per_side": 16}'
+    )
+    start.add_argument(
+        "--text",
+        action="append",
+        metavar="CONCEPT",
+        help='a SAM 3 concept for every image without its own prompts ("solar panel"); repeat for '
+        "more: they are the batch's COCO categories and YOLO classes, in this order",
     )
     start.add_argument(
         "--shard-size", type=whole_number(1), help="images per shard task (default SAMDROP_SHARD_SIZE)"
@@ -89,7 +96,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def start_command(args: argparse.Namespace, settings: Settings) -> int:
-    body = ready_body(args.amg, args.shard_size)
+    body = ready_body(args.amg, args.shard_size, args.text)
     planned = plan_batch_upload(args.paths, args.batch_id, settings, prompts=args.prompts)
     client = _storage_client(settings)
     for uri in upload_batch(client, settings, args.batch_id, planned, body):
@@ -97,18 +104,25 @@ def start_command(args: argparse.Namespace, settings: Settings) -> int:
     return ExitStatus.DONE
 
 
-def ready_body(amg: str | None, shard_size: int | None) -> bytes:
-    """The ``_READY`` body for the CLI options (empty: defaults)."""
+def ready_body(amg: str | None, shard_size: int | None, text: Sequence[str] | None = None) -> bytes:
+    """The ``_READY`` body for the CLI options (empty: defaults), checked by the batch's own
+    listing step (``parse_ready``) before anything is uploaded."""
     body: dict[str, Any] = {}
     if amg is not None:
         try:
             body["amg"] = json.loads(amg)
         except ValueError as exc:
             raise InvalidRequest(f"--amg is not JSON ({exc})") from None
-        check_amg(body["amg"], where="--amg")  # the check the batch's listing step makes, before any upload
+        check_amg(body["amg"], where="--amg")  # in the words every path uses for amg
+    if text:
+        body["text"] = list(text)
     if shard_size is not None:
         body["shard_size"] = shard_size
-    return json.dumps(body).encode("utf-8") if body else b""
+    if not body:
+        return b""
+    data = json.dumps(body).encode("utf-8")
+    parse_ready(data, default_shard_size=1, where="--text")  # the rest of the body, as the batch reads it
+    return data
 
 
 def plan_batch_upload(

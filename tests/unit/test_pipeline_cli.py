@@ -12,6 +12,7 @@ from google.auth.exceptions import DefaultCredentialsError
 
 from deploy.command import build_parser, main, use_local_stack, user_error
 from pipeline.cli import follow, plan_batch_upload, ready_body, summary
+from pipeline.listing import parse_ready
 from samdrop.batches import BatchPaths
 from samdrop.errors import InputNotFound, InvalidPrompt, InvalidRequest
 from samdrop.settings import Settings
@@ -166,3 +167,11 @@ def test_a_user_mistake_exits_2_with_one_line(capsys, tmp_path, monkeypatch):
     assert main(["batch", "start", str(tmp_path / "missing"), "--id", "run-1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("samdrop: error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_ready_body_carries_the_batch_wide_concepts_checked_as_the_batch_reads_them():
+    body = json.loads(ready_body(None, None, ["solar panel", "car"]))
+    assert body == {"text": ["solar panel", "car"]}
+    assert parse_ready(json.dumps(body).encode(), default_shard_size=1).text == ["solar panel", "car"]
+    with pytest.raises(InvalidRequest, match="--text"):
+        ready_body(None, None, [""])

@@ -199,7 +199,7 @@ def parse_ready(body: bytes, *, default_shard_size: int, where: str = READY) -> 
     concepts: list[str] | None = None
     if "text" in raw:
         try:
-            concepts = (check_prompts({"text": raw["text"]}, where=f"{where}:") or {})["text"]
+            concepts = (check_prompts({"text": raw["text"]}, where=where) or {})["text"]
         except PermanentError as exc:
             raise InvalidRequest(exc.message) from None
     return BatchOptions(

@@ -9,9 +9,13 @@ intersection of the pieces covers at least ``MATCH_IOS`` of the smaller one; mat
 unioned into one mask with one id (union-find, so an object cut by four tiles comes out whole).
 Merged masks whose IoU still exceeds ``DUPLICATE_IOU`` keep only the better-scored one.
 
-Prompts are routed instead: each box (with the points, if any) or the point group runs on a window
-around it at native resolution (a tile-sized window, larger for a box that does not fit one), and
-its masks are written back at their place in the full image.
+Text concepts (SAM 3) run over the same grid: every tile is asked every concept, and only pieces
+of the same concept are matched and merged, so a stitched mask keeps its ``label``. A concept with
+exemplar boxes runs whole (the boxes belong to the whole image's coordinates).
+
+Point and box prompts are routed instead: each box (with the points, if any) or the point group
+runs on a window around it at native resolution (a tile-sized window, larger for a box that does
+not fit one), and its masks are written back at their place in the full image.
 
 Memory: the image itself, one batch of tiles, the pieces as RLE, and one merged mask at a time
 (encoded column strip by column strip). See docs/design.md "Tiling".
@@ -100,8 +104,8 @@ def tile_grid(width: int, height: int, tiling: Tiling) -> Grid:
 
 def run_jobs(engine: Engine, jobs: Sequence[Job], tilings: Sequence[Tiling | None]) -> list[MaskSet]:
     """``engine.run(jobs)``, except that a job with a tiling runs tiled (see the module's docstring).
-    Text concepts (SAM 3) always run whole: tiling is not implemented for them yet."""
-    tilings = [None if _is_text(job) else tiling for job, tiling in zip(jobs, tilings, strict=True)]
+    Text concepts with exemplar boxes run whole."""
+    tilings = [None if _has_exemplars(job) else tiling for job, tiling in zip(jobs, tilings, strict=True)]
     results: list[MaskSet | None] = [None] * len(jobs)
     whole = [i for i, tiling in enumerate(tilings) if tiling is None]
     if whole:
@@ -112,7 +116,7 @@ def run_jobs(engine: Engine, jobs: Sequence[Job], tilings: Sequence[Tiling | Non
             job = jobs[i]
             results[i] = (
                 segment_windows(engine, job, tiling)
-                if job.prompts is not None
+                if job.prompts is not None and not _is_text(job)
                 else segment_tiles(engine, job, tiling)
             )
     return [result for result in results if result is not None]
@@ -122,13 +126,18 @@ def _is_text(job: Job) -> bool:
     return job.prompts is not None and job.prompts.text is not None
 
 
+def _has_exemplars(job: Job) -> bool:
+    return _is_text(job) and job.prompts is not None and job.prompts.boxes is not None
+
+
 # -- automatic masks over a grid --------------------------------------------------------------
 
 
 @dataclass
 class Piece:
     """One tile's mask: ``box`` ``[x0, y0, x1, y1)`` in the full image, ``crop`` the box-cropped
-    mask as compressed COCO RLE; ``points``: the grid points that made it, full-image px XY."""
+    mask as compressed COCO RLE; ``points``: the grid points that made it, full-image px XY;
+    ``label``/``prompt_index``: the concept that found it (text prompts), else None."""
 
     tile: int
     box: tuple[int, int, int, int]
@@ -137,6 +146,8 @@ class Piece:
     score: float
     stability: float
     points: list[list[float]]
+    label: str | None = None
+    prompt_index: int | None = None
 
     def mask(self) -> np.ndarray:
         decoded: np.ndarray = mask_utils.decode(self.crop).astype(bool)
@@ -190,6 +201,8 @@ class Stitcher:
                 score=float(record.score),
                 stability=float(record.stability_score or 0.0),
                 points=[[p[0] + tile.x0, p[1] + tile.y0] for p in record.point_coords or []],
+                label=record.label,
+                prompt_index=record.prompt_index,
             )
             index = len(self.pieces)
             self.pieces.append(piece)
@@ -201,7 +214,7 @@ class Stitcher:
                         self._union(index, j)
 
     def _same_object(self, a: Piece, b: Piece, band: tuple[int, int, int, int]) -> bool:
-        if not _boxes_meet(a.box, b.box):
+        if a.label != b.label or not _boxes_meet(a.box, b.box):
             return False
         inside_a, inside_b = a.within(band), b.within(band)
         if inside_a is None or inside_b is None:
@@ -228,9 +241,10 @@ class Stitcher:
         return list(groups.values())
 
     def masks(self) -> list[MaskRecord]:
-        """One record per stitched mask, at full resolution, best score first, near-duplicates dropped."""
+        """One record per stitched mask, at full resolution, best score first (concept by concept,
+        in the order asked), near-duplicates of the same concept dropped."""
         records = [self._merge([self.pieces[i] for i in group]) for group in self.groups()]
-        records.sort(key=lambda r: -r.score)
+        records.sort(key=lambda r: (r.prompt_index or 0, -r.score))
         return _drop_duplicates(records)
 
     def _merge(self, pieces: list[Piece]) -> MaskRecord:
@@ -247,18 +261,22 @@ class Stitcher:
             stability_score=round(float(np.average([p.stability for p in pieces], weights=weights)), 4),
             box=[x0 + bx0, y0 + by0, x0 + bx1 - 1, y0 + by1 - 1],
             area=int(np.count_nonzero(canvas)),
-            point_coords=[point for p in pieces for point in p.points],
+            point_coords=[point for p in pieces for point in p.points] or None,
+            prompt_index=pieces[0].prompt_index,
+            label=pieces[0].label,
             tiles=sorted({p.tile for p in pieces}),
         )
 
 
 def segment_tiles(engine: Engine, job: Job, tiling: Tiling) -> MaskSet:
-    """Automatic masks of ``job.image`` (``HxWx3 uint8``) over a grid of tiles, stitched."""
+    """Automatic masks (or text concepts) of ``job.image`` (``HxWx3 uint8``) over a grid of tiles,
+    stitched."""
     height, width = job.image.shape[:2]
     grid = tile_grid(width, height, tiling)
     stitcher = Stitcher(grid, width, height)
     runs = _Runs(engine)
-    for tile, result in runs.each(grid.tiles, lambda tile: Job(_crop(job.image, tile), None, job.amg)):
+    prompts = job.prompts if _is_text(job) else None
+    for tile, result in runs.each(grid.tiles, lambda tile: Job(_crop(job.image, tile), prompts, job.amg)):
         stitcher.add(tile, result.masks)
     started = time.perf_counter()
     masks = stitcher.masks()
@@ -370,11 +388,13 @@ def crop_to_rle(
 
 
 def _drop_duplicates(records: list[MaskRecord]) -> list[MaskRecord]:
-    """Keep a record unless one kept before it (better score) has IoU above ``DUPLICATE_IOU``."""
+    """Keep a record unless one kept before it (better score, same label) has IoU above ``DUPLICATE_IOU``."""
     kept: list[MaskRecord] = []
     for record in records:
         duplicate = False
         for other in kept:
+            if record.label != other.label:
+                continue
             small, large = sorted((record.area, other.area))
             if small < DUPLICATE_IOU * large or not _boxes_meet(_exclusive(record), _exclusive(other)):
                 continue

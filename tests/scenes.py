@@ -126,21 +126,28 @@ ENCODINGS = ("exif_jpeg", "cmyk_jpeg", "png16", "rgba_png", "webp")
 class ObjectPixels:
     """A stand-in mask source: in each image it is given, the mask is the pixels whose red channel is
     255 (the true objects), split into one mask per object id in the green channel; a box prompt
-    keeps the part inside its box."""
+    keeps the part inside its box. Text prompts name objects through ``concepts`` (concept → the
+    green id of its objects): each concept's masks carry it as their ``label``."""
 
     model_type = "fake"
     description: dict[str, Any] = {"type": "fake"}  # noqa: RUF012
     auto_points_per_side = 4
 
-    def __init__(self, batch_size: int = 3) -> None:
+    def __init__(self, batch_size: int = 3, concepts: dict[str, int] | None = None) -> None:
         self.batch_size = batch_size
+        self.concepts = concepts or {}
         self.shapes: list[tuple[int, int]] = []
+        self.prompts_seen: list[Any] = []
 
     def run(self, jobs: Sequence[Job]) -> list[MaskSet]:
         results = []
         for job in jobs:
             image = job.image
             self.shapes.append(image.shape[:2])
+            self.prompts_seen.append(job.prompts)
+            if job.prompts is not None and job.prompts.text is not None:
+                results.append(self._concepts(image, job.prompts.text))
+                continue
             masks = []
             for ident in sorted(set(np.unique(image[..., 1][image[..., 0] == 255]))):
                 mask = (image[..., 0] == 255) & (image[..., 1] == ident)
@@ -163,6 +170,23 @@ class ObjectPixels:
                     )
             results.append(MaskSet(masks, image.shape[1], image.shape[0], timings_ms={"decoder": 1.0}))
         return results
+
+    def _concepts(self, image: np.ndarray, text: Sequence[str]) -> MaskSet:
+        masks = []
+        for index, concept in enumerate(text):
+            mask = (image[..., 0] == 255) & (image[..., 1] == self.concepts.get(concept, -1))
+            if mask.any():
+                record = MaskRecord(
+                    segmentation=mask_to_rle(mask),
+                    score=0.8,
+                    stability_score=0.0,
+                    box=mask_box(mask),
+                    area=int(mask.sum()),
+                    prompt_index=index,
+                    label=concept,
+                )
+                masks.append(record)
+        return MaskSet(masks, image.shape[1], image.shape[0], timings_ms={"decoder": 1.0})
 
     def embed(self, images: Sequence[np.ndarray]) -> Sequence[Any]:
         return []

@@ -18,6 +18,7 @@ from predictor.cpr import SamRoutine
 from predictor.engine import Job
 from predictor.instances import parse_instance
 from predictor.sam3_engine import Sam3Engine
+from predictor.tiling import Tiling, run_jobs
 from samdrop.errors import InvalidRequest
 from samdrop.settings import Settings
 from tests.sam3_models import write_tiny_sam3
@@ -111,3 +112,16 @@ def test_the_predictor_answers_text_and_refuses_automatic_masks(engine: Sam3Engi
     assert (text["width"], text["height"]) == (40, 30) and text["model"]["type"] == "sam3"
     assert automatic["error"]["code"] == "invalid_request"
     assert "cannot make automatic masks" in automatic["error"]["message"]
+
+
+def test_a_tiled_image_asks_every_tile_each_concept_and_keeps_the_labels(engine: Sam3Engine) -> None:
+    """The real SAM 3 engine through the tiling path (where masks land is proven with a stand-in in
+    test_tiling.py): 2 x 2 tiles, every mask full size and labelled, concepts in the order asked."""
+    image = np.random.default_rng(5).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    (result,) = run_jobs(engine, [_job(image, text=["car", "tree"])], [Tiling(120, 20)])
+    assert result.tiling == {"tile": 120, "overlap": 20, "tiles": 4, "grid": [2, 2]}
+    assert result.masks and {m.label for m in result.masks} <= {"car", "tree"}
+    assert [m.prompt_index for m in result.masks] == sorted(m.prompt_index or 0 for m in result.masks)
+    for mask in result.masks:
+        assert mask.rle["size"] == [150, 200] and mask.tiles
+        assert mask.prompt_index == ["car", "tree"].index(mask.label or "")

@@ -16,12 +16,13 @@ from pipeline.report import build_report, summarize
 from pipeline.shard import ShardWorker
 from predictor.cpr import SamRoutine
 from predictor.engine import Job
-from predictor.instances import parse_prompts
+from predictor.instances import Prompts, parse_prompts, prompts_from
 from predictor.tiling import (
     Tiling,
     crop_to_rle,
     prompt_windows,
     resolve_tiling,
+    run_jobs,
     segment_tiles,
     segment_windows,
     tile_grid,
@@ -134,6 +135,38 @@ def test_an_object_inside_an_overlap_is_not_left_twice():
     assert result.tiling is not None and result.tiling["tiles"] == 2
     assert len(result.masks) == 1 and (rle_to_mask(result.masks[0].rle) == obj).all()
     assert result.masks[0].tiles == [0, 1]
+
+
+def _concepts(raw: dict) -> Prompts | None:
+    return prompts_from(check_prompts(raw, where="prompts") or {})
+
+
+def test_text_concepts_run_on_every_tile_and_stitch_per_concept():
+    image, big, small = _scene(1800, 1800)
+    image[big & (np.arange(1800)[None, :] >= 900)] = (255, 3, 0)  # the ring's right half: another concept
+    # "loop" finds the same object as "ring": two concepts, two masks, never merged or deduplicated
+    engine = ObjectPixels(concepts={"ring": 1, "square": 2, "half": 3, "absent": 9, "loop": 1})
+    job = Job(image, _concepts({"text": ["half", "ring", "absent", "square", "loop"]}), {})
+    (result,) = run_jobs(engine, [job], [Tiling(1024, 128)])
+    assert engine.shapes == [(1024, 1024)] * 4 and all(p.text for p in engine.prompts_seen)
+    found = [(m.label, m.prompt_index) for m in result.masks]
+    assert found == [("half", 0), ("ring", 1), ("square", 3), ("loop", 4)]
+    half, ring, square, loop = (rle_to_mask(m.rle) for m in result.masks)
+    assert (loop == ring).all()
+    # the two concepts touch along x = 900 and each is stitched from its own pieces only
+    assert (ring == (big & (np.arange(1800)[None, :] < 900))).all()
+    assert (half == (big & (np.arange(1800)[None, :] >= 900))).all()
+    assert (square == small).all() and result.masks[2].tiles == [0]
+    assert result.masks[0].tiles == [0, 1, 2, 3] and result.masks[0].point_coords is None
+
+
+def test_text_concepts_with_exemplar_boxes_run_whole():
+    image, _, small = _scene(1800, 1800)
+    engine = ObjectPixels(concepts={"square": 2})
+    job = Job(image, _concepts({"text": ["square"], "boxes": [[50, 40, 119, 89]]}), {})
+    (result,) = run_jobs(engine, [job], [Tiling(1024, 128)])
+    assert engine.shapes == [(1800, 1800)] and result.tiling is None
+    assert [m.label for m in result.masks] == ["square"] and (rle_to_mask(result.masks[0].rle) == small).all()
 
 
 def test_each_prompt_runs_on_a_window_around_it_at_native_resolution():

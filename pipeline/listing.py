@@ -19,6 +19,7 @@ from samdrop.budgets import loads_limited
 from samdrop.errors import ErrorInfo, InputNotFound, InvalidPrompt, InvalidRequest, PermanentError
 from samdrop.images import is_image_object
 from samdrop.layout import input_generation, json_record, write_output
+from samdrop.models import model_info, text_refused
 from samdrop.prompts import check_amg, check_prompts, check_tiling
 from samdrop.storage import ObjectInfo, ObjectStore
 
@@ -309,17 +310,27 @@ def failed_plan(paths: BatchPaths, marker_generation: int, error: PermanentError
 
 
 def plan_batch(
-    paths: BatchPaths, marker_generation: int, store: TreeStore, *, default_shard_size: int, workers: int = 1
+    paths: BatchPaths,
+    marker_generation: int,
+    store: TreeStore,
+    *,
+    default_shard_size: int,
+    workers: int = 1,
+    model_type: str | None = None,
 ) -> BatchPlan:
     """Read the marker, ``prompts.json`` and the listing; never raises for bad input (see ``error``).
     ``default_shard_size`` (0: automatic) applies unless the marker sets one; ``workers``: shard
-    tasks the pipeline runs at once.
+    tasks the pipeline runs at once; ``model_type``: the model the batch will run on (None or
+    ``auto``: not known yet), so batch-wide text concepts it cannot take fail the batch before any
+    image is read.
 
     Raises ``TransientError``/``ConfigError`` when storage cannot be read at all.
     """
     try:
         body = store.read(paths.bucket, paths.marker, generation=marker_generation or None)
         options = parse_ready(body, default_shard_size=default_shard_size, where=paths.input(paths.marker))
+        if options.text and model_type not in (None, "auto") and not model_info(model_type).text:
+            raise InvalidRequest(f"{paths.input(paths.marker)}: {text_refused(model_type)}")
         objects = store.list_tree(paths.bucket, paths.input_folder)
         prompts_name = paths.input_folder + options.prompts
         prompts: Mapping[str, dict[str, Any] | PermanentError] = {}

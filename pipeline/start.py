@@ -80,6 +80,7 @@ def start_batch(
             store,
             default_shard_size=settings.shard_size,
             workers=settings.pipeline_parallelism,
+            model_type=settings.model_type,
         )
         if plan.error is not None:
             message = failed_completion(paths, plan.error["code"], plan.error["message"])

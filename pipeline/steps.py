@@ -98,6 +98,7 @@ def list_step(ctx: Context, batch_id: str, bucket: str, marker_generation: int) 
         ctx.store,
         default_shard_size=ctx.settings.shard_size,
         workers=ctx.settings.pipeline_parallelism,
+        model_type=ctx.settings.model_type,
     )
     write_plan(paths, plan, ctx.store, list_ms=round((time.perf_counter() - started) * 1000, 1))
     return list(range(len(plan.shards)))

@@ -216,3 +216,18 @@ def test_ready_text_is_the_prompt_of_every_image_without_its_own_entry():
     assert options.prompts_for(None) == {"text": ["ellipse"]}
     assert options.prompts_for({"points": [[1, 2]], "labels": [1]}) == {"points": [[1, 2]], "labels": [1]}
     assert parse_ready(b"", default_shard_size=8).prompts_for(None) == {}
+
+
+@pytest.mark.parametrize(
+    ("model_type", "refused"), [("sam2.1_hiera_tiny", True), ("sam3", False), ("auto", False)]
+)
+def test_batch_wide_text_for_a_model_without_text_fails_the_batch_before_any_image(model_type, refused):
+    store = TreeStore()
+    store.put(BUCKET, "batches/b1/x.png", png(), content_type="image/png")
+    marker = store.put(BUCKET, "batches/b1/_READY", b'{"text": ["solar panel"]}')
+    plan = plan_batch(PATHS, marker, store, default_shard_size=64, model_type=model_type)
+    if refused:
+        assert plan.error is not None and plan.error["code"] == "invalid_request" and plan.shards == []
+        assert "sam3" in plan.error["message"] and "_READY" in plan.error["message"]
+    else:  # sam3 takes text; auto is decided where the model loads (the predictor refuses there)
+        assert plan.error is None and plan.options.text == ["solar panel"] and len(plan.shards) == 1

@@ -261,7 +261,7 @@ class Stitcher:
             stability_score=round(float(np.average([p.stability for p in pieces], weights=weights)), 4),
             box=[x0 + bx0, y0 + by0, x0 + bx1 - 1, y0 + by1 - 1],
             area=int(np.count_nonzero(canvas)),
-            point_coords=[point for p in pieces for point in p.points] or None,
+            point_coords=None if pieces[0].label is not None else [pt for p in pieces for pt in p.points],
             prompt_index=pieces[0].prompt_index,
             label=pieces[0].label,
             tiles=sorted({p.tile for p in pieces}),

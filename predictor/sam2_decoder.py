@@ -157,24 +157,26 @@ class Sam2FastDecoder:
             attended = attend_shared(t2i1, queries + tokens, context)
         else:
             src = context.image + dense.to(self.dtype).flatten(2).transpose(1, 2)
-            attended = tokens_to_image(t2i1, queries + tokens, src + context.pos, src)
+            attended = tokens_to_image(t2i1, queries + tokens, src, src, context.pos)
         queries = first.layer_norm2(queries + attended)
         queries = first.layer_norm3(queries + first.mlp(queries))
         if dense is None:
             keys = first.layer_norm4(image_to_tokens(i2t1, context.queries0, None, queries, tokens, src))
         else:
-            keys = first.layer_norm4(image_to_tokens(i2t1, None, src + context.pos, queries, tokens, src))
+            keys = first.layer_norm4(image_to_tokens(i2t1, None, src, queries, tokens, src, context.pos))
 
         # Block 2.
         q = queries + tokens
         queries = second.layer_norm1(queries + _self_attention(second.self_attn, q, q, queries))
-        keys_pos = keys + context.pos
-        queries = second.layer_norm2(queries + tokens_to_image(t2i2, queries + tokens, keys_pos, keys))
+        # keys + pos is never formed: its products are the keys' plus the shared positions'.
+        queries = second.layer_norm2(
+            queries + tokens_to_image(t2i2, queries + tokens, keys, keys, context.pos)
+        )
         queries = second.layer_norm3(queries + second.mlp(queries))
-        keys = second.layer_norm4(image_to_tokens(i2t2, None, keys_pos, queries, tokens, keys))
+        keys = second.layer_norm4(image_to_tokens(i2t2, None, keys, queries, tokens, keys, context.pos))
 
         # Final token-to-image attention (only the tokens' side is used afterwards).
-        attended = tokens_to_image(self._final, queries + tokens, keys + context.pos, keys)
+        attended = tokens_to_image(self._final, queries + tokens, keys, keys, context.pos)
         queries = decoder.transformer.layer_norm_final_attn(queries + attended)
 
         dynamic = not multimask and decoder.dynamic_multimask_via_stability

@@ -33,6 +33,10 @@ import torch.nn.functional as F
 
 from predictor.decoder import DecoderContext, attend_shared, image_to_tokens, shared_context, tokens_to_image
 
+# Prompts decoded together: each holds several 4096x256 image-token tensors, and a chunk's should
+# stay in the CPU's last-level cache (8 prompts' bf16 one is 16 MiB).
+PROMPT_CHUNK = 8
+
 
 @dataclass(frozen=True)
 class Sam2Attention:
@@ -73,9 +77,10 @@ class Sam2FastDecoder:
     """Low-res mask logits and IoU predictions for batches of prompts on one image, as
     ``Sam2MaskDecoder`` gives them (with ``Sam2Model``'s dynamic single-mask choice)."""
 
-    def __init__(self, model: Any, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: Any, dtype: torch.dtype = torch.float32, chunk: int = PROMPT_CHUNK) -> None:
         self.model = model
         self.dtype = dtype
+        self.chunk = chunk
         source = model.mask_decoder
         self.decoder = source if dtype == torch.float32 else copy.deepcopy(source).to(dtype)
         transformer = self.decoder.transformer
@@ -140,6 +145,18 @@ class Sam2FastDecoder:
         can pass skips the upscaling, half the decoder's work; its logits come back as zeros and
         its IoUs are at most ``min_iou`` (the caller's filter drops them unread).
         """
+        if sparse.shape[0] > self.chunk:  # per-prompt BxNxC tensors that stay in cache
+            parts = [
+                self(
+                    context,
+                    sparse[start : start + self.chunk],
+                    multimask,
+                    None if dense is None else dense[start : start + self.chunk],
+                    min_iou,
+                )
+                for start in range(0, sparse.shape[0], self.chunk)
+            ]
+            return torch.cat([logits for logits, _ in parts]), torch.cat([iou for _, iou in parts])
         decoder = self.decoder
         batch = sparse.shape[0]
         output_tokens = torch.cat(

@@ -195,25 +195,35 @@ def attend_shared(attn: AttentionWeights, q: torch.Tensor, context: DecoderConte
     query = attn.q_proj(q).reshape(batch * count, heads, -1).transpose(0, 1)
     scale = 1 / math.sqrt(query.shape[-1])
     keys, values = context.keys0[0], context.values0[0]
-    weights = torch.softmax((query @ keys.transpose(1, 2)) * scale, dim=-1)
+    weights = torch.softmax((query * scale) @ keys.transpose(1, 2), dim=-1)
     out = (weights @ values).transpose(0, 1).reshape(batch, count, -1)  # B x T x H*d
     projected: torch.Tensor = attn.out_proj(out)
     return projected
 
 
 def tokens_to_image(
-    attn: AttentionWeights, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    attn: AttentionWeights,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_pos: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``attn(q, k, v)`` for T tokens ``q`` (``BxTxC``) over N image tokens ``k``, ``v`` (``BxNxC``),
-    without projecting the N image tokens: products with the T queries instead."""
+    """``attn(q, k + k_pos, v)`` for T tokens ``q`` (``BxTxC``) over N image tokens ``k``, ``v``
+    (``BxNxC``; ``k_pos`` ``1xNxC`` shared, or ``None``), without projecting the N image tokens:
+    products with the T queries instead. ``k + k_pos`` is never formed: its product with the queries
+    is the sum of the two products, the shared one a single matrix product for the whole batch."""
     batch, count, _ = q.shape
     heads = attn.num_heads
     head_dim = attn.internal_dim // heads
-    query = attn.q_proj(q).reshape(batch, count, heads, head_dim)
+    query = attn.q_proj(q).reshape(batch, count, heads, head_dim) / math.sqrt(head_dim)
     w_k = attn.k_proj.weight.reshape(heads, head_dim, -1)  # H x d x C
     # (q W_k) per head: B x (H*T) x C; the key bias adds a per-row constant, which softmax drops.
     q_in = torch.einsum("bthd,hdc->bhtc", query, w_k).reshape(batch, heads * count, -1)
-    scores = (q_in @ k.transpose(1, 2)) / math.sqrt(head_dim)
+    if k_pos is None:
+        scores = q_in @ k.transpose(1, 2)
+    else:
+        scores = (q_in.reshape(batch * heads * count, -1) @ k_pos[0].t()).view(batch, heads * count, -1)
+        scores.baddbmm_(q_in, k.transpose(1, 2))
     weights = torch.softmax(scores, dim=-1)
     mixed = (weights @ v).reshape(batch, heads, count, -1)  # attention-weighted x
     w_v = attn.v_proj.weight.reshape(heads, head_dim, -1)
@@ -230,33 +240,47 @@ def image_to_tokens(
     tokens: torch.Tensor,
     tokens_pos: torch.Tensor,
     residual: torch.Tensor | None = None,
+    image_pos: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``attn(q=image, k=tokens + pos, v=tokens)`` for N image tokens over T prompt tokens, ``BxNxC``.
+    """``attn(q=image + image_pos, k=tokens + pos, v=tokens)`` for N image tokens over T prompt
+    tokens, ``BxNxC``.
 
     Either ``queries`` (``1xNxHxd``, already projected and shared) or ``image`` (``BxNxC``, projected
-    here through the T keys) is given. The value and output projections are folded into the T values.
-    With ``residual`` (``BxNxC`` or ``1xNxC``) the result is ``residual + attn(...)`` in the same
-    product: the output bias rides in the values (each head's weights sum to one), so no ``BxNxC``
-    pass adds it.
+    here through the T keys; ``image_pos`` ``1xNxC`` shared, or ``None``) is given. The value and
+    output projections are folded into the T values. With ``residual`` (``BxNxC`` or ``1xNxC``) the
+    result is ``residual + attn(...)`` in the same product: the output bias rides in the values (each
+    head's weights sum to one), so no ``BxNxC`` pass adds it.
+
+    Scores are laid out ``B x (T*H) x N``: the softmax over the T tokens then runs across rows with
+    the N image tokens contiguous (vectorised), and scale and query bias ride in the T keys.
     """
     batch, count, _ = tokens.shape
     heads = attn.num_heads
     head_dim = attn.internal_dim // heads
-    keys = attn.k_proj(tokens + tokens_pos).reshape(batch, count, heads, head_dim)
+    keys = attn.k_proj(tokens + tokens_pos).reshape(batch, count, heads, head_dim) / math.sqrt(head_dim)
     values = attn.v_proj(tokens).reshape(batch, count, heads, head_dim)
     w_o = attn.out_proj.weight.reshape(-1, heads, head_dim)  # C x H x d
-    values_out = torch.einsum("bthd,chd->bhtc", values, w_o).reshape(batch, heads * count, -1)
-    scale = 1 / math.sqrt(head_dim)
+    values_out = torch.einsum("bthd,chd->bthc", values, w_o).reshape(batch, count * heads, -1)
     if queries is not None:
-        scores = torch.einsum("nhd,bthd->bnht", queries[0], keys)
+        # Each (t, h) row holds its key in head h's columns: one product with all heads' queries.
+        eye = torch.eye(heads, dtype=keys.dtype, device=keys.device)
+        spread = torch.einsum("bthd,hg->bthgd", keys, eye).reshape(batch, count * heads, -1)
+        scores = spread @ queries[0].flatten(1).t()
     else:
         assert image is not None
         w_q = attn.q_proj.weight.reshape(heads, head_dim, -1)  # H x d x C
         b_q = attn.q_proj.bias.reshape(heads, head_dim)
-        through = torch.einsum("bthd,hdc->bcht", keys, w_q).reshape(batch, -1, heads * count)
-        scores = (image @ through).reshape(batch, -1, heads, count)
-        scores = scores + torch.einsum("bthd,hd->bht", keys, b_q)[:, None]
-    weights = torch.softmax(scores * scale, dim=-1).reshape(batch, -1, heads * count)
+        through = torch.einsum("bthd,hdc->bthc", keys, w_q).reshape(batch, count * heads, -1)
+        bias = torch.einsum("bthd,hd->bth", keys, b_q).reshape(batch, count * heads, 1)
+        if image_pos is None:
+            scores = torch.baddbmm(bias, through, image.transpose(1, 2))
+        else:
+            shared = torch.addmm(
+                bias.reshape(-1, 1), through.reshape(-1, through.shape[-1]), image_pos[0].t()
+            )
+            scores = shared.view(batch, count * heads, -1).baddbmm_(through, image.transpose(1, 2))
+    weights = torch.softmax(scores.view(batch, count, -1), dim=1).view(batch, count * heads, -1)
+    weights_t = weights.transpose(1, 2)  # B x N x (T*H)
     if residual is None:
-        return torch.baddbmm(attn.out_proj.bias, weights, values_out)
-    return torch.baddbmm(residual, weights, values_out + attn.out_proj.bias / heads)
+        return torch.baddbmm(attn.out_proj.bias, weights_t, values_out)
+    return torch.baddbmm(residual, weights_t, values_out + attn.out_proj.bias / heads)

@@ -33,6 +33,10 @@ import torch.nn.functional as F
 
 from predictor.decoder import DecoderContext, attend_shared, image_to_tokens, shared_context, tokens_to_image
 
+# Prompts decoded together: each holds several 4096x256 image-token tensors, and a chunk's should
+# stay in the CPU's last-level cache (8 prompts' bf16 one is 16 MiB).
+PROMPT_CHUNK = 8
+
 
 @dataclass(frozen=True)
 class Sam2Attention:
@@ -73,9 +77,10 @@ class Sam2FastDecoder:
     """Low-res mask logits and IoU predictions for batches of prompts on one image, as
     ``Sam2MaskDecoder`` gives them (with ``Sam2Model``'s dynamic single-mask choice)."""
 
-    def __init__(self, model: Any, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: Any, dtype: torch.dtype = torch.float32, chunk: int = PROMPT_CHUNK) -> None:
         self.model = model
         self.dtype = dtype
+        self.chunk = chunk
         source = model.mask_decoder
         self.decoder = source if dtype == torch.float32 else copy.deepcopy(source).to(dtype)
         transformer = self.decoder.transformer
@@ -140,6 +145,18 @@ class Sam2FastDecoder:
         can pass skips the upscaling, half the decoder's work; its logits come back as zeros and
         its IoUs are at most ``min_iou`` (the caller's filter drops them unread).
         """
+        if sparse.shape[0] > self.chunk:  # per-prompt BxNxC tensors that stay in cache
+            parts = [
+                self(
+                    context,
+                    sparse[start : start + self.chunk],
+                    multimask,
+                    None if dense is None else dense[start : start + self.chunk],
+                    min_iou,
+                )
+                for start in range(0, sparse.shape[0], self.chunk)
+            ]
+            return torch.cat([logits for logits, _ in parts]), torch.cat([iou for _, iou in parts])
         decoder = self.decoder
         batch = sparse.shape[0]
         output_tokens = torch.cat(
@@ -157,24 +174,26 @@ class Sam2FastDecoder:
             attended = attend_shared(t2i1, queries + tokens, context)
         else:
             src = context.image + dense.to(self.dtype).flatten(2).transpose(1, 2)
-            attended = tokens_to_image(t2i1, queries + tokens, src + context.pos, src)
+            attended = tokens_to_image(t2i1, queries + tokens, src, src, context.pos)
         queries = first.layer_norm2(queries + attended)
         queries = first.layer_norm3(queries + first.mlp(queries))
         if dense is None:
             keys = first.layer_norm4(image_to_tokens(i2t1, context.queries0, None, queries, tokens, src))
         else:
-            keys = first.layer_norm4(image_to_tokens(i2t1, None, src + context.pos, queries, tokens, src))
+            keys = first.layer_norm4(image_to_tokens(i2t1, None, src, queries, tokens, src, context.pos))
 
         # Block 2.
         q = queries + tokens
         queries = second.layer_norm1(queries + _self_attention(second.self_attn, q, q, queries))
-        keys_pos = keys + context.pos
-        queries = second.layer_norm2(queries + tokens_to_image(t2i2, queries + tokens, keys_pos, keys))
+        # keys + pos is never formed: its products are the keys' plus the shared positions'.
+        queries = second.layer_norm2(
+            queries + tokens_to_image(t2i2, queries + tokens, keys, keys, context.pos)
+        )
         queries = second.layer_norm3(queries + second.mlp(queries))
-        keys = second.layer_norm4(image_to_tokens(i2t2, None, keys_pos, queries, tokens, keys))
+        keys = second.layer_norm4(image_to_tokens(i2t2, None, keys, queries, tokens, keys, context.pos))
 
         # Final token-to-image attention (only the tokens' side is used afterwards).
-        attended = tokens_to_image(self._final, queries + tokens, keys + context.pos, keys)
+        attended = tokens_to_image(self._final, queries + tokens, keys, keys, context.pos)
         queries = decoder.transformer.layer_norm_final_attn(queries + attended)
 
         dynamic = not multimask and decoder.dynamic_multimask_via_stability

@@ -46,7 +46,7 @@ def _close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
 def test_fp32_matches_sam2_model(model: Any, features: list[torch.Tensor], multimask: bool, with_mask: bool):
     points, labels, masks = _prompts()
     mask_prompts = masks if with_mask else None
-    decoder = Sam2FastDecoder(model)
+    decoder = Sam2FastDecoder(model, chunk=4)  # two uneven chunks of the 6 prompts
     with torch.inference_mode():
         theirs = model(
             image_embeddings=[level.expand(PROMPTS, -1, -1, -1) for level in features],
@@ -66,7 +66,7 @@ def test_fp32_matches_sam2_model(model: Any, features: list[torch.Tensor], multi
 
 def test_min_iou_skips_only_prompts_that_cannot_pass(model: Any, features: list[torch.Tensor]):
     points, labels, _ = _prompts()
-    decoder = Sam2FastDecoder(model)
+    decoder = Sam2FastDecoder(model, chunk=4)
     with torch.inference_mode():
         context = decoder.context(tuple(features))
         sparse, _ = model.prompt_encoder(points, labels, None, None)

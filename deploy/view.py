@@ -13,26 +13,13 @@ import webbrowser
 from collections.abc import Mapping
 from pathlib import Path
 
+from deploy.results import input_name  # one reading of INPUT for `results get` and `view`
 from samdrop.documents import ErrorRecord, MasksDocument
-from samdrop.errors import InputNotFound, InvalidRequest
+from samdrop.errors import InputNotFound
 from samdrop.layout import input_generation, output_paths
 from samdrop.settings import Settings
-from samdrop.storage import ObjectStore, split_uri
+from samdrop.storage import ObjectStore
 from samdrop.viewer import page_from_store
-
-
-def input_name(settings: Settings, given: str) -> str:
-    """The object name of ``given`` in the uploads bucket (a ``gs://`` URI must name that bucket,
-    since the results bucket is the one that goes with it)."""
-    if not given.startswith("gs://"):
-        return given.lstrip("/")
-    bucket, name = split_uri(given)
-    if bucket != settings.bucket:
-        raise InvalidRequest(
-            f"{given} is not in the uploads bucket {settings.bucket}: set SAMDROP_BUCKET={bucket} "
-            "(and SAMDROP_RESULTS_BUCKET if its results are not in " + bucket + "-results)"
-        )
-    return name
 
 
 def read_masks(store: ObjectStore, settings: Settings, name: str) -> MasksDocument:

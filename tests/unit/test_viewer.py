@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deploy.view import can_open_browser, input_name, write_view
+from deploy.results import input_name
+from deploy.view import can_open_browser, write_view
 from samdrop.documents import MasksDocument
 from samdrop.errors import InputNotFound, InvalidRequest, PermanentError
 from samdrop.layout import json_record, output_paths, tag

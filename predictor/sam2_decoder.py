@@ -102,6 +102,20 @@ class Sam2FastDecoder:
         self._up2_w = conv2.weight.permute(0, 2, 3, 1).reshape(conv2.in_channels, -1)
         self._up2_b = conv2.bias.repeat(16)  # for all 16 sub-sub-pixels of a 64x64 pixel
         self._up2_out = conv2.out_channels
+        self.compiled = False
+        self._tokens = self._token_side
+        self._upscale = self._upscale_and_project
+
+    def compiled_copy(self) -> Sam2FastDecoder:
+        """This decoder (the same weights) with a chunk's token side and its upscaling each
+        ``torch.compile``d into one graph: chunks are padded to ``chunk`` prompts and upscaled one
+        prompt at a time, so the shapes never change (mask prompts and the number of masks per
+        prompt, 3 or 4, make a second graph of each when used)."""
+        twin = copy.copy(self)
+        twin.compiled = True
+        twin._tokens = torch.compile(twin._token_side, dynamic=False)
+        twin._upscale = torch.compile(twin._upscale_and_project, dynamic=False)
+        return twin
 
     @torch.no_grad()
     def context(self, features: tuple[torch.Tensor, ...]) -> Sam2DecoderContext:
@@ -159,6 +173,48 @@ class Sam2FastDecoder:
             return torch.cat([logits for logits, _ in parts]), torch.cat([iou for _, iou in parts])
         decoder = self.decoder
         batch = sparse.shape[0]
+        all_iou, all_hyper, keys = self._tokens(
+            context, self._padded(sparse), None if dense is None else self._padded(dense)
+        )
+        dynamic = not multimask and decoder.dynamic_multimask_via_stability
+        picked = list(range(1, decoder.num_mask_tokens)) if multimask else [0]
+        if dynamic:
+            picked = list(range(decoder.num_mask_tokens))
+        iou = all_iou[:batch, picked].float()
+        keys, hyper = keys[:batch], all_hyper[:batch, picked]
+        rows = None if min_iou is None else torch.nonzero(iou.max(dim=1).values > min_iou)[:, 0]
+        if rows is not None:
+            keys, hyper = keys[rows], hyper[rows]
+        masks = self._upscale_rows(keys, hyper, context)
+        kept_iou = iou if rows is None else iou[rows]
+        if dynamic:  # transformers' own rule, on the four masks it would have made
+            chosen, best = decoder._dynamic_multimask_via_stability(masks[:, None], kept_iou[:, None])
+            masks, kept_iou = chosen[:, 0], best[:, 0]
+            iou = iou[:, :1]  # token 0's for prompts not upscaled: at most min_iou, as the best is
+        if rows is None:
+            return masks, kept_iou
+        logits = masks.new_zeros(batch, masks.shape[1], *masks.shape[2:])
+        logits[rows] = masks
+        iou = iou.clone()
+        iou[rows] = kept_iou
+        return logits, iou
+
+    def _padded(self, prompts: torch.Tensor) -> torch.Tensor:
+        """``prompts`` (a chunk's rows) repeated up to ``chunk`` rows when compiled: a compiled graph
+        keeps the one shape it was made for (another would recompile); eager, as they are."""
+        missing = self.chunk - prompts.shape[0]
+        if not self.compiled or missing == 0:
+            return prompts
+        return torch.cat([prompts, prompts[-1:].expand(missing, *prompts.shape[1:])])
+
+    def _token_side(
+        self, context: Sam2DecoderContext, sparse: torch.Tensor, dense: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The two-way transformer for one chunk, then the heads that read its tokens: IoU
+        predictions ``BxT`` and hypernetwork outputs ``BxTxC/8`` for all T mask tokens, and the
+        image tokens ``BxNxC`` the upscaling reads."""
+        decoder = self.decoder
+        batch = sparse.shape[0]
         output_tokens = torch.cat(
             [decoder.obj_score_token.weight, decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0
         )
@@ -195,35 +251,27 @@ class Sam2FastDecoder:
         # Final token-to-image attention (only the tokens' side is used afterwards).
         attended = tokens_to_image(self._final, queries + tokens, keys, keys, context.pos)
         queries = decoder.transformer.layer_norm_final_attn(queries + attended)
+        iou = decoder.iou_prediction_head(queries[:, 1])
+        hyper = torch.stack(
+            [mlp(queries[:, 2 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+        )
+        return iou, hyper, keys
 
-        dynamic = not multimask and decoder.dynamic_multimask_via_stability
-        picked = list(range(1, decoder.num_mask_tokens)) if multimask else [0]
-        if dynamic:
-            picked = list(range(decoder.num_mask_tokens))
-        iou = decoder.iou_prediction_head(queries[:, 1])[:, picked].float()
-        rows = None if min_iou is None else torch.nonzero(iou.max(dim=1).values > min_iou)[:, 0]
-        if rows is not None:
-            queries, keys = queries[rows], keys[rows]
-        hyper = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 2 + i]) for i in picked], dim=1)
-        masks = self._upscale_and_project(keys, hyper, context).float()
-        kept_iou = iou if rows is None else iou[rows]
-        if dynamic:  # transformers' own rule, on the four masks it would have made
-            chosen, best = decoder._dynamic_multimask_via_stability(masks[:, None], kept_iou[:, None])
-            masks, kept_iou = chosen[:, 0], best[:, 0]
-            iou = iou[:, :1]  # token 0's for prompts not upscaled: at most min_iou, as the best is
-        if rows is None:
-            return masks, kept_iou
-        logits = masks.new_zeros(batch, masks.shape[1], *masks.shape[2:])
-        logits[rows] = masks
-        iou = iou.clone()
-        iou[rows] = kept_iou
-        return logits, iou
+    def _upscale_rows(
+        self, keys: torch.Tensor, hyper: torch.Tensor, context: Sam2DecoderContext
+    ) -> torch.Tensor:
+        """:meth:`_upscale_and_project` of the prompts kept; compiled, one prompt per call (how many
+        pass ``min_iou`` varies, a graph's shape does not)."""
+        if not self.compiled or keys.shape[0] == 0:
+            return self._upscale(keys, hyper, context)
+        rows = range(keys.shape[0])
+        return torch.cat([self._upscale(keys[r : r + 1], hyper[r : r + 1], context) for r in rows])
 
     def _upscale_and_project(
         self, keys: torch.Tensor, hyper: torch.Tensor, context: Sam2DecoderContext
     ) -> torch.Tensor:
         """``upscale_conv1`` (+ 128x128 features), norm, GELU, ``upscale_conv2`` (+ 256x256
-        features), GELU, then ``hyper @ upscaled``, channels-last: ``BxNxC`` -> ``BxMx4sx4s``."""
+        features), GELU, then ``hyper @ upscaled``, channels-last: ``BxNxC`` -> ``BxMx4sx4s`` fp32."""
         batch, tokens, _ = keys.shape
         side = math.isqrt(tokens)
         norm = self.decoder.upscale_layer_norm
@@ -235,7 +283,7 @@ class Sam2FastDecoder:
         count = masks.shape[-1]
         # (i, j, a, c, a2, c2) -> row 4i + 2a + a2, column 4j + 2c + c2
         masks = masks.reshape(batch, side, side, 2, 2, 2, 2, count).permute(0, 7, 1, 3, 5, 2, 4, 6)
-        return masks.reshape(batch, count, side * 4, side * 4)
+        return masks.reshape(batch, count, side * 4, side * 4).float()
 
 
 def _self_attention(attn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from segment_anything.utils.amg import calculate_stability_score
 from predictor import hf_weights
 from predictor.embedding_engine import EmbeddingEngine, engine_options
 from predictor.engine import MaskSet, device_memory_bytes, pick_device
-from predictor.hardware import resolve_precision
+from predictor.hardware import resolve_compile, resolve_precision, use_compile_cache
 from predictor.instances import Prompts
 from predictor.records import generator_record, prompt_record
 from predictor.sam2_automatic import Sam2MaskGenerator
@@ -93,6 +93,7 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         cache_size: int = 16,
         max_masks: int = 256,
         precision: str = "fp32",
+        compile: bool = False,
         random_weights: bool = False,
         max_points_per_batch: int = 256,
         decoder_memory_bytes: int | None = None,
@@ -114,7 +115,11 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         self.input_size = int(model.config.prompt_encoder_config.image_size)
         self._mean = torch.tensor(IMAGE_MEAN, device=self.device)[:, None, None]
         self._std = torch.tensor(IMAGE_STD, device=self.device)[:, None, None]
+        self.compiled = compile
         self._decoder = Sam2FastDecoder(model, torch.bfloat16 if precision == "bf16" else torch.float32)
+        # Automatic masks decode fixed chunks of grid points: compiled, one graph serves them all.
+        # Prompt calls (a few prompts each) stay eager: padded to a chunk they would do more work.
+        self._points_decoder = self._decoder.compiled_copy() if compile else self._decoder
         self._last_context: tuple[Sam2Embedding, Sam2DecoderContext] | None = None
         self._init_cache(cache_size)
 
@@ -124,10 +129,14 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         device = pick_device(settings.device)
         info = model_info(settings.model_type)
         model = load_sam2(info, settings.checkpoint, settings.cache_dir, device)
+        compile_decoder = resolve_compile(settings.compile, device)
+        if compile_decoder:
+            use_compile_cache(settings.cache_dir)
         options: dict[str, Any] = {
             **engine_options(settings),
             "checkpoint": settings.checkpoint if settings.checkpoint not in (None, "auto") else info.source,
             "precision": resolve_precision(settings.precision, device),
+            "compile": compile_decoder,
         }
         return cls(model, settings.model_type, **{**options, **overrides})
 
@@ -135,7 +144,7 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
     def description(self) -> dict[str, Any]:
         """What produced the masks, for responses and ``masks.json``."""
         record = hf_weights.hf_description(self.info, self.checkpoint, "Sam2Model", self.random_weights)
-        return {**record, "device": str(self.device), "precision": self.precision}
+        return {**record, "device": str(self.device), "precision": self.precision, "compiled": self.compiled}
 
     @property
     def auto_points_per_side(self) -> int:
@@ -173,9 +182,12 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         mask_prompts: torch.Tensor | None,
         multimask: bool,
         min_iou: float | None = None,
+        *,
+        automatic: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """B prompts on one image in one decoder call (``min_iou``: see
-        :meth:`~predictor.sam2_decoder.Sam2FastDecoder.__call__`).
+        :meth:`~predictor.sam2_decoder.Sam2FastDecoder.__call__`; ``automatic``: grid points, through
+        the compiled decoder when the engine compiles).
 
         points: ``BxNx2`` and labels ``BxN`` (1 foreground, 0 background), boxes ``Bx4`` XYXY, all in
         pixels of the model's input (S x S); mask_prompts: ``Bx1xhxw`` low-res logits (h = w = S/4,
@@ -189,7 +201,8 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
             input_boxes=None if boxes is None else boxes[:, None].to(self.device),
             input_masks=None if mask_prompts is None else mask_prompts.to(self.device),
         )
-        return self._decoder(
+        decoder = self._points_decoder if automatic else self._decoder
+        return decoder(
             self._context(embedding),
             sparse[:, 0],
             multimask,
@@ -215,7 +228,7 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Automatic masks' decoder call: one foreground point per prompt (``Bx1x2``)."""
         labels = torch.ones(coords.shape[:2], dtype=torch.int32)
-        return self.decode(embedding, coords, labels, None, mask_prompts, multimask, min_iou)
+        return self.decode(embedding, coords, labels, None, mask_prompts, multimask, min_iou, automatic=True)
 
     # -- jobs --------------------------------------------------------------------------------
 

@@ -78,3 +78,24 @@ def test_min_iou_skips_only_prompts_that_cannot_pass(model: Any, features: list[
     torch.testing.assert_close(gated_iou, iou)
     torch.testing.assert_close(gated[passing], logits[passing])
     assert not gated[~passing].any()  # never upscaled
+
+
+@pytest.mark.slow
+def test_compiled_decoder_matches_eager(model: Any, features: list[torch.Tensor], tmp_path, monkeypatch):
+    """6 prompts in chunks of 4: the second chunk is padded to 4 rows, and with ``min_iou`` only some
+    prompts go through the compiled upscaling (one at a time)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    points, labels, _ = _prompts()
+    decoder = Sam2FastDecoder(model, chunk=4)
+    compiled = decoder.compiled_copy()
+    with torch.inference_mode():
+        context = decoder.context(tuple(features))
+        sparse, _ = model.prompt_encoder(points, labels, None, None)
+        _, iou = decoder(context, sparse[:, 0], True)
+        threshold = float(iou.max(dim=1).values.median())
+        logits, iou = decoder(context, sparse[:, 0], True, min_iou=threshold)
+        ours, ours_iou = compiled(context, sparse[:, 0], True, min_iou=threshold)
+    assert 0 < int((iou.max(dim=1).values > threshold).sum()) < PROMPTS
+    assert ours.shape == logits.shape and ours_iou.shape == iou.shape
+    _close(ours, logits)
+    _close(ours_iou, iou)

@@ -33,6 +33,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "SAMDROP_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
         "SAMDROP_DEVICE": "cpu",
         "HF_HUB_OFFLINE": "1",
+        # The compiled decoder is proven against eager in test_sam2_decoder.py; compiling it again
+        # in this process would cost a minute and a half here.
+        "SAMDROP_COMPILE": "off",
     }
     for name in ("STORAGE_EMULATOR_HOST", "SAMDROP_MODEL_TYPE", "SAMDROP_CHECKPOINT"):
         env.pop(name, None)

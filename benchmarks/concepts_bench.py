@@ -16,8 +16,10 @@ check the script in seconds. Runs the paths once,
 in one process, on scikit-image photos. Prints the figures and writes JSON (default
 ``benchmarks/results/concepts-<config>-cpu.json``). Not a test.
 
-    python benchmarks/concepts_bench.py --config tiny
-    python benchmarks/concepts_bench.py --config full          # ~10 min on 2 cores
+    python benchmarks/concepts_bench.py --config tiny                 # seconds
+    python benchmarks/concepts_bench.py --config small                # ~1,100 CPU-s: ~10 min on 2 quiet cores
+    python benchmarks/concepts_bench.py --config full --images 2 --reference-pairs 2
+        # ~730 CPU-s: ~7 min on 2 quiet cores (25 min at load 8); all 16 pairs: ~45 min
 """
 
 from __future__ import annotations

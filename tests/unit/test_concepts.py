@@ -277,3 +277,37 @@ def test_embed_gives_the_vision_features_segment_uses(
     assert len(features) == len(images) and calls.vision - before == len(images)
     one = engine.embed(images[:1])[0]
     torch.testing.assert_close(one.fpn_hidden_states[-1], features[0].fpn_hidden_states[-1])
+
+
+def test_mask_work_is_done_only_for_kept_queries(engine: ConceptEngine, images: list[np.ndarray]) -> None:
+    """Queries under the score threshold get no mask embedding; a concept with none above it gets
+    no pixel decoder pass (the library decodes all 200 queries of every concept, then drops them)."""
+    decoder = engine.model.mask_decoder
+    embedded: list[int] = []
+    projected: list[int] = []
+    handles = [
+        decoder.mask_embedder.register_forward_hook(lambda m, args, out: embedded.append(len(args[0]))),
+        decoder.instance_projection.register_forward_hook(
+            lambda m, args, out: projected.append(len(args[0]))
+        ),
+    ]
+    try:
+        everything = engine.segment(images[:1], ["car", "tree"], thresholds=ConceptThresholds(score=0.0))[0]
+        best = [
+            everything.scores[[label == name for label in everything.labels]].max()
+            for name in ("car", "tree")
+        ]
+        threshold = float(sum(best)) / 2  # between the two concepts' best scores: one keeps some, one none
+        embedded.clear()
+        projected.clear()
+        some = engine.segment(images[:1], ["car", "tree"], thresholds=ConceptThresholds(score=threshold))[0]
+        assert 0 < len(some.labels) < len(everything.labels)
+        assert sum(embedded) == len(some.labels)  # one embedding per kept query
+        assert sum(projected) == len(set(some.labels)) == 1  # one concept decoded, the other skipped
+        embedded.clear()
+        projected.clear()
+        engine.segment(images[:1], ["car", "tree"], thresholds=ConceptThresholds(score=1.0))
+        assert embedded == [] and projected == []
+    finally:
+        for handle in handles:
+            handle.remove()

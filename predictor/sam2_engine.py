@@ -5,12 +5,13 @@ points (without labels: foreground) and boxes, one or three masks per prompt, au
 ``SAM2AutomaticMaskGenerator``'s parameters (:mod:`predictor.sam2_automatic`).
 
 How it runs: the model is loaded once per process (``from_pretrained`` of a local folder, see
-:mod:`predictor.hf_weights`) with SDPA attention; images go through the encoder ``batch_size`` at a
-time, resized to the model's square input on the device (SAM 2 does not keep the aspect ratio: no
-padding); the three feature levels of each image are kept in an LRU cache keyed by the image's
-content, so re-prompting an image or its automatic masks never encode it again; every prompt of an
-image runs in one decoder call (a batch of prompts over the cached features); bf16 autocast runs
-where :mod:`predictor.hardware` says the device computes it natively.
+:mod:`predictor.hf_weights`) with SDPA attention; images go through the encoder
+(:class:`~predictor.sam2_encoder.Sam2FastEncoder`) ``batch_size`` at a time, resized to the model's
+square input on the device (SAM 2 does not keep the aspect ratio: no padding); the three feature
+levels of each image are kept in an LRU cache keyed by the image's content, so re-prompting an image
+or its automatic masks never encode it again; every prompt of an image runs in one decoder call (a
+batch of prompts over the cached features); where :mod:`predictor.hardware` says the device computes
+bf16 natively, encoder and decoder run on bf16 copies of their weights.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from predictor.instances import Prompts
 from predictor.records import generator_record, prompt_record
 from predictor.sam2_automatic import Sam2MaskGenerator
 from predictor.sam2_decoder import Sam2DecoderContext, Sam2FastDecoder
+from predictor.sam2_encoder import Sam2FastEncoder
 from samdrop.budgets import check_auto_points, points_per_batch_for
 from samdrop.documents import MaskRecord
 from samdrop.errors import ConfigError
@@ -52,7 +54,8 @@ class Sam2Embedding:
     """Encoder output for one image.
 
     features: the model's three feature levels, ``1xC0xS/4xS/4``, ``1xC1xS/8xS/8`` and
-    ``1xCxS/16xS/16`` (S: the model's input side, 1024 for Meta's; C = 256), on the engine's device;
+    ``1xCxS/16xS/16`` (S: the model's input side, 1024 for Meta's; C = 256), on the engine's device
+    in its precision (bf16 or fp32);
     original_size: (H, W) of the image as given.
     """
 
@@ -116,7 +119,9 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         self._mean = torch.tensor(IMAGE_MEAN, device=self.device)[:, None, None]
         self._std = torch.tensor(IMAGE_STD, device=self.device)[:, None, None]
         self.compiled = compile
-        self._decoder = Sam2FastDecoder(model, torch.bfloat16 if precision == "bf16" else torch.float32)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self._encoder = Sam2FastEncoder(model, dtype)
+        self._decoder = Sam2FastDecoder(model, dtype)
         # Automatic masks decode fixed chunks of grid points: compiled, one graph serves them all.
         # Prompt calls (a few prompts each) stay eager: padded to a chunk they would do more work.
         self._points_decoder = self._decoder.compiled_copy() if compile else self._decoder
@@ -163,8 +168,7 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
             pixels = torch.tensor(image, device=self.device).permute(2, 0, 1)[None].float() / 255.0
             pixels = F.interpolate(pixels, (side, side), mode="bilinear", align_corners=False, antialias=True)
             batch.append((pixels[0] - self._mean) / self._std)
-        with self._autocast():
-            levels = self.model.get_image_embeddings(torch.stack(batch))
+        levels = self._encoder(torch.stack(batch))
         return [
             Sam2Embedding(tuple(level[i : i + 1] for level in levels), (image.shape[0], image.shape[1]))
             for i, image in enumerate(images)

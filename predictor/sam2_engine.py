@@ -6,7 +6,8 @@ points (without labels: foreground) and boxes, one or three masks per prompt, au
 
 How it runs: the model is loaded once per process (``from_pretrained`` of a local folder, see
 :mod:`predictor.hf_weights`) with SDPA attention; images go through the encoder
-(:class:`~predictor.sam2_encoder.Sam2FastEncoder`) ``batch_size`` at a time, resized to the model's
+(:class:`~predictor.sam2_encoder.Sam2FastEncoder`) ``images_per_pass`` at a time (one on a CPU,
+``batch_size`` on a GPU: :func:`~predictor.hardware.sam2_images_per_pass`), resized to the model's
 square input on the device (SAM 2 does not keep the aspect ratio: no padding); the three feature
 levels of each image are kept in an LRU cache keyed by the image's content, so re-prompting an image
 or its automatic masks never encode it again; every prompt of an image runs in one decoder call (a
@@ -30,7 +31,12 @@ from segment_anything.utils.amg import calculate_stability_score
 from predictor import hf_weights
 from predictor.embedding_engine import EmbeddingEngine, engine_options
 from predictor.engine import MaskSet, device_memory_bytes, pick_device
-from predictor.hardware import resolve_compile, resolve_precision, use_compile_cache
+from predictor.hardware import (
+    resolve_compile,
+    resolve_precision,
+    sam2_images_per_pass,
+    use_compile_cache,
+)
 from predictor.instances import Prompts
 from predictor.records import generator_record, prompt_record
 from predictor.sam2_automatic import Sam2MaskGenerator
@@ -101,6 +107,7 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         max_points_per_batch: int = 256,
         decoder_memory_bytes: int | None = None,
         max_auto_points: int | None = None,
+        images_per_pass: int | None = None,
     ) -> None:
         self.model = model.eval()
         self.model_type = model_type
@@ -113,6 +120,10 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         self.random_weights = random_weights
         self.max_points_per_batch = max_points_per_batch
         self.device = next(model.parameters()).device
+        # None: what is fastest on the device (predictor.hardware), never more than batch_size.
+        self.images_per_pass = min(
+            images_per_pass or sam2_images_per_pass(batch_size, self.device), batch_size
+        )
         self.decoder_memory_bytes = decoder_memory_bytes or device_memory_bytes(self.device) // 4
         self.max_auto_points = max_auto_points
         self.input_size = int(model.config.prompt_encoder_config.image_size)
@@ -157,6 +168,9 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         return 32 if self.device.type == "cuda" else CPU_GRID
 
     # -- encoder -----------------------------------------------------------------------------
+
+    def _encoder_step(self) -> int:
+        return self.images_per_pass
 
     @torch.inference_mode()
     def _encode(self, images: Sequence[np.ndarray]) -> list[Sam2Embedding]:

@@ -236,7 +236,10 @@ def prompts(args: argparse.Namespace, device: torch.device, model: Any, precisio
     return {
         "images": f"scikit-image photos {[list(i.shape[:2]) for i in images]}, {BOXES} boxes each",
         "reference": "Sam2Processor -> Sam2Model(**inputs) -> post_process_masks per image, fp32",
-        "ours": f"Sam2Engine.run (one encoder pass for all images, Sam2FastDecoder), {precision}",
+        "ours": (
+            f"Sam2Engine.run ({engine.images_per_pass} image(s) per encoder pass, Sam2FastEncoder, "
+            f"Sam2FastDecoder), {precision}"
+        ),
         **figures,
     }
 

@@ -14,7 +14,8 @@ the same network with the same weights, in an order that does less:
   and a key bias adds a constant per row, which softmax ignores);
 * the two transposed convolutions of the upscaling (kernel 2, stride 2: one linear map per pixel)
   are matrix products in channels-last order, with a fused ``layer_norm``;
-* only the mask tokens that are returned are projected to masks.
+* only the mask tokens that are returned are projected to masks, and the final token-to-image
+  attention runs only for the tokens the heads read (not the prompt tokens).
 
 The maths is SAM's; in fp32 outputs match ``MaskDecoder`` to float rounding (tests compare them).
 With ``dtype=torch.bfloat16`` the decoder runs on a bf16 copy of its weights end to end (no
@@ -139,10 +140,12 @@ class FastDecoder:
         attn = second.cross_attn_image_to_token
         keys = second.norm4(keys + image_to_tokens(attn, None, keys_pos, queries, tokens))
 
-        # Final token-to-image attention (only the tokens' side is used afterwards).
+        # Final token-to-image attention for the tokens the heads read (IoU and mask tokens, rows 0
+        # to num_mask_tokens): each token attends alone, the prompt tokens' outputs are never read.
         final = self.transformer.final_attn_token_to_image
-        attn_out = tokens_to_image(final, queries + tokens, keys + context.pos, keys)
-        queries = self.transformer.norm_final_attn(queries + attn_out)
+        read = slice(0, 1 + decoder.num_mask_tokens)
+        attn_out = tokens_to_image(final, (queries + tokens)[:, read], keys + context.pos, keys)
+        queries = self.transformer.norm_final_attn(queries[:, read] + attn_out)
 
         picked = range(1, decoder.num_mask_tokens) if multimask else range(0, 1)
         hyper = torch.stack(

@@ -13,7 +13,8 @@ weights and does that work once per image (:meth:`Sam2FastDecoder.context`):
   upscaling's transposed convolutions (matrix products per pixel), and added to every prompt's
   upscaled embedding by broadcasting, never copied;
 * only the mask tokens that are returned are projected to masks, and the object-score head, which
-  image prompts never read, does not run.
+  image prompts never read, does not run; the final token-to-image attention runs for the tokens
+  the heads read (IoU and mask tokens: 5 of 8 for a point prompt), not for all.
 
 Mask prompts (``use_m2m``) give every prompt its own dense embedding: the first block then takes the
 per-prompt path (the second block's). fp32 outputs match ``Sam2MaskDecoder`` to float rounding
@@ -248,12 +249,15 @@ class Sam2FastDecoder:
         queries = second.layer_norm3(queries + second.mlp(queries))
         keys = second.layer_norm4(image_to_tokens(i2t2, None, keys, queries, tokens, keys, context.pos))
 
-        # Final token-to-image attention (only the tokens' side is used afterwards).
-        attended = tokens_to_image(self._final, queries + tokens, keys, keys, context.pos)
-        queries = decoder.transformer.layer_norm_final_attn(queries + attended)
-        iou = decoder.iou_prediction_head(queries[:, 1])
+        # Final token-to-image attention, for the tokens the heads read: the IoU token and the mask
+        # tokens (rows 1 to 1 + mask tokens). The object-score and prompt tokens' outputs are never
+        # read, and each token attends alone: leaving them out leaves the rest as they were.
+        read = slice(1, 2 + len(decoder.output_hypernetworks_mlps))
+        attended = tokens_to_image(self._final, (queries + tokens)[:, read], keys, keys, context.pos)
+        queries = decoder.transformer.layer_norm_final_attn(queries[:, read] + attended)
+        iou = decoder.iou_prediction_head(queries[:, 0])
         hyper = torch.stack(
-            [mlp(queries[:, 2 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+            [mlp(queries[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
         )
         return iou, hyper, keys
 

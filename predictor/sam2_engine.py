@@ -5,12 +5,14 @@ points (without labels: foreground) and boxes, one or three masks per prompt, au
 ``SAM2AutomaticMaskGenerator``'s parameters (:mod:`predictor.sam2_automatic`).
 
 How it runs: the model is loaded once per process (``from_pretrained`` of a local folder, see
-:mod:`predictor.hf_weights`) with SDPA attention; images go through the encoder ``batch_size`` at a
-time, resized to the model's square input on the device (SAM 2 does not keep the aspect ratio: no
-padding); the three feature levels of each image are kept in an LRU cache keyed by the image's
-content, so re-prompting an image or its automatic masks never encode it again; every prompt of an
-image runs in one decoder call (a batch of prompts over the cached features); bf16 autocast runs
-where :mod:`predictor.hardware` says the device computes it natively.
+:mod:`predictor.hf_weights`) with SDPA attention; images go through the encoder
+(:class:`~predictor.sam2_encoder.Sam2FastEncoder`) ``images_per_pass`` at a time (one on a CPU,
+``batch_size`` on a GPU: :func:`~predictor.hardware.sam2_images_per_pass`), resized to the model's
+square input on the device (SAM 2 does not keep the aspect ratio: no padding); the three feature
+levels of each image are kept in an LRU cache keyed by the image's content, so re-prompting an image
+or its automatic masks never encode it again; every prompt of an image runs in one decoder call (a
+batch of prompts over the cached features); where :mod:`predictor.hardware` says the device computes
+bf16 natively, encoder and decoder run on bf16 copies of their weights.
 """
 
 from __future__ import annotations
@@ -29,11 +31,17 @@ from segment_anything.utils.amg import calculate_stability_score
 from predictor import hf_weights
 from predictor.embedding_engine import EmbeddingEngine, engine_options
 from predictor.engine import MaskSet, device_memory_bytes, pick_device
-from predictor.hardware import resolve_compile, resolve_precision, use_compile_cache
+from predictor.hardware import (
+    resolve_compile,
+    resolve_precision,
+    sam2_images_per_pass,
+    use_compile_cache,
+)
 from predictor.instances import Prompts
 from predictor.records import generator_record, prompt_record
 from predictor.sam2_automatic import Sam2MaskGenerator
 from predictor.sam2_decoder import Sam2DecoderContext, Sam2FastDecoder
+from predictor.sam2_encoder import Sam2FastEncoder
 from samdrop.budgets import check_auto_points, points_per_batch_for
 from samdrop.documents import MaskRecord
 from samdrop.errors import ConfigError
@@ -52,7 +60,8 @@ class Sam2Embedding:
     """Encoder output for one image.
 
     features: the model's three feature levels, ``1xC0xS/4xS/4``, ``1xC1xS/8xS/8`` and
-    ``1xCxS/16xS/16`` (S: the model's input side, 1024 for Meta's; C = 256), on the engine's device;
+    ``1xCxS/16xS/16`` (S: the model's input side, 1024 for Meta's; C = 256), on the engine's device
+    in its precision (bf16 or fp32);
     original_size: (H, W) of the image as given.
     """
 
@@ -98,6 +107,7 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         max_points_per_batch: int = 256,
         decoder_memory_bytes: int | None = None,
         max_auto_points: int | None = None,
+        images_per_pass: int | None = None,
     ) -> None:
         self.model = model.eval()
         self.model_type = model_type
@@ -110,13 +120,19 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         self.random_weights = random_weights
         self.max_points_per_batch = max_points_per_batch
         self.device = next(model.parameters()).device
+        # None: what is fastest on the device (predictor.hardware), never more than batch_size.
+        self.images_per_pass = min(
+            images_per_pass or sam2_images_per_pass(batch_size, self.device), batch_size
+        )
         self.decoder_memory_bytes = decoder_memory_bytes or device_memory_bytes(self.device) // 4
         self.max_auto_points = max_auto_points
         self.input_size = int(model.config.prompt_encoder_config.image_size)
         self._mean = torch.tensor(IMAGE_MEAN, device=self.device)[:, None, None]
         self._std = torch.tensor(IMAGE_STD, device=self.device)[:, None, None]
         self.compiled = compile
-        self._decoder = Sam2FastDecoder(model, torch.bfloat16 if precision == "bf16" else torch.float32)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self._encoder = Sam2FastEncoder(model, dtype)
+        self._decoder = Sam2FastDecoder(model, dtype)
         # Automatic masks decode fixed chunks of grid points: compiled, one graph serves them all.
         # Prompt calls (a few prompts each) stay eager: padded to a chunk they would do more work.
         self._points_decoder = self._decoder.compiled_copy() if compile else self._decoder
@@ -153,6 +169,9 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
 
     # -- encoder -----------------------------------------------------------------------------
 
+    def _encoder_step(self) -> int:
+        return self.images_per_pass
+
     @torch.inference_mode()
     def _encode(self, images: Sequence[np.ndarray]) -> list[Sam2Embedding]:
         """One encoder pass over ``images`` (each resized to the model's square input on the device)."""
@@ -163,8 +182,7 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
             pixels = torch.tensor(image, device=self.device).permute(2, 0, 1)[None].float() / 255.0
             pixels = F.interpolate(pixels, (side, side), mode="bilinear", align_corners=False, antialias=True)
             batch.append((pixels[0] - self._mean) / self._std)
-        with self._autocast():
-            levels = self.model.get_image_embeddings(torch.stack(batch))
+        levels = self._encoder(torch.stack(batch))
         return [
             Sam2Embedding(tuple(level[i : i + 1] for level in levels), (image.shape[0], image.shape[1]))
             for i, image in enumerate(images)

@@ -33,6 +33,11 @@ def test_compile_choice(monkeypatch):
     assert hardware.resolve_compile("auto", torch.device("cuda")) is False  # until gpu.sh shows a win
 
 
+def test_sam2_encodes_one_image_per_pass_on_a_cpu_and_batches_on_a_gpu():
+    assert hardware.sam2_images_per_pass(4, torch.device("cpu")) == 1
+    assert hardware.sam2_images_per_pass(4, torch.device("cuda")) == 4
+
+
 def test_compile_cache_goes_under_the_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     target = hardware.use_compile_cache(tmp_path)

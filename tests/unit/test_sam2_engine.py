@@ -32,7 +32,7 @@ def model() -> Any:
 
 @pytest.fixture
 def engine(model: Any) -> Sam2Engine:
-    return Sam2Engine(model, "sam2.1_hiera_tiny", random_weights=True, batch_size=2)
+    return Sam2Engine(model, "sam2.1_hiera_tiny", random_weights=True, batch_size=2, images_per_pass=2)
 
 
 def _masks(result: Any) -> np.ndarray:
@@ -91,6 +91,13 @@ def test_embedding_cache_and_batched_encoder(engine: Sam2Engine, coffee: np.ndar
     again = engine.run([Job(coffee, prompts)])[0]
     assert again.encoder_batch == 0 and (engine.cache_hits, engine.cache_misses) == (1, 2)
     assert again.masks == first[0].masks
+
+
+def test_one_image_per_encoder_pass_on_a_cpu(model: Any, coffee: np.ndarray, astronaut: np.ndarray):
+    engine = Sam2Engine(model, "sam2.1_hiera_tiny", batch_size=2)
+    prompts = Prompts(boxes=np.array([[10, 10, 100, 100]], np.float32))
+    results = engine.run([Job(coffee, prompts), Job(astronaut, prompts)])
+    assert [r.encoder_batch for r in results] == [1, 1]
 
 
 def test_automatic_masks_at_the_image_size(engine: Sam2Engine, small: np.ndarray):

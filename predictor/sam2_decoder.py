@@ -84,6 +84,10 @@ class Sam2FastDecoder:
         self.chunk = chunk
         source = model.mask_decoder
         self.decoder = source if dtype == torch.float32 else copy.deepcopy(source).to(dtype)
+        # The IoU head stays fp32 (three 256-wide linears per prompt, nothing next to the rest):
+        # rounded to bf16, near scores tie or swap, and pred_iou_thresh, NMS order and the top-k cut
+        # all read them (against Meta's generator, bf16 scores picked other masks; docs/benchmarks.md).
+        self._iou_head = copy.deepcopy(source.iou_prediction_head).float()
         transformer = self.decoder.transformer
         if len(transformer.layers) != 2:
             raise ValueError("Sam2FastDecoder expects SAM 2's two-block two-way transformer")
@@ -255,7 +259,7 @@ class Sam2FastDecoder:
         read = slice(1, 2 + len(decoder.output_hypernetworks_mlps))
         attended = tokens_to_image(self._final, (queries + tokens)[:, read], keys, keys, context.pos)
         queries = decoder.transformer.layer_norm_final_attn(queries[:, read] + attended)
-        iou = decoder.iou_prediction_head(queries[:, 0])
+        iou = self._iou_head(queries[:, 0].float())
         hyper = torch.stack(
             [mlp(queries[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
         )

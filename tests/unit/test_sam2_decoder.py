@@ -80,6 +80,20 @@ def test_min_iou_skips_only_prompts_that_cannot_pass(model: Any, features: list[
     assert not gated[~passing].any()  # never upscaled
 
 
+def test_bf16_decoder_predicts_ious_in_fp32(model: Any, features: list[torch.Tensor]):
+    """Filters, NMS order and the top-k cut read these scores: bf16 rounding would tie or swap them."""
+    points, labels, _ = _prompts()
+    with torch.inference_mode():
+        sparse, _ = model.prompt_encoder(points, labels, None, None)
+        fp32 = Sam2FastDecoder(model)
+        _, reference = fp32(fp32.context(tuple(features)), sparse[:, 0], True)
+        bf16 = Sam2FastDecoder(model, dtype=torch.bfloat16)
+        _, iou = bf16(bf16.context(tuple(features)), sparse[:, 0], True)
+    assert iou.dtype == torch.float32
+    assert (iou.bfloat16().float() != iou).float().mean() > 0.5  # not bf16 values cast up
+    torch.testing.assert_close(iou, reference, atol=0.05, rtol=0)
+
+
 @pytest.mark.slow
 def test_compiled_decoder_matches_eager(model: Any, features: list[torch.Tensor], tmp_path, monkeypatch):
     """6 prompts in chunks of 4: the second chunk is padded to 4 rows, and with ``min_iou`` only some

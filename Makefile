@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip check
 	touch $(STAMP)
 
+# Two xdist workers, a file per worker at a time (module-scoped stacks start once), in collection
+# order (tests/conftest.py puts the files with slow tests first).
 test: setup lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 test-unit: setup
 	$(BIN)/pytest tests/unit

@@ -7,6 +7,7 @@ tests assert them. See docs/usage.md "Failures, duplicates, outages".
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import threading
 import time
@@ -23,6 +24,7 @@ from deploy.processes import LocalStackError
 from samdrop.settings import DEFAULT_REQUEST_TIMEOUT_S
 
 PULL_TIMEOUT_S = 5.0
+HEALTH_POLL_S = 0.1  # how often the drill asks the killed server whether it answers again
 
 
 @dataclass
@@ -32,14 +34,15 @@ class DrillReport:
     uploads: int
     victim: str
     killed_at_s: float
-    outage_s: float  # from the kill until the restart command returned
+    outage_s: float  # from the kill until the victim answered its health check again
+    restart_s: float  # how long the restart command ran
     completed: int  # uploads with at least one completion message
     succeeded: int
     failed: int
     duplicates: int  # completion messages beyond the first per (input, generation)
     dead_letters: int
     last_completion_s: float | None
-    drain_after_restart_s: float | None  # restart → last completion
+    drain_after_restart_s: float | None  # the victim answering again → last completion
     statuses: dict[str, int] = field(default_factory=dict)
     restart_output: str = ""
 
@@ -123,7 +126,11 @@ def outage_drill(
 ) -> DrillReport:
     """Upload ``files`` (``prompts(i)`` for file i) under ``<incoming>/<prefix>/``, kill ``victim``
     ``kill_after_s`` after the first upload, call ``restart`` ``outage_s`` later, and wait until
-    every upload has a completion (or ``timeout_s``). ``restart`` returns what it printed."""
+    every upload has a completion (or ``timeout_s``). ``restart`` returns what it printed.
+
+    The outage reported is what a client saw: from the kill until the victim's health check answered
+    again, polled every :data:`HEALTH_POLL_S` from the kill on, so it is at least ``outage_s`` only
+    if nothing brought the victim back before ``restart`` did."""
     settings = stack.settings
     env = stack.client_env()
     client = emulator_storage_client(settings.project, env["STORAGE_EMULATOR_HOST"])
@@ -136,17 +143,24 @@ def outage_drill(
             name = f"{settings.incoming_prefix}{prefix}/{index:05d}-{path.name}"
             return upload_file(client, settings.bucket, path, name, prompts(index))
 
-        with ThreadPoolExecutor(8) as pool:
+        with ThreadPoolExecutor(8) as pool, contextlib.ExitStack() as watching:
             pending = pool.map(upload, enumerate(files))
             time.sleep(max(0.0, kill_after_s - (time.monotonic() - started)))
-            kill(stack, victim)
+            killed = kill(stack, victim)
             killed_at = time.monotonic()
+            watch = HealthWatch(killed.health_url, any_status=_any_status(stack, victim))
+            watching.enter_context(watch)
             say(f"killed {victim} at {killed_at - started:.1f} s")
             uploads = list(pending)
-        time.sleep(max(0.0, outage_s - (time.monotonic() - killed_at)))
-        output = restart()
-        restarted_at = time.monotonic()
-        say(f"restarted after {restarted_at - killed_at:.1f} s:\n{output.strip()}")
+            time.sleep(max(0.0, outage_s - (time.monotonic() - killed_at)))
+            restart_began = time.monotonic()
+            output = restart()
+            restart_s = time.monotonic() - restart_began
+            answered_at = watch.wait(timeout_s)
+        say(
+            f"{victim} answered again {answered_at - killed_at:.1f} s after the kill (the restart took "
+            f"{restart_s:.1f} s):\n{output.strip()}"
+        )
         wanted = {(u.uri, u.generation) for u in uploads}
         deadline = started + timeout_s
         while time.monotonic() < deadline and not wanted <= set(log.by_upload()):
@@ -162,17 +176,57 @@ def outage_drill(
         uploads=len(uploads),
         victim=victim,
         killed_at_s=round(killed_at - started, 1),
-        outage_s=round(restarted_at - killed_at, 1),
+        outage_s=round(answered_at - killed_at, 1),
+        restart_s=round(restart_s, 1),
         completed=len(firsts),
         succeeded=statuses.get("succeeded", 0),
         failed=statuses.get("failed", 0),
         duplicates=sum(max(0, len(messages) - 1) for messages in mine.values()),
         dead_letters=count_dead_letters(stack),
         last_completion_s=None if last is None else round(last - started, 1),
-        drain_after_restart_s=None if last is None else round(max(0.0, last - restarted_at), 1),
+        drain_after_restart_s=None if last is None else round(max(0.0, last - answered_at), 1),
         statuses=dict(statuses),
         restart_output=output,
     )
+
+
+class HealthWatch:
+    """Polls ``url`` in a thread from ``__enter__`` until it answers; :meth:`wait` says when."""
+
+    def __init__(self, url: str, *, any_status: bool) -> None:
+        self.url = url
+        self.any_status = any_status
+        self.answered_at: float | None = None
+        self._stop = threading.Event()
+        self._answered = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health-watch", daemon=True)
+
+    def __enter__(self) -> HealthWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(HEALTH_POLL_S + processes.PROBE_TIMEOUT_S + 1)
+
+    def wait(self, timeout_s: float) -> float:
+        """The monotonic time of the first answer; raises if none came within ``timeout_s``."""
+        if not self._answered.wait(timeout_s) or self.answered_at is None:
+            raise LocalStackError(f"{self.url} did not answer within {timeout_s:g}s of the restart")
+        return self.answered_at
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if processes.probe(self.url, any_status=self.any_status):
+                self.answered_at = time.monotonic()
+                self._answered.set()
+                return
+            self._stop.wait(HEALTH_POLL_S)
+
+
+def _any_status(stack: LocalStack, name: str) -> bool:
+    """Whether server ``name`` counts any HTTP answer as healthy (as ``samdrop local up`` does)."""
+    return next(spec.any_status for spec in stack.specs() if spec.name == name)
 
 
 def count_dead_letters(stack: LocalStack) -> int:

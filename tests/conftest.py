@@ -38,3 +38,16 @@ def coffee() -> np.ndarray:
 def astronaut() -> np.ndarray:
     """scikit-image's astronaut photo: ``512x512x3 uint8``."""
     return skdata.astronaut()
+
+
+# The file that waits longest (a minute of outage, then Pub/Sub's backoff): it starts first.
+FIRST = "test_outage.py"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding a ``slow`` test run first, :data:`FIRST` before them, each file's tests kept
+    together (module fixtures start once). With ``make test``'s two xdist workers (``--dist
+    loadfile``, collection order) the long stack tests, which mostly wait on backoffs and emulators,
+    start early and overlap the CPU-bound unit tests instead of running last on one worker."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: (item.path.name != FIRST, item.path not in slow_files))

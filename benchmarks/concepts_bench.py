@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from predictor.concepts import ConceptEngine, ConceptMasks, ConceptThresholds  # noqa: E402
-from predictor.hardware import machine_record, resolve_precision  # noqa: E402
+from predictor.hardware import encoder_images_per_pass, machine_record, resolve_precision  # noqa: E402
 from tests.sam3_models import SIDE, tiny_tokenizer  # noqa: E402
 from tests.sam3_models import tiny_sam3_config as tiny_config  # noqa: E402
 
@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", choices=("full", "small", "tiny"), default="full")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per vision-encoder batch")
+    parser.add_argument(
+        "--batch-size", type=int, help="images per vision-encoder pass (default: the device's, one on a CPU)"
+    )
     # Random weights score every query near 0.25: 0 keeps all of them, so the agreement check
     # covers every mask (and both paths upsample 200 masks per pair, more than real weights keep).
     parser.add_argument("--score-threshold", type=float, default=0.0)
@@ -187,12 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     thresholds = ConceptThresholds(score=args.score_threshold)
     start = time.perf_counter()
     fp32 = build_engine(args.config, device)
-    fp32.batch_size = args.batch_size
+    fp32.batch_size = args.batch_size or encoder_images_per_pass(4, device)
     build_s = time.perf_counter() - start
     precision = resolve_precision("auto", device)
     runs: dict[str, dict[str, Any]] = {}
     if precision == "bf16":
-        auto = ConceptEngine(fp32.model, fp32.processor, precision="bf16", batch_size=args.batch_size)
+        auto = ConceptEngine(fp32.model, fp32.processor, precision="bf16", batch_size=fp32.batch_size)
         runs["ours_bf16"] = timed(auto, images, asked, thresholds)
         print(
             f"ours (bf16): {runs['ours_bf16']['seconds']} s, {runs['ours_bf16']['cpu_seconds']} CPU-s",
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "reference_asked": {name: names for name, names in zip(photos, reference_asked, strict=True)},
         "reference_scaled": reference_count < all_pairs,
         "score_threshold": args.score_threshold,
-        "batch_size": args.batch_size,
+        "batch_size": fp32.batch_size,
         "machine": {**machine_record(device), "transformers": transformers.__version__},
         "auto_precision": precision,
         "bf16_ran": "ours_bf16" in runs,

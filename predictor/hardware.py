@@ -74,13 +74,14 @@ def resolve_compile(preference: str, device: torch.device) -> bool:
     return device.type == "cpu" and (shutil.which("c++") or shutil.which("g++")) is not None
 
 
-def sam2_images_per_pass(batch_size: int, device: torch.device) -> int:
-    """Images per SAM 2.1 encoder pass: up to ``batch_size`` on a GPU, one on a CPU. On a CPU a
-    batch gains no arithmetic efficiency and its activations (12 MiB per image at the first stage)
-    outgrow the last-level cache: hiera tiny on a 2-core Zen 4, three 1024 px images, took 5.2-5.8 s
-    in single passes against 6.3-7.6 s in one (bf16 autocast), and with
-    :class:`~predictor.sam2_encoder.Sam2FastEncoder` 9.3-10.7 CPU seconds against 10.8-11.4
-    (``docs/benchmarks.md``)."""
+def encoder_images_per_pass(batch_size: int, device: torch.device) -> int:
+    """Images per image-encoder pass (SAM 2.1's Hiera, SAM 3's ViT): up to ``batch_size`` on a GPU,
+    one on a CPU. On a CPU a batch gains no arithmetic efficiency and its activations outgrow the
+    last-level cache (hiera tiny: 12 MiB per image at the first stage). On a 2-core Zen 4
+    (``docs/benchmarks.md``): hiera tiny, three 1024 px images, 5.2-5.8 s in single passes against
+    6.3-7.6 s in one (bf16 autocast), and with :class:`~predictor.sam2_encoder.Sam2FastEncoder`
+    9.3-10.7 CPU seconds against 10.8-11.4; SAM 3's 32-layer ViT (bf16), two photos, 46.5-48.0 s
+    one at a time against 52.9-56.2 s in one pass."""
     return batch_size if device.type == "cuda" else 1
 
 

@@ -7,7 +7,7 @@ points (without labels: foreground) and boxes, one or three masks per prompt, au
 How it runs: the model is loaded once per process (``from_pretrained`` of a local folder, see
 :mod:`predictor.hf_weights`) with SDPA attention; images go through the encoder
 (:class:`~predictor.sam2_encoder.Sam2FastEncoder`) ``images_per_pass`` at a time (one on a CPU,
-``batch_size`` on a GPU: :func:`~predictor.hardware.sam2_images_per_pass`), resized to the model's
+``batch_size`` on a GPU: :func:`~predictor.hardware.encoder_images_per_pass`), resized to the model's
 square input on the device (SAM 2 does not keep the aspect ratio: no padding); the three feature
 levels of each image are kept in an LRU cache keyed by the image's content, so re-prompting an image
 or its automatic masks never encode it again; every prompt of an image runs in one decoder call (a
@@ -32,9 +32,9 @@ from predictor import hf_weights
 from predictor.embedding_engine import EmbeddingEngine, engine_options
 from predictor.engine import MaskSet, device_memory_bytes, pick_device
 from predictor.hardware import (
+    encoder_images_per_pass,
     resolve_compile,
     resolve_precision,
-    sam2_images_per_pass,
     use_compile_cache,
 )
 from predictor.instances import Prompts
@@ -122,7 +122,7 @@ class Sam2Engine(EmbeddingEngine[Sam2Embedding]):
         self.device = next(model.parameters()).device
         # None: what is fastest on the device (predictor.hardware), never more than batch_size.
         self.images_per_pass = min(
-            images_per_pass or sam2_images_per_pass(batch_size, self.device), batch_size
+            images_per_pass or encoder_images_per_pass(batch_size, self.device), batch_size
         )
         self.decoder_memory_bytes = decoder_memory_bytes or device_memory_bytes(self.device) // 4
         self.max_auto_points = max_auto_points

@@ -23,6 +23,7 @@ import numpy as np
 from predictor import hf_weights
 from predictor.concepts import ConceptEngine, ConceptMasks, ConceptThresholds
 from predictor.engine import Job, MaskSet, pick_device
+from predictor.hardware import encoder_images_per_pass
 from predictor.instances import check_model_takes
 from predictor.records import prompt_record
 from samdrop.concepts import ExemplarBox
@@ -64,14 +65,15 @@ class Sam3Engine:
         folder = hf_weights.resolve(info, checkpoint, settings.cache_dir)
         random_weights = bool(overrides.pop("random_weights", False))
         thresholds = overrides.pop("thresholds", ConceptThresholds(score=settings.concept_score_threshold))
+        device = pick_device(settings.device)
         options: dict[str, Any] = {
-            "batch_size": settings.batch_size,
+            "batch_size": encoder_images_per_pass(settings.batch_size, device),
             "max_concepts": settings.max_concepts,
             "max_concept_chars": settings.max_concept_chars,
         }
         concepts = ConceptEngine.from_pretrained(
             folder,
-            device=pick_device(settings.device),
+            device=device,
             precision=settings.precision,
             **{**options, **overrides},
         )

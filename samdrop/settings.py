@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     compile: CompileChoice = _env(
         "auto", "torch.compile the automatic-mask decoder: auto (on CPUs), on or off"
     )
-    batch_size: int = _env(4, "images per encoder pass", gt=0)
+    batch_size: int = _env(4, "images per encoder pass (SAM 2.1, SAM 3: on a GPU; one on a CPU)", gt=0)
     batch_window_ms: float = _env(
         5.0, "how long the server waits to group concurrent requests (0..1000)", ge=0, le=1000
     )

@@ -34,8 +34,8 @@ def test_compile_choice(monkeypatch):
 
 
 def test_sam2_encodes_one_image_per_pass_on_a_cpu_and_batches_on_a_gpu():
-    assert hardware.sam2_images_per_pass(4, torch.device("cpu")) == 1
-    assert hardware.sam2_images_per_pass(4, torch.device("cuda")) == 4
+    assert hardware.encoder_images_per_pass(4, torch.device("cpu")) == 1
+    assert hardware.encoder_images_per_pass(4, torch.device("cuda")) == 4
 
 
 def test_compile_cache_goes_under_the_cache_dir(monkeypatch, tmp_path):

@@ -45,6 +45,12 @@ def engine(model_dir: Path) -> Sam3Engine:
     return loaded
 
 
+def test_one_image_per_vision_pass_on_a_cpu(engine: Sam3Engine):
+    """SAMDROP_BATCH_SIZE images per request group, one per encoder pass on a CPU (faster there)."""
+    assert Settings.from_env({}).batch_size > 1
+    assert engine.concepts.batch_size == engine.batch_size == 1
+
+
 def _job(image: np.ndarray, **prompts: Any) -> Job:
     instance = parse_instance({"image": base64.b64encode(b"x").decode(), **prompts})
     return Job(image, instance.prompts)

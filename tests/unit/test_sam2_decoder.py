@@ -36,6 +36,20 @@ def _prompts() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return points, labels, masks
 
 
+def _point_prompts(model: Any) -> torch.Tensor:
+    """The sparse embeddings of :func:`_prompts`' points, one row per prompt."""
+    points, labels, _ = _prompts()
+    with torch.inference_mode():
+        sparse, _ = model.prompt_encoder(points, labels, None, None)
+    return sparse[:, 0]
+
+
+def _median_best_iou(decoder: Sam2FastDecoder, context: Any, sparse: torch.Tensor) -> float:
+    """A ``min_iou`` that about half of the prompts pass."""
+    _, iou = decoder(context, sparse, True)
+    return float(iou.max(dim=1).values.median())
+
+
 def _close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     scale = float(theirs.abs().max())
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-4 * scale)
@@ -65,14 +79,13 @@ def test_fp32_matches_sam2_model(model: Any, features: list[torch.Tensor], multi
 
 
 def test_min_iou_skips_only_prompts_that_cannot_pass(model: Any, features: list[torch.Tensor]):
-    points, labels, _ = _prompts()
+    sparse = _point_prompts(model)
     decoder = Sam2FastDecoder(model, chunk=4)
     with torch.inference_mode():
         context = decoder.context(tuple(features))
-        sparse, _ = model.prompt_encoder(points, labels, None, None)
-        logits, iou = decoder(context, sparse[:, 0], True)
-        threshold = float(iou.max(dim=1).values.median())
-        gated, gated_iou = decoder(context, sparse[:, 0], True, min_iou=threshold)
+        logits, iou = decoder(context, sparse, True)
+        threshold = _median_best_iou(decoder, context, sparse)
+        gated, gated_iou = decoder(context, sparse, True, min_iou=threshold)
     passing = iou.max(dim=1).values > threshold
     assert 0 < int(passing.sum()) < PROMPTS
     torch.testing.assert_close(gated_iou, iou)
@@ -82,13 +95,11 @@ def test_min_iou_skips_only_prompts_that_cannot_pass(model: Any, features: list[
 
 def test_bf16_decoder_predicts_ious_in_fp32(model: Any, features: list[torch.Tensor]):
     """Filters, NMS order and the top-k cut read these scores: bf16 rounding would tie or swap them."""
-    points, labels, _ = _prompts()
+    sparse = _point_prompts(model)
+    fp32, bf16 = Sam2FastDecoder(model), Sam2FastDecoder(model, dtype=torch.bfloat16)
     with torch.inference_mode():
-        sparse, _ = model.prompt_encoder(points, labels, None, None)
-        fp32 = Sam2FastDecoder(model)
-        _, reference = fp32(fp32.context(tuple(features)), sparse[:, 0], True)
-        bf16 = Sam2FastDecoder(model, dtype=torch.bfloat16)
-        _, iou = bf16(bf16.context(tuple(features)), sparse[:, 0], True)
+        _, reference = fp32(fp32.context(tuple(features)), sparse, True)
+        _, iou = bf16(bf16.context(tuple(features)), sparse, True)
     assert iou.dtype == torch.float32
     assert (iou.bfloat16().float() != iou).float().mean() > 0.5  # not bf16 values cast up
     torch.testing.assert_close(iou, reference, atol=0.05, rtol=0)
@@ -99,16 +110,14 @@ def test_compiled_decoder_matches_eager(model: Any, features: list[torch.Tensor]
     """6 prompts in chunks of 4: the second chunk is padded to 4 rows, and with ``min_iou`` only some
     prompts go through the compiled upscaling (one at a time)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    points, labels, _ = _prompts()
+    sparse = _point_prompts(model)
     decoder = Sam2FastDecoder(model, chunk=4)
     compiled = decoder.compiled_copy()
     with torch.inference_mode():
         context = decoder.context(tuple(features))
-        sparse, _ = model.prompt_encoder(points, labels, None, None)
-        _, iou = decoder(context, sparse[:, 0], True)
-        threshold = float(iou.max(dim=1).values.median())
-        logits, iou = decoder(context, sparse[:, 0], True, min_iou=threshold)
-        ours, ours_iou = compiled(context, sparse[:, 0], True, min_iou=threshold)
+        threshold = _median_best_iou(decoder, context, sparse)
+        logits, iou = decoder(context, sparse, True, min_iou=threshold)
+        ours, ours_iou = compiled(context, sparse, True, min_iou=threshold)
     assert 0 < int((iou.max(dim=1).values > threshold).sum()) < PROMPTS
     assert ours.shape == logits.shape and ours_iou.shape == iou.shape
     _close(ours, logits)

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from predictor.concepts import ConceptEngine, ConceptMasks, ConceptThresholds  # noqa: E402
-from predictor.hardware import encoder_images_per_pass, machine_record, resolve_precision  # noqa: E402
+from predictor.hardware import machine_record, resolve_precision  # noqa: E402
 from tests.sam3_models import SIDE, tiny_tokenizer  # noqa: E402
 from tests.sam3_models import tiny_sam3_config as tiny_config  # noqa: E402
 
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", choices=("full", "small", "tiny"), default="full")
     parser.add_argument(
-        "--batch-size", type=int, help="images per vision-encoder pass (default: the device's, one on a CPU)"
+        "--images-per-pass", type=int, help="images per vision-encoder pass (default: the device's; CPU: 1)"
     )
     # Random weights score every query near 0.25: 0 keeps all of them, so the agreement check
     # covers every mask (and both paths upsample 200 masks per pair, more than real weights keep).
@@ -189,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     thresholds = ConceptThresholds(score=args.score_threshold)
     start = time.perf_counter()
     fp32 = build_engine(args.config, device)
-    fp32.batch_size = args.batch_size or encoder_images_per_pass(4, device)
+    fp32.images_per_pass = args.images_per_pass or fp32.images_per_pass
     build_s = time.perf_counter() - start
     precision = resolve_precision("auto", device)
     runs: dict[str, dict[str, Any]] = {}
     if precision == "bf16":
-        auto = ConceptEngine(fp32.model, fp32.processor, precision="bf16", batch_size=fp32.batch_size)
+        per_pass = fp32.images_per_pass
+        auto = ConceptEngine(fp32.model, fp32.processor, precision="bf16", images_per_pass=per_pass)
         runs["ours_bf16"] = timed(auto, images, asked, thresholds)
         print(
             f"ours (bf16): {runs['ours_bf16']['seconds']} s, {runs['ours_bf16']['cpu_seconds']} CPU-s",
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "reference_asked": {name: names for name, names in zip(photos, reference_asked, strict=True)},
         "reference_scaled": reference_count < all_pairs,
         "score_threshold": args.score_threshold,
-        "batch_size": fp32.batch_size,
+        "images_per_pass": fp32.images_per_pass,
         "machine": {**machine_record(device), "transformers": transformers.__version__},
         "auto_precision": precision,
         "bf16_ran": "ours_bf16" in runs,

@@ -8,11 +8,12 @@ someone else's job). Two paths sit behind :meth:`ConceptEngine.segment` (``fast`
   ``model(**inputs)``, then ``processor.post_process_instance_segmentation``, one call per image
   and concept, fp32;
 * fast — the text encoder runs once per distinct concept of the call, in one batch, and its output
-  is kept across calls (keyed by the concept string); the vision encoder runs once per image, in
-  batches of ``batch_size``; each image's concepts go through the detector and mask decoder as one
-  batch against its vision features (:mod:`predictor.concept_detector`: mask work only for what
-  passes the score threshold); bf16 autocast for the vision encoder and detector where
-  :mod:`predictor.hardware` says the hardware runs it natively, the text encoder in fp32.
+  is kept across calls (keyed by the concept string); the vision encoder runs once per image,
+  ``images_per_pass`` at a time (:func:`~predictor.hardware.encoder_images_per_pass`); each
+  image's concepts go through the detector and mask decoder as one batch against its vision
+  features (:mod:`predictor.concept_detector`: mask work only for what passes the score threshold);
+  bf16 autocast for the vision encoder and detector where :mod:`predictor.hardware` says the
+  hardware runs it natively, the text encoder in fp32.
   A unit test holds the two paths to the same masks and scores.
 
 Budgets are checked before any model work: names and exemplar boxes by :mod:`samdrop.concepts`
@@ -37,7 +38,7 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from predictor.concept_detector import detect
 from predictor.embedding_engine import bf16_autocast
-from predictor.hardware import resolve_precision
+from predictor.hardware import encoder_images_per_pass, resolve_precision
 from samdrop.concepts import (
     MAX_CONCEPT_CHARS,
     MAX_CONCEPTS_PER_IMAGE,
@@ -96,6 +97,7 @@ class ConceptEngine:
         fast: bool = True,
         precision: str = "fp32",
         batch_size: int = 4,
+        images_per_pass: int | None = None,
         max_concepts: int = MAX_CONCEPTS_PER_IMAGE,
         max_concept_chars: int = MAX_CONCEPT_CHARS,
         text_cache_size: int = TEXT_CACHE_SIZE,
@@ -109,6 +111,10 @@ class ConceptEngine:
         self.max_concepts = max_concepts
         self.max_concept_chars = max_concept_chars
         self.device = next(model.parameters()).device
+        # None: what is fastest on the device (predictor.hardware), never more than batch_size.
+        self.images_per_pass = min(
+            images_per_pass or encoder_images_per_pass(batch_size, self.device), batch_size
+        )
         # Tokens the text encoder can read, start and end tokens included.
         text_config = model.config.text_config
         assert isinstance(text_config, PreTrainedConfig)
@@ -270,8 +276,8 @@ class ConceptEngine:
         text = self._text_features(sorted({name for names, _ in per_image for name in names}))
         text_ms = (time.perf_counter() - start) * 1000
         results = []
-        for first in range(0, len(images), self.batch_size):
-            chunk = range(first, min(first + self.batch_size, len(images)))
+        for first in range(0, len(images), self.images_per_pass):
+            chunk = range(first, min(first + self.images_per_pass, len(images)))
             start = time.perf_counter()
             vision = self._vision([images[i] for i in chunk])
             vision_ms = (time.perf_counter() - start) * 1000 / len(chunk)
@@ -287,11 +293,11 @@ class ConceptEngine:
 
     def embed(self, images: Sequence[np.ndarray]) -> list[Sam3VisionEncoderOutput]:
         """Vision features of ``HxWx3 uint8`` RGB images (one per image, as :meth:`segment` uses
-        them), ``batch_size`` images per encoder pass."""
+        them), ``images_per_pass`` images per encoder pass."""
         with self._lock, torch.inference_mode():
             out = []
-            for first in range(0, len(images), self.batch_size):
-                chunk = list(images[first : first + self.batch_size])
+            for first in range(0, len(images), self.images_per_pass):
+                chunk = list(images[first : first + self.images_per_pass])
                 vision = self._vision(chunk)
                 out += [_pick(vision, offset) for offset in range(len(chunk))]
             return out

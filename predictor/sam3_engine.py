@@ -23,7 +23,6 @@ import numpy as np
 from predictor import hf_weights
 from predictor.concepts import ConceptEngine, ConceptMasks, ConceptThresholds
 from predictor.engine import Job, MaskSet, pick_device
-from predictor.hardware import encoder_images_per_pass
 from predictor.instances import check_model_takes
 from predictor.records import prompt_record
 from samdrop.concepts import ExemplarBox
@@ -65,15 +64,14 @@ class Sam3Engine:
         folder = hf_weights.resolve(info, checkpoint, settings.cache_dir)
         random_weights = bool(overrides.pop("random_weights", False))
         thresholds = overrides.pop("thresholds", ConceptThresholds(score=settings.concept_score_threshold))
-        device = pick_device(settings.device)
         options: dict[str, Any] = {
-            "batch_size": encoder_images_per_pass(settings.batch_size, device),
+            "batch_size": settings.batch_size,
             "max_concepts": settings.max_concepts,
             "max_concept_chars": settings.max_concept_chars,
         }
         concepts = ConceptEngine.from_pretrained(
             folder,
-            device=device,
+            device=pick_device(settings.device),
             precision=settings.precision,
             **{**options, **overrides},
         )
@@ -129,7 +127,7 @@ class Sam3Engine:
             )
             result.timings_ms["concepts"] = round(elapsed_ms / len(jobs), 2)
             result.stages_ms = {key: round(value, 2) for key, value in concept_masks.timings_ms.items()}
-            result.encoder_batch = min(len(jobs), self.batch_size)
+            result.encoder_batch = min(len(jobs), self.concepts.images_per_pass)
             results.append(result)
         return results
 

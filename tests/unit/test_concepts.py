@@ -163,7 +163,7 @@ def test_the_cache_holds_features_of_the_concept_not_the_batch(
 
 
 def test_vision_is_batched(model_dir: Path, images: list[np.ndarray]) -> None:
-    engine = ConceptEngine.from_pretrained(model_dir, precision="fp32", batch_size=2)
+    engine = ConceptEngine.from_pretrained(model_dir, precision="fp32", batch_size=2, images_per_pass=2)
     batches: list[int] = []
     handle = engine.model.vision_encoder.register_forward_hook(
         lambda m, args, out: batches.append(len(args[0]))

@@ -48,7 +48,8 @@ def engine(model_dir: Path) -> Sam3Engine:
 def test_one_image_per_vision_pass_on_a_cpu(engine: Sam3Engine):
     """SAMDROP_BATCH_SIZE images per request group, one per encoder pass on a CPU (faster there)."""
     assert Settings.from_env({}).batch_size > 1
-    assert engine.concepts.batch_size == engine.batch_size == 1
+    assert engine.batch_size == engine.concepts.batch_size == Settings.from_env({}).batch_size
+    assert engine.concepts.images_per_pass == 1
 
 
 def _job(image: np.ndarray, **prompts: Any) -> Job:

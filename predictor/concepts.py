@@ -9,10 +9,11 @@ someone else's job). Two paths sit behind :meth:`ConceptEngine.segment` (``fast`
   and concept, fp32;
 * fast — the text encoder runs once per distinct concept of the call, in one batch, and its output
   is kept across calls (keyed by the concept string); the vision encoder runs once per image,
-  ``images_per_pass`` at a time (:func:`~predictor.hardware.encoder_images_per_pass`); each
+  ``images_per_pass`` at a time (:func:`~predictor.hardware.encoder_images_per_pass`), through
+  :mod:`predictor.sam3_vision` (transformers' ViT without its waste); each
   image's concepts go through the detector and mask decoder as one batch against its vision
   features (:mod:`predictor.concept_detector`: mask work only for what passes the score threshold);
-  bf16 autocast for the vision encoder and detector where :mod:`predictor.hardware` says the
+  bf16 (a bf16 copy of the ViT, autocast for the detector) where :mod:`predictor.hardware` says the
   hardware runs it natively, the text encoder in fp32.
   A unit test holds the two paths to the same masks and scores.
 
@@ -39,6 +40,7 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 from predictor.concept_detector import detect
 from predictor.embedding_engine import bf16_autocast
 from predictor.hardware import encoder_images_per_pass, resolve_precision
+from predictor.sam3_vision import Sam3FastVision
 from samdrop.concepts import (
     MAX_CONCEPT_CHARS,
     MAX_CONCEPTS_PER_IMAGE,
@@ -122,6 +124,7 @@ class ConceptEngine:
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._text_cache_size = text_cache_size
         self._lock = threading.Lock()
+        self._encoder: Sam3FastVision | None = None
         if self.precision == "bf16" and self.device.type == "cpu":
             _encode_boxes_in_fp32(model)
 
@@ -303,13 +306,13 @@ class ConceptEngine:
             return out
 
     def _vision(self, images: Sequence[np.ndarray]) -> Sam3VisionEncoderOutput:
-        """One vision encoder pass over ``images``."""
+        """One vision encoder pass over ``images`` (:class:`~predictor.sam3_vision.Sam3FastVision`,
+        built on first use: in bf16 it holds a bf16 copy of the ViT's weights)."""
         pixels = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-        with self._autocast():
-            vision: Sam3VisionEncoderOutput = self.model.get_vision_features(
-                pixel_values=pixels.to(self.device)
-            )
-        return vision
+        if self._encoder is None:
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+            self._encoder = Sam3FastVision(self.model, dtype)
+        return self._encoder(pixels.to(self.device))
 
     def _text_features(self, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{name: (1xTxD features, 1xT attention mask)}``; the text encoder runs once, on the names

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from predictor.windows import partition, unpartition
+
 
 class Sam2FastEncoder(nn.Module):
     """``pixels`` ``Bx3xSxS`` (normalised, S the model's input side) -> the three feature levels
@@ -108,14 +110,14 @@ def _block(block: Any, hidden: torch.Tensor) -> torch.Tensor:
     window = block.window_size
     if window > 0:
         height, width = hidden.shape[1:3]
-        hidden, padded = _partition(hidden, window)
+        hidden, padded = partition(hidden, window)
     hidden = _attention(block.attn, hidden)
     if block.query_stride:  # the windows shrank with the queries
         window = block.window_size // block.query_stride[0]
         height, width = residual.shape[1:3]
         padded = (height + (-height) % window, width + (-width) % window)
     if block.window_size > 0:
-        hidden = _unpartition(hidden, window, padded, (height, width))
+        hidden = unpartition(hidden, window, padded, (height, width))
     hidden = residual + hidden
     out: torch.Tensor = hidden + block.mlp(block.layer_norm2(hidden))
     return out
@@ -144,27 +146,3 @@ def _pool(x: torch.Tensor, stride: Any) -> torch.Tensor:
         return x
     pooled = F.max_pool2d(x.permute(0, 3, 1, 2), kernel_size=stride, stride=stride)
     return pooled.permute(0, 2, 3, 1)
-
-
-def _partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """``BxHxWxC`` -> ``(B*windows) x window x window x C`` (zero-padded), and the padded size."""
-    batch, height, width, channels = x.shape
-    pad_h, pad_w = (-height) % window, (-width) % window
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    rows, cols = (height + pad_h) // window, (width + pad_w) // window
-    x = x.view(batch, rows, window, cols, window, channels).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, window, window, channels), (height + pad_h, width + pad_w)
-
-
-def _unpartition(
-    windows: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]
-) -> torch.Tensor:
-    """The inverse of :func:`_partition`, padding removed."""
-    rows, cols = padded[0] // window, padded[1] // window
-    batch = windows.shape[0] // (rows * cols)
-    x = windows.view(batch, rows, cols, window, window, -1).permute(0, 1, 3, 2, 4, 5)
-    x = x.reshape(batch, padded[0], padded[1], -1)
-    if padded != size:
-        x = x[:, : size[0], : size[1]]
-    return x.contiguous()

@@ -57,7 +57,9 @@ class Calls:
         self.vision = 0
         self._handles = [
             model.text_encoder.register_forward_hook(self._count_text),
-            model.vision_encoder.register_forward_hook(self._count_vision),
+            # The ViT's first layer norm: both the library's forward and Sam3FastVision call it
+            # (the fast path has its own copies of the other weights), once per batch.
+            model.vision_encoder.backbone.layer_norm.register_forward_hook(self._count_vision),
         ]
 
     def _count_text(self, module: object, args: tuple[torch.Tensor, ...], output: object) -> None:
@@ -165,7 +167,7 @@ def test_the_cache_holds_features_of_the_concept_not_the_batch(
 def test_vision_is_batched(model_dir: Path, images: list[np.ndarray]) -> None:
     engine = ConceptEngine.from_pretrained(model_dir, precision="fp32", batch_size=2, images_per_pass=2)
     batches: list[int] = []
-    handle = engine.model.vision_encoder.register_forward_hook(
+    handle = engine.model.vision_encoder.backbone.layer_norm.register_forward_hook(
         lambda m, args, out: batches.append(len(args[0]))
     )
     try:

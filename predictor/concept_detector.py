@@ -10,6 +10,10 @@ with the same arithmetic for every instance it keeps, but:
   concepts of most images have none, and a few instances at most);
 * the image's backbone features are broadcast to the concepts, never copied per concept (the
   library clones every level per concept before its pixel decoder);
+* the DETR encoder's first self-attention, which reads only the image, runs once for all the
+  concepts (:func:`_encode`);
+* the decoder's box bias is added straight into the attention mask's layout (:func:`_box_bias`),
+  and its presence head runs for the last layer only, the one whose output is read;
 * the semantic-segmentation head, which samdrop does not use, is skipped.
 
 ``tests/unit/test_concepts.py`` holds this path to plain ``model(**inputs)`` + the processor.
@@ -17,7 +21,9 @@ with the same arithmetic for every instance it keeps, but:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,38 +70,23 @@ def detect(
         model, text_features, text_mask.bool(), fpn, positions, input_boxes, input_boxes_labels
     )
 
-    encoded = model.detr_encoder(
-        vision_features=[fpn[-1]],
-        text_features=prompt,
-        vision_pos_embeds=[positions[-1]],
-        text_mask=prompt_mask,
-    )
-    decoded = model.detr_decoder(
-        vision_features=encoded.last_hidden_state,
-        text_features=encoded.text_features,
-        vision_pos_encoding=encoded.pos_embeds_flattened,
-        text_mask=prompt_mask,
-        spatial_shapes=encoded.spatial_shapes,
-    )
-    # The last decoder layer's queries, boxes and presence: what the model's outputs hold. Scoring
-    # and the box head act on each layer on its own, so only the last is computed.
-    queries = decoded.intermediate_hidden_states[-1]
+    encoded, positions_flat = _encode(model, fpn[-1], positions[-1], prompt, prompt_mask)
+    side = (int(fpn[-1].shape[-2]), int(fpn[-1].shape[-1]))
+    queries, reference, presence = _decode(model, encoded, positions_flat, prompt, prompt_mask, side)
     offsets = model.detr_decoder.box_head(queries)
-    boxes = box_cxcywh_to_xyxy((inverse_sigmoid(decoded.reference_boxes[-1]) + offsets).sigmoid())  # type: ignore[no-untyped-call]
+    boxes = box_cxcywh_to_xyxy((inverse_sigmoid(reference) + offsets).sigmoid())  # type: ignore[no-untyped-call]
     logits = model.dot_product_scoring(
         decoder_hidden_states=queries.unsqueeze(0),
-        text_features=encoded.text_features,
+        text_features=prompt,
         text_mask=prompt_mask,
     )[0].squeeze(-1)
-    presence = decoded.presence_logits[-1]
     scores = logits.float().sigmoid() * presence.float().sigmoid()
     keep = scores > score_threshold
 
     found = [keep[row].any().item() for row in range(count)]
     rows = [row for row in range(count) if found[row]]
-    masks = _mask_logits(model, vision, encoded.last_hidden_state, prompt, prompt_mask, queries, keep, rows)
-    side = fpn[0].shape[-2:]
-    empty = queries.new_zeros((0, *side))
+    masks = _mask_logits(model, vision, encoded, prompt, prompt_mask, queries, keep, rows)
+    empty = queries.new_zeros((0, *fpn[0].shape[-2:]))
     return [
         Detections(scores[row][keep[row]], boxes[row][keep[row]].float(), masks.get(row, empty))
         for row in range(count)
@@ -127,6 +118,113 @@ def _prompt(
     )
     prompt = torch.cat([text_features, geometry.last_hidden_state], dim=1)
     return prompt, torch.cat([text_mask, geometry.attention_mask], dim=1)
+
+
+def _encode(
+    model: Sam3Model,
+    feature: torch.Tensor,
+    position: torch.Tensor,
+    prompt: torch.Tensor,
+    prompt_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Sam3DetrEncoder.forward`` over the coarsest level (``feature``, ``position``: ``CxDxHxW``,
+    the image's broadcast over the concepts): the encoded ``CxHWxD`` and the flattened positions.
+
+    The first layer's self-attention reads only the image, so it runs once, not once per concept;
+    everything after it reads the prompt and runs per concept, as in the library."""
+    encoder = model.detr_encoder
+    count = prompt.shape[0]
+    image = feature[:1].flatten(2).transpose(1, 2)
+    positions = position[:1].flatten(2).transpose(1, 2)
+    mask = create_bidirectional_mask(
+        config=encoder.config,
+        inputs_embeds=image.expand(count, -1, -1),
+        attention_mask=prompt_mask,
+        encoder_hidden_states=prompt,
+    )
+    first: Any = encoder.layers[0]
+    normed = first.layer_norm1(image)
+    with_position = normed + positions
+    attended, _ = first.self_attn(query=with_position, key=with_position, value=normed)
+    hidden = (attended + image).expand(count, -1, -1)
+    attended, _ = first.cross_attn(
+        query=first.layer_norm2(hidden), key=prompt, value=prompt, attention_mask=mask
+    )
+    hidden = attended + hidden
+    hidden = first.mlp(first.layer_norm3(hidden)) + hidden
+    positions = positions.expand(count, -1, -1)
+    for layer in encoder.layers[1:]:
+        hidden = layer(
+            hidden, prompt_feats=prompt, vision_pos_encoding=positions, prompt_cross_attn_mask=mask
+        )
+    return hidden, positions
+
+
+def _decode(
+    model: Sam3Model,
+    encoded: torch.Tensor,
+    positions: torch.Tensor,
+    prompt: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    side: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``Sam3DetrDecoder.forward``, returning only what its last layer gives the heads: the
+    normalised queries ``CxQxD``, the reference boxes they refine ``CxQx4`` and the presence logits
+    ``Cx1``. The box bias of each layer is written in place (:func:`_box_bias`)."""
+    decoder = model.detr_decoder
+    count = encoded.shape[0]
+    queries = decoder.query_embed.weight.unsqueeze(0).expand(count, -1, -1)
+    reference = decoder.reference_points.weight.unsqueeze(0).expand(count, -1, -1).sigmoid()
+    presence = decoder.presence_token.weight.unsqueeze(0).expand(count, -1, -1)
+    hidden = torch.cat([presence, queries], dim=1)
+    text_mask = create_bidirectional_mask(
+        config=decoder.config, inputs_embeds=hidden, attention_mask=prompt_mask, encoder_hidden_states=prompt
+    )
+    last = len(decoder.layers) - 1
+    for index, layer in enumerate(decoder.layers):
+        hidden = layer(
+            hidden,
+            query_pos=decoder.ref_point_head(decoder.position_encoding.encode_boxes(reference)),
+            text_features=prompt,
+            vision_features=encoded,
+            vision_pos_encoding=positions,
+            text_cross_attn_mask=text_mask,
+            vision_cross_attn_mask=_box_bias(decoder, reference, *side),
+        )
+        normed = decoder.output_layer_norm(hidden[:, 1:])
+        if index == last:
+            logits = decoder.presence_head(decoder.presence_layer_norm(hidden[:, :1])).squeeze(-1)
+            limit = decoder.clamp_presence_logit_max_val
+            return normed, reference, logits.clamp(min=-limit, max=limit)
+        reference = (decoder.box_head(normed) + inverse_sigmoid(reference)).sigmoid()
+    raise ValueError("SAM 3's DETR decoder has no layers")
+
+
+def _box_bias(decoder: Any, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``Sam3DetrDecoder._get_rpb_matrix`` with the presence token's zero row, ``CxHeadsx(1+Q)xHW``:
+    the same values, added straight into the attention mask's layout (the library adds, permutes
+    into a copy, then pads into another)."""
+    xyxy = box_cxcywh_to_xyxy(boxes)  # type: ignore[no-untyped-call]
+    count, queries, _ = xyxy.shape
+    rows, cols = decoder._get_coords(height, width, dtype=boxes.dtype, device=boxes.device)
+    edges = xyxy.reshape(-1, 1, 4)
+    delta_y = (rows.view(1, -1, 1) - edges[:, :, 1:4:2]).view(count, queries, -1, 2)
+    delta_x = (cols.view(1, -1, 1) - edges[:, :, 0:3:2]).view(count, queries, -1, 2)
+    bias_y = decoder.box_rpb_embed_y(_log_scale(delta_y)).permute(0, 3, 1, 2)  # C x heads x Q x H
+    bias_x = decoder.box_rpb_embed_x(_log_scale(delta_x)).permute(0, 3, 1, 2)  # C x heads x Q x W
+    bias: torch.Tensor = bias_y.new_empty(count, bias_y.shape[1], queries + 1, height * width)
+    bias[:, :, 0] = 0  # the presence token attends to every position alike
+    torch.add(
+        bias_y.unsqueeze(-1), bias_x.unsqueeze(-2), out=bias[:, :, 1:].view(count, -1, queries, height, width)
+    )
+    return bias
+
+
+def _log_scale(delta: torch.Tensor) -> torch.Tensor:
+    """The box bias's log-scale encoding of coordinate differences, as transformers writes it."""
+    scaled = delta * 8
+    encoded: torch.Tensor = torch.sign(scaled) * torch.log2(torch.abs(scaled) + 1.0) / math.log2(8)
+    return encoded
 
 
 def _mask_logits(

@@ -125,6 +125,8 @@ class ConceptEngine:
         self._text_cache_size = text_cache_size
         self._lock = threading.Lock()
         self._encoder: Sam3FastVision | None = None
+        if fast:  # built now, so that the first request does not pay for it
+            self._vision_encoder()
         if self.precision == "bf16" and self.device.type == "cpu":
             _encode_boxes_in_fp32(model)
 
@@ -306,13 +308,17 @@ class ConceptEngine:
             return out
 
     def _vision(self, images: Sequence[np.ndarray]) -> Sam3VisionEncoderOutput:
-        """One vision encoder pass over ``images`` (:class:`~predictor.sam3_vision.Sam3FastVision`,
-        built on first use: in bf16 it holds a bf16 copy of the ViT's weights)."""
+        """One vision encoder pass over ``images`` (:class:`~predictor.sam3_vision.Sam3FastVision`)."""
         pixels = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+        return self._vision_encoder()(pixels.to(self.device))
+
+    def _vision_encoder(self) -> Sam3FastVision:
+        """The vision encoder, built once; in bf16 it holds a bf16 copy of the ViT's weights (~0.9 GB
+        for the released model)."""
         if self._encoder is None:
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
             self._encoder = Sam3FastVision(self.model, dtype)
-        return self._encoder(pixels.to(self.device))
+        return self._encoder
 
     def _text_features(self, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{name: (1xTxD features, 1xT attention mask)}``; the text encoder runs once, on the names

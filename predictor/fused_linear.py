@@ -1,0 +1,44 @@
+"""``nn.Linear`` with its bias, a following GELU or a residual add done inside the matrix product.
+
+On a CPU, ``F.linear`` with a bias first copies the bias into every row of the output and then
+accumulates the product onto it, and a GELU or a residual add after it is another full pass over
+the output. In SAM 2.1's image encoder (hiera tiny, bf16, 2 Zen 4 cores) those passes were a fifth
+of the linears' time. oneDNN (``torch.ops.mkldnn._linear_pointwise``, what Inductor emits for the
+same pattern) applies bias, GELU or the add to each tile of the product while it is in cache. Where
+oneDNN is not there (CUDA, a build without it) the same function is the plain sequence of ops.
+
+Values: the same maths; in bf16 the fused add rounds once instead of twice (bf16 noise).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def fused(x: torch.Tensor) -> bool:
+    """Whether oneDNN's fused linears run on ``x`` (a CPU tensor with oneDNN built in)."""
+    return x.device.type == "cpu" and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+
+
+def linear(
+    x: torch.Tensor, layer: nn.Linear, *, gelu: bool = False, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``layer(x)``, then exact (erf) GELU when ``gelu``, plus ``residual`` (shaped as the output)
+    when given; ``x``: ``...xK`` -> ``...xN``."""
+    if gelu and residual is not None:
+        raise ValueError("a fused linear takes a GELU or a residual, not both")
+    if not fused(x):
+        out = F.linear(x, layer.weight, layer.bias)
+        if gelu:
+            return F.gelu(out)
+        return out if residual is None else out + residual
+    x = x.contiguous()
+    if residual is not None:
+        return torch.ops.mkldnn._linear_pointwise.binary(  # type: ignore[no-any-return]
+            x, residual.contiguous(), layer.weight, layer.bias, "add"
+        )
+    if gelu:
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu", [], "none")  # type: ignore[no-any-return]
+    return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")  # type: ignore[no-any-return]

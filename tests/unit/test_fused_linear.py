@@ -1,0 +1,49 @@
+"""predictor.fused_linear against the unfused ops it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from predictor import fused_linear
+from predictor.fused_linear import linear
+
+
+def _case(dtype: torch.dtype) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    layer = nn.Linear(24, 40).to(dtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(40, 24, generator=generator) * 0.3)
+        layer.bias.copy_(torch.randn(40, generator=generator))
+    # A non-contiguous input, as a transposed view gives it.
+    x = torch.randn(2, 24, 7, 5, generator=generator).to(dtype).transpose(1, 3)
+    residual = torch.randn(2, 5, 7, 40, generator=generator).to(dtype)
+    return layer, x, residual
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("fused", [True, False])
+def test_matches_linear_then_gelu_or_add(monkeypatch, dtype, tolerance, fused):
+    if fused and not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    monkeypatch.setattr(fused_linear, "fused", lambda x: fused)
+    layer, x, residual = _case(dtype)
+    with torch.inference_mode():
+        plain = F.linear(x.float(), layer.weight.float(), layer.bias.float())
+        cases = [
+            (linear(x, layer), plain),
+            (linear(x, layer, gelu=True), F.gelu(plain)),
+            (linear(x, layer, residual=residual), plain + residual.float()),
+        ]
+    for ours, expected in cases:
+        assert ours.shape == (2, 5, 7, 40) and ours.dtype == dtype
+        scale = float(expected.abs().max())
+        torch.testing.assert_close(ours.float(), expected, rtol=tolerance, atol=tolerance * scale)
+
+
+def test_gelu_and_residual_together_are_refused():
+    layer, x, residual = _case(torch.float32)
+    with pytest.raises(ValueError, match="not both"):
+        linear(x, layer, gelu=True, residual=residual)

@@ -14,8 +14,10 @@ a third of its time on work whose result is never read or that is the same for e
 :class:`Sam2FastEncoder` runs the same modules with the same weights and skips all three: the
 positional embedding is computed once, the blocks call the attention's projections and SDPA
 directly, and with ``dtype=torch.bfloat16`` a bf16 copy of the encoder runs end to end (features
-back in bf16, which the decoder reads as they are). fp32 outputs match ``get_image_embeddings`` to
-float rounding (``tests/unit/test_sam2_encoder.py``).
+back in bf16, which the decoder reads as they are). On a CPU its linears take their bias, GELU and
+residual add inside the product (:mod:`predictor.fused_linear`), and the two finest neck levels,
+which the decoder reads only through ``conv_s0`` / ``conv_s1``, are one composed linear each.
+fp32 outputs match ``get_image_embeddings`` to float rounding (``tests/unit/test_sam2_encoder.py``).
 """
 
 from __future__ import annotations

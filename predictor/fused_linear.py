@@ -12,14 +12,29 @@ Values: the same maths; in bf16 the fused add rounds once instead of twice (bf16
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 def fused(x: torch.Tensor) -> bool:
-    """Whether oneDNN's fused linears run on ``x`` (a CPU tensor with oneDNN built in)."""
-    return x.device.type == "cpu" and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+    """Whether oneDNN's fused linears run on ``x``: a CPU tensor, fp32, or bf16 where the CPU has
+    oneDNN's bf16 kernels (AVX-512 or newer; ``SAMDROP_PRECISION=bf16`` may be forced elsewhere)."""
+    if x.device.type != "cpu" or not _onednn():
+        return False
+    return x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _onednn_bf16())
+
+
+@functools.cache
+def _onednn() -> bool:
+    return bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def linear(

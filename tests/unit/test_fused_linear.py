@@ -43,6 +43,15 @@ def test_matches_linear_then_gelu_or_add(monkeypatch, dtype, tolerance, fused):
         torch.testing.assert_close(ours.float(), expected, rtol=tolerance, atol=tolerance * scale)
 
 
+def test_unfused_where_onednn_cannot_run_it():
+    """Tensors off the CPU (here on the meta device) and dtypes without oneDNN kernels take the
+    plain ops."""
+    assert not fused_linear.fused(torch.zeros(2, 2, dtype=torch.float16, device="meta"))
+    assert not fused_linear.fused(torch.zeros(2, 2, dtype=torch.float64))
+    layer, x, _ = _case(torch.float64)
+    torch.testing.assert_close(linear(x, layer, gelu=True), F.gelu(F.linear(x, layer.weight, layer.bias)))
+
+
 def test_gelu_and_residual_together_are_refused():
     layer, x, residual = _case(torch.float32)
     with pytest.raises(ValueError, match="not both"):

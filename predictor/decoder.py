@@ -244,6 +244,8 @@ def image_to_tokens(
     tokens_pos: torch.Tensor,
     residual: torch.Tensor | None = None,
     image_pos: torch.Tensor | None = None,
+    *,
+    overwrite: bool = False,
 ) -> torch.Tensor:
     """``attn(q=image + image_pos, k=tokens + pos, v=tokens)`` for N image tokens over T prompt
     tokens, ``BxNxC``.
@@ -252,7 +254,9 @@ def image_to_tokens(
     here through the T keys; ``image_pos`` ``1xNxC`` shared, or ``None``) is given. The value and
     output projections are folded into the T values. With ``residual`` (``BxNxC`` or ``1xNxC``) the
     result is ``residual + attn(...)`` in the same product: the output bias rides in the values (each
-    head's weights sum to one), so no ``BxNxC`` pass adds it.
+    head's weights sum to one), so no ``BxNxC`` pass adds it; with ``overwrite`` the sum is
+    written into ``residual`` (``BxNxC``, which the caller no longer reads, ``image`` included):
+    no ``BxNxC`` copy of it either.
 
     Scores are laid out ``B x (T*H) x N``: the softmax over the T tokens then runs across rows with
     the N image tokens contiguous (vectorised), and scale and query bias ride in the T keys.
@@ -286,4 +290,7 @@ def image_to_tokens(
     weights_t = weights.transpose(1, 2)  # B x N x (T*H)
     if residual is None:
         return torch.baddbmm(attn.out_proj.bias, weights_t, values_out)
-    return torch.baddbmm(residual, weights_t, values_out + attn.out_proj.bias / heads)
+    values_out = values_out + attn.out_proj.bias / heads
+    if overwrite:
+        return residual.baddbmm_(weights_t, values_out)
+    return torch.baddbmm(residual, weights_t, values_out)

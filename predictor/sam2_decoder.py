@@ -13,8 +13,11 @@ weights and does that work once per image (:meth:`Sam2FastDecoder.context`):
   upscaling's transposed convolutions (matrix products per pixel), and added to every prompt's
   upscaled embedding by broadcasting, never copied;
 * only the mask tokens that are returned are projected to masks, and the object-score head, which
-  image prompts never read, does not run; the final token-to-image attention runs for the tokens
-  the heads read (IoU and mask tokens: 5 of 8 for a point prompt), not for all.
+  image prompts never read, does not run; the final token-to-image attention runs for the IoU token
+  first, and for the returned mask tokens only of the prompts that are upscaled (with ``min_iou``,
+  those that can pass it), never for the object-score and prompt tokens;
+* the second block forms ``keys + pos`` once for its two attentions, and its image-to-token
+  residual sum is written over the keys (no copy).
 
 Mask prompts (``use_m2m``) give every prompt its own dense embedding: the first block then takes the
 per-prompt path (the second block's). fp32 outputs match ``Sam2MaskDecoder`` to float rounding
@@ -164,21 +167,44 @@ class Sam2FastDecoder:
         can pass skips the upscaling, half the decoder's work; its logits come back as zeros and
         its IoUs are at most ``min_iou`` (the caller's filter drops them unread).
         """
-        if sparse.shape[0] > self.chunk:  # per-prompt BxNxC tensors that stay in cache
-            parts = [
-                self(
-                    context,
-                    sparse[start : start + self.chunk],
-                    multimask,
-                    None if dense is None else dense[start : start + self.chunk],
-                    min_iou,
-                )
-                for start in range(0, sparse.shape[0], self.chunk)
-            ]
-            return torch.cat([logits for logits, _ in parts]), torch.cat([iou for _, iou in parts])
+        # Chunks of prompts: their per-prompt BxNxC tensors stay in cache.
+        starts = range(0, sparse.shape[0], self.chunk)
+        parts = [
+            self._chunk(
+                context,
+                sparse[start : start + self.chunk],
+                multimask,
+                None if dense is None else dense[start : start + self.chunk],
+                min_iou,
+            )
+            for start in starts
+        ]
+        iou = torch.cat([part_iou for _, part_iou, _ in parts])
+        if min_iou is None:
+            masks = [part_masks for part_masks, _, _ in parts]
+            return masks[0] if len(masks) == 1 else torch.cat(masks), iou
+        # Prompts not upscaled get zero logits: one fill for the batch, then the chunks' kept rows.
+        first = parts[0][0]
+        logits = first.new_zeros(sparse.shape[0], *first.shape[1:])
+        for start, (masks_kept, _, rows) in zip(starts, parts, strict=True):
+            if len(rows):
+                logits[start + rows] = masks_kept
+        return logits, iou
+
+    def _chunk(
+        self,
+        context: Sam2DecoderContext,
+        sparse: torch.Tensor,
+        multimask: bool,
+        dense: torch.Tensor | None,
+        min_iou: float | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`__call__` for at most ``chunk`` prompts: the logits of the prompts upscaled
+        (``KxMxS/4xS/4``), the IoUs of all (``BxM``), and which K were upscaled (all without
+        ``min_iou``)."""
         decoder = self.decoder
         batch = sparse.shape[0]
-        all_iou, all_hyper, keys = self._tokens(
+        all_iou, mask_queries, mask_tokens, keys = self._tokens(
             context, self._padded(sparse), None if dense is None else self._padded(dense)
         )
         dynamic = not multimask and decoder.dynamic_multimask_via_stability
@@ -186,23 +212,20 @@ class Sam2FastDecoder:
         if dynamic:
             picked = list(range(decoder.num_mask_tokens))
         iou = all_iou[:batch, picked].float()
-        keys, hyper = keys[:batch], all_hyper[:batch, picked]
-        rows = None if min_iou is None else torch.nonzero(iou.max(dim=1).values > min_iou)[:, 0]
-        if rows is not None:
-            keys, hyper = keys[rows], hyper[rows]
-        masks = self._upscale_rows(keys, hyper, context)
-        kept_iou = iou if rows is None else iou[rows]
-        if dynamic:  # transformers' own rule, on the four masks it would have made
-            chosen, best = decoder._dynamic_multimask_via_stability(masks[:, None], kept_iou[:, None])
-            masks, kept_iou = chosen[:, 0], best[:, 0]
-            iou = iou[:, :1]  # token 0's for prompts not upscaled: at most min_iou, as the best is
-        if rows is None:
-            return masks, kept_iou
-        logits = masks.new_zeros(batch, masks.shape[1], *masks.shape[2:])
-        logits[rows] = masks
-        iou = iou.clone()
-        iou[rows] = kept_iou
-        return logits, iou
+        keys, mask_queries, mask_tokens = keys[:batch], mask_queries[:batch], mask_tokens[:batch]
+        if min_iou is None:
+            rows = torch.arange(batch, device=iou.device)
+        else:
+            rows = torch.nonzero(iou.max(dim=1).values > min_iou)[:, 0]
+            keys, mask_queries, mask_tokens = keys[rows], mask_queries[rows], mask_tokens[rows]
+        masks = self._masks(context, keys, mask_queries[:, picked], mask_tokens[:, picked], picked)
+        if not dynamic:
+            return masks, iou, rows
+        # transformers' own rule, on the four masks it would have made
+        chosen, best = decoder._dynamic_multimask_via_stability(masks[:, None], iou[rows][:, None])
+        iou = iou[:, :1].clone()  # token 0's for prompts not upscaled: at most min_iou, as the best is
+        iou[rows] = best[:, 0]
+        return chosen[:, 0], iou, rows
 
     def _padded(self, prompts: torch.Tensor) -> torch.Tensor:
         """``prompts`` (a chunk's rows) repeated up to ``chunk`` rows when compiled: a compiled graph
@@ -214,10 +237,10 @@ class Sam2FastDecoder:
 
     def _token_side(
         self, context: Sam2DecoderContext, sparse: torch.Tensor, dense: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The two-way transformer for one chunk, then the heads that read its tokens: IoU
-        predictions ``BxT`` and hypernetwork outputs ``BxTxC/8`` for all T mask tokens, and the
-        image tokens ``BxNxC`` the upscaling reads."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The two-way transformer for one chunk and the IoU head: IoU predictions ``BxT`` fp32 for
+        all T mask tokens; the mask tokens' final-attention inputs, queries plus token embeddings and
+        queries alone (``BxTxC`` each, for :meth:`_hypernetworks`); and the image tokens ``BxNxC``."""
         decoder = self.decoder
         batch = sparse.shape[0]
         output_tokens = torch.cat(
@@ -246,31 +269,63 @@ class Sam2FastDecoder:
         # Block 2.
         q = queries + tokens
         queries = second.layer_norm1(queries + _self_attention(second.self_attn, q, q, queries))
-        # keys + pos is never formed: its products are the keys' plus the shared positions'.
-        queries = second.layer_norm2(
-            queries + tokens_to_image(t2i2, queries + tokens, keys, keys, context.pos)
-        )
+        # keys + pos, formed once: both attentions of the block read it (as keys, then as queries).
+        # One BxNxC add costs less than the products of every prompt's queries with pos besides.
+        keys_pos = keys + context.pos
+        queries = second.layer_norm2(queries + tokens_to_image(t2i2, queries + tokens, keys_pos, keys))
         queries = second.layer_norm3(queries + second.mlp(queries))
-        keys = second.layer_norm4(image_to_tokens(i2t2, None, keys, queries, tokens, keys, context.pos))
+        # The keys are last read here: the residual sum overwrites them.
+        keys = image_to_tokens(i2t2, None, keys_pos, queries, tokens, keys, overwrite=True)
+        keys = second.layer_norm4(keys)
 
-        # Final token-to-image attention, for the tokens the heads read: the IoU token and the mask
-        # tokens (rows 1 to 1 + mask tokens). The object-score and prompt tokens' outputs are never
-        # read, and each token attends alone: leaving them out leaves the rest as they were.
-        read = slice(1, 2 + len(decoder.output_hypernetworks_mlps))
-        attended = tokens_to_image(self._final, (queries + tokens)[:, read], keys, keys, context.pos)
-        queries = decoder.transformer.layer_norm_final_attn(queries[:, read] + attended)
-        iou = self._iou_head(queries[:, 0].float())
-        hyper = torch.stack(
-            [mlp(queries[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
-        )
-        return iou, hyper, keys
+        # Final token-to-image attention. Each token attends alone, so it runs here for the IoU token
+        # only (row 1): its prediction decides which prompts are upscaled at all. The mask tokens'
+        # (rows 2 to 2 + mask tokens) run in _hypernetworks, for the prompts and masks kept; the
+        # object-score and prompt tokens' outputs are never read.
+        q = queries + tokens
+        attended = tokens_to_image(self._final, q[:, 1:2], keys, keys, context.pos)
+        iou_token = decoder.transformer.layer_norm_final_attn(queries[:, 1:2] + attended)
+        iou = self._iou_head(iou_token[:, 0].float())
+        masks = slice(2, 2 + decoder.num_mask_tokens)
+        return iou, q[:, masks], queries[:, masks], keys
+
+    def _masks(
+        self,
+        context: Sam2DecoderContext,
+        keys: torch.Tensor,
+        q: torch.Tensor,
+        queries: torch.Tensor,
+        picked: list[int],
+    ) -> torch.Tensor:
+        """Low-res logits ``BxMxS/4xS/4`` fp32 of the mask tokens ``picked`` (see
+        :meth:`_hypernetworks`); none for no prompts."""
+        if keys.shape[0] == 0:
+            side = 4 * math.isqrt(keys.shape[1])
+            return torch.zeros(0, len(picked), side, side, device=keys.device)
+        return self._upscale_rows(keys, self._hypernetworks(context, keys, q, queries, picked), context)
+
+    def _hypernetworks(
+        self,
+        context: Sam2DecoderContext,
+        keys: torch.Tensor,
+        q: torch.Tensor,
+        queries: torch.Tensor,
+        picked: list[int],
+    ) -> torch.Tensor:
+        """The final token-to-image attention and the hypernetwork MLPs for the mask tokens
+        ``picked``: ``q`` (queries plus token embeddings) and ``queries`` ``BxMxC`` -> ``BxMxC/8``."""
+        decoder = self.decoder
+        attended = tokens_to_image(self._final, q, keys, keys, context.pos)
+        out = decoder.transformer.layer_norm_final_attn(queries + attended)
+        mlps = decoder.output_hypernetworks_mlps
+        return torch.stack([mlps[token](out[:, i]) for i, token in enumerate(picked)], dim=1)
 
     def _upscale_rows(
         self, keys: torch.Tensor, hyper: torch.Tensor, context: Sam2DecoderContext
     ) -> torch.Tensor:
         """:meth:`_upscale_and_project` of the prompts kept; compiled, one prompt per call (how many
         pass ``min_iou`` varies, a graph's shape does not)."""
-        if not self.compiled or keys.shape[0] == 0:
+        if not self.compiled:
             return self._upscale(keys, hyper, context)
         rows = range(keys.shape[0])
         return torch.cat([self._upscale(keys[r : r + 1], hyper[r : r + 1], context) for r in rows])

@@ -14,9 +14,10 @@ well over a third of its time outside its matrix products and attention:
 tables are built once (by the layers' own rotary modules) as complex numbers and applied in one
 complex product in fp32, the q/k/v weights are stacked into one product, and with
 ``dtype=torch.bfloat16`` the layers run on bf16 copies of their weights, through oneDNN's packed
-linear (bias and GELU fused) on a CPU that has it. The residual stream and layer norms stay fp32,
-as under autocast, so bf16 features are as close to fp32 as autocast's; fp32 features match
-``get_vision_features`` to float rounding (``tests/unit/test_sam3_vision.py``).
+linear (bias and GELU fused, :class:`~predictor.fused_linear.PackedLinear`) on a CPU that has it.
+The residual stream and layer norms stay fp32, as under autocast, so bf16 features are as close
+to fp32 as autocast's; fp32 features match ``get_vision_features`` to float rounding
+(``tests/unit/test_sam3_vision.py``).
 """
 
 from __future__ import annotations
@@ -28,38 +29,8 @@ import torch
 import torch.nn.functional as F
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
+from predictor.fused_linear import PackedLinear
 from predictor.windows import partition, unpartition
-
-
-def packed_linear_available(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether oneDNN's packed bf16 linear runs here (a CPU with native bf16 support)."""
-    return (
-        dtype == torch.bfloat16
-        and device.type == "cpu"
-        and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
-        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    )
-
-
-class _Linear:
-    """``y = x W^T + b`` (then GELU if asked) in ``dtype``: oneDNN's packed weight with the bias
-    and activation fused where :func:`packed_linear_available`, else ``F.linear``."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype, rows: int) -> None:
-        self.bias = bias.detach().to(dtype).contiguous()
-        weight = weight.detach().to(dtype).contiguous()
-        self.packed = packed_linear_available(dtype, weight.device)
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows) if self.packed else weight
-
-    def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-        if self.packed:
-            flat = x.reshape(-1, x.shape[-1])
-            out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
-                flat, self.weight, self.bias, "gelu" if gelu else "none", [], "none" if gelu else ""
-            )
-            return out.view(*x.shape[:-1], -1)
-        out = F.linear(x, self.weight, self.bias)
-        return F.gelu(out) if gelu else out
 
 
 class _Layer:
@@ -71,15 +42,15 @@ class _Layer:
         self.window = int(layer.window_size)
         self.norm1 = layer.layer_norm1
         self.norm2 = layer.layer_norm2
-        self.qkv = _Linear(
+        self.qkv = PackedLinear(
             torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]),
             torch.cat([attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias]),
             dtype,
             rows,
         )
-        self.out = _Linear(attention.o_proj.weight, attention.o_proj.bias, dtype, rows)
-        self.fc1 = _Linear(layer.mlp.fc1.weight, layer.mlp.fc1.bias, dtype, rows)
-        self.fc2 = _Linear(layer.mlp.fc2.weight, layer.mlp.fc2.bias, dtype, rows)
+        self.out = PackedLinear(attention.o_proj.weight, attention.o_proj.bias, dtype, rows)
+        self.fc1 = PackedLinear(layer.mlp.fc1.weight, layer.mlp.fc1.bias, dtype, rows)
+        self.fc2 = PackedLinear(layer.mlp.fc2.weight, layer.mlp.fc2.bias, dtype, rows)
         self.gelu = layer.mlp.config.hidden_act == "gelu"
         self.activation = layer.mlp.activation_fn
         # The layer's own cos/sin (pairs of equal values, one per rotated pair) as one complex

@@ -93,6 +93,21 @@ def test_min_iou_skips_only_prompts_that_cannot_pass(model: Any, features: list[
     assert not gated[~passing].any()  # never upscaled
 
 
+@pytest.mark.parametrize("multimask", [True, False])
+def test_min_iou_over_every_iou_upscales_nothing(model: Any, features: list[torch.Tensor], multimask: bool):
+    """Chunks where no prompt passes: zero logits of the full shape, IoUs at most ``min_iou``."""
+    sparse = _point_prompts(model)
+    decoder = Sam2FastDecoder(model, chunk=4)
+    with torch.inference_mode():
+        context = decoder.context(tuple(features))
+        logits, iou = decoder(context, sparse, multimask)
+        gated, gated_iou = decoder(context, sparse, multimask, min_iou=1.0)  # IoUs are sigmoids
+    assert gated.shape == logits.shape and not gated.any()
+    assert gated_iou.shape == iou.shape and bool((gated_iou <= 1.0).all())
+    if multimask:
+        torch.testing.assert_close(gated_iou, iou)
+
+
 def test_bf16_decoder_predicts_ious_in_fp32(model: Any, features: list[torch.Tensor]):
     """Filters, NMS order and the top-k cut read these scores: bf16 rounding would tie or swap them."""
     sparse = _point_prompts(model)

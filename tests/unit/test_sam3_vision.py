@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Sam3Model
 
-from predictor import sam3_vision
-from predictor.sam3_vision import Sam3FastVision, packed_linear_available
+from predictor.sam3_vision import Sam3FastVision
 from tests.sam3_models import SIDE, tiny_sam3_config
 
 
@@ -80,22 +79,3 @@ def test_one_image_alone_as_in_a_batch(pixels: torch.Tensor):
 def test_another_input_size_is_refused(pixels: torch.Tensor):
     with pytest.raises(ValueError, match="4x4 patches, not 5x5"):
         Sam3FastVision(_model(2))(F.pad(pixels, (0, 14, 0, 14)))
-
-
-@pytest.mark.skipif(
-    not packed_linear_available(torch.bfloat16, torch.device("cpu")), reason="no oneDNN bf16 on this CPU"
-)
-@pytest.mark.parametrize("gelu", [False, True])
-def test_packed_linear_is_the_plain_one(gelu: bool):
-    """oneDNN's packed linear (bias and exact GELU fused) gives F.linear's values, for any row count."""
-    generator = torch.Generator().manual_seed(1)
-    weight, bias = torch.randn(48, 32, generator=generator), torch.randn(48, generator=generator)
-    packed = sam3_vision._Linear(weight, bias, torch.bfloat16, rows=64)
-    assert packed.packed
-    for rows in (64, 7):
-        x = torch.randn(1, rows, 32, generator=generator).bfloat16()
-        plain = F.linear(x, weight.bfloat16(), bias.bfloat16())
-        plain = F.gelu(plain) if gelu else plain
-        ours = packed(x, gelu=gelu)
-        assert ours.shape == plain.shape and ours.dtype == torch.bfloat16
-        torch.testing.assert_close(ours.float(), plain.float(), rtol=1e-2, atol=2e-2)

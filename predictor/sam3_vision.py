@@ -38,6 +38,7 @@ class _Layer:
 
     def __init__(self, layer: Any, dtype: torch.dtype, rows: int) -> None:
         attention = layer.attention
+        self.dtype = dtype
         self.heads = int(attention.num_attention_heads)
         self.window = int(layer.window_size)
         self.norm1 = layer.layer_norm1
@@ -59,9 +60,9 @@ class _Layer:
             cos, sin = layer.rotary_emb(layer.position_ids, layer.position_ids)
         self.rotation = torch.complex(cos[0, :, ::2].float(), sin[0, :, ::2].float()).contiguous()
 
-    def __call__(self, hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden``: ``BxHxWxC`` fp32 residual stream."""
-        normed = self.norm1(hidden).to(dtype)
+        normed = self.norm1(hidden).to(self.dtype)
         height, width = hidden.shape[1:3]
         if self.window > 0:
             normed, padded = partition(normed, self.window)
@@ -73,7 +74,7 @@ class _Layer:
         rotated = qkv[:, :, :2].float()
         pairs = torch.view_as_complex(rotated.view(*rotated.shape[:-1], -1, 2))
         pairs.mul_(self.rotation.view(1, tokens, 1, 1, -1))
-        query, key = rotated.to(dtype).unbind(2)
+        query, key = rotated.to(self.dtype).unbind(2)
         attended = F.scaled_dot_product_attention(
             query.transpose(1, 2), key.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
         )
@@ -81,7 +82,7 @@ class _Layer:
         if self.window > 0:
             out = unpartition(out, self.window, padded, (height, width))
         hidden = hidden + out
-        normed = self.norm2(hidden).to(dtype)
+        normed = self.norm2(hidden).to(self.dtype)
         inner = self.fc1(normed, gelu=True) if self.gelu else self.activation(self.fc1(normed))
         return hidden + self.fc2(inner)
 
@@ -102,7 +103,7 @@ class Sam3FastVision:
         embeddings = backbone.embeddings
         self.patch_weight = embeddings.patch_embeddings.projection.weight.detach().to(dtype)
         with torch.no_grad():
-            self.position = embeddings._tile_position_embeddings(
+            self.position: torch.Tensor = embeddings._tile_position_embeddings(
                 embeddings.position_embeddings, side, side
             ).view(1, side, side, -1)
         self.norm = backbone.layer_norm
@@ -120,7 +121,7 @@ class Sam3FastVision:
         hidden = patches.permute(0, 2, 3, 1).float() + self._position(height, width)
         hidden = self.norm(hidden)
         for layer in self.layers:
-            hidden = layer(hidden, self.dtype)
+            hidden = layer(hidden)
         spatial = hidden.permute(0, 3, 1, 2)
         levels = tuple(fpn(spatial) for fpn in self.neck)
         positions = tuple(self.position_encoding(level.shape, level.device, level.dtype) for level in levels)
@@ -132,8 +133,7 @@ class Sam3FastVision:
 
     def _position(self, height: int, width: int) -> torch.Tensor:
         if self.position.shape[1:3] == (height, width):
-            position: torch.Tensor = self.position
-            return position
+            return self.position
         raise ValueError(
             f"SAM 3's vision encoder takes {self.position.shape[1]}x{self.position.shape[2]} patches, "
             f"not {height}x{width}"

@@ -3,7 +3,8 @@
 ``Sam3Model.forward`` (transformers 5.23, pinned) runs the DETR encoder and decoder, then the mask
 decoder for every one of the 200 queries of every concept, and scores last; most queries are then
 dropped by the score threshold. :func:`detect` calls the very same submodules in the same order,
-with the same arithmetic for every instance it keeps, but:
+with the same arithmetic for every instance it keeps (the mask head's sums in another order),
+but:
 
 * scores and boxes come first; the mask decoder runs only for the concepts with a query above the
   threshold, and mask embeddings and logits only for those queries (with real weights most
@@ -14,6 +15,10 @@ with the same arithmetic for every instance it keeps, but:
   concepts (:func:`_encode`);
 * the decoder's box bias is added straight into the attention mask's layout (:func:`_box_bias`),
   and its presence head runs for the last layer only, the one whose output is read;
+* the pixel decoder's 3x3 convs over the upsampled coarse map plus the image's level split in two
+  (the conv is linear): the image's part runs once for all concepts, the concept's part as one
+  2x2 conv per output phase over the coarse map, 4/9 of the work (:func:`_upsampled_conv`); and
+  the 1x1 instance projection is folded into each kept query's mask embedding;
 * the semantic-segmentation head, which samdrop does not use, is skipped.
 
 ``tests/unit/test_concepts.py`` holds this path to plain ``model(**inputs)`` + the processor.
@@ -23,10 +28,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import Sam3Model
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.sam3.modeling_sam3 import (
@@ -258,17 +264,68 @@ def _mask_logits(
     states = states + attended
 
     # The pixel decoder with the encoder's output as its coarsest level; the finer levels are the
-    # image's own, broadcast over the concepts (batch of one) instead of cloned per concept.
+    # image's own, shared by the concepts (batch of one) instead of cloned per concept. The states
+    # are token-major, so the pixels stay channels-last throughout.
     backbone = vision.fpn_hidden_states[:-2]
     height, width = vision.fpn_hidden_states[-2].shape[-2:]
-    pixels = states[:, : height * width].transpose(1, 2).reshape(len(rows), -1, height, width)
+    pixels = states[:, : height * width].unflatten(1, (height, width)).permute(0, 3, 1, 2)
     pixel_decoder = decoder.pixel_decoder
     for level, feature in enumerate(reversed(backbone)):
-        pixels = F.interpolate(pixels, size=feature.shape[-2:], mode="nearest") + feature
-        pixels = F.relu(pixel_decoder.norms[level](pixel_decoder.conv_layers[level](pixels)))
-    instances = decoder.instance_projection(pixels)
+        conv = cast(nn.Conv2d, pixel_decoder.conv_layers[level])
+        pixels = F.relu(pixel_decoder.norms[level](_upsampled_conv(pixels, feature, conv)), inplace=True)
 
-    return {
-        row: torch.einsum("qc,chw->qhw", decoder.mask_embedder(queries[row][keep[row]]), instances[slot])
-        for slot, row in enumerate(rows)
-    }
+    # The instance projection (a 1x1 conv) is folded into each kept query's embedding, the same
+    # sum in another order: e . (W p + b) = (e W) . p + e . b, so it runs on K queries instead of
+    # on every pixel.
+    projection = decoder.instance_projection
+    flat = pixels.permute(0, 2, 3, 1).reshape(len(rows), -1, pixels.shape[1])  # no copy: channels-last
+    logits = {}
+    for slot, row in enumerate(rows):
+        embedded = decoder.mask_embedder(queries[row][keep[row]])
+        weight = embedded @ projection.weight.flatten(1)
+        bias = (embedded @ projection.bias).unsqueeze(1)
+        logits[row] = torch.addmm(bias, weight, flat[slot].T).view(-1, *pixels.shape[-2:])
+    return logits
+
+
+def _upsampled_conv(pixels: torch.Tensor, skip: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(interpolate(pixels, 2x, nearest) + skip)`` for every concept, ``pixels`` ``CxDxhxw``,
+    ``skip`` the image's ``1xDx2hx2w``; channels-last out.
+
+    The conv is linear, so it splits: ``conv(skip)`` is the image's and runs once for all the
+    concepts. And a 3x3 conv over a nearest-upsampled map is, at each of the four output phases
+    (even/odd row, even/odd column), a 2x2 conv over the small map whose taps are sums of the 3x3
+    taps that read the same small pixel: all four phases are one conv with 4D outputs and 4/9 of
+    the multiply-adds of the 3x3 conv at the large size. Its outputs are interleaved while
+    ``conv(skip)`` is added. Where the sizes are not an exact 2x (or the conv is not 3x3,
+    stride 1, padding 1) it is the library's sequence."""
+    count, _, height, width = pixels.shape
+    plain = conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1)
+    if plain or conv.dilation != (1, 1) or conv.groups != 1 or skip.shape[-2:] != (2 * height, 2 * width):
+        return conv(F.interpolate(pixels, size=skip.shape[-2:], mode="nearest") + skip)  # type: ignore[no-any-return]
+    kernels = torch.cat([_fold(_fold(conv.weight, 2, row), 3, col) for row in (0, 1) for col in (0, 1)])
+    phases = F.conv2d(F.pad(pixels, (1, 1, 1, 1)), kernels)  # C x 4D x h+1 x w+1
+    phases = phases.permute(0, 2, 3, 1).reshape(
+        count, height + 1, width + 1, 2, 2, -1
+    )  # no copy: channels-last
+    shared = conv(skip.contiguous(memory_format=torch.channels_last))
+    shared = shared.permute(0, 2, 3, 1).reshape(1, height, 2, width, 2, -1)
+    out = phases.new_empty(count, height, 2, width, 2, phases.shape[-1])
+    for row in (0, 1):
+        for col in (0, 1):
+            torch.add(
+                phases[:, row : row + height, col : col + width, row, col],
+                shared[:, :, row, :, col],
+                out=out[:, :, row, :, col],
+            )
+    result: torch.Tensor = out.view(count, 2 * height, 2 * width, -1).permute(0, 3, 1, 2)
+    return result
+
+
+def _fold(weight: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
+    """A 3-tap axis of a conv kernel as the 2 taps that read a 2x nearest-upsampled input at
+    output ``phase``: phase 0 reads small pixels (i-1, i) with taps (w0, w1 + w2), phase 1 reads
+    (i, i+1) with (w0 + w1, w2)."""
+    first, middle, last = weight.unbind(dim)
+    pair = (first, middle + last) if phase == 0 else (first + middle, last)
+    return torch.stack(pair, dim)

@@ -246,7 +246,7 @@ class ConceptEngine:
     ) -> ConceptMasks:
         start = time.perf_counter()
         height, width = image.shape[:2]
-        found = []
+        found, masks = [], []
         for name in names:
             box_inputs: dict[str, Any] = {}
             if boxes:
@@ -264,8 +264,11 @@ class ConceptEngine:
                 mask_threshold=thresholds.mask,
                 target_sizes=inputs["original_sizes"].tolist(),
             )[0]
-            found.append((name, result["masks"].bool(), result["scores"], result["boxes"]))
-        return _collect(found, width, height, {"total": (time.perf_counter() - start) * 1000})
+            order = _by_score(result["scores"])
+            found.append((name, result["scores"][order], result["boxes"][order]))
+            masks.append(result["masks"][order].bool().cpu())
+        everything = torch.cat(masks).numpy() if masks else np.zeros((0, height, width), dtype=bool)
+        return _collect(found, everything, width, height, {"total": (time.perf_counter() - start) * 1000})
 
     # -- fast path ----------------------------------------------------------------------------
 
@@ -360,17 +363,19 @@ class ConceptEngine:
         timings["detector"] = (time.perf_counter() - start) * 1000
         start = time.perf_counter()
         scale = torch.tensor([width, height, width, height], device=self.device)
-        found = [
-            (
-                name,
-                _upsample(kept.mask_logits.float(), height, width, thresholds.mask),
-                kept.scores,
-                kept.boxes * scale,
-            )
-            for name, kept in zip(names, detections, strict=True)
-        ]
+        # Upsampled in score order, straight into the array returned (a few hundred instances of
+        # a photo are hundreds of MB: no copy to sort them afterwards).
+        masks = np.empty((sum(len(kept.scores) for kept in detections), height, width), dtype=bool)
+        found, first = [], 0
+        for name, kept in zip(names, detections, strict=True):
+            order = _by_score(kept.scores)
+            last = first + len(order)
+            out = torch.from_numpy(masks[first:last])
+            _upsample(kept.mask_logits[order].float(), height, width, thresholds.mask, out=out)
+            found.append((name, kept.scores[order], kept.boxes[order] * scale))
+            first = last
         timings["masks"] = (time.perf_counter() - start) * 1000
-        return _collect(found, width, height, timings)
+        return _collect(found, masks, width, height, timings)
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         return bf16_autocast(self.precision, self.device)
@@ -396,23 +401,30 @@ def _encode_boxes_in_fp32(model: Any) -> None:
 
 
 def _upsample(
-    logits: torch.Tensor, height: int, width: int, threshold: float, *, max_floats: int = 2**26
+    logits: torch.Tensor,
+    height: int,
+    width: int,
+    threshold: float,
+    *,
+    max_floats: int = 2**26,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``Kxhxw`` mask logits -> ``KxHxW bool``: sigmoid, bilinear to the image, then the threshold,
     as the processor does; a few masks at a time so the float copies stay under ``max_floats``
-    (256 MB: the processor upsamples all at once, 2.4 GB for 50 masks of a 12 MP photo)."""
+    (256 MB: the processor upsamples all at once, 2.4 GB for 50 masks of a 12 MP photo). Into
+    ``out`` (``KxHxW bool``, on any device) when given."""
     step = max(1, max_floats // (height * width))
-    chunks = [
-        torch.nn.functional.interpolate(
-            logits[first : first + step].sigmoid().unsqueeze(0),
-            size=(height, width),
-            mode="bilinear",
-            align_corners=False,
+    masks = torch.empty((len(logits), height, width), dtype=torch.bool) if out is None else out
+    for first in range(0, len(logits), step):
+        chunk = logits[first : first + step].sigmoid().unsqueeze(0)
+        upsampled = torch.nn.functional.interpolate(
+            chunk, size=(height, width), mode="bilinear", align_corners=False
         )[0]
-        > threshold
-        for first in range(0, len(logits), step)
-    ]
-    return torch.cat(chunks) if chunks else torch.zeros((0, height, width), dtype=torch.bool)
+        if masks.device == upsampled.device:
+            torch.gt(upsampled, threshold, out=masks[first : first + step])
+        else:
+            masks[first : first + step].copy_(upsampled > threshold)
+    return masks
 
 
 def _pick(vision: Sam3VisionEncoderOutput, index: int) -> Sam3VisionEncoderOutput:
@@ -449,26 +461,29 @@ def _box_inputs(
     }
 
 
+def _by_score(scores: torch.Tensor) -> torch.Tensor:
+    """The order of one concept's instances: highest score first, ties in detection order."""
+    return torch.argsort(scores.float(), descending=True, stable=True)
+
+
 def _collect(
-    found: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]],
+    found: list[tuple[str, torch.Tensor, torch.Tensor]],
+    masks: np.ndarray,
     width: int,
     height: int,
     timings: dict[str, float],
 ) -> ConceptMasks:
-    """Per-concept ``(name, masks KxHxW bool, scores K, boxes Kx4 float pixels)`` as one
-    :class:`ConceptMasks`, each concept's instances by score, highest first."""
-    masks, scores, boxes, labels = [], [], [], []
-    for name, concept_masks, concept_scores, concept_boxes in found:
-        order = torch.argsort(concept_scores.float().cpu(), descending=True, stable=True)
-        masks.append(concept_masks.cpu()[order].numpy().astype(bool))
-        scores.append(concept_scores.float().cpu()[order].numpy())
-        boxes.append(_pixel_boxes(concept_boxes.float().cpu()[order].numpy(), width, height))
-        labels += [name] * len(order)
+    """Per-concept ``(name, scores K, boxes Kx4 float pixels)``, each in score order, with their
+    ``masks`` (``NxHxW bool``, concept after concept) as one :class:`ConceptMasks`."""
+    scores = [concept_scores.float().cpu().numpy() for _, concept_scores, _ in found]
+    boxes = [
+        _pixel_boxes(concept_boxes.float().cpu().numpy(), width, height) for _, _, concept_boxes in found
+    ]
     return ConceptMasks(
-        masks=np.concatenate(masks) if masks else np.zeros((0, height, width), dtype=bool),
+        masks=masks,
         scores=np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, dtype=np.float32),
         boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), dtype=np.int64),
-        labels=labels,
+        labels=[name for name, concept_scores, _ in found for _ in range(len(concept_scores))],
         width=width,
         height=height,
         timings_ms=timings,

@@ -289,7 +289,7 @@ def test_mask_work_is_done_only_for_kept_queries(engine: ConceptEngine, images: 
     projected: list[int] = []
     handles = [
         decoder.mask_embedder.register_forward_hook(lambda m, args, out: embedded.append(len(args[0]))),
-        decoder.instance_projection.register_forward_hook(
+        decoder.pixel_decoder.norms[0].register_forward_hook(
             lambda m, args, out: projected.append(len(args[0]))
         ),
     ]

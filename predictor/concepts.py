@@ -406,13 +406,14 @@ def _upsample(
     width: int,
     threshold: float,
     *,
-    max_floats: int = 2**26,
+    max_floats: int = 2**22,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``Kxhxw`` mask logits -> ``KxHxW bool``: sigmoid, bilinear to the image, then the threshold,
     as the processor does; a few masks at a time so the float copies stay under ``max_floats``
-    (256 MB: the processor upsamples all at once, 2.4 GB for 50 masks of a 12 MP photo). Into
-    ``out`` (``KxHxW bool``, on any device) when given."""
+    (16 MB: the processor upsamples all at once, 2.4 GB for 50 masks of a 12 MP photo; chunks that
+    stay in cache also threshold faster: 200 masks to 512x512, 2 Zen 4 cores, 123 ms against 205 ms
+    in 256 MB chunks). Into ``out`` (``KxHxW bool``, on any device) when given."""
     step = max(1, max_floats // (height * width))
     masks = torch.empty((len(logits), height, width), dtype=torch.bool) if out is None else out
     for first in range(0, len(logits), step):

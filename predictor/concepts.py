@@ -27,7 +27,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ import torch
 from transformers import PreTrainedConfig, Sam3Model, Sam3Processor
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-from predictor.concept_detector import detect
+from predictor.concept_detector import detect, encoder_mlps
 from predictor.embedding_engine import bf16_autocast
 from predictor.hardware import encoder_images_per_pass, resolve_precision
 from predictor.sam3_vision import Sam3FastVision
@@ -125,8 +125,10 @@ class ConceptEngine:
         self._text_cache_size = text_cache_size
         self._lock = threading.Lock()
         self._encoder: Sam3FastVision | None = None
+        self._mlps: list[Callable[[torch.Tensor], torch.Tensor]] = []
         if fast:  # built now, so that the first request does not pay for it
             self._vision_encoder()
+            self._mlps = encoder_mlps(model, torch.bfloat16 if self.precision == "bf16" else torch.float32)
         if self.precision == "bf16" and self.device.type == "cpu":
             _encode_boxes_in_fp32(model)
 
@@ -359,7 +361,9 @@ class ConceptEngine:
         attention = torch.cat([text[name][1] for name in names])
         box_inputs = _box_inputs(boxes, width, height, len(names), self.device)
         with self._autocast():
-            detections = detect(self.model, vision, features, attention, thresholds.score, **box_inputs)
+            detections = detect(
+                self.model, vision, features, attention, thresholds.score, **box_inputs, mlps=self._mlps
+            )
         timings["detector"] = (time.perf_counter() - start) * 1000
         start = time.perf_counter()
         scale = torch.tensor([width, height, width, height], device=self.device)

@@ -13,6 +13,7 @@ Values: the same maths; in bf16 the fused add rounds once instead of twice (bf16
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,8 +69,8 @@ class PackedLinear:
     """A linear's weight and bias copied to ``dtype`` once, for a layer that runs on many rows: in
     bf16 where :func:`fused_on` holds, the weight is also reordered once into oneDNN's blocked layout
     (``rows``: the row count it is tuned for; any count runs), which the product would otherwise
-    redo on every call (5-8% of a ViT-L sized product on a Zen 4 core). Called as :func:`linear`
-    without a residual; elsewhere the plain ops."""
+    redo on every call (5-8% of a ViT-L sized product on a Zen 4 core), and the activation is
+    fused. Elsewhere the plain ops."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype, rows: int) -> None:
         self.bias = bias.detach().to(dtype).contiguous()
@@ -77,12 +78,19 @@ class PackedLinear:
         self.packed = dtype == torch.bfloat16 and fused_on(dtype, weight.device)
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows) if self.packed else weight
 
-    def __call__(self, x: torch.Tensor, *, gelu: bool = False) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *, activation: str | None = None) -> torch.Tensor:
+        """``activation``: None, ``"gelu"`` (exact) or ``"relu"``, applied to the product."""
         if not self.packed:
             out = F.linear(x, self.weight, self.bias)
-            return F.gelu(out) if gelu else out
+            return out if activation is None else _PLAIN[activation](out)
         flat = x.reshape(-1, x.shape[-1])
+        attr, algorithm = _ONEDNN[activation]
         product: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
-            flat, self.weight, self.bias, "gelu" if gelu else "none", [], "none" if gelu else ""
+            flat, self.weight, self.bias, attr, [], algorithm
         )
         return product.view(*x.shape[:-1], -1)
+
+
+# oneDNN's (post-op, algorithm) and the plain op for each activation PackedLinear takes.
+_ONEDNN = {None: ("none", ""), "gelu": ("gelu", "none"), "relu": ("relu", "")}
+_PLAIN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"gelu": F.gelu, "relu": F.relu}

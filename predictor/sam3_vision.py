@@ -83,7 +83,7 @@ class _Layer:
             out = unpartition(out, self.window, padded, (height, width))
         hidden = hidden + out
         normed = self.norm2(hidden).to(self.dtype)
-        inner = self.fc1(normed, gelu=True) if self.gelu else self.activation(self.fc1(normed))
+        inner = self.fc1(normed, activation="gelu") if self.gelu else self.activation(self.fc1(normed))
         return hidden + self.fc2(inner)
 
 

@@ -1,13 +1,65 @@
-"""The detector's rewritten mask-head arithmetic against the library's sequence of ops."""
+"""The detector's rewritten encoder and mask-head arithmetic against the library's."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import Sam3Model
 
-from predictor.concept_detector import _upsampled_conv
+from predictor import fused_linear
+from predictor.concept_detector import _encode, _PackedMLP, _upsampled_conv, detect, encoder_mlps
+from predictor.sam3_vision import Sam3FastVision
+from tests.sam3_models import SIDE, WIDTH, tiny_sam3_config
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    """The tests' tiny SAM 3 with two DETR encoder layers: the first, whose self-attention runs
+    once for all concepts, and one that runs per concept."""
+    config = tiny_sam3_config()
+    config.detr_encoder_config.num_layers = 2
+    torch.manual_seed(0)
+    return Sam3Model(config).eval()
+
+
+def _prompt(count: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    mask = torch.ones(count, 6, dtype=torch.long)
+    mask[0, 4:] = 0  # a padded concept
+    return torch.randn(count, 6, WIDTH, generator=generator), mask
+
+
+def test_the_encoder_is_the_librarys_in_fp32(model: Any) -> None:
+    vision = Sam3FastVision(model)(torch.randn(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(2)))
+    prompt, mask = _prompt()
+    feature = vision.fpn_hidden_states[-2].expand(len(prompt), -1, -1, -1)
+    position = vision.fpn_position_encoding[-2].expand(len(prompt), -1, -1, -1)
+    with torch.inference_mode():
+        mlps = encoder_mlps(model, torch.float32)
+        ours, _ = _encode(model, mlps, feature, position, prompt, mask)
+        theirs = model.detr_encoder(
+            vision_features=[feature], text_features=prompt, vision_pos_embeds=[position], text_mask=mask
+        ).last_hidden_state
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    not fused_linear.fused_on(torch.bfloat16, torch.device("cpu")), reason="no oneDNN bf16 on this CPU"
+)
+def test_packed_encoder_mlps_give_autocasts_bits(model: Any) -> None:
+    mlps = encoder_mlps(model, torch.bfloat16)
+    assert len(mlps) == 2 and all(isinstance(mlp, _PackedMLP) for mlp in mlps)
+    vision = Sam3FastVision(model, torch.bfloat16)(torch.randn(1, 3, SIDE, SIDE))
+    prompt, mask = _prompt()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = detect(model, vision, prompt, mask, 0.0)
+        packed = detect(model, vision, prompt, mask, 0.0, mlps=mlps)
+    for theirs, ours in zip(plain, packed, strict=True):
+        assert torch.equal(ours.scores, theirs.scores) and torch.equal(ours.mask_logits, theirs.mask_logits)
 
 
 def _library(pixels: torch.Tensor, skip: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:

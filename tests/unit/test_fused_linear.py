@@ -61,10 +61,10 @@ def test_gelu_and_residual_together_are_refused():
 @pytest.mark.skipif(
     not fused_linear.fused_on(torch.bfloat16, torch.device("cpu")), reason="no oneDNN bf16 on this CPU"
 )
-@pytest.mark.parametrize("gelu", [False, True])
-def test_packed_weights_give_the_plain_linear(gelu: bool):
-    """oneDNN's reordered bf16 weight (bias and exact GELU fused) gives F.linear's values, for the
-    row count it was packed for and any other."""
+@pytest.mark.parametrize("activation", [None, "gelu", "relu"])
+def test_packed_weights_give_the_plain_linear(activation: str | None):
+    """oneDNN's reordered bf16 weight (bias and exact GELU or ReLU fused) gives F.linear's values,
+    for the row count it was packed for and any other."""
     generator = torch.Generator().manual_seed(1)
     weight, bias = torch.randn(48, 32, generator=generator), torch.randn(48, generator=generator)
     packed = PackedLinear(weight, bias, torch.bfloat16, rows=64)
@@ -72,8 +72,8 @@ def test_packed_weights_give_the_plain_linear(gelu: bool):
     for rows in (64, 7):
         x = torch.randn(1, rows, 32, generator=generator).bfloat16()
         plain = F.linear(x, weight.bfloat16(), bias.bfloat16())
-        plain = F.gelu(plain) if gelu else plain
-        ours = packed(x, gelu=gelu)
+        plain = {None: plain, "gelu": F.gelu(plain), "relu": F.relu(plain)}[activation]
+        ours = packed(x, activation=activation)
         assert ours.shape == plain.shape and ours.dtype == torch.bfloat16
         torch.testing.assert_close(ours.float(), plain.float(), rtol=1e-2, atol=2e-2)
 
@@ -84,4 +84,5 @@ def test_packed_is_plain_in_fp32():
     packed = PackedLinear(weight, bias, torch.float32, rows=16)
     x = torch.randn(3, 4, generator=generator)
     assert not packed.packed
-    torch.testing.assert_close(packed(x, gelu=True), F.gelu(F.linear(x, weight, bias)))
+    torch.testing.assert_close(packed(x, activation="gelu"), F.gelu(F.linear(x, weight, bias)))
+    torch.testing.assert_close(packed(x, activation="relu"), F.relu(F.linear(x, weight, bias)))

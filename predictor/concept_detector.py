@@ -337,14 +337,12 @@ def _upsampled_conv(pixels: torch.Tensor, skip: torch.Tensor, conv: nn.Conv2d) -
     ``conv(skip)`` is added. Where the sizes are not an exact 2x (or the conv is not 3x3,
     stride 1, padding 1) it is the library's sequence."""
     count, _, height, width = pixels.shape
-    plain = conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1)
-    if plain or conv.dilation != (1, 1) or conv.groups != 1 or skip.shape[-2:] != (2 * height, 2 * width):
+    if not _phases_apply(conv, (height, width), (skip.shape[-2], skip.shape[-1])):
         return conv(F.interpolate(pixels, size=skip.shape[-2:], mode="nearest") + skip)  # type: ignore[no-any-return]
     kernels = torch.cat([_fold(_fold(conv.weight, 2, row), 3, col) for row in (0, 1) for col in (0, 1)])
     phases = F.conv2d(F.pad(pixels, (1, 1, 1, 1)), kernels)  # C x 4D x h+1 x w+1
-    phases = phases.permute(0, 2, 3, 1).reshape(
-        count, height + 1, width + 1, 2, 2, -1
-    )  # no copy: channels-last
+    # C x h+1 x w+1 x 2 x 2 x D (no copy: channels-last)
+    phases = phases.permute(0, 2, 3, 1).reshape(count, height + 1, width + 1, 2, 2, -1)
     shared = conv(skip.contiguous(memory_format=torch.channels_last))
     shared = shared.permute(0, 2, 3, 1).reshape(1, height, 2, width, 2, -1)
     out = phases.new_empty(count, height, 2, width, 2, phases.shape[-1])
@@ -357,6 +355,14 @@ def _upsampled_conv(pixels: torch.Tensor, skip: torch.Tensor, conv: nn.Conv2d) -
             )
     result: torch.Tensor = out.view(count, 2 * height, 2 * width, -1).permute(0, 3, 1, 2)
     return result
+
+
+def _phases_apply(conv: nn.Conv2d, small: tuple[int, int], large: tuple[int, int]) -> bool:
+    """Whether :func:`_upsampled_conv`'s phase split is exact: a plain 3x3 conv with zero padding
+    1 over a map upsampled exactly 2x."""
+    plain = conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+    same = conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.padding_mode == "zeros"
+    return plain and same and large == (2 * small[0], 2 * small[1])
 
 
 def _fold(weight: torch.Tensor, dim: int, phase: int) -> torch.Tensor:

@@ -220,6 +220,20 @@ def test_the_subscriber_in_the_docs_gets_what_its_filter_names(local_stack):
         publisher.transport.close()
 
 
+# SIGINT back to its default, then the command itself (the same process, so its pid is watch's).
+_DEFAULT_SIGINT_EXEC = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def _ignores_sigint(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGINT (``SigIgn`` in ``/proc/PID/status``)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+    return bool(ignored & (1 << (signal.SIGINT - 1)))
+
+
 @pytest.mark.parametrize(
     ("sent", "status"), [(signal.SIGINT, ExitStatus.INTERRUPTED), (signal.SIGTERM, ExitStatus.TERMINATED)]
 )
@@ -227,14 +241,23 @@ def test_watch_deletes_its_subscription_when_stopped(local_stack, user, sent, st
     script, env, cwd = user
     before = set(own_subscriptions(local_stack))
     env = {**env, "PYTHONFAULTHANDLER": "1"}  # SIGABRT prints every thread's stack
-    watch = subprocess.Popen([str(script), "watch"], env=env, cwd=cwd, stderr=subprocess.PIPE, text=True)
+    # Started as from a terminal, where Ctrl-C is not ignored. A child inherits an ignored SIGINT,
+    # and Python then installs no KeyboardInterrupt for it: in the full suite this worker had it
+    # ignored by then, and watch went on pulling after SIGINT (reproduced with `trap '' INT`).
+    worker_ignores = _ignores_sigint(os.getpid())
+    command = [sys.executable, "-c", _DEFAULT_SIGINT_EXEC, str(script), "watch"]
+    watch = subprocess.Popen(command, env=env, cwd=cwd, stderr=subprocess.PIPE, text=True)
     until(lambda: set(own_subscriptions(local_stack)) - before, 30, "watch's own subscription")
+    assert not _ignores_sigint(watch.pid)
     watch.send_signal(sent)
     try:
         _, errors = watch.communicate(timeout=60)
-    except subprocess.TimeoutExpired:  # seen once in a full run at load 4: say where it hung
+    except subprocess.TimeoutExpired:
         watch.send_signal(signal.SIGABRT)
         _, errors = watch.communicate(timeout=30)
-        pytest.fail(f"watch still running 60 s after {sent.name}; its threads:\n{errors}")
+        pytest.fail(
+            f"watch still running 60 s after {sent.name} (this worker ignores SIGINT: {worker_ignores});"
+            f" its threads:\n{errors}"
+        )
     assert watch.returncode == status, errors
     assert set(own_subscriptions(local_stack)) == before

@@ -60,9 +60,8 @@ def linear(
         return torch.ops.mkldnn._linear_pointwise.binary(  # type: ignore[no-any-return]
             x, residual.contiguous(), layer.weight, layer.bias, "add"
         )
-    if gelu:
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu", [], "none")  # type: ignore[no-any-return]
-    return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")  # type: ignore[no-any-return]
+    attr, algorithm = _ONEDNN["gelu" if gelu else None]
+    return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, attr, [], algorithm)  # type: ignore[no-any-return]
 
 
 class PackedLinear:
@@ -91,6 +90,6 @@ class PackedLinear:
         return product.view(*x.shape[:-1], -1)
 
 
-# oneDNN's (post-op, algorithm) and the plain op for each activation PackedLinear takes.
+# oneDNN's (post-op, algorithm) for each activation linear and PackedLinear fuse, and the plain op.
 _ONEDNN = {None: ("none", ""), "gelu": ("gelu", "none"), "relu": ("relu", "")}
 _PLAIN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"gelu": F.gelu, "relu": F.relu}
